@@ -1,0 +1,101 @@
+//! The label vocabulary written on every engine resource, and selectors over it.
+//!
+//! Labels are how envrig rebuilds its state from the engines alone: a container (or a libvirt
+//! domain's metadata) says which environment, machine and generation it belongs to.
+
+use std::collections::BTreeMap;
+
+/// Prefix of every envrig label.
+pub const PREFIX: &str = "dev.envrig.";
+/// The environment identity: a hash of the project name and its folder.
+pub const ENV: &str = "dev.envrig.env";
+/// The project's name (as in the Envfile, or derived from the folder).
+pub const PROJECT: &str = "dev.envrig.project";
+/// The absolute folder of the Envfile.
+pub const FOLDER: &str = "dev.envrig.folder";
+/// The absolute path of the Envfile.
+pub const ENVFILE: &str = "dev.envrig.envfile";
+/// The machine's name in the Envfile.
+pub const MACHINE: &str = "dev.envrig.machine";
+/// The machine's generation (1, 2, ...).
+pub const GENERATION: &str = "dev.envrig.generation";
+/// The provider that created the resource.
+pub const PROVIDER: &str = "dev.envrig.provider";
+/// The envrig version that created the resource.
+pub const VERSION: &str = "dev.envrig.version";
+/// When the resource was created (RFC 3339, UTC).
+pub const CREATED: &str = "dev.envrig.created";
+/// The hash of the settings that shaped the resource; a different hash means "stale".
+pub const CONFIG: &str = "dev.envrig.config";
+
+/// A conjunction of label conditions: every `(key, Some(v))` must equal, every `(key, None)`
+/// must be present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub conditions: Vec<(String, Option<String>)>,
+}
+
+impl Selector {
+    /// Everything envrig created, in every environment.
+    pub fn all_envrig() -> Self {
+        Selector::default().has(ENV)
+    }
+
+    /// Everything of one environment.
+    pub fn env(env_id: &str) -> Self {
+        Selector::default().eq(ENV, env_id)
+    }
+
+    pub fn eq(mut self, key: &str, value: &str) -> Self {
+        self.conditions
+            .push((key.to_string(), Some(value.to_string())));
+        self
+    }
+
+    pub fn has(mut self, key: &str) -> Self {
+        self.conditions.push((key.to_string(), None));
+        self
+    }
+
+    /// Whether `labels` satisfy every condition.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.conditions.iter().all(|(k, v)| match v {
+            Some(v) => labels.get(k) == Some(v),
+            None => labels.contains_key(k),
+        })
+    }
+
+    /// Docker-style `key=value` / `key` filter strings.
+    pub fn to_filter_strings(&self) -> Vec<String> {
+        self.conditions
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_matches_equality_and_presence() {
+        let mut labels = BTreeMap::new();
+        labels.insert(ENV.to_string(), "abc".to_string());
+        labels.insert(MACHINE.to_string(), "web".to_string());
+        assert!(Selector::env("abc").matches(&labels));
+        assert!(!Selector::env("abd").matches(&labels));
+        assert!(Selector::env("abc").has(MACHINE).matches(&labels));
+        assert!(!Selector::env("abc").has(GENERATION).matches(&labels));
+        assert_eq!(
+            Selector::env("abc").has(MACHINE).to_filter_strings(),
+            vec![
+                "dev.envrig.env=abc".to_string(),
+                "dev.envrig.machine".to_string()
+            ]
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! The contract between envrig's core and the engines that run machines.
+//!
+//! The core plans and orchestrates; a [`Provider`] turns a provider-neutral [`MachineSpec`]
+//! into a real resource (a Docker container, a libvirt domain) and reports what exists.
+//! Every provider crate under `providers/` implements this one trait and passes the same
+//! conformance suite ([`testkit`], behind the `testkit` feature).
+//!
+//! # Contract
+//! - **The engine is the truth.** Every resource a provider creates carries the labels of its
+//!   [`MachineSpec`] (Docker labels, libvirt `<metadata>`), and [`Provider::list`] reads them
+//!   back. A provider keeps no state of its own between calls.
+//! - **Idempotent teardown.** [`Provider::stop`] of a stopped machine and [`Provider::remove`]
+//!   of a missing one succeed. [`Provider::purge`] of an environment with nothing left succeeds.
+//! - **Not atomic.** [`Provider::create`] may leave a labelled, created-but-not-started resource
+//!   behind when it fails half-way; because it is labelled, `destroy` and `gc` find it.
+//! - **Semantic errors.** Every engine error is mapped into [`ProviderError`], so the core can
+//!   tell "not found" from "engine unreachable" without knowing the engine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod labels;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use labels::Selector;
+
+/// A boxed, thread-safe error source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The one error type every provider returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The engine cannot be reached at all (daemon down, socket missing, permission denied).
+    #[error("the {provider} engine is not reachable: {message}")]
+    Unavailable {
+        provider: &'static str,
+        message: String,
+        hint: Option<String>,
+    },
+    /// A named thing (machine, image, box) does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The provider cannot do this at all.
+    #[error("{what} is not supported by the {provider} provider")]
+    NotSupported {
+        provider: &'static str,
+        what: String,
+    },
+    /// The engine refused because the resource is in the wrong state or already exists.
+    #[error("{message}")]
+    Conflict { message: String },
+    /// Any other engine failure, naming the operation that failed.
+    #[error("{provider}: {op} failed: {source}")]
+    Engine {
+        provider: &'static str,
+        op: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl ProviderError {
+    /// A user-facing next step, when there is one.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            ProviderError::Unavailable { hint, .. } => hint.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
+
+/// What a provider can do; `validate` rejects Envfile keys a provider cannot honour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// `command`: the machine's main process can be chosen.
+    pub custom_command: bool,
+    /// `synced` folders are live (bind mounts, virtiofs, 9p).
+    pub live_synced_folders: bool,
+    /// `ssh-config` can describe a real SSH endpoint.
+    pub ssh: bool,
+    /// `exec` can allocate a TTY for interactive shells.
+    pub interactive: bool,
+}
+
+/// The lifecycle state of a machine as its engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineState {
+    /// Created but never started.
+    Created,
+    Running,
+    Paused,
+    /// Restarting, removing, or otherwise in motion.
+    Transitioning,
+    /// Stopped (exited, shut off); the disk is kept.
+    Stopped,
+    /// The engine considers it broken (Docker's "dead").
+    Dead,
+}
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Created => "created",
+            MachineState::Running => "running",
+            MachineState::Paused => "paused",
+            MachineState::Transitioning => "transitioning",
+            MachineState::Stopped => "stopped",
+            MachineState::Dead => "dead",
+        }
+    }
+
+    /// Whether `start` is the way to get this machine running.
+    pub fn can_start(self) -> bool {
+        matches!(self, MachineState::Created | MachineState::Stopped)
+    }
+
+    /// Whether commands can be run in the machine.
+    pub fn can_exec(self) -> bool {
+        self == MachineState::Running
+    }
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A forwarded port: `host_ip:host_port` on the host to `guest_port` in the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct PortSpec {
+    pub host_ip: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = if self.host_ip.contains(':') {
+            format!("[{}]", self.host_ip)
+        } else {
+            self.host_ip.clone()
+        };
+        write!(
+            f,
+            "{ip}:{}->{}/{}",
+            self.host_port,
+            self.guest_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// A host folder made visible inside the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SyncedFolder {
+    /// Absolute host path.
+    pub host: String,
+    /// Absolute guest path.
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Everything a provider needs to create one machine. Built by the core from a validated
+/// Envfile: every string in it has been checked, so a provider may use names as they are.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MachineSpec {
+    /// The engine-side name of the resource (unique per environment, machine and generation).
+    pub resource_name: String,
+    /// The machine's name in the Envfile.
+    pub machine: String,
+    /// The provider's reference to the base (a docker image reference, a libvirt box).
+    pub base: String,
+    pub cpus: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub hostname: String,
+    pub env: BTreeMap<String, String>,
+    /// The main process (providers with [`Capabilities::custom_command`] only).
+    pub command: Option<Vec<String>>,
+    pub ports: Vec<PortSpec>,
+    pub synced: Vec<SyncedFolder>,
+    /// Labels written on every resource created for this machine.
+    pub labels: BTreeMap<String, String>,
+    /// Provider-specific settings from `[machines.NAME.<provider>]`, already validated.
+    pub options: BTreeMap<String, OptionValue>,
+}
+
+/// A provider-specific setting's value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+}
+
+/// A machine as its engine reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MachineInfo {
+    /// The engine's id for the resource (container id, domain UUID).
+    pub id: String,
+    /// The engine-side name.
+    pub resource_name: String,
+    pub state: MachineState,
+    pub labels: BTreeMap<String, String>,
+    /// Ports as published by the engine (may differ from the spec, e.g. random host ports).
+    pub ports: Vec<PortSpec>,
+}
+
+/// The identity a base resolved to on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BaseInfo {
+    /// The immutable id (docker image ID, box sha256).
+    pub id: String,
+}
+
+/// Progress while a base is fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullProgress {
+    /// A free-form status line from the engine.
+    Status(String),
+    /// Bytes done out of total, summed over layers.
+    Bytes { done: u64, total: u64 },
+}
+
+/// A command to run inside a machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// User name or uid; the machine's default when `None`.
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Where an exec's output goes, chunk by chunk, as it arrives.
+pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, &[u8]) + Send);
+
+/// The terminal an interactive session is attached to.
+pub struct Terminal {
+    pub input: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub output: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    /// Columns and rows.
+    pub size: Option<(u16, u16)>,
+}
+
+/// How to reach a machine with a real SSH client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: String,
+    pub known_hosts_file: Option<String>,
+}
+
+/// One engine that runs machines. Held as `Arc<dyn Provider>`; see the crate docs for the
+/// contract every implementation keeps.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// The name used in Envfiles (`provider = "docker"`).
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Makes sure `reference` is available locally, fetching it when missing.
+    async fn ensure_base(
+        &self,
+        reference: &str,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<BaseInfo>;
+
+    /// Creates the machine (not started). Fails with [`ProviderError::NotFound`] when the base
+    /// is missing locally; the caller then calls [`Provider::ensure_base`] and tries again.
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo>;
+
+    async fn start(&self, id: &str) -> Result<()>;
+
+    /// Stops gracefully, then hard after `timeout`. Stopping a stopped machine succeeds.
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<()>;
+
+    /// Removes the machine and everything created only for it. Removing a missing one succeeds.
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    async fn inspect(&self, id: &str) -> Result<MachineInfo>;
+
+    /// Every machine whose labels match `selector`, in any state.
+    async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>>;
+
+    /// Removes every non-machine resource (networks, volumes) whose labels match `selector`;
+    /// returns what it removed, one short description each.
+    async fn purge(&self, selector: &Selector) -> Result<Vec<String>>;
+
+    /// Runs a command to completion, streaming its output; returns its exit code.
+    async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64>;
+
+    /// Runs a command attached to a terminal (a TTY); returns its exit code.
+    async fn exec_interactive(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+        terminal: Terminal,
+    ) -> Result<i64>;
+
+    /// Unpacks a tar archive into `dest` (an absolute guest folder).
+    async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()>;
+
+    /// How to reach the machine with OpenSSH, when the provider has SSH.
+    async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint>;
+}

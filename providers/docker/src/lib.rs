@@ -1,0 +1,627 @@
+//! envrig's Docker provider: machines are containers, driven through bollard.
+//!
+//! This crate is the only place bollard appears. Every call is wrapped so that an error names
+//! the operation that failed ([`DockerError`]), then mapped into the provider-neutral
+//! [`ProviderError`]. The API version is negotiated at connect time, so an old engine
+//! (Debian's 20.10, API 1.41) works.
+//!
+//! A machine is a container that runs until halted: unless the Envfile sets `command`, its
+//! main process is `sleep infinity` under Docker's init (which reaps zombies and forwards
+//! signals, so a stop takes milliseconds, not the 10 s stop timeout).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
+    PortBinding, PortMap,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+};
+use envrig_provider_api::{
+    BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, OptionValue,
+    OutputSink, OutputStream, PortSpec, Protocol, Provider, ProviderError, PullProgress, Result,
+    Selector, SshEndpoint, Terminal,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+const NAME: &str = "docker";
+
+/// The default main process: keeps the container running until it is halted.
+const KEEPALIVE: [&str; 2] = ["sleep", "infinity"];
+
+/// A failed Docker API call, naming the operation.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct DockerError {
+    pub op: String,
+    #[source]
+    pub source: bollard::errors::Error,
+}
+
+fn map_err(op: impl Into<String>, e: bollard::errors::Error) -> ProviderError {
+    use bollard::errors::Error as B;
+    let op = op.into();
+    match &e {
+        B::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => ProviderError::NotFound {
+            what: message.clone(),
+        },
+        B::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => ProviderError::Conflict {
+            message: format!("{op}: {message}"),
+        },
+        B::SocketNotFoundError(_) | B::HyperLegacyError { .. } | B::IOError { .. } => {
+            unavailable(e.to_string())
+        }
+        _ => ProviderError::Engine {
+            provider: NAME,
+            op: op.clone(),
+            source: Box::new(DockerError { op, source: e }),
+        },
+    }
+}
+
+fn unavailable(message: String) -> ProviderError {
+    ProviderError::Unavailable {
+        provider: NAME,
+        message,
+        hint: Some(
+            "start the Docker engine (`scripts/host-setup.sh` does it on Debian), or point \
+             `DOCKER_HOST` at one"
+                .to_string(),
+        ),
+    }
+}
+
+/// The Docker provider: one connection to one engine.
+#[derive(Debug, Clone)]
+pub struct DockerProvider {
+    docker: Docker,
+}
+
+impl DockerProvider {
+    /// Connects to the engine named by `DOCKER_HOST` (else the local socket) and negotiates
+    /// the API version.
+    pub async fn connect() -> Result<Self> {
+        let docker = Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(DockerProvider { docker })
+    }
+
+    fn container_body(spec: &MachineSpec) -> ContainerCreateBody {
+        let mut port_bindings: PortMap = HashMap::new();
+        let mut exposed = Vec::new();
+        for p in &spec.ports {
+            let key = format!("{}/{}", p.guest_port, p.protocol.as_str());
+            exposed.push(key.clone());
+            port_bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: Some(p.host_ip.clone()),
+                    host_port: Some(p.host_port.to_string()),
+                });
+        }
+        let binds: Vec<String> = spec
+            .synced
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}:{}",
+                    s.host,
+                    s.guest,
+                    if s.read_only { "ro" } else { "rw" }
+                )
+            })
+            .collect();
+        let bool_opt = |key: &str| match spec.options.get(key) {
+            Some(OptionValue::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        let entrypoint = match &spec.command {
+            Some(cmd) => cmd.clone(),
+            None => KEEPALIVE.iter().map(|s| s.to_string()).collect(),
+        };
+        ContainerCreateBody {
+            image: Some(spec.base.clone()),
+            hostname: Some(spec.hostname.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            // The entrypoint is the whole main process: the image's entrypoint and command
+            // are both replaced, so a machine never exits on its own.
+            entrypoint: Some(entrypoint),
+            cmd: Some(Vec::new()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                init: Some(bool_opt("init").unwrap_or(true)),
+                privileged: bool_opt("privileged"),
+                nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
+                memory: spec.memory_bytes.map(|m| m as i64),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                binds: (!binds.is_empty()).then_some(binds),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        }
+    }
+
+    fn ports_from_map(map: Option<&PortMap>) -> Vec<PortSpec> {
+        let mut out = Vec::new();
+        for (key, bindings) in map.into_iter().flatten() {
+            let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+            let Ok(guest_port) = port.parse::<u16>() else {
+                continue;
+            };
+            let protocol = if proto == "udp" {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            for b in bindings.iter().flatten() {
+                let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse().ok()) else {
+                    continue;
+                };
+                out.push(PortSpec {
+                    host_ip: b.host_ip.clone().unwrap_or_default(),
+                    host_port,
+                    guest_port,
+                    protocol,
+                });
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+fn state_from_summary(s: Option<ContainerSummaryStateEnum>) -> MachineState {
+    use ContainerSummaryStateEnum as S;
+    match s {
+        Some(S::CREATED) => MachineState::Created,
+        Some(S::RUNNING) => MachineState::Running,
+        Some(S::PAUSED) => MachineState::Paused,
+        Some(S::EXITED) => MachineState::Stopped,
+        Some(S::DEAD) => MachineState::Dead,
+        _ => MachineState::Transitioning,
+    }
+}
+
+fn state_from_inspect(s: Option<ContainerStateStatusEnum>) -> MachineState {
+    use ContainerStateStatusEnum as S;
+    match s {
+        Some(S::CREATED) => MachineState::Created,
+        Some(S::RUNNING) => MachineState::Running,
+        Some(S::PAUSED) => MachineState::Paused,
+        Some(S::EXITED) => MachineState::Stopped,
+        Some(S::DEAD) => MachineState::Dead,
+        _ => MachineState::Transitioning,
+    }
+}
+
+fn label_filters(selector: &Selector) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), selector.to_filter_strings())])
+}
+
+fn exec_env(req: &ExecRequest) -> Option<Vec<String>> {
+    (!req.env.is_empty()).then(|| req.env.iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+#[async_trait]
+impl Provider for DockerProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            custom_command: true,
+            live_synced_folders: true,
+            ssh: false,
+            interactive: true,
+        }
+    }
+
+    async fn ensure_base(
+        &self,
+        reference: &str,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<BaseInfo> {
+        match self.docker.inspect_image(reference).await {
+            Ok(img) => {
+                return Ok(BaseInfo {
+                    id: img.id.unwrap_or_default(),
+                });
+            }
+            Err(e) => match map_err("inspect image", e) {
+                ProviderError::NotFound { .. } => {}
+                other => return Err(other),
+            },
+        }
+        let options = CreateImageOptions {
+            from_image: Some(reference.to_string()),
+            ..CreateImageOptions::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        // Per-layer byte counts, summed into one figure for the progress bar.
+        let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| map_err(format!("pull {reference}"), e))?;
+            if let (Some(id), Some(d)) = (&info.id, &info.progress_detail) {
+                if let (Some(cur), Some(total)) = (d.current, d.total) {
+                    layers.insert(id.clone(), (cur.max(0) as u64, total.max(0) as u64));
+                    let (done, total) = layers
+                        .values()
+                        .fold((0, 0), |(a, b), (c, t)| (a + c, b + t));
+                    progress(PullProgress::Bytes { done, total });
+                    continue;
+                }
+            }
+            if let Some(status) = info.status {
+                let line = match info.id {
+                    Some(id) => format!("{id}: {status}"),
+                    None => status,
+                };
+                progress(PullProgress::Status(line));
+            }
+        }
+        let img = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .map_err(|e| map_err(format!("inspect pulled image {reference}"), e))?;
+        Ok(BaseInfo {
+            id: img.id.unwrap_or_default(),
+        })
+    }
+
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        let options = CreateContainerOptions {
+            name: Some(spec.resource_name.clone()),
+            ..CreateContainerOptions::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), Self::container_body(spec))
+            .await
+            .map_err(
+                |e| match map_err(format!("create container {}", spec.resource_name), e) {
+                    ProviderError::NotFound { .. } => ProviderError::NotFound {
+                        what: format!("image `{}`", spec.base),
+                    },
+                    other => other,
+                },
+            )?;
+        Ok(MachineInfo {
+            id: created.id,
+            resource_name: spec.resource_name.clone(),
+            state: MachineState::Created,
+            labels: spec.labels.clone(),
+            ports: spec.ports.clone(),
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| map_err(format!("start container {id}"), e))
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let options = StopContainerOptions {
+            t: Some(timeout.as_secs().min(i32::MAX as u64) as i32),
+            ..StopContainerOptions::default()
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(format!("stop container {id}"), e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..RemoveContainerOptions::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err(format!("remove container {id}"), e) {
+                ProviderError::NotFound { .. } => Ok(()),
+                // "removal already in progress": another destroy is on it.
+                ProviderError::Conflict { message } if message.contains("in progress") => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        let c = self.docker.inspect_container(id, None).await.map_err(|e| {
+            match map_err(format!("inspect container {id}"), e) {
+                ProviderError::NotFound { .. } => ProviderError::NotFound {
+                    what: format!("container `{id}`"),
+                },
+                other => other,
+            }
+        })?;
+        let labels = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let ports =
+            Self::ports_from_map(c.network_settings.as_ref().and_then(|n| n.ports.as_ref()));
+        Ok(MachineInfo {
+            id: c.id.unwrap_or_default(),
+            resource_name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            state: state_from_inspect(c.state.and_then(|s| s.status)),
+            labels,
+            ports,
+        })
+    }
+
+    async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filters(selector)),
+            ..ListContainersOptions::default()
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        Ok(containers
+            .into_iter()
+            .map(|c| {
+                let mut ports: Vec<PortSpec> = c
+                    .ports
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| {
+                        Some(PortSpec {
+                            host_ip: p.ip.clone().unwrap_or_default(),
+                            host_port: p.public_port?,
+                            guest_port: p.private_port,
+                            protocol: match p.typ.map(|t| t.to_string()).as_deref() {
+                                Some("udp") => Protocol::Udp,
+                                _ => Protocol::Tcp,
+                            },
+                        })
+                    })
+                    .collect();
+                ports.sort();
+                ports.dedup();
+                MachineInfo {
+                    id: c.id.unwrap_or_default(),
+                    resource_name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string(),
+                    state: state_from_summary(c.state),
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    ports,
+                }
+            })
+            .collect())
+    }
+
+    async fn purge(&self, selector: &Selector) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(label_filters(selector)),
+            }))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        for n in networks {
+            let Some(name) = n.name else { continue };
+            match self.docker.remove_network(&name).await {
+                Ok(()) => removed.push(format!("network {name}")),
+                Err(e) => match map_err(format!("remove network {name}"), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(label_filters(selector)),
+            }))
+            .await
+            .map_err(|e| map_err("list volumes", e))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            match self
+                .docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => removed.push(format!("volume {}", v.name)),
+                Err(e) => match map_err(format!("remove volume {}", v.name), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(req.argv.clone()),
+                    env: exec_env(req),
+                    user: req.user.clone(),
+                    working_dir: req.workdir.clone(),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..CreateExecOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| map_err(format!("create exec in {id}"), e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(|e| map_err(format!("start exec in {id}"), e))?;
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = started
+        {
+            while let Some(chunk) = out.next().await {
+                use bollard::container::LogOutput;
+                match chunk.map_err(|e| map_err(format!("read exec output in {id}"), e))? {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        output(OutputStream::Stdout, &message)
+                    }
+                    LogOutput::StdErr { message } => output(OutputStream::Stderr, &message),
+                    LogOutput::StdIn { .. } => {}
+                }
+            }
+        }
+        exit_code(&self.docker, &exec.id).await
+    }
+
+    async fn exec_interactive(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+        terminal: Terminal,
+    ) -> Result<i64> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(req.argv.clone()),
+                    env: exec_env(req),
+                    user: req.user.clone(),
+                    working_dir: req.workdir.clone(),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(true),
+                    ..CreateExecOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| map_err(format!("create exec in {id}"), e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    tty: true,
+                    ..StartExecOptions::default()
+                }),
+            )
+            .await
+            .map_err(|e| map_err(format!("start exec in {id}"), e))?;
+        let StartExecResults::Attached {
+            output: mut out,
+            mut input,
+        } = started
+        else {
+            return exit_code(&self.docker, &exec.id).await;
+        };
+        if let Some((width, height)) = terminal.size {
+            // Best effort: a shell works at the default size too.
+            let _ = self
+                .docker
+                .resize_exec(&exec.id, ResizeExecOptions { height, width })
+                .await;
+        }
+        let Terminal {
+            input: mut stdin,
+            output: mut stdout,
+            ..
+        } = terminal;
+        let pump = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdin, &mut input).await;
+            let _ = input.shutdown().await;
+        });
+        while let Some(chunk) = out.next().await {
+            let Ok(chunk) = chunk else { break };
+            if stdout.write_all(&chunk.into_bytes()).await.is_err() {
+                break;
+            }
+            let _ = stdout.flush().await;
+        }
+        pump.abort();
+        exit_code(&self.docker, &exec.id).await
+    }
+
+    async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
+        let options = UploadToContainerOptions {
+            path: dest.to_string(),
+            ..UploadToContainerOptions::default()
+        };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_full(tar.into()))
+            .await
+            .map_err(|e| map_err(format!("upload to {id}:{dest}"), e))
+    }
+
+    async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {
+        Err(ProviderError::NotSupported {
+            provider: NAME,
+            what: "ssh-config (containers have no SSH server; use `envrig ssh` or `envrig exec`)"
+                .to_string(),
+        })
+    }
+}
+
+/// The exit code of a finished exec. The output stream ends when the process does, but the
+/// engine may record the code a moment later, so poll briefly (bounded).
+async fn exit_code(docker: &Docker, exec_id: &str) -> Result<i64> {
+    for _ in 0..200 {
+        let info = docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| map_err("inspect exec", e))?;
+        if info.running != Some(true) {
+            return Ok(info.exit_code.unwrap_or(-1));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(ProviderError::Conflict {
+        message: "the command's output ended but it did not exit within 2 s".to_string(),
+    })
+}

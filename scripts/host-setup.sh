@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# host-setup.sh: installs and starts what envrig and its tests need on a Debian 12 host.
+#
+# Idempotent: every step checks first and does nothing when the host already has it.
+# Needs root (or sudo) for apt-get and for starting dockerd. Safe to run again at any time.
+#
+#   scripts/host-setup.sh            Docker engine, test images, local registry
+#
+# The daemons are started in the background (this machine has no systemd) with their
+# networks inside 198.18.0.0/15, so test traffic never leaves the host.
+set -euo pipefail
+
+log() { printf 'host-setup: %s\n' "$*" >&2; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+LOG_DIR=${ENVRIG_SETUP_LOG_DIR:-/var/log/envrig}
+$SUDO mkdir -p "$LOG_DIR"
+
+apt_updated=0
+apt_install() {
+  # apt_install PKG... : installs the packages that are missing.
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated = 0 ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# --- Docker -----------------------------------------------------------------------------
+# docker.io is Debian's engine (20.10, API 1.41); iptables and friends come with it.
+apt_install docker.io busybox-static docker-registry ca-certificates
+
+docker_answers() { timeout 5 docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
+
+if ! docker_answers; then
+  if ! pgrep -x containerd >/dev/null 2>&1; then
+    log "starting containerd"
+    $SUDO sh -c "nohup containerd >'$LOG_DIR/containerd.log' 2>&1 &"
+    for _ in $(seq 1 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
+  fi
+  if ! pgrep -x dockerd >/dev/null 2>&1; then
+    log "starting dockerd"
+    $SUDO sh -c "nohup dockerd --containerd=/run/containerd/containerd.sock \
+      --bip 198.19.255.1/24 --default-address-pool base=198.18.0.0/16,size=24 \
+      >'$LOG_DIR/dockerd.log' 2>&1 &"
+  fi
+  for i in $(seq 1 120); do
+    docker_answers && break
+    if [ "$i" = 120 ]; then
+      log "dockerd did not answer within 60 s; its log:"
+      tail -n 30 "$LOG_DIR/dockerd.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+fi
+log "docker engine $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+
+# --- Test image -------------------------------------------------------------------------
+# No registry is reachable from here: the tests and the demo use a tiny image built from
+# Debian's busybox-static. Its tag carries the hash of the recipe, so a changed recipe
+# builds a new image and an unchanged one is reused.
+TEST_IMAGE_REPO=envrig-test/busybox
+recipe_hash=$( { cat "$0"; sha256sum /bin/busybox; } | sha256sum | cut -c1-12)
+TEST_IMAGE="$TEST_IMAGE_REPO:$recipe_hash"
+if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
+  log "building $TEST_IMAGE"
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  mkdir -p "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin" "$root/etc" "$root/tmp" "$root/root" "$root/proc" "$root/sys" "$root/dev"
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list-full); do
+    [ "$applet" = bin/busybox ] && continue
+    ln -sf /bin/busybox "$root/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+  tar -C "$root" -c . | docker import \
+    --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' - "$TEST_IMAGE" >/dev/null
+  rm -rf "$root"
+  trap - EXIT
+fi
+docker tag "$TEST_IMAGE" "$TEST_IMAGE_REPO:latest"
+
+# --- Local registry ---------------------------------------------------------------------
+# Debian's docker-registry on loopback, so pulls can be tested without the Internet.
+REGISTRY_ADDR=${ENVRIG_TEST_REGISTRY:-127.0.0.1:5000}
+registry_answers() { timeout 3 bash -c "exec 3<>/dev/tcp/${REGISTRY_ADDR%:*}/${REGISTRY_ADDR#*:}" 2>/dev/null; }
+if ! registry_answers; then
+  log "starting docker-registry on $REGISTRY_ADDR"
+  conf="$LOG_DIR/registry.yml"
+  $SUDO mkdir -p /var/lib/envrig-registry
+  $SUDO tee "$conf" >/dev/null <<YAML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/envrig-registry
+http:
+  addr: $REGISTRY_ADDR
+YAML
+  $SUDO sh -c "nohup docker-registry serve '$conf' >'$LOG_DIR/registry.log' 2>&1 &"
+  for i in $(seq 1 40); do
+    registry_answers && break
+    if [ "$i" = 40 ]; then log "docker-registry did not answer; its log:"; tail -n 20 "$LOG_DIR/registry.log" >&2; exit 1; fi
+    sleep 0.25
+  done
+fi
+
+log "ready: docker, image $TEST_IMAGE_REPO:latest, registry $REGISTRY_ADDR"
