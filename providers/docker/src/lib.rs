@@ -33,6 +33,17 @@ use tokio::io::AsyncWriteExt;
 
 const NAME: &str = "docker";
 
+/// What the Docker provider can do (known without connecting).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    custom_command: true,
+    live_synced_folders: true,
+    ssh: false,
+    interactive: true,
+};
+
+/// The provider's name in Envfiles.
+pub const PROVIDER_NAME: &str = NAME;
+
 /// The default main process: keeps the container running until it is halted.
 const KEEPALIVE: [&str; 2] = ["sleep", "infinity"];
 
@@ -229,12 +240,7 @@ impl Provider for DockerProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            custom_command: true,
-            live_synced_folders: true,
-            ssh: false,
-            interactive: true,
-        }
+        CAPABILITIES
     }
 
     async fn ensure_base(
@@ -262,15 +268,15 @@ impl Provider for DockerProvider {
         let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| map_err(format!("pull {reference}"), e))?;
-            if let (Some(id), Some(d)) = (&info.id, &info.progress_detail) {
-                if let (Some(cur), Some(total)) = (d.current, d.total) {
-                    layers.insert(id.clone(), (cur.max(0) as u64, total.max(0) as u64));
-                    let (done, total) = layers
-                        .values()
-                        .fold((0, 0), |(a, b), (c, t)| (a + c, b + t));
-                    progress(PullProgress::Bytes { done, total });
-                    continue;
-                }
+            if let (Some(id), Some(d)) = (&info.id, &info.progress_detail)
+                && let (Some(cur), Some(total)) = (d.current, d.total)
+            {
+                layers.insert(id.clone(), (cur.max(0) as u64, total.max(0) as u64));
+                let (done, total) = layers
+                    .values()
+                    .fold((0, 0), |(a, b), (c, t)| (a + c, b + t));
+                progress(PullProgress::Bytes { done, total });
+                continue;
             }
             if let Some(status) = info.status {
                 let line = match info.id {

@@ -1,0 +1,520 @@
+//! The command line: parses flags (clap), calls `ops`, prints, and maps results to exit
+//! codes. The only layer that knows clap, colours, TTYs and exit codes.
+//!
+//! Exit codes: 0 done; 1 the operation failed; 2 bad usage or an invalid Envfile; `exec`
+//! and `ssh` exit with the command's own status.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::envfile::{self, LoadError};
+use crate::ops::{self, Context, OpError, Project, UpOptions};
+use crate::providers::Registry;
+use output::{Printer, json_line};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "envrig",
+    version,
+    about = "Identical, disposable dev and test environments from one committed Envfile",
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// Run as if started in DIR
+    #[arg(short = 'C', value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// The Envfile to use (default: ./Envfile, searching parent folders)
+    #[arg(short = 'f', long = "file", value_name = "FILE", env = "ENVRIG_FILE")]
+    file: Option<PathBuf>,
+
+    /// Machine-readable output on stdout (logs go to stderr)
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Quieter output
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    /// More output (-vv for even more); RUST_LOG works too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Override the default provider for this run
+    #[arg(long, global = true, env = "ENVRIG_PROVIDER", value_parser = ["docker", "libvirt"])]
+    provider: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write an Envfile from a template (`--template list` lists them)
+    Init {
+        #[arg(long, default_value = "basic", value_name = "NAME")]
+        template: String,
+        /// Replace an existing Envfile
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the Envfile and every path it names
+    Validate,
+    /// Create and start machines; a second `up` changes nothing
+    Up {
+        machines: Vec<String>,
+        /// Recreate machines whose settings changed
+        #[arg(long)]
+        recreate: bool,
+        /// How many machines to work on at once
+        #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        parallel: u16,
+    },
+    /// One row per machine: name, provider, state, ports, age
+    Status { machines: Vec<String> },
+    /// Every environment on this host, from the engines' labels
+    Ls,
+    /// Run a command in a machine; its output and exit code are the command's
+    Exec {
+        machine: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// An interactive shell in a machine (with a CMD and no TTY, like `exec`)
+    Ssh {
+        machine: String,
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// An OpenSSH config block for a machine, for scp, rsync and editors
+    SshConfig { machine: Option<String> },
+    /// Stop machines gracefully, keeping their disks
+    Halt {
+        machines: Vec<String>,
+        /// Stop hard after this long
+        #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "D")]
+        timeout: Duration,
+    },
+    /// Halt and up again; machines whose settings changed are recreated
+    Reload { machines: Vec<String> },
+    /// Remove machines and everything created for them
+    Destroy {
+        machines: Vec<String>,
+        /// Do not ask
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Print a shell completion script
+    Completions { shell: clap_complete::Shell },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    envfile::values::parse_duration(s)
+}
+
+/// Runs the CLI with the process's arguments; returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(&cli);
+    let printer = Printer::new(cli.json, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            printer.error(&format!("cannot start the async runtime: {e}"), None);
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(run(cli, printer.clone()));
+    // Exit at once: a blocking stdin reader (ssh) must not hold the runtime's shutdown.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+fn init_tracing(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
+
+/// Runs one command; returns the process's exit code.
+async fn run(cli: Cli, printer: Printer) -> i32 {
+    let cwd = match &cli.dir {
+        Some(d) => match std::env::current_dir().map(|c| c.join(d)) {
+            Ok(d) if d.is_dir() => d,
+            _ => {
+                printer.error(&format!("`-C {}`: no such folder", d.display()), None);
+                return 2;
+            }
+        },
+        None => match std::env::current_dir() {
+            Ok(d) => d,
+            Err(e) => {
+                printer.error(&format!("cannot read the current folder: {e}"), None);
+                return 1;
+            }
+        },
+    };
+    let registry = Registry::builtin();
+    let reporter: Arc<dyn ops::Reporter> = printer.reporter();
+    let ctx = Context { registry, reporter };
+
+    // Commands that need no Envfile.
+    match &cli.command {
+        Command::Init { template, force } => return cmd_init(&printer, &cwd, template, *force),
+        Command::Ls => {
+            return match ops::ls(&ctx).await {
+                Ok(rows) => {
+                    printer.ls(&rows);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            };
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "envrig",
+                &mut std::io::stdout(),
+            );
+            return 0;
+        }
+        _ => {}
+    }
+
+    let project = match load(
+        &printer,
+        &ctx,
+        &cwd,
+        cli.file.as_deref(),
+        cli.provider.as_deref(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if !project.warnings.diagnostics.is_empty() && !cli.quiet {
+        eprint!("{}", project.warnings.render(printer.color));
+    }
+
+    match cli.command {
+        Command::Init { .. } | Command::Ls | Command::Completions { .. } => 0,
+        Command::Validate => {
+            if cli.json {
+                println!(
+                    "{}",
+                    json_line(
+                        &serde_json::json!({"schema": output::SCHEMA_VALIDATE, "ok": true, "diagnostics": project.warnings.diagnostics.iter().map(|d| output::diagnostic_json(&project.warnings, d)).collect::<Vec<_>>()})
+                    )
+                );
+            } else {
+                println!("ok");
+            }
+            0
+        }
+        Command::Up {
+            machines,
+            recreate,
+            parallel,
+        } => {
+            let opts = UpOptions {
+                machines,
+                recreate,
+                parallel: usize::from(parallel),
+            };
+            match ops::up(&ctx, &project, &opts).await {
+                Ok(outcomes) => {
+                    printer.up(&project, &outcomes);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Status { machines } => match ops::status(&ctx, &project, &machines).await {
+            Ok(report) => {
+                printer.status(&report);
+                0
+            }
+            Err(e) => fail(&printer, e),
+        },
+        Command::Exec { machine, command } => {
+            match ops::exec(&ctx, &project, &machine, command).await {
+                Ok(code) => exit_status(code),
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Ssh { machine, command } => {
+            cmd_ssh(&ctx, &printer, &project, &machine, command).await
+        }
+        Command::SshConfig { machine } => cmd_ssh_config(&ctx, &printer, &project, machine).await,
+        Command::Halt { machines, timeout } => {
+            match ops::halt(&ctx, &project, &machines, timeout).await {
+                Ok(stopped) => {
+                    printer.done(&format!("halted {}", plural(stopped.len(), "machine")));
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Reload { machines } => {
+            if let Err(e) = ops::halt(&ctx, &project, &machines, Duration::from_secs(60)).await {
+                return fail(&printer, e);
+            }
+            let opts = UpOptions {
+                machines,
+                recreate: true,
+                parallel: 8,
+            };
+            match ops::up(&ctx, &project, &opts).await {
+                Ok(outcomes) => {
+                    printer.up(&project, &outcomes);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Destroy { machines, force } => {
+            if !force
+                && !printer.json
+                && std::io::stdin().is_terminal()
+                && std::io::stderr().is_terminal()
+            {
+                let what = if machines.is_empty() {
+                    format!(
+                        "every machine of `{}` ({})",
+                        project.identity.project,
+                        project.identity.folder.display()
+                    )
+                } else {
+                    format!(
+                        "{} of `{}`",
+                        machines
+                            .iter()
+                            .map(|m| format!("`{m}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        project.identity.project
+                    )
+                };
+                if !output::confirm(&format!("destroy {what}?")) {
+                    printer.done("nothing destroyed");
+                    return 1;
+                }
+            }
+            match ops::destroy(&ctx, &project, &machines).await {
+                Ok(summary) => {
+                    printer.destroy(&summary);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A command's exit code as this process's: codes outside 0-255 become 1 (or 255).
+fn exit_status(code: i64) -> i32 {
+    match code {
+        0..=255 => code as i32,
+        c if c < 0 => 1,
+        _ => 255,
+    }
+}
+
+fn fail(printer: &Printer, e: OpError) -> i32 {
+    printer.error(&e.to_string(), e.hint().as_deref());
+    if e.is_usage() { 2 } else { 1 }
+}
+
+fn display_path(cwd: &Path, path: &Path) -> String {
+    path.strip_prefix(cwd)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string_lossy().into_owned())
+}
+
+fn load(
+    printer: &Printer,
+    ctx: &Context,
+    cwd: &Path,
+    file: Option<&Path>,
+    provider: Option<&str>,
+) -> Result<Project, i32> {
+    let Some(path) = envfile::find(cwd, file) else {
+        printer.error(
+            &format!("no Envfile in {} or its parent folders", cwd.display()),
+            Some("`envrig init` writes one, or point `-f FILE` at one"),
+        );
+        return Err(2);
+    };
+    let shown = display_path(cwd, &path);
+    match Project::load(&path, &shown, &ctx.registry, provider) {
+        Ok(p) => Ok(p),
+        Err(LoadError::Io { path, source }) => {
+            printer.error(&format!("cannot read {}: {source}", path.display()), None);
+            Err(2)
+        }
+        Err(LoadError::Invalid(report)) => {
+            if printer.json {
+                println!(
+                    "{}",
+                    json_line(
+                        &serde_json::json!({"schema": output::SCHEMA_VALIDATE, "ok": false, "diagnostics": report.diagnostics.iter().map(|d| output::diagnostic_json(&report, d)).collect::<Vec<_>>()})
+                    )
+                );
+            }
+            eprint!("{}", report.render(printer.color));
+            Err(2)
+        }
+    }
+}
+
+fn cmd_init(printer: &Printer, cwd: &Path, template: &str, force: bool) -> i32 {
+    if template == "list" {
+        for t in ops::TEMPLATES {
+            println!("{:<8}  {}", t.name, t.summary);
+        }
+        return 0;
+    }
+    match ops::init(cwd, template, force) {
+        Ok(path) => {
+            printer.done(&format!(
+                "wrote {} from the `{template}` template",
+                display_path(cwd, &path)
+            ));
+            printer
+                .hint("`envrig up` builds it; add `.envrig/` to .gitignore (envrig's local cache)");
+            0
+        }
+        Err(e) => fail(printer, e),
+    }
+}
+
+async fn cmd_ssh(
+    ctx: &Context,
+    printer: &Printer,
+    project: &Project,
+    machine: &str,
+    command: Vec<String>,
+) -> i32 {
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if !tty {
+        if command.is_empty() {
+            printer.error(
+                "`envrig ssh` without a command needs a terminal",
+                Some("give a command: `envrig ssh MACHINE -- CMD...`, or use `envrig exec`"),
+            );
+            return 2;
+        }
+        return match ops::exec(ctx, project, machine, command).await {
+            Ok(code) => exit_status(code),
+            Err(e) => fail(printer, e),
+        };
+    }
+    let argv = if command.is_empty() {
+        // The best shell the machine has, as a login shell.
+        vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
+                .to_string(),
+        ]
+    } else {
+        command
+    };
+    let size = crossterm::terminal::size().ok();
+    if let Err(e) = crossterm::terminal::enable_raw_mode() {
+        printer.error(&format!("cannot put the terminal in raw mode: {e}"), None);
+        return 1;
+    }
+    let terminal = envrig_provider_api::Terminal {
+        input: Box::new(tokio::io::stdin()),
+        output: Box::new(tokio::io::stdout()),
+        size,
+    };
+    let r = ops::interactive(ctx, project, machine, argv, terminal).await;
+    let _ = crossterm::terminal::disable_raw_mode();
+    match r {
+        Ok(code) => exit_status(code),
+        Err(e) => fail(printer, e),
+    }
+}
+
+async fn cmd_ssh_config(
+    ctx: &Context,
+    printer: &Printer,
+    project: &Project,
+    machine: Option<String>,
+) -> i32 {
+    let names: Vec<String> = match machine {
+        Some(m) => vec![m],
+        None => project
+            .envfile
+            .machines
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect(),
+    };
+    for name in names {
+        let (p, o) = match ops::running_machine(ctx, project, &name).await {
+            Ok(x) => x,
+            Err(e) => return fail(printer, e),
+        };
+        match p.ssh_endpoint(&o.id).await {
+            Ok(ep) => {
+                println!("Host {name}");
+                println!("  HostName {}", ep.host);
+                println!("  Port {}", ep.port);
+                println!("  User {}", ep.user);
+                println!("  IdentityFile {}", ep.identity_file);
+                println!("  IdentitiesOnly yes");
+                if let Some(k) = ep.known_hosts_file {
+                    println!("  UserKnownHostsFile {k}");
+                    println!("  StrictHostKeyChecking yes");
+                }
+                println!();
+            }
+            Err(e) => {
+                printer.error(
+                    &format!("ssh-config for `{name}`: {e}"),
+                    Some(&format!("`envrig ssh {name}` opens a shell; `envrig exec {name} -- CMD` runs a command")),
+                );
+                return 1;
+            }
+        }
+    }
+    0
+}

@@ -1,0 +1,344 @@
+//! Everything the CLI prints: aligned tables and short messages for people (stderr for
+//! messages, stdout for data), versioned JSON documents and JSON lines for programs.
+//! Colours only on a TTY and never with `NO_COLOR`. The JSON schemas are in `docs/json.md`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+
+use envrig_provider_api::PullProgress;
+use serde::Serialize;
+
+use crate::envfile::{Diagnostic, Report, line_col};
+use crate::ops::{self, DestroySummary, EnvRow, Phase, Project, Reporter, StatusReport, UpOutcome};
+
+pub const SCHEMA_STATUS: &str = "envrig.status/1";
+pub const SCHEMA_LS: &str = "envrig.ls/1";
+pub const SCHEMA_UP: &str = "envrig.up/1";
+pub const SCHEMA_DESTROY: &str = "envrig.destroy/1";
+pub const SCHEMA_EVENT: &str = "envrig.event/1";
+pub const SCHEMA_VALIDATE: &str = "envrig.validate/1";
+
+pub fn json_line<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode output: {e}\"}}"))
+}
+
+/// Writes one line to stdout; a closed pipe (`| head`) is not an error.
+fn out(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+}
+
+pub fn diagnostic_json(report: &Report, d: &Diagnostic) -> serde_json::Value {
+    let (line, column) = line_col(&report.source, d.span.start);
+    serde_json::json!({
+        "severity": d.severity,
+        "file": report.display_path,
+        "line": line,
+        "column": column,
+        "key": d.key_path,
+        "message": d.message,
+        "help": d.help,
+    })
+}
+
+/// Asks a yes/no question on the terminal; anything but y/yes is no.
+pub fn confirm(question: &str) -> bool {
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+#[derive(Clone)]
+pub struct Printer {
+    pub json: bool,
+    pub quiet: bool,
+    pub color: bool,
+}
+
+impl Printer {
+    pub fn new(json: bool, quiet: bool) -> Printer {
+        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Printer { json, quiet, color }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    pub fn reporter(&self) -> Arc<dyn Reporter> {
+        if self.json {
+            Arc::new(JsonReporter)
+        } else {
+            Arc::new(HumanReporter {
+                printer: self.clone(),
+                pulls: Mutex::new(BTreeMap::new()),
+            })
+        }
+    }
+
+    pub fn error(&self, message: &str, hint: Option<&str>) {
+        eprintln!("{} {message}", self.paint("1;31", "error:"));
+        if let Some(h) = hint {
+            eprintln!("{} {h}", self.paint("1;36", "hint:"));
+        }
+    }
+
+    pub fn hint(&self, message: &str) {
+        if !self.quiet && !self.json {
+            eprintln!("{} {message}", self.paint("1;36", "hint:"));
+        }
+    }
+
+    /// A closing one-line summary, on stderr.
+    pub fn done(&self, message: &str) {
+        if !self.quiet && !self.json {
+            eprintln!("{message}");
+        }
+    }
+
+    pub fn up(&self, project: &Project, outcomes: &[UpOutcome]) {
+        if self.json {
+            out(&json_line(&serde_json::json!({
+                "schema": SCHEMA_UP,
+                "project": project.identity.project.as_str(),
+                "env_id": project.identity.env_id,
+                "machines": outcomes,
+            })));
+            return;
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for o in outcomes {
+            *counts.entry(o.result.as_str()).or_default() += 1;
+        }
+        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        self.done(&format!(
+            "`{}` is up: {}",
+            project.identity.project,
+            if summary.is_empty() {
+                "no machines".to_string()
+            } else {
+                summary.join(", ")
+            }
+        ));
+    }
+
+    pub fn status(&self, report: &StatusReport) {
+        if self.json {
+            out(&json_line(&serde_json::json!({
+                "schema": SCHEMA_STATUS,
+                "project": report.project,
+                "env_id": report.env_id,
+                "folder": report.folder,
+                "envfile": report.envfile,
+                "machines": report.machines,
+            })));
+            return;
+        }
+        let mut rows = vec![vec![
+            "MACHINE".into(),
+            "PROVIDER".into(),
+            "STATE".into(),
+            "PORTS".into(),
+            "AGE".into(),
+        ]];
+        for r in &report.machines {
+            let state = match (&r.state, &r.engine_state) {
+                (s, Some(e)) if (s == "stale" || s == "orphan") => format!("{s} ({e})"),
+                (s, _) => s.clone(),
+            };
+            rows.push(vec![
+                r.machine.clone(),
+                r.provider.clone(),
+                state,
+                if r.ports.is_empty() {
+                    "-".into()
+                } else {
+                    r.ports.join(", ")
+                },
+                r.created
+                    .as_deref()
+                    .and_then(ops::age)
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table(&rows);
+        if report.machines.iter().any(|r| r.state == "stale") {
+            self.hint("a stale machine was made from older settings; `envrig reload MACHINE` recreates it");
+        }
+        if report.machines.iter().any(|r| r.state == "orphan") {
+            self.hint("an orphan is no longer in the Envfile; `envrig destroy MACHINE` removes it");
+        }
+    }
+
+    pub fn ls(&self, rows: &[EnvRow]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_LS, "environments": rows}),
+            ));
+            return;
+        }
+        let mut t = vec![vec![
+            "PROJECT".into(),
+            "ID".into(),
+            "FOLDER".into(),
+            "MACHINES".into(),
+            "PROVIDERS".into(),
+            "AGE".into(),
+        ]];
+        for r in rows {
+            let machines: Vec<String> =
+                r.machines.iter().map(|(m, s)| format!("{m}={s}")).collect();
+            t.push(vec![
+                r.project.clone(),
+                r.env_id.chars().take(8).collect(),
+                if r.envfile_exists {
+                    r.folder.clone()
+                } else {
+                    format!("{} (gone)", r.folder)
+                },
+                machines.join(","),
+                r.providers.join(","),
+                r.created
+                    .as_deref()
+                    .and_then(ops::age)
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        if rows.is_empty() {
+            self.done("no environments on this host");
+        } else {
+            table(&t);
+        }
+    }
+
+    pub fn destroy(&self, s: &DestroySummary) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_DESTROY, "machines": s.machines, "resources": s.resources}),
+            ));
+            return;
+        }
+        if s.machines.is_empty() && s.resources.is_empty() {
+            self.done("nothing to destroy");
+        } else {
+            let mut what: Vec<String> = s.machines.iter().map(|m| format!("`{m}`")).collect();
+            what.extend(s.resources.iter().cloned());
+            self.done(&format!("destroyed {}", what.join(", ")));
+        }
+    }
+}
+
+/// Prints rows as left-aligned columns on stdout.
+fn table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out(line.trim_end());
+    }
+}
+
+/// Progress for people: `[machine] message` lines on stderr.
+struct HumanReporter {
+    printer: Printer,
+    /// The last status line printed per machine, so a pull's repeated lines print once.
+    pulls: Mutex<BTreeMap<String, String>>,
+}
+
+impl Reporter for HumanReporter {
+    fn event(&self, machine: Option<&str>, phase: Phase, message: &str) {
+        let p = &self.printer;
+        let quiet_ok = matches!(phase, Phase::Warning | Phase::Failed);
+        if p.quiet && !quiet_ok {
+            return;
+        }
+        let prefix = match machine {
+            Some(m) => format!("{} ", p.paint("1", &format!("[{m}]"))),
+            None => String::new(),
+        };
+        let message = match phase {
+            Phase::Warning => format!("{} {message}", p.paint("1;33", "warning:")),
+            Phase::Failed => format!("{} {message}", p.paint("1;31", "failed:")),
+            _ => message.to_string(),
+        };
+        eprintln!("{prefix}{message}");
+    }
+
+    fn pull(&self, machine: &str, progress: &PullProgress) {
+        if self.printer.quiet {
+            return;
+        }
+        let line = match progress {
+            PullProgress::Status(s) => s.clone(),
+            PullProgress::Bytes { done, total } => {
+                // Whole tens of percent, so a log gets a handful of lines, not thousands.
+                let pct = if *total > 0 {
+                    done * 100 / total / 10 * 10
+                } else {
+                    0
+                };
+                format!("downloading: {pct}%")
+            }
+        };
+        let mut last = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        if last.get(machine) != Some(&line) {
+            eprintln!(
+                "{} {line}",
+                self.printer.paint("1", &format!("[{machine}]"))
+            );
+            last.insert(machine.to_string(), line);
+        }
+    }
+}
+
+/// Progress for programs: one JSON object per line on stdout.
+struct JsonReporter;
+
+impl Reporter for JsonReporter {
+    fn event(&self, machine: Option<&str>, phase: Phase, message: &str) {
+        out(&json_line(&serde_json::json!({
+            "schema": SCHEMA_EVENT,
+            "time": ops::now_rfc3339(),
+            "machine": machine,
+            "phase": phase,
+            "message": message,
+        })));
+    }
+
+    fn pull(&self, machine: &str, progress: &PullProgress) {
+        let (message, done, total) = match progress {
+            PullProgress::Status(s) => (s.clone(), None, None),
+            PullProgress::Bytes { done, total } => {
+                ("downloading".to_string(), Some(*done), Some(*total))
+            }
+        };
+        out(&json_line(&serde_json::json!({
+            "schema": SCHEMA_EVENT,
+            "time": ops::now_rfc3339(),
+            "machine": machine,
+            "phase": Phase::Pull,
+            "message": message,
+            "bytes_done": done,
+            "bytes_total": total,
+        })));
+    }
+}

@@ -1,0 +1,91 @@
+//! `destroy`: removes machines and everything created for them; idempotent.
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use envrig_provider_api::Selector;
+
+use super::{Context, OpError, Phase, Project, lock, observe, provider, record};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestroySummary {
+    /// Machines whose resources were removed.
+    pub machines: Vec<String>,
+    /// Other resources removed (networks, volumes).
+    pub resources: Vec<String>,
+}
+
+/// Removes the named machines (every resource of them, every generation), or the whole
+/// environment, orphans and networks included, when `machines` is empty.
+pub async fn destroy(
+    ctx: &Context,
+    project: &Project,
+    machines: &[String],
+) -> Result<DestroySummary, OpError> {
+    for n in machines {
+        if project.machine(n).is_none() {
+            return Err(project.unknown_machine(n));
+        }
+    }
+    let lock = lock(ctx, project).await?;
+    let observed = observe(ctx, project).await?;
+    let doomed: Vec<_> = observed
+        .iter()
+        .filter(|o| machines.is_empty() || machines.contains(&o.machine))
+        .collect();
+    let mut summary = DestroySummary::default();
+    let jobs = doomed.iter().map(|o| async move {
+        let r = async {
+            let p = provider(ctx, &o.provider).await?;
+            ctx.reporter.event(
+                Some(&o.machine),
+                Phase::Remove,
+                &format!("removing {}", o.resource_name),
+            );
+            p.remove(&o.id)
+                .await
+                .map_err(|e| OpError::provider(format!("cannot remove {}", o.resource_name), e))
+        }
+        .await;
+        (o, r)
+    });
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
+    let mut failures = Vec::new();
+    while let Some((o, r)) = results.next().await {
+        match r {
+            Ok(()) => {
+                if !summary.machines.contains(&o.machine) {
+                    summary.machines.push(o.machine.clone());
+                }
+            }
+            Err(e) => failures.push((o.machine.clone(), e.to_string())),
+        }
+    }
+    summary.machines.sort();
+    if machines.is_empty() && failures.is_empty() {
+        let selector = Selector::env(&project.identity.env_id);
+        for name in project.provider_names() {
+            if ctx.registry.capabilities(&name).is_none() {
+                continue;
+            }
+            let p = provider(ctx, &name).await?;
+            let removed = p.purge(&selector).await.map_err(|e| {
+                OpError::provider("cannot remove the environment's networks and volumes", e)
+            })?;
+            summary.resources.extend(removed);
+        }
+    }
+    let left = if failures.is_empty() && machines.is_empty() {
+        Vec::new()
+    } else {
+        observe(ctx, project).await?
+    };
+    record(project, &lock, &left)?;
+    if !failures.is_empty() {
+        return Err(OpError::Machines {
+            total: doomed.len(),
+            failures,
+        });
+    }
+    Ok(summary)
+}

@@ -1,0 +1,85 @@
+//! `exec` and `ssh`: run a command in a running machine, non-interactively (output streamed,
+//! exit code returned) or attached to the terminal.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use envrig_provider_api::{ExecRequest, OutputStream, Provider, Terminal};
+
+use super::{Context, OpError, Project, observe, provider};
+use crate::plan::{Observed, current};
+
+/// The running resource of `machine`, and its provider.
+pub async fn running_machine(
+    ctx: &Context,
+    project: &Project,
+    machine: &str,
+) -> Result<(Arc<dyn Provider>, Observed), OpError> {
+    let m = project
+        .machine(machine)
+        .ok_or_else(|| project.unknown_machine(machine))?;
+    let observed = observe(ctx, project).await?;
+    let o = match current(m.name.as_str(), &observed).0 {
+        None => {
+            return Err(OpError::NotRunning {
+                machine: machine.to_string(),
+                state: "not created".to_string(),
+            });
+        }
+        Some(o) if !o.state.can_exec() => {
+            return Err(OpError::NotRunning {
+                machine: machine.to_string(),
+                state: o.state.as_str().to_string(),
+            });
+        }
+        Some(o) => o.clone(),
+    };
+    let p = provider(ctx, &o.provider).await?;
+    Ok((p, o))
+}
+
+/// Runs `argv` in `machine`, streaming its output to this process's stdout and stderr;
+/// returns its exit code.
+pub async fn exec(
+    ctx: &Context,
+    project: &Project,
+    machine: &str,
+    argv: Vec<String>,
+) -> Result<i64, OpError> {
+    let (p, o) = running_machine(ctx, project, machine).await?;
+    let req = ExecRequest {
+        argv,
+        ..ExecRequest::default()
+    };
+    let mut sink = |s: OutputStream, b: &[u8]| {
+        // A closed pipe on our side must not fail the command in the machine.
+        let _ = match s {
+            OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(b).and_then(|_| out.flush())
+            }
+            OutputStream::Stderr => std::io::stderr().lock().write_all(b),
+        };
+    };
+    p.exec(&o.id, &req, &mut sink)
+        .await
+        .map_err(|e| OpError::provider(format!("cannot run the command in `{machine}`"), e))
+}
+
+/// Runs `argv` in `machine` attached to `terminal`; returns its exit code.
+pub async fn interactive(
+    ctx: &Context,
+    project: &Project,
+    machine: &str,
+    argv: Vec<String>,
+    terminal: Terminal,
+) -> Result<i64, OpError> {
+    let (p, o) = running_machine(ctx, project, machine).await?;
+    let req = ExecRequest {
+        argv,
+        ..ExecRequest::default()
+    };
+    p.exec_interactive(&o.id, &req, terminal)
+        .await
+        .map_err(|e| OpError::provider(format!("cannot open a shell in `{machine}`"), e))
+}

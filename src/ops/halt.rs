@@ -1,0 +1,59 @@
+//! `halt`: stops machines gracefully, keeping their disks; hard after the timeout.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{Context, OpError, Phase, Project, lock, observe, provider, record};
+use crate::plan::current;
+
+/// Stops the named machines (all when empty); returns the machines that were stopped.
+pub async fn halt(
+    ctx: &Context,
+    project: &Project,
+    machines: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, OpError> {
+    let selected = project.select(machines, false)?;
+    let lock = lock(ctx, project).await?;
+    let observed = observe(ctx, project).await?;
+    let running: Vec<_> = selected
+        .iter()
+        .filter_map(|m| current(m.name.as_str(), &observed).0)
+        .filter(|o| o.state.can_exec())
+        .collect();
+    let jobs = running.iter().map(|o| async move {
+        let r = async {
+            let p = provider(ctx, &o.provider).await?;
+            ctx.reporter
+                .event(Some(&o.machine), Phase::Stop, "stopping");
+            p.stop(&o.id, timeout)
+                .await
+                .map_err(|e| OpError::provider(format!("cannot stop `{}`", o.machine), e))
+        }
+        .await;
+        (o, r)
+    });
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
+    let mut stopped = Vec::new();
+    let mut failures = Vec::new();
+    while let Some((o, r)) = results.next().await {
+        match r {
+            Ok(()) => {
+                ctx.reporter.event(Some(&o.machine), Phase::Done, "stopped");
+                stopped.push(o.machine.clone());
+            }
+            Err(e) => failures.push((o.machine.clone(), e.to_string())),
+        }
+    }
+    let observed = observe(ctx, project).await?;
+    record(project, &lock, &observed)?;
+    if !failures.is_empty() {
+        return Err(OpError::Machines {
+            total: running.len(),
+            failures,
+        });
+    }
+    stopped.sort();
+    Ok(stopped)
+}

@@ -1,0 +1,380 @@
+//! The operations behind the commands. Each takes a loaded [`Project`] (or none, for `ls`)
+//! and a [`Context`], talks to providers through the registry, and returns data for the CLI
+//! to print. Nothing here knows clap, colours or exit codes.
+
+mod destroy;
+mod exec;
+mod halt;
+mod init;
+mod ls;
+mod spec;
+mod status;
+mod up;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use envrig_provider_api::{Provider, ProviderError, PullProgress, Selector};
+
+use crate::envfile::{self, Envfile, LoadError, LoadOptions, Machine, Report};
+use crate::identity::Identity;
+use crate::plan::{Desired, Observed};
+use crate::providers::Registry;
+use crate::state::{StateCache, StateDir, StateLock};
+
+pub use destroy::{DestroySummary, destroy};
+pub use exec::{exec, interactive, running_machine};
+pub use halt::halt;
+pub use init::{TEMPLATES, Template, init};
+pub use ls::{EnvRow, ls};
+pub use spec::{config_hash, machine_spec};
+pub use status::{StatusReport, status};
+pub use up::{UpOptions, UpOutcome, up};
+
+/// A loaded environment: its Envfile, identity and state folder.
+#[derive(Debug)]
+pub struct Project {
+    pub envfile: Envfile,
+    pub identity: Identity,
+    pub state: StateDir,
+    /// Warnings found while loading the Envfile.
+    pub warnings: Report,
+}
+
+impl Project {
+    /// Loads the Envfile at `path` (absolute).
+    pub fn load(
+        path: &Path,
+        display_path: &str,
+        registry: &Registry,
+        provider_override: Option<&str>,
+    ) -> Result<Project, LoadError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let caps = |name: &str| registry.capabilities(name);
+        let opts = LoadOptions {
+            env: &env,
+            provider_override,
+            capabilities: &caps,
+        };
+        let (envfile, warnings) = envfile::load(path, display_path, &opts)?;
+        let identity = Identity::new(&envfile.project.name, &envfile.dir, &envfile.path);
+        let state = StateDir::new(&envfile.dir);
+        Ok(Project {
+            envfile,
+            identity,
+            state,
+            warnings,
+        })
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.envfile
+            .machines
+            .iter()
+            .find(|m| m.name.as_str() == name)
+    }
+
+    /// The machines named (all when `names` is empty), plus, with `with_deps`, everything
+    /// they depend on; in Envfile order.
+    pub fn select(&self, names: &[String], with_deps: bool) -> Result<Vec<&Machine>, OpError> {
+        if names.is_empty() {
+            return Ok(self.envfile.machines.iter().collect());
+        }
+        let mut wanted = BTreeSet::new();
+        let mut todo: Vec<String> = Vec::new();
+        for n in names {
+            if self.machine(n).is_none() {
+                return Err(self.unknown_machine(n));
+            }
+            todo.push(n.clone());
+        }
+        while let Some(n) = todo.pop() {
+            if !wanted.insert(n.clone()) {
+                continue;
+            }
+            if with_deps && let Some(m) = self.machine(&n) {
+                todo.extend(m.depends_on.iter().map(|d| d.to_string()));
+            }
+        }
+        Ok(self
+            .envfile
+            .machines
+            .iter()
+            .filter(|m| wanted.contains(m.name.as_str()))
+            .collect())
+    }
+
+    pub fn unknown_machine(&self, name: &str) -> OpError {
+        OpError::UnknownMachine {
+            name: name.to_string(),
+            envfile: self.envfile.path.clone(),
+            suggestion: envfile::did_you_mean(
+                name,
+                self.envfile.machines.iter().map(|m| m.name.as_str()),
+            )
+            .map(str::to_string),
+        }
+    }
+
+    /// The providers this environment's resources may live on: those its machines use, and
+    /// those the state cache remembers (a machine may have moved to another provider).
+    pub fn provider_names(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .envfile
+            .machines
+            .iter()
+            .map(|m| m.provider.clone())
+            .collect();
+        names.extend(
+            self.state
+                .read()
+                .machines
+                .values()
+                .map(|r| r.provider.clone()),
+        );
+        names
+    }
+
+    pub fn desired(&self, machines: &[&Machine]) -> Vec<Desired> {
+        machines
+            .iter()
+            .map(|m| Desired {
+                machine: m.name.clone(),
+                provider: m.provider.clone(),
+                config: config_hash(&machine_spec(self, m, 1, "")),
+            })
+            .collect()
+    }
+}
+
+/// What an operation reports while it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Pull,
+    Create,
+    Start,
+    Stop,
+    Remove,
+    Ready,
+    Warning,
+    Done,
+    Failed,
+}
+
+/// Where progress goes: a terminal, plain lines, or JSON lines.
+pub trait Reporter: Send + Sync {
+    fn event(&self, machine: Option<&str>, phase: Phase, message: &str);
+    fn pull(&self, machine: &str, progress: &PullProgress);
+    /// Another process holds the lock; we wait.
+    fn waiting_for_lock(&self, holder: &str) {
+        self.event(
+            None,
+            Phase::Warning,
+            &format!("waiting for another envrig working on this environment ({holder})"),
+        );
+    }
+}
+
+/// Shared by every operation.
+pub struct Context {
+    pub registry: Registry,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("no machine named `{name}` in {}", envfile.display())]
+    UnknownMachine {
+        name: String,
+        envfile: PathBuf,
+        suggestion: Option<String>,
+    },
+    #[error("machine `{machine}` is {state}")]
+    NotRunning { machine: String, state: String },
+    #[error("{context}: {source}")]
+    Provider {
+        context: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("{} of {} machines failed: {}", failures.len(), total, failures.iter().map(|(m, e)| format!("`{m}`: {e}")).collect::<Vec<_>>().join("; "))]
+    Machines {
+        failures: Vec<(String, String)>,
+        total: usize,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl OpError {
+    pub fn provider(context: impl Into<String>, source: ProviderError) -> OpError {
+        OpError::Provider {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the user asked for something impossible (exit 2) rather than an operation failing (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, OpError::UnknownMachine { .. } | OpError::Usage(_))
+    }
+
+    /// A next step for the user, when there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            OpError::UnknownMachine {
+                suggestion: Some(s),
+                ..
+            } => Some(format!("did you mean `{s}`?")),
+            OpError::UnknownMachine { .. } => {
+                Some("`envrig status` lists the machines".to_string())
+            }
+            OpError::NotRunning { machine, .. } => {
+                Some(format!("start it with `envrig up {machine}`"))
+            }
+            OpError::Provider { source, .. } => source.hint().map(str::to_string),
+            _ => None,
+        }
+    }
+}
+
+/// Connects to the provider called `name`.
+pub async fn provider(ctx: &Context, name: &str) -> Result<Arc<dyn Provider>, OpError> {
+    ctx.registry
+        .get(name)
+        .await
+        .map_err(|e| OpError::provider(format!("cannot use the {name} provider"), e))
+}
+
+/// Every resource of this environment on every provider it may use, decoded.
+pub async fn observe(ctx: &Context, project: &Project) -> Result<Vec<Observed>, OpError> {
+    let selector = Selector::env(&project.identity.env_id);
+    let mut out = Vec::new();
+    for name in project.provider_names() {
+        if ctx.registry.capabilities(&name).is_none() {
+            continue;
+        }
+        let p = provider(ctx, &name).await?;
+        let infos = p
+            .list(&selector)
+            .await
+            .map_err(|e| OpError::provider(format!("cannot list the {name} machines"), e))?;
+        out.extend(
+            infos
+                .into_iter()
+                .filter_map(|i| Observed::from_info(&name, i)),
+        );
+    }
+    Ok(out)
+}
+
+/// Takes the project's lock, off the async threads (it may wait for another process).
+pub async fn lock(ctx: &Context, project: &Project) -> Result<StateLock, OpError> {
+    let dir = project.state.clone();
+    let reporter = ctx.reporter.clone();
+    tokio::task::spawn_blocking(move || dir.lock(|holder| reporter.waiting_for_lock(holder)))
+        .await
+        .map_err(|e| OpError::Io {
+            context: "cannot take the state lock".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| OpError::Io {
+            context: format!("cannot lock {}", project.state.path.display()),
+            source,
+        })
+}
+
+/// Rewrites the state cache from what the engines report now.
+pub fn record(project: &Project, lock: &StateLock, observed: &[Observed]) -> Result<(), OpError> {
+    let mut cache = StateCache {
+        env_id: project.identity.env_id.clone(),
+        project: project.identity.project.to_string(),
+        ..StateCache::default()
+    };
+    for o in observed {
+        let (cur, _) = crate::plan::current(&o.machine, observed);
+        if cur.map(|c| &c.id) != Some(&o.id) {
+            continue;
+        }
+        cache.machines.insert(
+            o.machine.clone(),
+            crate::state::MachineRecord {
+                provider: o.provider.clone(),
+                id: o.id.clone(),
+                resource_name: o.resource_name.clone(),
+                generation: o.generation,
+                config: o.config.clone(),
+                state: o.state.as_str().to_string(),
+            },
+        );
+    }
+    project
+        .state
+        .write(lock, &cache)
+        .map_err(|source| OpError::Io {
+            context: format!("cannot write {}", project.state.path.display()),
+            source,
+        })
+}
+
+/// Machines grouped into waves: every machine comes after the machines it depends on.
+pub fn waves<'a>(machines: &[&'a Machine]) -> Vec<Vec<&'a Machine>> {
+    let names: BTreeSet<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut left: Vec<&Machine> = machines.to_vec();
+    let mut out = Vec::new();
+    while !left.is_empty() {
+        let (ready, rest): (Vec<&Machine>, Vec<&Machine>) = left.iter().partition(|m| {
+            m.depends_on
+                .iter()
+                .all(|d| done.contains(d.as_str()) || !names.contains(d.as_str()))
+        });
+        if ready.is_empty() {
+            // Cycles are Envfile errors, so this is unreachable; run the rest in one wave.
+            out.push(rest);
+            break;
+        }
+        done.extend(ready.iter().map(|m| m.name.as_str()));
+        out.push(ready);
+        left = rest;
+    }
+    out
+}
+
+/// Now, as written in `created` labels.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// How long ago an RFC 3339 time was, short: `12s`, `5m`, `3h`, `2d`.
+pub fn age(created: &str) -> Option<String> {
+    let t = humantime::parse_rfc3339(created).ok()?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(t)
+        .ok()?
+        .as_secs();
+    Some(match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    })
+}
+
+/// Group observed resources by machine.
+pub fn by_machine(observed: &[Observed]) -> BTreeMap<&str, Vec<&Observed>> {
+    let mut m: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
+    for o in observed {
+        m.entry(o.machine.as_str()).or_default().push(o);
+    }
+    m
+}

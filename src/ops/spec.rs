@@ -1,0 +1,55 @@
+//! From an Envfile machine to the provider-neutral [`MachineSpec`], and the hash of the
+//! settings that shape the resource (a different hash makes a machine `stale`).
+
+use envrig_provider_api::{MachineSpec, SyncedFolder, labels};
+
+use super::Project;
+use crate::envfile::Machine;
+use crate::identity::sha256_hex;
+
+/// The spec for `machine`'s resource of `generation`, labelled with the environment's
+/// identity and the config hash.
+pub fn machine_spec(
+    project: &Project,
+    machine: &Machine,
+    generation: u32,
+    created: &str,
+) -> MachineSpec {
+    let mut spec = MachineSpec {
+        resource_name: project.identity.resource_name(&machine.name, generation),
+        machine: machine.name.to_string(),
+        base: machine.base.clone(),
+        cpus: machine.cpus,
+        memory_bytes: machine.memory,
+        hostname: machine.hostname.clone(),
+        env: machine.env.clone(),
+        command: machine.command.clone(),
+        ports: machine.ports.clone(),
+        synced: machine
+            .synced
+            .iter()
+            .map(|s| SyncedFolder {
+                host: s.host.to_string_lossy().into_owned(),
+                guest: s.guest.clone(),
+                read_only: s.read_only,
+            })
+            .collect(),
+        labels: project.identity.labels(&machine.name, generation, created),
+        options: machine.options(),
+    };
+    let config = config_hash(&spec);
+    spec.labels.insert(labels::CONFIG.to_string(), config);
+    spec.labels
+        .insert(labels::PROVIDER.to_string(), machine.provider.clone());
+    spec
+}
+
+/// The hash of the settings that shape a machine's resource: everything in the spec but its
+/// name and labels (which carry times and generations).
+pub fn config_hash(spec: &MachineSpec) -> String {
+    let mut shaping = spec.clone();
+    shaping.resource_name.clear();
+    shaping.labels.clear();
+    let json = serde_json::to_vec(&shaping).unwrap_or_default();
+    sha256_hex(&json)[..12].to_string()
+}

@@ -1,0 +1,33 @@
+//! `status`: one row per machine, from the engines' labels (the state cache is not read).
+
+use serde::Serialize;
+
+use super::{Context, OpError, Project, observe};
+use crate::plan::{self, StatusRow};
+
+/// The status of one environment, as `status --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub project: String,
+    pub env_id: String,
+    pub folder: String,
+    pub envfile: String,
+    pub machines: Vec<StatusRow>,
+}
+
+pub async fn status(
+    ctx: &Context,
+    project: &Project,
+    machines: &[String],
+) -> Result<StatusReport, OpError> {
+    let selected = project.select(machines, false)?;
+    let observed = observe(ctx, project).await?;
+    let rows = plan::status(&project.desired(&selected), &observed, machines.is_empty());
+    Ok(StatusReport {
+        project: project.identity.project.to_string(),
+        env_id: project.identity.env_id.clone(),
+        folder: project.identity.folder.to_string_lossy().into_owned(),
+        envfile: project.envfile.path.to_string_lossy().into_owned(),
+        machines: rows,
+    })
+}

@@ -1,0 +1,353 @@
+//! The planner: desired machines (from the Envfile) × observed resources (from the engines'
+//! labels) → actions. Pure: it never calls a provider, so every case is a unit test.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use envrig_provider_api::{MachineInfo, MachineState, PortSpec, labels};
+
+use crate::envfile::Name;
+
+/// A machine as the Envfile wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub machine: Name,
+    pub provider: String,
+    /// Hash of the settings that shape the resource.
+    pub config: String,
+}
+
+/// A machine resource as an engine reports it, decoded from its labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub provider: String,
+    pub machine: String,
+    pub generation: u32,
+    pub id: String,
+    pub resource_name: String,
+    pub state: MachineState,
+    pub config: String,
+    pub created: String,
+    pub ports: Vec<PortSpec>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Observed {
+    /// Decodes a provider's report; resources without a machine label are not envrig's.
+    pub fn from_info(provider: &str, info: MachineInfo) -> Option<Observed> {
+        let machine = info.labels.get(labels::MACHINE)?.clone();
+        let label = |k: &str| info.labels.get(k).cloned().unwrap_or_default();
+        Some(Observed {
+            provider: info
+                .labels
+                .get(labels::PROVIDER)
+                .cloned()
+                .unwrap_or_else(|| provider.to_string()),
+            generation: label(labels::GENERATION).parse().unwrap_or(1),
+            config: label(labels::CONFIG),
+            created: label(labels::CREATED),
+            machine,
+            id: info.id,
+            resource_name: info.resource_name,
+            state: info.state,
+            ports: info.ports,
+            labels: info.labels,
+        })
+    }
+}
+
+/// What `up` does for one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing exists: create and start it.
+    Create,
+    /// It exists, matches, and is not running.
+    Start { id: String },
+    /// It exists, matches, and runs.
+    Keep { id: String },
+    /// It exists but was made from other settings; left as it is, with a hint.
+    Stale { id: String },
+    /// It exists but must be replaced (stale and a recreate was asked for, or broken).
+    Recreate { id: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachinePlan {
+    pub machine: Name,
+    pub action: Action,
+    /// Duplicate resources of the same machine and generation (left by a crash or a race):
+    /// removed, keeping the best one.
+    pub duplicates: Vec<String>,
+    /// The generation the machine has, or gets.
+    pub generation: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub machines: Vec<MachinePlan>,
+    /// Resources of machines the Envfile no longer declares.
+    pub orphans: Vec<Observed>,
+}
+
+/// How a machine's current resource ranks: running beats stopped beats the rest; then newer.
+fn rank(o: &Observed) -> (u32, u8, &str) {
+    let s = match o.state {
+        MachineState::Running => 3,
+        MachineState::Stopped | MachineState::Created | MachineState::Paused => 2,
+        MachineState::Transitioning => 1,
+        MachineState::Dead => 0,
+    };
+    (o.generation, s, o.created.as_str())
+}
+
+/// The current resource of each machine (the highest generation, best state) and the
+/// duplicates of that same generation.
+pub fn current<'a>(
+    machine: &str,
+    observed: &'a [Observed],
+) -> (Option<&'a Observed>, Vec<&'a Observed>) {
+    let mut mine: Vec<&Observed> = observed.iter().filter(|o| o.machine == machine).collect();
+    mine.sort_by(|a, b| rank(b).cmp(&rank(a)));
+    let Some(best) = mine.first().copied() else {
+        return (None, Vec::new());
+    };
+    let dups = mine[1..]
+        .iter()
+        .copied()
+        .filter(|o| o.generation == best.generation)
+        .collect();
+    (Some(best), dups)
+}
+
+/// Plans `up` for `desired` (already narrowed to the machines asked for).
+pub fn plan_up(desired: &[Desired], observed: &[Observed], recreate_stale: bool) -> Plan {
+    let mut machines = Vec::new();
+    for d in desired {
+        let (cur, dups) = current(d.machine.as_str(), observed);
+        let (action, generation) = match cur {
+            None => (Action::Create, 1),
+            Some(o) => {
+                let id = o.id.clone();
+                let action = if o.state == MachineState::Dead {
+                    Action::Recreate {
+                        id,
+                        reason: "its engine reports it dead".to_string(),
+                    }
+                } else if o.config != d.config || o.provider != d.provider {
+                    if recreate_stale {
+                        Action::Recreate {
+                            id,
+                            reason: "its settings changed".to_string(),
+                        }
+                    } else {
+                        Action::Stale { id }
+                    }
+                } else if o.state.can_start() {
+                    Action::Start { id }
+                } else {
+                    Action::Keep { id }
+                };
+                (action, o.generation)
+            }
+        };
+        machines.push(MachinePlan {
+            machine: d.machine.clone(),
+            action,
+            duplicates: dups.into_iter().map(|o| o.id.clone()).collect(),
+            generation,
+        });
+    }
+    Plan {
+        machines,
+        orphans: orphans(desired, observed),
+    }
+}
+
+/// Resources whose machine is not in `desired`.
+fn orphans(desired: &[Desired], observed: &[Observed]) -> Vec<Observed> {
+    observed
+        .iter()
+        .filter(|o| !desired.iter().any(|d| d.machine.as_str() == o.machine))
+        .cloned()
+        .collect()
+}
+
+/// One row of `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StatusRow {
+    pub machine: String,
+    pub provider: String,
+    /// not-created, running, stopped, created, paused, transitioning, dead, stale, orphan.
+    pub state: String,
+    /// The engine state behind `stale` and `orphan`; the same as `state` otherwise.
+    pub engine_state: Option<String>,
+    pub id: Option<String>,
+    pub resource_name: Option<String>,
+    pub generation: Option<u32>,
+    pub created: Option<String>,
+    pub ports: Vec<String>,
+}
+
+/// Status rows for `desired` in order, then orphans (when `with_orphans`).
+pub fn status(desired: &[Desired], observed: &[Observed], with_orphans: bool) -> Vec<StatusRow> {
+    let mut rows = Vec::new();
+    let row = |machine: &str, provider: &str, state: String, o: Option<&Observed>| StatusRow {
+        machine: machine.to_string(),
+        provider: provider.to_string(),
+        state,
+        engine_state: o.map(|o| o.state.as_str().to_string()),
+        id: o.map(|o| o.id.clone()),
+        resource_name: o.map(|o| o.resource_name.clone()),
+        generation: o.map(|o| o.generation),
+        created: o.map(|o| o.created.clone()).filter(|c| !c.is_empty()),
+        ports: o
+            .map(|o| o.ports.iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default(),
+    };
+    for d in desired {
+        let (cur, _) = current(d.machine.as_str(), observed);
+        let state = match cur {
+            None => "not-created".to_string(),
+            Some(o) if o.config != d.config || o.provider != d.provider => "stale".to_string(),
+            Some(o) => o.state.as_str().to_string(),
+        };
+        rows.push(row(d.machine.as_str(), &d.provider, state, cur));
+    }
+    if with_orphans {
+        for o in orphans(desired, observed) {
+            rows.push(row(&o.machine, &o.provider, "orphan".to_string(), Some(&o)));
+        }
+    }
+    rows
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for m in &self.machines {
+            let a = match &m.action {
+                Action::Create => "create".to_string(),
+                Action::Start { id } => format!("start {id}"),
+                Action::Keep { id } => format!("keep {id}"),
+                Action::Stale { id } => format!("stale {id} (left as it is)"),
+                Action::Recreate { id, reason } => format!("recreate {id}: {reason}"),
+            };
+            write!(f, "{} (gen {}): {a}", m.machine, m.generation)?;
+            if !m.duplicates.is_empty() {
+                write!(f, "; remove duplicates {}", m.duplicates.join(", "))?;
+            }
+            writeln!(f)?;
+        }
+        for o in &self.orphans {
+            writeln!(f, "orphan {} ({})", o.machine, o.id)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(name: &str, config: &str) -> Desired {
+        Desired {
+            machine: Name::parse(name).unwrap(),
+            provider: "docker".into(),
+            config: config.into(),
+        }
+    }
+
+    fn o(machine: &str, id: &str, state: MachineState, config: &str, created: &str) -> Observed {
+        Observed {
+            provider: "docker".into(),
+            machine: machine.into(),
+            generation: 1,
+            id: id.into(),
+            resource_name: format!("p-x-{machine}-1"),
+            state,
+            config: config.into(),
+            created: created.into(),
+            ports: Vec::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn up_plans_every_case() {
+        use MachineState::*;
+        let desired = [
+            d("new", "c"),
+            d("stopped", "c"),
+            d("running", "c"),
+            d("changed", "c2"),
+            d("dead", "c"),
+            d("twice", "c"),
+        ];
+        let observed = [
+            o("stopped", "s1", Stopped, "c", "t1"),
+            o("running", "r1", Running, "c", "t1"),
+            o("changed", "c1", Running, "c1", "t1"),
+            o("dead", "d1", Dead, "c", "t1"),
+            o("twice", "w1", Stopped, "c", "t1"),
+            o("twice", "w2", Running, "c", "t2"),
+            o("gone", "g1", Running, "c", "t1"),
+        ];
+        insta::assert_snapshot!(plan_up(&desired, &observed, false).to_string(), @r"
+        new (gen 1): create
+        stopped (gen 1): start s1
+        running (gen 1): keep r1
+        changed (gen 1): stale c1 (left as it is)
+        dead (gen 1): recreate d1: its engine reports it dead
+        twice (gen 1): keep w2; remove duplicates w1
+        orphan gone (g1)
+        ");
+        let p = plan_up(&desired[3..4], &observed, true);
+        assert_eq!(
+            p.machines[0].action,
+            Action::Recreate {
+                id: "c1".into(),
+                reason: "its settings changed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_second_up_is_all_keep() {
+        let desired = [d("a", "c"), d("b", "c")];
+        let observed = [
+            o("a", "1", MachineState::Running, "c", "t"),
+            o("b", "2", MachineState::Running, "c", "t"),
+        ];
+        let p = plan_up(&desired, &observed, false);
+        assert!(
+            p.machines
+                .iter()
+                .all(|m| matches!(m.action, Action::Keep { .. }))
+        );
+        assert!(p.orphans.is_empty());
+    }
+
+    #[test]
+    fn status_marks_stale_missing_and_orphans() {
+        let desired = [d("a", "c"), d("b", "c"), d("c", "new")];
+        let observed = [
+            o("a", "1", MachineState::Running, "c", "t"),
+            o("c", "3", MachineState::Stopped, "old", "t"),
+            o("z", "9", MachineState::Running, "c", "t"),
+        ];
+        let rows = status(&desired, &observed, true);
+        let states: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.machine.as_str(), r.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a", "running"),
+                ("b", "not-created"),
+                ("c", "stale"),
+                ("z", "orphan")
+            ]
+        );
+        assert_eq!(rows[2].engine_state.as_deref(), Some("stopped"));
+    }
+}

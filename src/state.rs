@@ -1,0 +1,171 @@
+//! The per-project state folder, `.envrig/` beside the Envfile.
+//!
+//! It is only a cache: the engines' labels are the truth, and every command works when the
+//! folder is deleted. Writes are atomic (a temporary file renamed into place) and made under
+//! an exclusive lock, which the kernel releases when its holder dies, so a crashed envrig
+//! never leaves a lock that others wait on forever.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The cache's format version.
+const FORMAT: u32 = 1;
+
+/// What the last command saw of each machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateCache {
+    pub format: u32,
+    pub env_id: String,
+    pub project: String,
+    pub machines: BTreeMap<String, MachineRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub provider: String,
+    pub id: String,
+    pub resource_name: String,
+    pub generation: u32,
+    pub config: String,
+    pub state: String,
+}
+
+/// The `.envrig/` folder of one project.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+/// An exclusive hold on a project's state; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateDir {
+    pub fn new(envfile_dir: &Path) -> StateDir {
+        StateDir {
+            path: envfile_dir.join(".envrig"),
+        }
+    }
+
+    fn ensure(&self) -> std::io::Result<()> {
+        if !self.path.is_dir() {
+            std::fs::create_dir_all(&self.path)?;
+            // Keep the cache and generated keys out of version control without asking.
+            std::fs::write(self.path.join(".gitignore"), "*\n")?;
+        }
+        Ok(())
+    }
+
+    /// Takes the exclusive lock, calling `waiting` once if another process holds it.
+    pub fn lock(&self, waiting: impl FnOnce(&str)) -> std::io::Result<StateLock> {
+        self.ensure()?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path.join("lock"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                waiting(holder.trim());
+                file.lock()?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "pid {}", std::process::id())?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// Reads the cache; a missing or unreadable one is an empty cache (it is only a cache).
+    pub fn read(&self) -> StateCache {
+        std::fs::read(self.path.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StateCache>(&b).ok())
+            .filter(|s| s.format == FORMAT)
+            .unwrap_or_default()
+    }
+
+    /// Replaces the cache atomically. Needs the lock.
+    pub fn write(&self, _lock: &StateLock, state: &StateCache) -> std::io::Result<()> {
+        self.ensure()?;
+        let mut state = state.clone();
+        state.format = FORMAT;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.path)?;
+        serde_json::to_writer_pretty(&mut tmp, &state)?;
+        tmp.write_all(b"\n")?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(self.path.join("state.json"))
+            .map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_round_trips_and_tolerates_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path());
+        assert_eq!(sd.read(), StateCache::default());
+        let lock = sd.lock(|_| panic!("nobody else holds it")).unwrap();
+        let mut s = StateCache {
+            env_id: "abc".into(),
+            project: "p".into(),
+            ..StateCache::default()
+        };
+        s.machines.insert(
+            "web".into(),
+            MachineRecord {
+                provider: "docker".into(),
+                id: "123".into(),
+                resource_name: "p-abc-web-1".into(),
+                generation: 1,
+                config: "c".into(),
+                state: "running".into(),
+            },
+        );
+        sd.write(&lock, &s).unwrap();
+        assert_eq!(sd.read().machines, s.machines);
+        std::fs::write(sd.path.join("state.json"), "{ not json").unwrap();
+        assert_eq!(
+            sd.read(),
+            StateCache::default(),
+            "a corrupt cache reads as empty"
+        );
+        assert_eq!(
+            std::fs::read_to_string(sd.path.join(".gitignore")).unwrap(),
+            "*\n"
+        );
+    }
+
+    #[test]
+    fn a_second_locker_waits_and_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path());
+        let first = sd.lock(|_| {}).unwrap();
+        let sd2 = sd.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let _l = sd2
+                .lock(|holder| tx.send(holder.to_string()).unwrap())
+                .unwrap();
+        });
+        let holder = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(holder, format!("pid {}", std::process::id()));
+        drop(first);
+        t.join().unwrap();
+    }
+}
