@@ -1,0 +1,165 @@
+//! The real binary in a temp folder: exit codes, stdout and stderr, and the JSON schemas.
+//! These need no engine, except where a test points envrig at a missing one on purpose.
+
+mod common;
+
+use common::{Project, envrig_in};
+
+const VALID: &str = r#"
+[project]
+name = "cli-test"
+
+[boxes.bb]
+docker = "envrig-test/busybox:latest"
+
+[machines.web]
+box = "bb"
+"#;
+
+#[test]
+fn version_prints_name_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = envrig_in(dir.path(), &["--version"]).ok();
+    assert_eq!(r.stdout.trim(), format!("envrig {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn validate_prints_ok_for_a_valid_envfile() {
+    let p = Project::new(VALID);
+    let r = p.envrig(&["validate"]).ok();
+    assert_eq!(r.stdout, "ok\n");
+    assert_eq!(r.stderr, "");
+}
+
+#[test]
+fn validate_reports_every_error_with_position_and_exits_2() {
+    let p = Project::new("[projct]\nname = \"x\"\n[boxes.bb]\ndocker = \"img\"\n[machines.web]\nbox = \"bb\"\nprots = [\"80:80\"]\n");
+    let r = p.envrig(&["validate"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!(r.stderr, @r#"
+    error: `projct`: unknown key `projct` at the top level
+     --> Envfile:1:2
+      |
+    1 | [projct]
+      |  ^^^^^^
+      |
+      = help: did you mean `project`?
+
+    error: `machines.web.prots`: unknown key `prots` in `machines.web`
+     --> Envfile:7:1
+      |
+    7 | prots = ["80:80"]
+      | ^^^^^
+      |
+      = help: did you mean `ports`?
+
+    error: Envfile has 2 errors
+    "#);
+}
+
+#[test]
+fn validate_json_lists_diagnostics() {
+    let p = Project::new("[boxes.bb]\ndocker = \"img\"\n[machines.web]\nbox = \"bb\"\nmemory = \"lots\"\n");
+    let r = p.envrig(&["validate", "--json"]);
+    assert_eq!(r.code, 2);
+    let v = r.json();
+    assert_eq!(v["schema"], "envrig.validate/1");
+    assert_eq!(v["ok"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["key"], "machines.web.memory");
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(5), Some(10)));
+    assert_eq!(d["file"], "Envfile");
+}
+
+#[test]
+fn a_command_in_a_subfolder_finds_the_envfile_above() {
+    let p = Project::new(VALID);
+    let sub = p.path().join("a/b");
+    std::fs::create_dir_all(&sub).unwrap();
+    assert_eq!(envrig_in(&sub, &["validate"]).ok().stdout, "ok\n");
+    // -C and -f come before the command.
+    let other = tempfile::tempdir().unwrap();
+    let dir = p.path().to_str().unwrap();
+    assert_eq!(envrig_in(other.path(), &["-C", dir, "validate"]).ok().stdout, "ok\n");
+    let file = p.path().join("Envfile");
+    assert_eq!(envrig_in(other.path(), &["-f", file.to_str().unwrap(), "validate"]).ok().stdout, "ok\n");
+}
+
+#[test]
+fn no_envfile_is_a_usage_error_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = envrig_in(dir.path(), &["status"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no Envfile in"), "{}", r.stderr);
+    assert!(r.stderr.contains("hint: `envrig init` writes one"), "{}", r.stderr);
+}
+
+#[test]
+fn init_writes_a_valid_envfile_and_never_overwrites_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = envrig_in(dir.path(), &["init"]).ok();
+    assert!(r.stderr.contains("wrote Envfile from the `basic` template"), "{}", r.stderr);
+    let text = std::fs::read_to_string(dir.path().join("Envfile")).unwrap();
+    assert!(text.contains("immutable = true"), "init writes immutable = true for new projects");
+    envrig_in(dir.path(), &["validate"]).ok();
+
+    std::fs::write(dir.path().join("Envfile"), "# mine\n").unwrap();
+    let r = envrig_in(dir.path(), &["init"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("Envfile")).unwrap(), "# mine\n", "nothing is lost");
+    envrig_in(dir.path(), &["init", "--template", "web-db", "--force"]).ok();
+    envrig_in(dir.path(), &["validate"]).ok();
+}
+
+#[test]
+fn init_lists_templates_and_rejects_unknown_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = envrig_in(dir.path(), &["init", "--template", "list"]).ok();
+    for name in ["basic", "web-db", "vm"] {
+        assert!(r.stdout.contains(name), "{}", r.stdout);
+    }
+    let r = envrig_in(dir.path(), &["init", "--template", "web-bd"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("did you mean `web-db`?"), "{}", r.stderr);
+    assert!(!dir.path().join("Envfile").exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let p = Project::new(VALID);
+    assert_eq!(p.envrig(&["frobnicate"]).code, 2);
+    let r = p.envrig(&["exec", "web", "ls"]);
+    assert_eq!(r.code, 2, "exec needs `--` before the command: {}", r.stderr);
+    let r = p.envrig(&["up", "wbe"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no machine named `wbe`"), "{}", r.stderr);
+    assert!(r.stderr.contains("did you mean `web`?"), "{}", r.stderr);
+    let r = p.envrig(&["--provider", "vmware", "status"]);
+    assert_eq!(r.code, 2);
+}
+
+#[test]
+fn an_unreachable_engine_fails_with_exit_1_and_a_hint() {
+    let p = Project::new(VALID);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_envrig"))
+        .arg("status")
+        .current_dir(p.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/envrig-test.sock")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("docker engine is not reachable"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+}
+
+#[test]
+fn completions_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = envrig_in(dir.path(), &["completions", "bash"]).ok();
+    assert!(r.stdout.contains("envrig"), "{}", r.stdout);
+}

@@ -1,0 +1,186 @@
+//! Helpers shared by the integration tests: run the real `envrig` binary in a temp project,
+//! and ask the real Docker engine (through its own CLI, independently of envrig's code)
+//! what exists.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The local test image built by `scripts/host-setup.sh`.
+pub const TEST_IMAGE: &str = "envrig-test/busybox:latest";
+
+/// Whether end-to-end tests are on. When `ENVRIG_E2E=1` and the engine or the test image
+/// is missing, this FAILS the test: a missing engine must never pass as a skip.
+pub fn e2e() -> bool {
+    if std::env::var("ENVRIG_E2E").as_deref() != Ok("1") {
+        eprintln!("ENVRIG_E2E is not 1: this end-to-end test needs a real Docker engine");
+        return false;
+    }
+    let v = Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output()
+        .expect("ENVRIG_E2E=1 but the `docker` CLI cannot be run; run scripts/host-setup.sh");
+    assert!(
+        v.status.success(),
+        "ENVRIG_E2E=1 but no Docker engine answers ({}); run scripts/host-setup.sh",
+        String::from_utf8_lossy(&v.stderr).trim()
+    );
+    let img = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("docker image inspect");
+    assert!(img.success(), "ENVRIG_E2E=1 but {TEST_IMAGE} is missing; run scripts/host-setup.sh");
+    true
+}
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{}-{}", std::process::id() % 100000, nanos % 100000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A project folder with an Envfile; destroys what it created when dropped.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub destroy_on_drop: bool,
+}
+
+impl Project {
+    pub fn new(envfile: &str) -> Project {
+        let dir = tempfile::Builder::new().prefix("envrig-test-").tempdir().unwrap();
+        std::fs::write(dir.path().join("Envfile"), envfile).unwrap();
+        Project {
+            dir,
+            destroy_on_drop: true,
+        }
+    }
+
+    /// A project in a given subfolder of a temp dir (for "same name, different folder").
+    pub fn in_subfolder(parent: &Path, name: &str, envfile: &str) -> PathBuf {
+        let d = parent.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("Envfile"), envfile).unwrap();
+        d
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, envfile: &str) {
+        std::fs::write(self.path().join("Envfile"), envfile).unwrap();
+    }
+
+    pub fn envrig(&self, args: &[&str]) -> Run {
+        envrig_in(self.path(), args)
+    }
+
+    /// The environment id, from `status --json`.
+    pub fn env_id(&self) -> String {
+        self.envrig(&["status", "--json"]).ok().json()["env_id"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if self.destroy_on_drop {
+            let _ = envrig_in(self.path(), &["destroy", "-f"]);
+            remove_by_folder(self.path());
+        }
+    }
+}
+
+/// Runs the real binary in `dir` with no stdin.
+pub fn envrig_in(dir: &Path, args: &[&str]) -> Run {
+    let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("ENVRIG_FILE")
+        .env_remove("ENVRIG_PROVIDER")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envrig");
+    Run::from(o)
+}
+
+/// Runs the docker CLI.
+pub fn docker(args: &[&str]) -> Run {
+    Run::from(Command::new("docker").args(args).stdin(Stdio::null()).output().expect("run docker"))
+}
+
+/// Container ids (all states) carrying `label`.
+pub fn containers(label: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label={label}")])
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn networks(label: &str) -> Vec<String> {
+    docker(&["network", "ls", "-q", "--filter", &format!("label={label}")]).ok().stdout.lines().map(str::to_string).collect()
+}
+
+pub fn volumes(label: &str) -> Vec<String> {
+    docker(&["volume", "ls", "-q", "--filter", &format!("label={label}")]).ok().stdout.lines().map(str::to_string).collect()
+}
+
+/// A container's state as docker reports it (`running`, `exited`, ...).
+pub fn container_state(id: &str) -> String {
+    docker(&["inspect", "--format", "{{.State.Status}}", id]).ok().stdout.trim().to_string()
+}
+
+/// Backstop cleanup: whatever carries this folder's label goes.
+pub fn remove_by_folder(folder: &Path) {
+    let folder = folder.canonicalize().unwrap_or_else(|_| folder.to_path_buf());
+    let label = format!("dev.envrig.folder={}", folder.display());
+    let ids = containers(&label);
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,245 @@
+//! End to end against a real Docker engine, through the real binary. Enabled by
+//! `ENVRIG_E2E=1` (the README's test command sets it); then a missing engine FAILS.
+//! What exists is checked with the docker CLI, independently of envrig's own code.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::{Project, TEST_IMAGE, container_state, containers, docker, e2e, networks, unique, volumes};
+
+fn envfile(project: &str, machines: &[&str], extra: &str) -> String {
+    let mut s = format!("[project]\nname = \"{project}\"\n\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n\n[defaults]\nbox = \"bb\"\nmemory = \"64MiB\"\n\n");
+    for m in machines {
+        s.push_str(&format!("[machines.{m}]\nenv = {{ WHO = \"{m}\" }}\n\n"));
+    }
+    s.push_str(extra);
+    s
+}
+
+fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == name)
+        .unwrap_or_else(|| panic!("no machine {name} in {status}"))
+}
+
+#[test]
+fn two_machines_live_halt_come_back_and_leave_nothing_behind() {
+    if !e2e() {
+        return;
+    }
+    let p = Project::new(&envfile(&unique("life"), &["db", "web"], ""));
+    let up = p.envrig(&["up"]).ok();
+    assert!(up.stderr.contains("2 created"), "{}", up.stderr);
+
+    // status --json is right, and agrees with the engine.
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(st["schema"], "envrig.status/1");
+    let env_id = st["env_id"].as_str().unwrap().to_string();
+    let label = format!("dev.envrig.env={env_id}");
+    for m in ["db", "web"] {
+        let row = machine(&st, m);
+        assert_eq!(row["state"], "running");
+        assert_eq!(row["provider"], "docker");
+        assert_eq!(row["generation"], 1);
+        assert_eq!(container_state(row["id"].as_str().unwrap()), "running");
+    }
+    assert_eq!(containers(&label).len(), 2);
+
+    // exec: the command's stdout, stderr and exit code, and the machine's env.
+    let r = p.envrig(&["exec", "web", "--", "sh", "-c", "echo out $WHO; echo err >&2; exit 3"]);
+    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (3, "out web\n", "err\n"));
+    let r = p.envrig(&["ssh", "db", "--", "hostname"]).ok();
+    assert_eq!(r.stdout, "db\n", "ssh with a command and no TTY behaves like exec");
+
+    // A second up is a no-op: same containers, nothing created.
+    let ids: Vec<String> = ["db", "web"].iter().map(|m| machine(&st, m)["id"].as_str().unwrap().to_string()).collect();
+    let again = p.envrig(&["up"]).ok();
+    assert!(again.stderr.contains("2 unchanged"), "{}", again.stderr);
+    let st2 = p.envrig(&["status", "--json"]).ok().json();
+    let ids2: Vec<String> = ["db", "web"].iter().map(|m| machine(&st2, m)["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ids2);
+
+    // halt stops them (quickly, keeping the disk); up starts the same containers again.
+    p.envrig(&["exec", "web", "--", "sh", "-c", "echo kept > /root/marker"]).ok();
+    let t0 = std::time::Instant::now();
+    p.envrig(&["halt"]).ok();
+    assert!(t0.elapsed().as_secs() < 8, "halt took {:?}", t0.elapsed());
+    for id in &ids {
+        assert_eq!(container_state(id), "exited");
+    }
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "web")["state"], "stopped");
+    let r = p.envrig(&["exec", "web", "--", "true"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("machine `web` is stopped"), "{}", r.stderr);
+    assert!(r.stderr.contains("envrig up web"), "{}", r.stderr);
+    p.envrig(&["up"]).ok();
+    assert_eq!(p.envrig(&["exec", "web", "--", "cat", "/root/marker"]).ok().stdout, "kept\n");
+
+    // A container removed by hand is noticed and recreated.
+    docker(&["rm", "-f", &ids[1]]).ok();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "web")["state"], "not-created");
+    let r = p.envrig(&["up"]).ok();
+    assert!(r.stderr.contains("1 created") && r.stderr.contains("1 unchanged"), "{}", r.stderr);
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "web")["state"], "running");
+    assert_ne!(machine(&st, "web")["id"].as_str().unwrap(), ids[1]);
+
+    // The state cache is only a cache.
+    std::fs::remove_dir_all(p.path().join(".envrig")).unwrap();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "db")["state"], "running");
+    assert_eq!(machine(&st, "db")["id"].as_str().unwrap(), ids[0]);
+    assert!(p.envrig(&["up"]).ok().stderr.contains("2 unchanged"));
+
+    // destroy -f leaves no container, network or volume of the environment; twice is fine.
+    let r = p.envrig(&["destroy", "-f"]).ok();
+    assert!(r.stderr.contains("destroyed"), "{}", r.stderr);
+    assert!(containers(&label).is_empty());
+    assert!(networks(&label).is_empty());
+    assert!(volumes(&label).is_empty());
+    let r = p.envrig(&["destroy", "-f"]).ok();
+    assert!(r.stderr.contains("nothing to destroy"), "{}", r.stderr);
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "db")["state"], "not-created");
+}
+
+#[test]
+fn two_checkouts_of_one_project_never_touch_each_other() {
+    if !e2e() {
+        return;
+    }
+    let name = unique("twin");
+    let a = Project::new(&envfile(&name, &["app"], ""));
+    let b = Project::new(&envfile(&name, &["app"], ""));
+    a.envrig(&["up"]).ok();
+    b.envrig(&["up"]).ok();
+    let (ida, idb) = (a.env_id(), b.env_id());
+    assert_ne!(ida, idb, "same name, different folders: different environments");
+    assert_eq!(containers(&format!("dev.envrig.env={ida}")).len(), 1);
+    assert_eq!(containers(&format!("dev.envrig.env={idb}")).len(), 1);
+
+    a.envrig(&["destroy", "-f"]).ok();
+    assert!(containers(&format!("dev.envrig.env={ida}")).is_empty());
+    let st = b.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "app")["state"], "running", "the other checkout is untouched");
+    // `ls` sees the survivor, with its folder.
+    let ls = b.envrig(&["ls", "--json"]).ok().json();
+    assert_eq!(ls["schema"], "envrig.ls/1");
+    let envs = ls["environments"].as_array().unwrap();
+    let row = envs.iter().find(|e| e["env_id"] == idb.as_str()).expect("ls lists the environment");
+    assert_eq!(row["project"], name.as_str());
+    assert_eq!(row["machines"]["app"], "running");
+    assert_eq!(row["envfile_exists"], true);
+    assert!(!envs.iter().any(|e| e["env_id"] == ida.as_str()));
+}
+
+#[test]
+fn a_missing_image_is_pulled_from_a_registry() {
+    if !e2e() {
+        return;
+    }
+    let registry = std::env::var("ENVRIG_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    let tag = unique("pull");
+    let remote = format!("{registry}/envrig-e2e/busybox:{tag}");
+    docker(&["tag", TEST_IMAGE, &remote]).ok();
+    let pushed = docker(&["push", &remote]);
+    assert_eq!(pushed.code, 0, "ENVRIG_E2E=1 needs the loopback registry (scripts/host-setup.sh): {}", pushed.stderr);
+    docker(&["rmi", &remote]).ok();
+
+    let text = format!("[project]\nname = \"{tag}\"\n[boxes.remote]\ndocker = \"{remote}\"\n[machines.one]\nbox = \"remote\"\n");
+    let p = Project::new(&text);
+    let r = p.envrig(&["up"]).ok();
+    assert!(r.stderr.contains(&format!("fetching {remote}")), "{}", r.stderr);
+    assert_eq!(docker(&["image", "inspect", &remote]).code, 0, "the image was pulled");
+    assert_eq!(p.envrig(&["exec", "one", "--", "echo", "pulled"]).ok().stdout, "pulled\n");
+    p.envrig(&["destroy", "-f"]).ok();
+    let _ = docker(&["rmi", &remote]);
+}
+
+#[test]
+fn changed_settings_make_a_machine_stale_until_reload() {
+    if !e2e() {
+        return;
+    }
+    let name = unique("stale");
+    let p = Project::new(&envfile(&name, &["app"], ""));
+    p.envrig(&["up"]).ok();
+    p.write(&envfile(&name, &["app"], "").replace("WHO = \"app\"", "WHO = \"changed\""));
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "app")["state"], "stale");
+    assert_eq!(machine(&st, "app")["engine_state"], "running");
+    let r = p.envrig(&["up"]).ok();
+    assert!(r.stderr.contains("envrig reload app"), "up says how to apply the change: {}", r.stderr);
+    assert_eq!(p.envrig(&["exec", "app", "--", "sh", "-c", "echo $WHO"]).ok().stdout, "app\n", "not patched in place");
+    p.envrig(&["reload"]).ok();
+    assert_eq!(p.envrig(&["exec", "app", "--", "sh", "-c", "echo $WHO"]).ok().stdout, "changed\n");
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "app")["state"], "running");
+    assert_eq!(containers(&format!("dev.envrig.env={}", st["env_id"].as_str().unwrap())).len(), 1);
+}
+
+#[test]
+fn ports_command_and_synced_folders_reach_the_container() {
+    if !e2e() {
+        return;
+    }
+    let port = common::free_port();
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("index.html"), "hello from the host\n").unwrap();
+    let ro_dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[machines.www]\nports = [\"127.0.0.1:{port}:8080\"]\ncommand = [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/srv/www\"]\nsynced = [{{ host = \"{}\", guest = \"/srv/www\" }}, {{ host = \"{}\", guest = \"/srv/ro\", mode = \"ro\" }}]\n",
+        host_dir.path().display(),
+        ro_dir.path().display()
+    );
+    let p = Project::new(&envfile(&unique("net"), &[], &extra));
+    p.envrig(&["up"]).ok();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "www")["ports"][0], format!("127.0.0.1:{port}->8080/tcp"));
+
+    // The command is the main process: busybox httpd serves the synced folder on the port.
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            s.read_to_string(&mut body).unwrap();
+            if !body.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(body.starts_with("HTTP/1.") && body.contains("hello from the host"), "{body}");
+
+    // Synced folders are live both ways; a read-only one refuses writes.
+    p.envrig(&["exec", "www", "--", "sh", "-c", "echo from-guest > /srv/www/back.txt"]).ok();
+    assert_eq!(std::fs::read_to_string(host_dir.path().join("back.txt")).unwrap(), "from-guest\n");
+    let r = p.envrig(&["exec", "www", "--", "sh", "-c", "echo x > /srv/ro/nope"]);
+    assert_ne!(r.code, 0, "a read-only synced folder refuses writes");
+    assert!(!ro_dir.path().join("nope").exists());
+}
+
+#[test]
+fn up_of_one_machine_brings_its_dependencies_and_destroy_of_one_keeps_the_rest() {
+    if !e2e() {
+        return;
+    }
+    let extra = "[machines.web]\ndepends_on = [\"db\"]\n\n[machines.db]\n\n[machines.other]\n";
+    let p = Project::new(&envfile(&unique("deps"), &[], extra));
+    p.envrig(&["up", "web"]).ok();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "web")["state"], "running");
+    assert_eq!(machine(&st, "db")["state"], "running");
+    assert_eq!(machine(&st, "other")["state"], "not-created");
+
+    p.envrig(&["destroy", "db", "-f"]).ok();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(machine(&st, "db")["state"], "not-created");
+    assert_eq!(machine(&st, "web")["state"], "running");
+}
