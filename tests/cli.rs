@@ -20,7 +20,10 @@ box = "bb"
 fn version_prints_name_and_version() {
     let dir = tempfile::tempdir().unwrap();
     let r = envrig_in(dir.path(), &["--version"]).ok();
-    assert_eq!(r.stdout.trim(), format!("envrig {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        r.stdout.trim(),
+        format!("envrig {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -33,7 +36,9 @@ fn validate_prints_ok_for_a_valid_envfile() {
 
 #[test]
 fn validate_reports_every_error_with_position_and_exits_2() {
-    let p = Project::new("[projct]\nname = \"x\"\n[boxes.bb]\ndocker = \"img\"\n[machines.web]\nbox = \"bb\"\nprots = [\"80:80\"]\n");
+    let p = Project::new(
+        "[projct]\nname = \"x\"\n[boxes.bb]\ndocker = \"img\"\n[machines.web]\nbox = \"bb\"\nprots = [\"80:80\"]\n",
+    );
     let r = p.envrig(&["validate"]);
     assert_eq!(r.code, 2);
     assert_eq!(r.stdout, "");
@@ -60,7 +65,9 @@ fn validate_reports_every_error_with_position_and_exits_2() {
 
 #[test]
 fn validate_json_lists_diagnostics() {
-    let p = Project::new("[boxes.bb]\ndocker = \"img\"\n[machines.web]\nbox = \"bb\"\nmemory = \"lots\"\n");
+    let p = Project::new(
+        "[boxes.bb]\ndocker = \"img\"\n[machines.web]\nbox = \"bb\"\nmemory = \"lots\"\n",
+    );
     let r = p.envrig(&["validate", "--json"]);
     assert_eq!(r.code, 2);
     let v = r.json();
@@ -69,7 +76,10 @@ fn validate_json_lists_diagnostics() {
     let d = &v["diagnostics"][0];
     assert_eq!(d["severity"], "error");
     assert_eq!(d["key"], "machines.web.memory");
-    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(5), Some(10)));
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(5), Some(10))
+    );
     assert_eq!(d["file"], "Envfile");
 }
 
@@ -82,9 +92,19 @@ fn a_command_in_a_subfolder_finds_the_envfile_above() {
     // -C and -f come before the command.
     let other = tempfile::tempdir().unwrap();
     let dir = p.path().to_str().unwrap();
-    assert_eq!(envrig_in(other.path(), &["-C", dir, "validate"]).ok().stdout, "ok\n");
+    assert_eq!(
+        envrig_in(other.path(), &["-C", dir, "validate"])
+            .ok()
+            .stdout,
+        "ok\n"
+    );
     let file = p.path().join("Envfile");
-    assert_eq!(envrig_in(other.path(), &["-f", file.to_str().unwrap(), "validate"]).ok().stdout, "ok\n");
+    assert_eq!(
+        envrig_in(other.path(), &["-f", file.to_str().unwrap(), "validate"])
+            .ok()
+            .stdout,
+        "ok\n"
+    );
 }
 
 #[test]
@@ -93,23 +113,38 @@ fn no_envfile_is_a_usage_error_with_a_hint() {
     let r = envrig_in(dir.path(), &["status"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no Envfile in"), "{}", r.stderr);
-    assert!(r.stderr.contains("hint: `envrig init` writes one"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("hint: `envrig init` writes one"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn init_writes_a_valid_envfile_and_never_overwrites_silently() {
     let dir = tempfile::tempdir().unwrap();
     let r = envrig_in(dir.path(), &["init"]).ok();
-    assert!(r.stderr.contains("wrote Envfile from the `basic` template"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("wrote Envfile from the `basic` template"),
+        "{}",
+        r.stderr
+    );
     let text = std::fs::read_to_string(dir.path().join("Envfile")).unwrap();
-    assert!(text.contains("immutable = true"), "init writes immutable = true for new projects");
+    assert!(
+        text.contains("immutable = true"),
+        "init writes immutable = true for new projects"
+    );
     envrig_in(dir.path(), &["validate"]).ok();
 
     std::fs::write(dir.path().join("Envfile"), "# mine\n").unwrap();
     let r = envrig_in(dir.path(), &["init"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("already exists"), "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(dir.path().join("Envfile")).unwrap(), "# mine\n", "nothing is lost");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("Envfile")).unwrap(),
+        "# mine\n",
+        "nothing is lost"
+    );
     envrig_in(dir.path(), &["init", "--template", "web-db", "--force"]).ok();
     envrig_in(dir.path(), &["validate"]).ok();
 }
@@ -132,7 +167,11 @@ fn usage_errors_exit_2() {
     let p = Project::new(VALID);
     assert_eq!(p.envrig(&["frobnicate"]).code, 2);
     let r = p.envrig(&["exec", "web", "ls"]);
-    assert_eq!(r.code, 2, "exec needs `--` before the command: {}", r.stderr);
+    assert_eq!(
+        r.code, 2,
+        "exec needs `--` before the command: {}",
+        r.stderr
+    );
     let r = p.envrig(&["up", "wbe"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no machine named `wbe`"), "{}", r.stderr);
@@ -153,7 +192,10 @@ fn an_unreachable_engine_fails_with_exit_1_and_a_hint() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("docker engine is not reachable"), "{stderr}");
+    assert!(
+        stderr.contains("docker engine is not reachable"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint:"), "{stderr}");
 }
 

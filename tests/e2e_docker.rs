@@ -6,10 +6,14 @@ mod common;
 
 use std::io::{Read, Write};
 
-use common::{Project, TEST_IMAGE, container_state, containers, docker, e2e, networks, unique, volumes};
+use common::{
+    Project, TEST_IMAGE, container_state, containers, docker, e2e, networks, unique, volumes,
+};
 
 fn envfile(project: &str, machines: &[&str], extra: &str) -> String {
-    let mut s = format!("[project]\nname = \"{project}\"\n\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n\n[defaults]\nbox = \"bb\"\nmemory = \"64MiB\"\n\n");
+    let mut s = format!(
+        "[project]\nname = \"{project}\"\n\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n\n[defaults]\nbox = \"bb\"\nmemory = \"64MiB\"\n\n"
+    );
     for m in machines {
         s.push_str(&format!("[machines.{m}]\nenv = {{ WHO = \"{m}\" }}\n\n"));
     }
@@ -50,21 +54,41 @@ fn two_machines_live_halt_come_back_and_leave_nothing_behind() {
     assert_eq!(containers(&label).len(), 2);
 
     // exec: the command's stdout, stderr and exit code, and the machine's env.
-    let r = p.envrig(&["exec", "web", "--", "sh", "-c", "echo out $WHO; echo err >&2; exit 3"]);
-    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (3, "out web\n", "err\n"));
+    let r = p.envrig(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo out $WHO; echo err >&2; exit 3",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (3, "out web\n", "err\n")
+    );
     let r = p.envrig(&["ssh", "db", "--", "hostname"]).ok();
-    assert_eq!(r.stdout, "db\n", "ssh with a command and no TTY behaves like exec");
+    assert_eq!(
+        r.stdout, "db\n",
+        "ssh with a command and no TTY behaves like exec"
+    );
 
     // A second up is a no-op: same containers, nothing created.
-    let ids: Vec<String> = ["db", "web"].iter().map(|m| machine(&st, m)["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = ["db", "web"]
+        .iter()
+        .map(|m| machine(&st, m)["id"].as_str().unwrap().to_string())
+        .collect();
     let again = p.envrig(&["up"]).ok();
     assert!(again.stderr.contains("2 unchanged"), "{}", again.stderr);
     let st2 = p.envrig(&["status", "--json"]).ok().json();
-    let ids2: Vec<String> = ["db", "web"].iter().map(|m| machine(&st2, m)["id"].as_str().unwrap().to_string()).collect();
+    let ids2: Vec<String> = ["db", "web"]
+        .iter()
+        .map(|m| machine(&st2, m)["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, ids2);
 
     // halt stops them (quickly, keeping the disk); up starts the same containers again.
-    p.envrig(&["exec", "web", "--", "sh", "-c", "echo kept > /root/marker"]).ok();
+    p.envrig(&["exec", "web", "--", "sh", "-c", "echo kept > /root/marker"])
+        .ok();
     let t0 = std::time::Instant::now();
     p.envrig(&["halt"]).ok();
     assert!(t0.elapsed().as_secs() < 8, "halt took {:?}", t0.elapsed());
@@ -75,17 +99,30 @@ fn two_machines_live_halt_come_back_and_leave_nothing_behind() {
     assert_eq!(machine(&st, "web")["state"], "stopped");
     let r = p.envrig(&["exec", "web", "--", "true"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("machine `web` is stopped"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("machine `web` is stopped"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("envrig up web"), "{}", r.stderr);
     p.envrig(&["up"]).ok();
-    assert_eq!(p.envrig(&["exec", "web", "--", "cat", "/root/marker"]).ok().stdout, "kept\n");
+    assert_eq!(
+        p.envrig(&["exec", "web", "--", "cat", "/root/marker"])
+            .ok()
+            .stdout,
+        "kept\n"
+    );
 
     // A container removed by hand is noticed and recreated.
     docker(&["rm", "-f", &ids[1]]).ok();
     let st = p.envrig(&["status", "--json"]).ok().json();
     assert_eq!(machine(&st, "web")["state"], "not-created");
     let r = p.envrig(&["up"]).ok();
-    assert!(r.stderr.contains("1 created") && r.stderr.contains("1 unchanged"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 created") && r.stderr.contains("1 unchanged"),
+        "{}",
+        r.stderr
+    );
     let st = p.envrig(&["status", "--json"]).ok().json();
     assert_eq!(machine(&st, "web")["state"], "running");
     assert_ne!(machine(&st, "web")["id"].as_str().unwrap(), ids[1]);
@@ -120,19 +157,29 @@ fn two_checkouts_of_one_project_never_touch_each_other() {
     a.envrig(&["up"]).ok();
     b.envrig(&["up"]).ok();
     let (ida, idb) = (a.env_id(), b.env_id());
-    assert_ne!(ida, idb, "same name, different folders: different environments");
+    assert_ne!(
+        ida, idb,
+        "same name, different folders: different environments"
+    );
     assert_eq!(containers(&format!("dev.envrig.env={ida}")).len(), 1);
     assert_eq!(containers(&format!("dev.envrig.env={idb}")).len(), 1);
 
     a.envrig(&["destroy", "-f"]).ok();
     assert!(containers(&format!("dev.envrig.env={ida}")).is_empty());
     let st = b.envrig(&["status", "--json"]).ok().json();
-    assert_eq!(machine(&st, "app")["state"], "running", "the other checkout is untouched");
+    assert_eq!(
+        machine(&st, "app")["state"],
+        "running",
+        "the other checkout is untouched"
+    );
     // `ls` sees the survivor, with its folder.
     let ls = b.envrig(&["ls", "--json"]).ok().json();
     assert_eq!(ls["schema"], "envrig.ls/1");
     let envs = ls["environments"].as_array().unwrap();
-    let row = envs.iter().find(|e| e["env_id"] == idb.as_str()).expect("ls lists the environment");
+    let row = envs
+        .iter()
+        .find(|e| e["env_id"] == idb.as_str())
+        .expect("ls lists the environment");
     assert_eq!(row["project"], name.as_str());
     assert_eq!(row["machines"]["app"], "running");
     assert_eq!(row["envfile_exists"], true);
@@ -144,20 +191,40 @@ fn a_missing_image_is_pulled_from_a_registry() {
     if !e2e() {
         return;
     }
-    let registry = std::env::var("ENVRIG_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    let registry =
+        std::env::var("ENVRIG_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
     let tag = unique("pull");
     let remote = format!("{registry}/envrig-e2e/busybox:{tag}");
     docker(&["tag", TEST_IMAGE, &remote]).ok();
     let pushed = docker(&["push", &remote]);
-    assert_eq!(pushed.code, 0, "ENVRIG_E2E=1 needs the loopback registry (scripts/host-setup.sh): {}", pushed.stderr);
+    assert_eq!(
+        pushed.code, 0,
+        "ENVRIG_E2E=1 needs the loopback registry (scripts/host-setup.sh): {}",
+        pushed.stderr
+    );
     docker(&["rmi", &remote]).ok();
 
-    let text = format!("[project]\nname = \"{tag}\"\n[boxes.remote]\ndocker = \"{remote}\"\n[machines.one]\nbox = \"remote\"\n");
+    let text = format!(
+        "[project]\nname = \"{tag}\"\n[boxes.remote]\ndocker = \"{remote}\"\n[machines.one]\nbox = \"remote\"\n"
+    );
     let p = Project::new(&text);
     let r = p.envrig(&["up"]).ok();
-    assert!(r.stderr.contains(&format!("fetching {remote}")), "{}", r.stderr);
-    assert_eq!(docker(&["image", "inspect", &remote]).code, 0, "the image was pulled");
-    assert_eq!(p.envrig(&["exec", "one", "--", "echo", "pulled"]).ok().stdout, "pulled\n");
+    assert!(
+        r.stderr.contains(&format!("fetching {remote}")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        docker(&["image", "inspect", &remote]).code,
+        0,
+        "the image was pulled"
+    );
+    assert_eq!(
+        p.envrig(&["exec", "one", "--", "echo", "pulled"])
+            .ok()
+            .stdout,
+        "pulled\n"
+    );
     p.envrig(&["destroy", "-f"]).ok();
     let _ = docker(&["rmi", &remote]);
 }
@@ -175,13 +242,35 @@ fn changed_settings_make_a_machine_stale_until_reload() {
     assert_eq!(machine(&st, "app")["state"], "stale");
     assert_eq!(machine(&st, "app")["engine_state"], "running");
     let r = p.envrig(&["up"]).ok();
-    assert!(r.stderr.contains("envrig reload app"), "up says how to apply the change: {}", r.stderr);
-    assert_eq!(p.envrig(&["exec", "app", "--", "sh", "-c", "echo $WHO"]).ok().stdout, "app\n", "not patched in place");
+    assert!(
+        r.stderr.contains("envrig reload app"),
+        "up says how to apply the change: {}",
+        r.stderr
+    );
+    assert_eq!(
+        p.envrig(&["exec", "app", "--", "sh", "-c", "echo $WHO"])
+            .ok()
+            .stdout,
+        "app\n",
+        "not patched in place"
+    );
     p.envrig(&["reload"]).ok();
-    assert_eq!(p.envrig(&["exec", "app", "--", "sh", "-c", "echo $WHO"]).ok().stdout, "changed\n");
+    assert_eq!(
+        p.envrig(&["exec", "app", "--", "sh", "-c", "echo $WHO"])
+            .ok()
+            .stdout,
+        "changed\n"
+    );
     let st = p.envrig(&["status", "--json"]).ok().json();
     assert_eq!(machine(&st, "app")["state"], "running");
-    assert_eq!(containers(&format!("dev.envrig.env={}", st["env_id"].as_str().unwrap())).len(), 1);
+    assert_eq!(
+        containers(&format!(
+            "dev.envrig.env={}",
+            st["env_id"].as_str().unwrap()
+        ))
+        .len(),
+        1
+    );
 }
 
 #[test]
@@ -201,7 +290,10 @@ fn ports_command_and_synced_folders_reach_the_container() {
     let p = Project::new(&envfile(&unique("net"), &[], &extra));
     p.envrig(&["up"]).ok();
     let st = p.envrig(&["status", "--json"]).ok().json();
-    assert_eq!(machine(&st, "www")["ports"][0], format!("127.0.0.1:{port}->8080/tcp"));
+    assert_eq!(
+        machine(&st, "www")["ports"][0],
+        format!("127.0.0.1:{port}->8080/tcp")
+    );
 
     // The command is the main process: busybox httpd serves the synced folder on the port.
     let mut body = String::new();
@@ -215,11 +307,25 @@ fn ports_command_and_synced_folders_reach_the_container() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(body.starts_with("HTTP/1.") && body.contains("hello from the host"), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains("hello from the host"),
+        "{body}"
+    );
 
     // Synced folders are live both ways; a read-only one refuses writes.
-    p.envrig(&["exec", "www", "--", "sh", "-c", "echo from-guest > /srv/www/back.txt"]).ok();
-    assert_eq!(std::fs::read_to_string(host_dir.path().join("back.txt")).unwrap(), "from-guest\n");
+    p.envrig(&[
+        "exec",
+        "www",
+        "--",
+        "sh",
+        "-c",
+        "echo from-guest > /srv/www/back.txt",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("back.txt")).unwrap(),
+        "from-guest\n"
+    );
     let r = p.envrig(&["exec", "www", "--", "sh", "-c", "echo x > /srv/ro/nope"]);
     assert_ne!(r.code, 0, "a read-only synced folder refuses writes");
     assert!(!ro_dir.path().join("nope").exists());

@@ -33,7 +33,10 @@ pub fn e2e() -> bool {
         .stderr(Stdio::null())
         .status()
         .expect("docker image inspect");
-    assert!(img.success(), "ENVRIG_E2E=1 but {TEST_IMAGE} is missing; run scripts/host-setup.sh");
+    assert!(
+        img.success(),
+        "ENVRIG_E2E=1 but {TEST_IMAGE} is missing; run scripts/host-setup.sh"
+    );
     true
 }
 
@@ -44,7 +47,12 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    format!("{prefix}-{}-{}-{}", std::process::id() % 100000, nanos % 100000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id() % 100000,
+        nanos % 100000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// What a command printed and how it exited.
@@ -66,12 +74,17 @@ impl Run {
 
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -83,7 +96,10 @@ pub struct Project {
 
 impl Project {
     pub fn new(envfile: &str) -> Project {
-        let dir = tempfile::Builder::new().prefix("envrig-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("envrig-test-")
+            .tempdir()
+            .unwrap();
         std::fs::write(dir.path().join("Envfile"), envfile).unwrap();
         Project {
             dir,
@@ -113,7 +129,10 @@ impl Project {
 
     /// The environment id, from `status --json`.
     pub fn env_id(&self) -> String {
-        self.envrig(&["status", "--json"]).ok().json()["env_id"].as_str().unwrap().to_string()
+        self.envrig(&["status", "--json"]).ok().json()["env_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }
 
@@ -142,12 +161,33 @@ pub fn envrig_in(dir: &Path, args: &[&str]) -> Run {
 
 /// Runs the docker CLI.
 pub fn docker(args: &[&str]) -> Run {
-    Run::from(Command::new("docker").args(args).stdin(Stdio::null()).output().expect("run docker"))
+    Run::from(
+        Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker"),
+    )
 }
 
 /// Container ids (all states) carrying `label`.
 pub fn containers(label: &str) -> Vec<String> {
-    docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label={label}")])
+    docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ])
+    .ok()
+    .stdout
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+pub fn networks(label: &str) -> Vec<String> {
+    docker(&["network", "ls", "-q", "--filter", &format!("label={label}")])
         .ok()
         .stdout
         .lines()
@@ -155,22 +195,29 @@ pub fn containers(label: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn networks(label: &str) -> Vec<String> {
-    docker(&["network", "ls", "-q", "--filter", &format!("label={label}")]).ok().stdout.lines().map(str::to_string).collect()
-}
-
 pub fn volumes(label: &str) -> Vec<String> {
-    docker(&["volume", "ls", "-q", "--filter", &format!("label={label}")]).ok().stdout.lines().map(str::to_string).collect()
+    docker(&["volume", "ls", "-q", "--filter", &format!("label={label}")])
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// A container's state as docker reports it (`running`, `exited`, ...).
 pub fn container_state(id: &str) -> String {
-    docker(&["inspect", "--format", "{{.State.Status}}", id]).ok().stdout.trim().to_string()
+    docker(&["inspect", "--format", "{{.State.Status}}", id])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
 }
 
 /// Backstop cleanup: whatever carries this folder's label goes.
 pub fn remove_by_folder(folder: &Path) {
-    let folder = folder.canonicalize().unwrap_or_else(|_| folder.to_path_buf());
+    let folder = folder
+        .canonicalize()
+        .unwrap_or_else(|_| folder.to_path_buf());
     let label = format!("dev.envrig.folder={}", folder.display());
     let ids = containers(&label);
     if !ids.is_empty() {
@@ -182,5 +229,9 @@ pub fn remove_by_folder(folder: &Path) {
 
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
