@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ops;
 pub mod plan;
 pub mod providers;
+pub mod provision;
 pub mod state;
 
 /// This build's version, as written on every resource.

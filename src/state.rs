@@ -32,6 +32,10 @@ pub struct MachineRecord {
     pub generation: u32,
     pub config: String,
     pub state: String,
+    /// What provisioning ran on this resource; `None` when unknown (then the record inside
+    /// the machine is read).
+    #[serde(default)]
+    pub provisioned: Option<crate::provision::Record>,
 }
 
 /// The `.envrig/` folder of one project.
@@ -135,6 +139,7 @@ mod tests {
                 generation: 1,
                 config: "c".into(),
                 state: "running".into(),
+                provisioned: None,
             },
         );
         sd.write(&lock, &s).unwrap();

@@ -205,3 +205,17 @@ fn completions_are_generated() {
     let r = envrig_in(dir.path(), &["completions", "bash"]).ok();
     assert!(r.stdout.contains("envrig"), "{}", r.stdout);
 }
+
+#[test]
+fn a_dependency_cycle_is_rejected_by_validate() {
+    let p = Project::new(
+        "[boxes.bb]\ndocker = \"img\"\n[defaults]\nbox = \"bb\"\n[machines.a]\ndepends_on = [\"b\"]\n[machines.b]\ndepends_on = [\"a\"]\n",
+    );
+    let r = p.envrig(&["validate"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("dependency cycle: a -> b -> a"),
+        "{}",
+        r.stderr
+    );
+}

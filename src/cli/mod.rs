@@ -77,6 +77,22 @@ enum Command {
         /// How many machines to work on at once
         #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
         parallel: u16,
+        /// Run no provisioning steps and no readiness checks
+        #[arg(long, conflicts_with = "provision")]
+        no_provision: bool,
+        /// Run every `once` step again, not only new and changed ones
+        #[arg(long)]
+        provision: bool,
+    },
+    /// Run provisioning steps again on running machines
+    Provision {
+        machines: Vec<String>,
+        /// Run every `once` step again, not only new and changed ones
+        #[arg(long)]
+        force: bool,
+        /// Run only the steps with this `name` (`run = "never"` steps included)
+        #[arg(long = "step", value_name = "NAME")]
+        steps: Vec<String>,
     },
     /// One row per machine: name, provider, state, ports, age
     Status { machines: Vec<String> },
@@ -246,11 +262,15 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             machines,
             recreate,
             parallel,
+            no_provision,
+            provision,
         } => {
             let opts = UpOptions {
                 machines,
                 recreate,
                 parallel: usize::from(parallel),
+                no_provision,
+                force_provision: provision,
             };
             match ops::up(&ctx, &project, &opts).await {
                 Ok(outcomes) => {
@@ -260,6 +280,22 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 Err(e) => fail(&printer, e),
             }
         }
+        Command::Provision {
+            machines,
+            force,
+            steps,
+        } => match ops::provision(&ctx, &project, &machines, force, &steps).await {
+            Ok(done) => {
+                let total: usize = done.iter().map(|(_, n)| n).sum();
+                printer.done(&format!(
+                    "provisioned {}: {} run",
+                    plural(done.len(), "machine"),
+                    plural(total, "step")
+                ));
+                0
+            }
+            Err(e) => fail(&printer, e),
+        },
         Command::Status { machines } => match ops::status(&ctx, &project, &machines).await {
             Ok(report) => {
                 printer.status(&report);
@@ -294,6 +330,8 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 machines,
                 recreate: true,
                 parallel: 8,
+                no_provision: false,
+                force_provision: false,
             };
             match ops::up(&ctx, &project, &opts).await {
                 Ok(outcomes) => {

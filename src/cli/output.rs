@@ -283,6 +283,16 @@ impl Reporter for HumanReporter {
         eprintln!("{prefix}{message}");
     }
 
+    fn output(&self, machine: &str, _stream: envrig_provider_api::OutputStream, line: &str) {
+        if self.printer.quiet {
+            return;
+        }
+        eprintln!(
+            "{} {line}",
+            self.printer.paint("2", &format!("[{machine}]"))
+        );
+    }
+
     fn pull(&self, machine: &str, progress: &PullProgress) {
         if self.printer.quiet {
             return;
@@ -321,6 +331,20 @@ impl Reporter for JsonReporter {
             "machine": machine,
             "phase": phase,
             "message": message,
+        })));
+    }
+
+    fn output(&self, machine: &str, stream: envrig_provider_api::OutputStream, line: &str) {
+        out(&json_line(&serde_json::json!({
+            "schema": SCHEMA_EVENT,
+            "time": ops::now_rfc3339(),
+            "machine": machine,
+            "phase": "output",
+            "stream": match stream {
+                envrig_provider_api::OutputStream::Stdout => "stdout",
+                envrig_provider_api::OutputStream::Stderr => "stderr",
+            },
+            "message": line,
         })));
     }
 

@@ -1,11 +1,12 @@
-//! `destroy`: removes machines and everything created for them; idempotent.
+//! `destroy`: removes machines and everything created for them, dependants first, each wave
+//! in parallel; idempotent.
 
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use envrig_provider_api::Selector;
 
-use super::{Context, OpError, Phase, Project, lock, observe, provider, record};
+use super::{Context, OpError, Phase, Project, Session, observe, provider};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DestroySummary {
@@ -27,38 +28,54 @@ pub async fn destroy(
             return Err(project.unknown_machine(n));
         }
     }
-    let lock = lock(ctx, project).await?;
+    let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let doomed: Vec<_> = observed
         .iter()
         .filter(|o| machines.is_empty() || machines.contains(&o.machine))
         .collect();
+    // Orphans (no longer in the Envfile) first, then dependants before their dependencies.
+    let declared: Vec<&crate::envfile::Machine> = project.envfile.machines.iter().collect();
+    let mut order: Vec<Vec<String>> = vec![
+        doomed
+            .iter()
+            .filter(|o| project.machine(&o.machine).is_none())
+            .map(|o| o.machine.clone())
+            .collect(),
+    ];
+    order.extend(project.teardown_waves(&declared));
+
     let mut summary = DestroySummary::default();
-    let jobs = doomed.iter().map(|o| async move {
-        let r = async {
-            let p = provider(ctx, &o.provider).await?;
-            ctx.reporter.event(
-                Some(&o.machine),
-                Phase::Remove,
-                &format!("removing {}", o.resource_name),
-            );
-            p.remove(&o.id)
-                .await
-                .map_err(|e| OpError::provider(format!("cannot remove {}", o.resource_name), e))
-        }
-        .await;
-        (o, r)
-    });
-    let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
     let mut failures = Vec::new();
-    while let Some((o, r)) = results.next().await {
-        match r {
-            Ok(()) => {
-                if !summary.machines.contains(&o.machine) {
-                    summary.machines.push(o.machine.clone());
+    for wave in order {
+        let jobs = doomed
+            .iter()
+            .filter(|o| wave.contains(&o.machine))
+            .map(|o| async move {
+                let r = async {
+                    let p = provider(ctx, &o.provider).await?;
+                    ctx.reporter.event(
+                        Some(&o.machine),
+                        Phase::Remove,
+                        &format!("removing {}", o.resource_name),
+                    );
+                    p.remove(&o.id).await.map_err(|e| {
+                        OpError::provider(format!("cannot remove {}", o.resource_name), e)
+                    })
                 }
+                .await;
+                (o, r)
+            });
+        let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
+        while let Some((o, r)) = results.next().await {
+            match r {
+                Ok(()) => {
+                    if !summary.machines.contains(&o.machine) {
+                        summary.machines.push(o.machine.clone());
+                    }
+                }
+                Err(e) => failures.push((o.machine.clone(), e.to_string())),
             }
-            Err(e) => failures.push((o.machine.clone(), e.to_string())),
         }
     }
     summary.machines.sort();
@@ -80,7 +97,7 @@ pub async fn destroy(
     } else {
         observe(ctx, project).await?
     };
-    record(project, &lock, &left)?;
+    session.refresh(&left)?;
     if !failures.is_empty() {
         return Err(OpError::Machines {
             total: doomed.len(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::{Context, OpError, Phase, Project, lock, observe, provider, record};
+use super::{Context, OpError, Phase, Project, Session, observe, provider};
 use crate::plan::current;
 
 /// Stops the named machines (all when empty); returns the machines that were stopped.
@@ -15,7 +15,7 @@ pub async fn halt(
     timeout: Duration,
 ) -> Result<Vec<String>, OpError> {
     let selected = project.select(machines, false)?;
-    let lock = lock(ctx, project).await?;
+    let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let running: Vec<_> = selected
         .iter()
@@ -47,7 +47,7 @@ pub async fn halt(
         }
     }
     let observed = observe(ctx, project).await?;
-    record(project, &lock, &observed)?;
+    session.refresh(&observed)?;
     if !failures.is_empty() {
         return Err(OpError::Machines {
             total: running.len(),

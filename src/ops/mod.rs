@@ -7,6 +7,7 @@ mod exec;
 mod halt;
 mod init;
 mod ls;
+mod provision;
 mod spec;
 mod status;
 mod up;
@@ -28,6 +29,7 @@ pub use exec::{exec, interactive, running_machine};
 pub use halt::halt;
 pub use init::{TEMPLATES, Template, init};
 pub use ls::{EnvRow, ls};
+pub use provision::provision;
 pub use spec::{config_hash, machine_spec};
 pub use status::{StatusReport, status};
 pub use up::{UpOptions, UpOutcome, up};
@@ -136,6 +138,40 @@ impl Project {
         names
     }
 
+    /// Whether the environment gets a private network: when it has more than one machine
+    /// (they reach each other by name) or declares `[network]`. A single machine needs
+    /// none, and starts faster without one.
+    pub fn uses_network(&self) -> bool {
+        self.envfile.machines.len() > 1 || self.envfile.network.subnet.is_some()
+    }
+
+    /// The private network's engine-side name, when the environment has one.
+    pub fn network_name(&self) -> Option<String> {
+        self.uses_network()
+            .then(|| format!("{}-{}", self.identity.project, self.identity.short_id()))
+    }
+
+    /// Labels of environment-wide resources (networks).
+    pub fn network_labels(&self) -> BTreeMap<String, String> {
+        use envrig_provider_api::labels;
+        let mut l = self
+            .identity
+            .labels(&self.identity.project, 0, &now_rfc3339());
+        l.remove(labels::MACHINE);
+        l.remove(labels::GENERATION);
+        l
+    }
+
+    /// The selected machines' names in the order teardown goes: dependants before what
+    /// they depend on.
+    pub fn teardown_waves(&self, machines: &[&Machine]) -> Vec<Vec<String>> {
+        waves(machines)
+            .into_iter()
+            .rev()
+            .map(|w| w.iter().map(|m| m.name.to_string()).collect())
+            .collect()
+    }
+
     pub fn desired(&self, machines: &[&Machine]) -> Vec<Desired> {
         machines
             .iter()
@@ -157,6 +193,7 @@ pub enum Phase {
     Start,
     Stop,
     Remove,
+    Provision,
     Ready,
     Warning,
     Done,
@@ -167,6 +204,8 @@ pub enum Phase {
 pub trait Reporter: Send + Sync {
     fn event(&self, machine: Option<&str>, phase: Phase, message: &str);
     fn pull(&self, machine: &str, progress: &PullProgress);
+    /// One line a provisioning step printed.
+    fn output(&self, machine: &str, stream: envrig_provider_api::OutputStream, line: &str);
     /// Another process holds the lock; we wait.
     fn waiting_for_lock(&self, holder: &str) {
         self.event(
@@ -200,7 +239,7 @@ pub enum OpError {
         #[source]
         source: ProviderError,
     },
-    #[error("{} of {} machines failed: {}", failures.len(), total, failures.iter().map(|(m, e)| format!("`{m}`: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("{}", machines_failed(failures, *total))]
     Machines {
         failures: Vec<(String, String)>,
         total: usize,
@@ -213,6 +252,23 @@ pub enum OpError {
     },
     #[error("{0}")]
     Usage(String),
+}
+
+fn machines_failed(failures: &[(String, String)], total: usize) -> String {
+    let mut s = if failures.len() == 1 {
+        let (m, e) = &failures[0];
+        return if m == "ports" {
+            e.clone()
+        } else {
+            format!("machine `{m}`: {e}")
+        };
+    } else {
+        format!("{} of {total} failed:", failures.len())
+    };
+    for (m, e) in failures {
+        s.push_str(&format!("\n  `{m}`: {e}"));
+    }
+    s
 }
 
 impl OpError {
@@ -277,53 +333,129 @@ pub async fn observe(ctx: &Context, project: &Project) -> Result<Vec<Observed>, 
     Ok(out)
 }
 
-/// Takes the project's lock, off the async threads (it may wait for another process).
-pub async fn lock(ctx: &Context, project: &Project) -> Result<StateLock, OpError> {
-    let dir = project.state.clone();
-    let reporter = ctx.reporter.clone();
-    tokio::task::spawn_blocking(move || dir.lock(|holder| reporter.waiting_for_lock(holder)))
-        .await
-        .map_err(|e| OpError::Io {
-            context: "cannot take the state lock".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|source| OpError::Io {
-            context: format!("cannot lock {}", project.state.path.display()),
-            source,
-        })
+/// A mutating command's hold on a project: the lock, and the state cache it keeps current.
+pub struct Session {
+    lock: StateLock,
+    dir: StateDir,
+    cache: std::sync::Mutex<StateCache>,
 }
 
-/// Rewrites the state cache from what the engines report now.
-pub fn record(project: &Project, lock: &StateLock, observed: &[Observed]) -> Result<(), OpError> {
-    let mut cache = StateCache {
-        env_id: project.identity.env_id.clone(),
-        project: project.identity.project.to_string(),
-        ..StateCache::default()
-    };
-    for o in observed {
-        let (cur, _) = crate::plan::current(&o.machine, observed);
-        if cur.map(|c| &c.id) != Some(&o.id) {
-            continue;
+impl Session {
+    /// Takes the project's lock (off the async threads: it may wait for another process)
+    /// and reads the cache.
+    pub async fn open(ctx: &Context, project: &Project) -> Result<Session, OpError> {
+        let dir = project.state.clone();
+        let reporter = ctx.reporter.clone();
+        let d = dir.clone();
+        let lock =
+            tokio::task::spawn_blocking(move || d.lock(|holder| reporter.waiting_for_lock(holder)))
+                .await
+                .map_err(|e| OpError::Io {
+                    context: "cannot take the state lock".into(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|source| OpError::Io {
+                    context: format!("cannot lock {}", project.state.path.display()),
+                    source,
+                })?;
+        let mut cache = dir.read();
+        if cache.env_id != project.identity.env_id {
+            cache = StateCache {
+                env_id: project.identity.env_id.clone(),
+                project: project.identity.project.to_string(),
+                ..StateCache::default()
+            };
         }
-        cache.machines.insert(
-            o.machine.clone(),
-            crate::state::MachineRecord {
-                provider: o.provider.clone(),
-                id: o.id.clone(),
-                resource_name: o.resource_name.clone(),
-                generation: o.generation,
-                config: o.config.clone(),
-                state: o.state.as_str().to_string(),
-            },
-        );
-    }
-    project
-        .state
-        .write(lock, &cache)
-        .map_err(|source| OpError::Io {
-            context: format!("cannot write {}", project.state.path.display()),
-            source,
+        Ok(Session {
+            lock,
+            dir,
+            cache: std::sync::Mutex::new(cache),
         })
+    }
+
+    fn write(&self, cache: &StateCache) -> Result<(), OpError> {
+        self.dir
+            .write(&self.lock, cache)
+            .map_err(|source| OpError::Io {
+                context: format!("cannot write {}", self.dir.path.display()),
+                source,
+            })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut StateCache) -> T) -> Result<T, OpError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let t = f(&mut cache);
+        self.write(&cache)?;
+        Ok(t)
+    }
+
+    /// Rewrites the machines from what the engines report now, keeping what is known of the
+    /// provisioning of resources that are still the same.
+    pub fn refresh(&self, observed: &[Observed]) -> Result<(), OpError> {
+        self.with(|cache| {
+            let old = std::mem::take(&mut cache.machines);
+            for o in observed {
+                let (cur, _) = crate::plan::current(&o.machine, observed);
+                if cur.map(|c| &c.id) != Some(&o.id) {
+                    continue;
+                }
+                let provisioned = old
+                    .get(&o.machine)
+                    .filter(|r| r.id == o.id)
+                    .and_then(|r| r.provisioned.clone());
+                cache.machines.insert(
+                    o.machine.clone(),
+                    crate::state::MachineRecord {
+                        provider: o.provider.clone(),
+                        id: o.id.clone(),
+                        resource_name: o.resource_name.clone(),
+                        generation: o.generation,
+                        config: o.config.clone(),
+                        state: o.state.as_str().to_string(),
+                        provisioned,
+                    },
+                );
+            }
+        })
+    }
+
+    /// What the cache knows ran on resource `id` of `machine`; `None` when it does not know.
+    pub fn provisioned(&self, machine: &str, id: &str) -> Option<crate::provision::Record> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .machines
+            .get(machine)
+            .filter(|r| r.id == id)
+            .and_then(|r| r.provisioned.clone())
+    }
+
+    /// Records what ran on resource `id` of `machine` (`None`: unknown, e.g. while it runs).
+    pub fn set_provisioned(
+        &self,
+        machine: &str,
+        provider: &str,
+        id: &str,
+        record: Option<crate::provision::Record>,
+    ) -> Result<(), OpError> {
+        self.with(|cache| {
+            let entry = cache
+                .machines
+                .entry(machine.to_string())
+                .or_insert_with(|| crate::state::MachineRecord {
+                    provider: provider.to_string(),
+                    id: id.to_string(),
+                    resource_name: String::new(),
+                    generation: 1,
+                    config: String::new(),
+                    state: String::new(),
+                    provisioned: None,
+                });
+            if entry.id != id {
+                entry.id = id.to_string();
+            }
+            entry.provisioned = record;
+        })
+    }
 }
 
 /// Machines grouped into waves: every machine comes after the machines it depends on.

@@ -1,7 +1,7 @@
 //! From an Envfile machine to the provider-neutral [`MachineSpec`], and the hash of the
 //! settings that shape the resource (a different hash makes a machine `stale`).
 
-use envrig_provider_api::{MachineSpec, SyncedFolder, labels};
+use envrig_provider_api::{MachineSpec, NetworkAttachment, SyncedFolder, labels};
 
 use super::Project;
 use crate::envfile::Machine;
@@ -36,6 +36,13 @@ pub fn machine_spec(
             .collect(),
         labels: project.identity.labels(&machine.name, generation, created),
         options: machine.options(),
+        network: project.network_name().map(|network| {
+            let mut aliases = vec![machine.name.to_string()];
+            if machine.hostname != machine.name.as_str() {
+                aliases.push(machine.hostname.clone());
+            }
+            NetworkAttachment { network, aliases }
+        }),
     };
     let config = config_hash(&spec);
     spec.labels.insert(labels::CONFIG.to_string(), config);

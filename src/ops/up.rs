@@ -1,17 +1,20 @@
-//! `up`: create, start (and later provision) the machines of an environment, in dependency
-//! order, independent machines in parallel. Idempotent: a second `up` finds every machine
-//! running with its settings unchanged and does nothing.
+//! `up`: create, start, provision and wait for the readiness of an environment's machines.
+//! Each machine waits for its dependencies to be ready; independent machines go in parallel
+//! (at most `parallel` at once). Idempotent: a second `up` finds every machine running with
+//! its settings and steps unchanged and does nothing (no exec, no engine writes).
 
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
 use std::sync::Arc;
 
-use envrig_provider_api::{Provider, ProviderError};
-use futures_util::StreamExt;
+use envrig_provider_api::{NetworkSpec, Protocol, Provider, ProviderError};
+use tokio::sync::{Semaphore, watch};
 
-use super::{
-    Context, OpError, Phase, Project, lock, machine_spec, observe, provider, record, waves,
-};
+use super::provision::{Target, provision_machine, wait_ready};
+use super::{Context, OpError, Phase, Project, Session, machine_spec, observe, provider};
 use crate::envfile::Machine;
 use crate::plan::{Action, MachinePlan, plan_up};
+use crate::provision::Mode;
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -21,6 +24,10 @@ pub struct UpOptions {
     pub recreate: bool,
     /// How many machines are worked on at once.
     pub parallel: usize,
+    /// Run no steps and no readiness checks.
+    pub no_provision: bool,
+    /// Run every `once` step again.
+    pub force_provision: bool,
 }
 
 /// What `up` did to one machine.
@@ -30,6 +37,16 @@ pub struct UpOutcome {
     /// created, started, unchanged, stale, recreated, skipped, failed.
     pub result: String,
     pub id: Option<String>,
+    /// Provisioning steps that ran.
+    pub steps_run: usize,
+}
+
+/// Where a machine is in this `up`: dependants wait for `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Waiting,
+    Ready,
+    Failed,
 }
 
 pub async fn up(
@@ -46,81 +63,119 @@ pub async fn up(
             )));
         }
     }
-    if selected
-        .iter()
-        .any(|m| !m.provision.is_empty() || m.ready.is_some())
-    {
-        ctx.reporter.event(
-            None,
-            Phase::Warning,
-            "this version of envrig does not run `provision` steps or `ready` checks yet; they were validated but not run",
-        );
-    }
-    let _lock = lock(ctx, project).await?;
+    let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let plan = plan_up(&project.desired(&selected), &observed, opts.recreate);
     for o in &plan.orphans {
         ctx.reporter.event(
             Some(&o.machine),
             Phase::Warning,
-            &format!(
-                "is no longer in the Envfile; `envrig destroy {}` removes it",
-                o.machine
-            ),
+            "is no longer in the Envfile; `envrig destroy` removes it",
         );
     }
+    check_ports(&selected, &plan)?;
+    if plan
+        .machines
+        .iter()
+        .any(|m| matches!(m.action, Action::Create | Action::Recreate { .. }))
+    {
+        ensure_networks(ctx, project, &selected).await?;
+    }
+    if plan
+        .machines
+        .iter()
+        .any(|m| !matches!(m.action, Action::Keep { .. } | Action::Stale { .. }))
+        || !plan.machines.iter().all(|m| m.duplicates.is_empty())
+    {
+        // Anything about to change: the cache must not claim old facts if we crash.
+        session.refresh(&observed)?;
+    }
+
+    let mode = if opts.force_provision {
+        Mode::Force("--provision")
+    } else {
+        Mode::Pending
+    };
+    let permits = Semaphore::new(opts.parallel.max(1));
+    let mut senders = BTreeMap::new();
+    let mut receivers = BTreeMap::new();
+    for m in &selected {
+        let (tx, rx) = watch::channel(Progress::Waiting);
+        senders.insert(m.name.as_str(), tx);
+        receivers.insert(m.name.as_str(), rx);
+    }
+    let jobs = selected.iter().map(|m| {
+        let mp = plan.machines.iter().find(|p| p.machine == m.name);
+        let deps: Vec<(String, watch::Receiver<Progress>)> = m
+            .depends_on
+            .iter()
+            .filter_map(|d| {
+                receivers
+                    .get(d.as_str())
+                    .map(|r| (d.to_string(), r.clone()))
+            })
+            .collect();
+        let tx = senders.get(m.name.as_str()).cloned();
+        let (permits, session, mode) = (&permits, &session, &mode);
+        async move {
+            let name = m.name.to_string();
+            let result = async {
+                for (dep, mut rx) in deps {
+                    let state = *rx
+                        .wait_for(|p| *p != Progress::Waiting)
+                        .await
+                        .map_err(|_| format!("lost track of `{dep}`"))?;
+                    if state == Progress::Failed {
+                        return Err(Skipped(format!(
+                            "not started: its dependency `{dep}` failed"
+                        )));
+                    }
+                }
+                let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+                let mp = mp.ok_or_else(|| "no plan for it".to_string())?;
+                run_one(ctx, session, project, m, mp, mode, opts.no_provision)
+                    .await
+                    .map_err(Skipped::from)
+            }
+            .await;
+            if let Some(tx) = tx {
+                let _ = tx.send(if result.is_ok() {
+                    Progress::Ready
+                } else {
+                    Progress::Failed
+                });
+            }
+            (name, result)
+        }
+    });
+    let results = futures_util::future::join_all(jobs).await;
 
     let mut outcomes = Vec::new();
-    let mut failed: Vec<(String, String)> = Vec::new();
-    for wave in waves(&selected) {
-        let mut jobs = Vec::new();
-        for m in wave {
-            let Some(mp) = plan.machines.iter().find(|p| p.machine == m.name) else {
-                continue;
-            };
-            if let Some(dep) = m
-                .depends_on
-                .iter()
-                .find(|d| failed.iter().any(|(f, _)| f == d.as_str()))
-            {
+    let mut failed = Vec::new();
+    for (machine, r) in results {
+        match r {
+            Ok(o) => outcomes.push(o),
+            Err(Skipped(e)) => {
+                ctx.reporter.event(Some(&machine), Phase::Failed, &e);
+                let skipped = e.starts_with("not started:");
                 outcomes.push(UpOutcome {
-                    machine: m.name.to_string(),
-                    result: "skipped".into(),
+                    machine: machine.clone(),
+                    result: if skipped { "skipped" } else { "failed" }.into(),
                     id: None,
+                    steps_run: 0,
                 });
-                failed.push((m.name.to_string(), format!("its dependency `{dep}` failed")));
-                continue;
-            }
-            jobs.push(run_one(ctx, project, m, mp));
-        }
-        let mut results = futures_util::stream::iter(jobs).buffer_unordered(opts.parallel.max(1));
-        while let Some((machine, r)) = results.next().await {
-            match r {
-                Ok(o) => outcomes.push(o),
-                Err(e) => {
-                    ctx.reporter.event(Some(&machine), Phase::Failed, &e);
-                    outcomes.push(UpOutcome {
-                        machine: machine.clone(),
-                        result: "failed".into(),
-                        id: None,
-                    });
-                    failed.push((machine, e));
-                }
+                failed.push((machine, e));
             }
         }
     }
 
-    // The cache is refreshed from the engines, so it never records what did not happen;
-    // when nothing changed, what was seen before is still true.
     let changed = outcomes
         .iter()
         .any(|o| o.result != "unchanged" && o.result != "stale");
-    let observed = if changed || !plan.machines.iter().all(|m| m.duplicates.is_empty()) {
-        observe(ctx, project).await?
-    } else {
-        observed
-    };
-    record(project, &_lock, &observed)?;
+    if changed || !plan.machines.iter().all(|m| m.duplicates.is_empty()) {
+        // The cache is refreshed from the engines, so it never records what did not happen.
+        session.refresh(&observe(ctx, project).await?)?;
+    }
     if !failed.is_empty() {
         return Err(OpError::Machines {
             total: selected.len(),
@@ -130,54 +185,178 @@ pub async fn up(
     Ok(outcomes)
 }
 
-async fn run_one(
-    ctx: &Context,
-    project: &Project,
-    m: &Machine,
-    mp: &MachinePlan,
-) -> (String, Result<UpOutcome, String>) {
-    let name = m.name.to_string();
-    let r = async {
-        let p = provider(ctx, &m.provider).await.map_err(|e| e.to_string())?;
-        for dup in &mp.duplicates {
-            ctx.reporter.event(Some(&name), Phase::Remove, &format!("removing duplicate {dup}"));
-            p.remove(dup).await.map_err(|e| e.to_string())?;
-        }
-        let outcome = |result: &str, id: &str| UpOutcome {
-            machine: name.clone(),
-            result: result.into(),
-            id: Some(id.to_string()),
+/// A machine's failure message (or why it was not started).
+struct Skipped(String);
+
+impl From<String> for Skipped {
+    fn from(s: String) -> Self {
+        Skipped(s)
+    }
+}
+
+impl From<&str> for Skipped {
+    fn from(s: &str) -> Self {
+        Skipped(s.to_string())
+    }
+}
+
+/// Every published port must be free before anything is created. Ports of machines that
+/// keep running (or are replaced, freeing theirs) are theirs already.
+fn check_ports(selected: &[&Machine], plan: &crate::plan::Plan) -> Result<(), OpError> {
+    let mut busy = Vec::new();
+    for m in selected {
+        let Some(mp) = plan.machines.iter().find(|p| p.machine == m.name) else {
+            continue;
         };
-        match &mp.action {
-            Action::Keep { id } => Ok(outcome("unchanged", id)),
-            Action::Stale { id } => {
-                ctx.reporter.event(
-                    Some(&name),
-                    Phase::Warning,
-                    &format!("its settings changed since it was created; `envrig reload {name}` recreates it"),
-                );
-                Ok(outcome("stale", id))
-            }
-            Action::Start { id } => {
-                ctx.reporter.event(Some(&name), Phase::Start, "starting");
-                p.start(id).await.map_err(|e| format!("cannot start it: {e}"))?;
-                ctx.reporter.event(Some(&name), Phase::Done, "started");
-                Ok(outcome("started", id))
-            }
-            Action::Create => {
-                let id = create_and_start(ctx, project, &p, m, mp.generation).await?;
-                Ok(outcome("created", &id))
-            }
-            Action::Recreate { id, reason } => {
-                ctx.reporter.event(Some(&name), Phase::Remove, &format!("recreating: {reason}"));
-                p.remove(id).await.map_err(|e| format!("cannot remove the old one: {e}"))?;
-                let id = create_and_start(ctx, project, &p, m, mp.generation).await?;
-                Ok(outcome("recreated", &id))
+        if !matches!(mp.action, Action::Create | Action::Start { .. }) {
+            continue;
+        }
+        for port in &m.ports {
+            let addr = (port.host_ip.as_str(), port.host_port);
+            let free = match port.protocol {
+                Protocol::Tcp => TcpListener::bind(addr).is_ok(),
+                Protocol::Udp => UdpSocket::bind(addr).is_ok(),
+            };
+            if !free {
+                busy.push(format!(
+                    "{}:{}/{} (machine `{}`)",
+                    port.host_ip,
+                    port.host_port,
+                    port.protocol.as_str(),
+                    m.name
+                ));
             }
         }
     }
-    .await;
-    (name, r)
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::Machines {
+            total: busy.len(),
+            failures: busy
+                .into_iter()
+                .map(|b| {
+                    (
+                        "ports".to_string(),
+                        format!("{b} is already in use on this host; free it or change `ports`"),
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Creates the environment's private network on every provider that needs it.
+async fn ensure_networks(
+    ctx: &Context,
+    project: &Project,
+    selected: &[&Machine],
+) -> Result<(), OpError> {
+    let Some(name) = project.network_name() else {
+        return Ok(());
+    };
+    let mut done: Vec<&str> = Vec::new();
+    for m in selected {
+        if done.contains(&m.provider.as_str()) {
+            continue;
+        }
+        done.push(&m.provider);
+        let p = provider(ctx, &m.provider).await?;
+        let spec = NetworkSpec {
+            name: name.clone(),
+            labels: project.network_labels(),
+            subnet: project.envfile.network.subnet.map(|s| s.to_string()),
+            subnet_pool: std::env::var("ENVRIG_SUBNET_POOL")
+                .ok()
+                .filter(|s| !s.is_empty()),
+        };
+        p.ensure_network(&spec)
+            .await
+            .map_err(|e| OpError::provider(format!("cannot create the network `{name}`"), e))?;
+    }
+    Ok(())
+}
+
+async fn run_one(
+    ctx: &Context,
+    session: &Session,
+    project: &Project,
+    m: &Machine,
+    mp: &MachinePlan,
+    mode: &Mode,
+    no_provision: bool,
+) -> Result<UpOutcome, String> {
+    let name = m.name.to_string();
+    let p = provider(ctx, &m.provider)
+        .await
+        .map_err(|e| e.to_string())?;
+    for dup in &mp.duplicates {
+        ctx.reporter.event(
+            Some(&name),
+            Phase::Remove,
+            &format!("removing duplicate {dup}"),
+        );
+        p.remove(dup).await.map_err(|e| e.to_string())?;
+    }
+    let (result, id, fresh) = match &mp.action {
+        Action::Keep { id } => ("unchanged", id.clone(), false),
+        Action::Stale { id } => {
+            ctx.reporter.event(
+                Some(&name),
+                Phase::Warning,
+                &format!(
+                    "its settings changed since it was created; `envrig reload {name}` recreates it"
+                ),
+            );
+            ("stale", id.clone(), false)
+        }
+        Action::Start { id } => {
+            ctx.reporter.event(Some(&name), Phase::Start, "starting");
+            p.start(id)
+                .await
+                .map_err(|e| format!("cannot start it: {e}"))?;
+            ("started", id.clone(), false)
+        }
+        Action::Create => (
+            "created",
+            create_and_start(ctx, project, &p, m, mp.generation).await?,
+            true,
+        ),
+        Action::Recreate { id, reason } => {
+            ctx.reporter
+                .event(Some(&name), Phase::Remove, &format!("recreating: {reason}"));
+            p.remove(id)
+                .await
+                .map_err(|e| format!("cannot remove the old one: {e}"))?;
+            (
+                "recreated",
+                create_and_start(ctx, project, &p, m, mp.generation).await?,
+                true,
+            )
+        }
+    };
+    let mut steps_run = 0;
+    if !no_provision {
+        let target = Target {
+            provider: &p,
+            machine: m,
+            id: &id,
+            fresh,
+        };
+        steps_run = provision_machine(ctx, session, project, target, mode).await?;
+        if let Some(ready) = &m.ready {
+            wait_ready(ctx, p.as_ref(), &name, &id, ready).await?;
+        }
+    }
+    if result != "unchanged" && result != "stale" || steps_run > 0 {
+        ctx.reporter.event(Some(&name), Phase::Done, "running");
+    }
+    Ok(UpOutcome {
+        machine: name,
+        result: result.into(),
+        id: Some(id),
+        steps_run,
+    })
 }
 
 async fn create_and_start(
@@ -211,6 +390,5 @@ async fn create_and_start(
     p.start(&info.id)
         .await
         .map_err(|e| format!("created {} but cannot start it: {e}", info.resource_name))?;
-    ctx.reporter.event(Some(name), Phase::Done, "running");
     Ok(info.id)
 }

@@ -208,6 +208,29 @@ pub struct MachineSpec {
     pub labels: BTreeMap<String, String>,
     /// Provider-specific settings from `[machines.NAME.<provider>]`, already validated.
     pub options: BTreeMap<String, OptionValue>,
+    /// The environment's private network, when it has one.
+    pub network: Option<NetworkAttachment>,
+}
+
+/// A machine's place on its environment's private network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkAttachment {
+    /// The network's engine-side name (see [`NetworkSpec::name`]).
+    pub network: String,
+    /// Names other machines reach it by (its machine name and hostname).
+    pub aliases: Vec<String>,
+}
+
+/// An environment's private network, in which machines reach each other by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The subnet to use (`198.19.10.0/24`); else a free /24 of `subnet_pool`; else the
+    /// engine's choice.
+    pub subnet: Option<String>,
+    /// A pool (`198.18.0.0/15`) to take a free /24 from.
+    pub subnet_pool: Option<String>,
 }
 
 /// A provider-specific setting's value.
@@ -315,6 +338,10 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn remove(&self, id: &str) -> Result<()>;
 
     async fn inspect(&self, id: &str) -> Result<MachineInfo>;
+
+    /// Creates the environment's private network unless it exists (idempotent, safe to race);
+    /// a network of that name that is not the environment's is a [`ProviderError::Conflict`].
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()>;
 
     /// Every machine whose labels match `selector`, in any state.
     async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>>;

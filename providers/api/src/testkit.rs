@@ -66,6 +66,7 @@ pub fn spec(base: &str, env_id: &str, machine: &str) -> MachineSpec {
         synced: Vec::new(),
         labels,
         options: BTreeMap::new(),
+        network: None,
     }
 }
 

@@ -16,17 +16,17 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
-    PortBinding, PortMap,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, EndpointSettings,
+    HostConfig, Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig, PortBinding, PortMap,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
     ListVolumesOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use envrig_provider_api::{
-    BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, OptionValue,
-    OutputSink, OutputStream, PortSpec, Protocol, Provider, ProviderError, PullProgress, Result,
-    Selector, SshEndpoint, Terminal,
+    BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
+    OptionValue, OutputSink, OutputStream, PortSpec, Protocol, Provider, ProviderError,
+    PullProgress, Result, Selector, SshEndpoint, Terminal, labels,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -158,7 +158,17 @@ impl DockerProvider {
             entrypoint: Some(entrypoint),
             cmd: Some(Vec::new()),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            networking_config: spec.network.as_ref().map(|n| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    n.network.clone(),
+                    EndpointSettings {
+                        aliases: Some(n.aliases.clone()),
+                        ..EndpointSettings::default()
+                    },
+                )])),
+            }),
             host_config: Some(HostConfig {
+                network_mode: spec.network.as_ref().map(|n| n.network.clone()),
                 init: Some(bool_opt("init").unwrap_or(true)),
                 privileged: bool_opt("privileged"),
                 nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
@@ -198,6 +208,55 @@ impl DockerProvider {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+impl DockerProvider {
+    /// The first /24 of `pool` that no docker network uses.
+    async fn free_subnet(&self, pool: &str) -> Result<String> {
+        let bad = || ProviderError::Conflict {
+            message: format!("ENVRIG_SUBNET_POOL `{pool}` is not an IPv4 CIDR like 198.18.0.0/15"),
+        };
+        let (addr, prefix) = pool.split_once('/').ok_or_else(bad)?;
+        let base: u32 = addr
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|_| bad())?
+            .into();
+        let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=24).contains(&prefix) {
+            return Err(bad());
+        }
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        let used: Vec<(u32, u32)> = networks
+            .iter()
+            .flat_map(|n| n.ipam.iter().flat_map(|i| i.config.iter().flatten()))
+            .filter_map(|c| {
+                let (a, p) = c.subnet.as_deref()?.split_once('/')?;
+                Some((
+                    a.parse::<std::net::Ipv4Addr>().ok()?.into(),
+                    p.parse().ok()?,
+                ))
+            })
+            .collect();
+        let overlaps = |a: u32, pa: u32, b: u32, pb: u32| {
+            let p = pa.min(pb);
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            a & mask == b & mask
+        };
+        let count = 1u32 << (24 - prefix);
+        for i in 0..count {
+            let candidate = (base & (u32::MAX << (32 - prefix))) + (i << 8);
+            if !used.iter().any(|&(a, p)| overlaps(candidate, 24, a, p)) {
+                return Ok(format!("{}/24", std::net::Ipv4Addr::from(candidate)));
+            }
+        }
+        Err(ProviderError::Conflict {
+            message: format!("no free /24 left in ENVRIG_SUBNET_POOL `{pool}`"),
+        })
     }
 }
 
@@ -389,6 +448,59 @@ impl Provider for DockerProvider {
             state: state_from_inspect(c.state.and_then(|s| s.status)),
             labels,
             ports,
+        })
+    }
+
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
+        // Bounded: a create that loses a race finds the winner's network on the next look.
+        for _ in 0..3 {
+            match self.docker.inspect_network(&spec.name, None).await {
+                Ok(n) => {
+                    let env = n.labels.as_ref().and_then(|l| l.get(labels::ENV));
+                    return if env == spec.labels.get(labels::ENV) {
+                        Ok(())
+                    } else {
+                        Err(ProviderError::Conflict {
+                            message: format!(
+                                "a docker network named `{}` exists but does not belong to this environment",
+                                spec.name
+                            ),
+                        })
+                    };
+                }
+                Err(e) => match map_err(format!("inspect network {}", spec.name), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other => return Err(other),
+                },
+            }
+            let subnet = match (&spec.subnet, &spec.subnet_pool) {
+                (Some(s), _) => Some(s.clone()),
+                (None, Some(pool)) => Some(self.free_subnet(pool).await?),
+                (None, None) => None,
+            };
+            let request = NetworkCreateRequest {
+                name: spec.name.clone(),
+                driver: Some("bridge".to_string()),
+                labels: Some(spec.labels.clone().into_iter().collect()),
+                ipam: subnet.map(|s| Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(s),
+                        ..IpamConfig::default()
+                    }]),
+                    ..Ipam::default()
+                }),
+                ..NetworkCreateRequest::default()
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => return Ok(()),
+                Err(e) => match map_err(format!("create network {}", spec.name), e) {
+                    ProviderError::Conflict { .. } => continue,
+                    other => return Err(other),
+                },
+            }
+        }
+        Err(ProviderError::Conflict {
+            message: format!("network `{}` could not be created", spec.name),
         })
     }
 

@@ -1,0 +1,539 @@
+//! Running provisioning steps and readiness checks through the provider trait (exec and
+//! upload only), so every provider gets them unchanged; and the `provision` command.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envrig_provider_api::{ExecRequest, OutputStream, Provider};
+
+use super::{Context, OpError, Phase, Project, Session, observe, provider, waves};
+use crate::envfile::{Machine, Ready, StepKind};
+use crate::plan::current;
+use crate::provision::{self, HashedStep, Mode, Record};
+
+/// How many of a failed step's last output lines the error shows.
+const TAIL: usize = 12;
+
+/// Splits a step's output into lines, reports each as it completes, and keeps the last few.
+struct Lines<'a> {
+    ctx: &'a Context,
+    machine: &'a str,
+    partial: [Vec<u8>; 2],
+    tail: VecDeque<String>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(ctx: &'a Context, machine: &'a str) -> Self {
+        Lines {
+            ctx,
+            machine,
+            partial: [Vec::new(), Vec::new()],
+            tail: VecDeque::new(),
+        }
+    }
+
+    fn emit(&mut self, stream: OutputStream, bytes: &[u8]) {
+        let line = String::from_utf8_lossy(bytes);
+        let line = line.trim_end_matches('\r');
+        self.ctx.reporter.output(self.machine, stream, line);
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    fn push(&mut self, stream: OutputStream, chunk: &[u8]) {
+        let i = (stream == OutputStream::Stderr) as usize;
+        self.partial[i].extend_from_slice(chunk);
+        while let Some(pos) = self.partial[i].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial[i].drain(..=pos).collect();
+            self.emit(stream, &line[..line.len() - 1]);
+        }
+    }
+
+    fn finish(&mut self) {
+        for (i, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
+            if !self.partial[i].is_empty() {
+                let rest = std::mem::take(&mut self.partial[i]);
+                self.emit(stream, &rest);
+            }
+        }
+    }
+
+    fn tail_text(&self) -> String {
+        if self.tail.is_empty() {
+            return " (it printed nothing)".to_string();
+        }
+        let lines: Vec<String> = self.tail.iter().map(|l| format!("    | {l}")).collect();
+        format!("; its last output:\n{}", lines.join("\n"))
+    }
+}
+
+/// Runs `argv`, streaming its lines; returns the exit code and the output's tail.
+async fn run_streamed(
+    ctx: &Context,
+    p: &dyn Provider,
+    machine: &str,
+    id: &str,
+    req: &ExecRequest,
+) -> Result<(i64, String), String> {
+    let mut lines = Lines::new(ctx, machine);
+    let code = {
+        let mut sink = |s: OutputStream, b: &[u8]| lines.push(s, b);
+        p.exec(id, req, &mut sink)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    lines.finish();
+    Ok((code, lines.tail_text()))
+}
+
+/// Runs a command quietly; returns its exit code and combined output.
+async fn run_quiet(p: &dyn Provider, id: &str, argv: &[&str]) -> Result<(i64, String), String> {
+    let req = ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..ExecRequest::default()
+    };
+    let mut out = Vec::new();
+    let mut sink = |_: OutputStream, b: &[u8]| out.extend_from_slice(b);
+    let code = p
+        .exec(id, &req, &mut sink)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((code, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// A tar archive of one file or folder under `name`, owned by root, modes kept.
+fn tar_of(source: &Path, name: &str, normalise_text: bool) -> std::io::Result<Vec<u8>> {
+    fn add(
+        b: &mut tar::Builder<Vec<u8>>,
+        path: &Path,
+        name: &str,
+        normalise_text: bool,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        if meta.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(meta.permissions().mode() & 0o7777);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+            let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let child = format!("{name}/{}", e.file_name().to_string_lossy());
+                add(b, &e.path(), &child, normalise_text)?;
+            }
+        } else if meta.file_type().is_symlink() {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, name, std::fs::read_link(path)?)?;
+        } else {
+            let mut body = std::fs::read(path)?;
+            if normalise_text {
+                body = provision::normalise(&body);
+            }
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(meta.permissions().mode() & 0o7777);
+            h.set_size(body.len() as u64);
+            b.append_data(&mut h, name, body.as_slice())?;
+        }
+        Ok(())
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    add(&mut b, source, name, normalise_text)?;
+    b.into_inner()
+}
+
+/// A tar archive holding `body` as `name` with `mode`.
+fn tar_bytes(name: &str, body: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(body.len() as u64);
+    b.append_data(&mut h, name, body)?;
+    b.into_inner()
+}
+
+fn parent_of(guest: &str) -> (&str, &str) {
+    match guest.trim_end_matches('/').rsplit_once('/') {
+        Some(("", base)) => ("/", base),
+        Some((dir, base)) => (dir, base),
+        None => ("/", guest),
+    }
+}
+
+/// Reads the record kept inside the machine (when the cache does not know).
+async fn read_machine_record(p: &dyn Provider, id: &str) -> Record {
+    match run_quiet(p, id, &["cat", provision::RECORD_PATH]).await {
+        Ok((0, text)) => serde_json::from_str(&text).unwrap_or_default(),
+        _ => Record::default(),
+    }
+}
+
+async fn write_machine_record(p: &dyn Provider, id: &str, record: &Record) -> Result<(), String> {
+    let body = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
+    let tar = tar_bytes("provisioned.json", &body, 0o644).map_err(|e| e.to_string())?;
+    p.upload(id, provision::RECORD_DIR, tar)
+        .await
+        .map_err(|e| format!("cannot write the provisioning record: {e}"))
+}
+
+/// Runs one step; `Err` carries the message for the user.
+async fn run_step(
+    ctx: &Context,
+    project: &Project,
+    p: &dyn Provider,
+    m: &Machine,
+    id: &str,
+    s: &HashedStep<'_>,
+) -> Result<(), String> {
+    let machine = m.name.as_str();
+    let step = s.step;
+    let base = ExecRequest {
+        env: step.env.clone(),
+        user: step.user.clone(),
+        ..ExecRequest::default()
+    };
+    let argv = match &step.kind {
+        StepKind::Shell(text) => vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            String::from_utf8_lossy(&provision::normalise(text.as_bytes())).into_owned(),
+        ],
+        StepKind::Script { path, args } => {
+            let host = project.envfile.dir.join(path);
+            let body =
+                std::fs::read(&host).map_err(|e| format!("cannot read {}: {e}", host.display()))?;
+            let body = provision::normalise(&body);
+            let file = Path::new(path)
+                .file_name()
+                .map_or("script".into(), |f| f.to_string_lossy().into_owned());
+            let name = format!("{}-{file}", s.hash);
+            let tar = tar_bytes(&name, &body, 0o755).map_err(|e| e.to_string())?;
+            p.upload(id, provision::SCRIPT_DIR, tar)
+                .await
+                .map_err(|e| format!("cannot copy {path} in: {e}"))?;
+            provision::script_argv(&format!("{}/{name}", provision::SCRIPT_DIR), &body, args)
+        }
+        StepKind::File {
+            source,
+            destination,
+        } => {
+            let (dir, base_name) = parent_of(destination);
+            let (code, out) = run_quiet(p, id, &["mkdir", "-p", dir]).await?;
+            if code != 0 {
+                return Err(format!("cannot create {dir}: {}", out.trim()));
+            }
+            let tar = tar_of(&project.envfile.dir.join(source), base_name, false)
+                .map_err(|e| format!("cannot read {source}: {e}"))?;
+            p.upload(id, dir, tar)
+                .await
+                .map_err(|e| format!("cannot copy {source} to {destination}: {e}"))?;
+            match &step.user {
+                Some(u) => vec![
+                    "chown".to_string(),
+                    "-R".to_string(),
+                    u.clone(),
+                    destination.clone(),
+                ],
+                None => return Ok(()),
+            }
+        }
+    };
+    let req = ExecRequest { argv, ..base };
+    let req = if matches!(step.kind, StepKind::File { .. }) {
+        ExecRequest { user: None, ..req }
+    } else {
+        req
+    };
+    let (code, tail) = run_streamed(ctx, p, machine, id, &req).await?;
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} (#{}) failed with exit status {code}{tail}",
+            s.label,
+            step.index + 1
+        ))
+    }
+}
+
+/// Provisions one machine: chooses its steps, runs them in order, records each that ran
+/// (inside the machine and in the cache). Returns how many ran.
+/// One machine's resource, as provisioning sees it.
+pub struct Target<'a> {
+    pub provider: &'a Arc<dyn Provider>,
+    pub machine: &'a Machine,
+    pub id: &'a str,
+    /// Just created: nothing has run on it, no need to look.
+    pub fresh: bool,
+}
+
+pub async fn provision_machine(
+    ctx: &Context,
+    session: &Session,
+    project: &Project,
+    target: Target<'_>,
+    mode: &Mode,
+) -> Result<usize, String> {
+    let Target {
+        provider: p,
+        machine: m,
+        id,
+        fresh,
+    } = target;
+    if m.provision.is_empty() {
+        return Ok(0);
+    }
+    let machine = m.name.as_str();
+    let hashed = provision::hash_steps(&project.envfile.dir, &m.provision)
+        .map_err(|e| format!("cannot read a step's files: {e}"))?;
+    let mut record = if fresh {
+        Some(Record::default())
+    } else {
+        session.provisioned(machine, id)
+    };
+    // Nothing can run when every step is known to have run and none is `always`: decided
+    // without touching the machine (the no-op `up` stays fast).
+    if let Some(r) = &record
+        && provision::choose(&hashed, r, mode).is_empty()
+    {
+        return Ok(0);
+    }
+    let mut record = match record.take() {
+        Some(r) => r,
+        None => read_machine_record(p.as_ref(), id).await,
+    };
+    let to_run = provision::choose(&hashed, &record, mode);
+    if to_run.is_empty() {
+        session
+            .set_provisioned(machine, &m.provider, id, Some(record))
+            .map_err(|e| e.to_string())?;
+        return Ok(0);
+    }
+    // While steps run the cache does not claim to know: a crash makes the next run read
+    // the record inside the machine, which is written after every step.
+    session
+        .set_provisioned(machine, &m.provider, id, None)
+        .map_err(|e| e.to_string())?;
+    let (code, out) = run_quiet(
+        p.as_ref(),
+        id,
+        &["mkdir", "-p", provision::RECORD_DIR, provision::SCRIPT_DIR],
+    )
+    .await?;
+    if code != 0 {
+        return Err(format!(
+            "cannot create {}: {}",
+            provision::RECORD_DIR,
+            out.trim()
+        ));
+    }
+    let mut ran = 0;
+    for t in &to_run {
+        ctx.reporter.event(
+            Some(machine),
+            Phase::Provision,
+            &format!("running {} ({})", t.step.label, t.reason),
+        );
+        let started = Instant::now();
+        if let Err(e) = run_step(ctx, project, p.as_ref(), m, id, &t.step).await {
+            let _ = session.set_provisioned(machine, &m.provider, id, Some(record));
+            return Err(e);
+        }
+        ran += 1;
+        record.ran(&t.step);
+        write_machine_record(p.as_ref(), id, &record).await?;
+        ctx.reporter.event(
+            Some(machine),
+            Phase::Provision,
+            &format!(
+                "{} done in {:.1}s",
+                t.step.label,
+                started.elapsed().as_secs_f64()
+            ),
+        );
+    }
+    session
+        .set_provisioned(machine, &m.provider, id, Some(record))
+        .map_err(|e| e.to_string())?;
+    Ok(ran)
+}
+
+/// Runs the readiness check until it passes or its timeout is over.
+pub async fn wait_ready(
+    ctx: &Context,
+    p: &dyn Provider,
+    machine: &str,
+    id: &str,
+    ready: &Ready,
+) -> Result<(), String> {
+    let deadline = Instant::now() + ready.timeout;
+    let argv = ["/bin/sh", "-c", ready.command.as_str()];
+    ctx.reporter.event(
+        Some(machine),
+        Phase::Ready,
+        &format!("waiting until `{}` succeeds", ready.command),
+    );
+    let started = Instant::now();
+    let mut last = (0i64, String::new());
+    // Bounded by the deadline; the interval is at least 50ms so a typo cannot spin.
+    let interval = ready.interval.max(Duration::from_millis(50));
+    loop {
+        let attempt = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(10),
+            run_quiet(p, id, &argv),
+        )
+        .await;
+        match attempt {
+            Ok(Ok((0, _))) => {
+                ctx.reporter.event(
+                    Some(machine),
+                    Phase::Ready,
+                    &format!("ready after {:.1}s", started.elapsed().as_secs_f64()),
+                );
+                return Ok(());
+            }
+            Ok(Ok(r)) => last = r,
+            Ok(Err(e)) => last = (-1, e),
+            Err(_) => {}
+        }
+        if Instant::now() + interval >= deadline {
+            let output = last.1.trim().lines().last().unwrap_or("").to_string();
+            return Err(format!(
+                "not ready after {}: the check `{}` last exited with status {}{}",
+                humantime::format_duration(ready.timeout),
+                ready.command,
+                last.0,
+                if output.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({output})")
+                }
+            ));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// `envrig provision [MACHINE...] [--force] [--step NAME...]`: runs steps again on running
+/// machines, in dependency order. Returns (machine, steps run).
+pub async fn provision(
+    ctx: &Context,
+    project: &Project,
+    machines: &[String],
+    force: bool,
+    steps: &[String],
+) -> Result<Vec<(String, usize)>, OpError> {
+    let selected = project.select(machines, false)?;
+    if !steps.is_empty() {
+        let all: Vec<crate::envfile::Step> = selected
+            .iter()
+            .flat_map(|m| m.provision.iter().cloned())
+            .collect();
+        let unknown = provision::unknown_step_names(&all, steps);
+        if !unknown.is_empty() {
+            return Err(OpError::Usage(format!(
+                "no step named {} in the machines asked for (`--step` takes a step's `name`)",
+                unknown
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let mode = if !steps.is_empty() {
+        Mode::Only(steps.to_vec())
+    } else if force {
+        Mode::Force("--force")
+    } else {
+        Mode::Pending
+    };
+    let session = Session::open(ctx, project).await?;
+    let observed = observe(ctx, project).await?;
+    session.refresh(&observed)?;
+    let mut targets = Vec::new();
+    for m in &selected {
+        match current(m.name.as_str(), &observed).0 {
+            Some(o) if o.state.can_exec() => targets.push((*m, o.id.clone())),
+            Some(o) => {
+                return Err(OpError::NotRunning {
+                    machine: m.name.to_string(),
+                    state: o.state.as_str().to_string(),
+                });
+            }
+            None => {
+                return Err(OpError::NotRunning {
+                    machine: m.name.to_string(),
+                    state: "not created".to_string(),
+                });
+            }
+        }
+    }
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    let order: Vec<&Machine> = targets.iter().map(|(m, _)| *m).collect();
+    for wave in waves(&order) {
+        let jobs = wave.iter().map(|m| {
+            let id = targets
+                .iter()
+                .find(|(t, _)| t.name == m.name)
+                .map(|(_, id)| id.clone())
+                .unwrap_or_default();
+            let session = &session;
+            let mode = &mode;
+            async move {
+                let r = match provider(ctx, &m.provider).await {
+                    Ok(p) => {
+                        provision_machine(
+                            ctx,
+                            session,
+                            project,
+                            Target {
+                                provider: &p,
+                                machine: m,
+                                id: &id,
+                                fresh: false,
+                            },
+                            mode,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                (m.name.to_string(), r)
+            }
+        });
+        for (name, r) in futures_util::future::join_all(jobs).await {
+            match r {
+                Ok(n) => done.push((name, n)),
+                Err(e) => {
+                    ctx.reporter.event(Some(&name), Phase::Failed, &e);
+                    failures.push((name, e));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    if !failures.is_empty() {
+        return Err(OpError::Machines {
+            total: selected.len(),
+            failures,
+        });
+    }
+    Ok(done)
+}
