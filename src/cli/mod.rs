@@ -272,7 +272,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 no_provision,
                 force_provision: provision,
             };
-            match ops::up(&ctx, &project, &opts).await {
+            match settle(&ctx, ops::up(&ctx, &project, &opts)).await {
                 Ok(outcomes) => {
                     printer.up(&project, &outcomes);
                     0
@@ -284,7 +284,12 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             machines,
             force,
             steps,
-        } => match ops::provision(&ctx, &project, &machines, force, &steps).await {
+        } => match settle(
+            &ctx,
+            ops::provision(&ctx, &project, &machines, force, &steps),
+        )
+        .await
+        {
             Ok(done) => {
                 let total: usize = done.iter().map(|(_, n)| n).sum();
                 printer.done(&format!(
@@ -314,7 +319,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
         }
         Command::SshConfig { machine } => cmd_ssh_config(&ctx, &printer, &project, machine).await,
         Command::Halt { machines, timeout } => {
-            match ops::halt(&ctx, &project, &machines, timeout).await {
+            match settle(&ctx, ops::halt(&ctx, &project, &machines, timeout)).await {
                 Ok(stopped) => {
                     printer.done(&format!("halted {}", plural(stopped.len(), "machine")));
                     0
@@ -323,7 +328,12 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             }
         }
         Command::Reload { machines } => {
-            if let Err(e) = ops::halt(&ctx, &project, &machines, Duration::from_secs(60)).await {
+            if let Err(e) = settle(
+                &ctx,
+                ops::halt(&ctx, &project, &machines, Duration::from_secs(60)),
+            )
+            .await
+            {
                 return fail(&printer, e);
             }
             let opts = UpOptions {
@@ -333,7 +343,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 no_provision: false,
                 force_provision: false,
             };
-            match ops::up(&ctx, &project, &opts).await {
+            match settle(&ctx, ops::up(&ctx, &project, &opts)).await {
                 Ok(outcomes) => {
                     printer.up(&project, &outcomes);
                     0
@@ -369,7 +379,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                     return 1;
                 }
             }
-            match ops::destroy(&ctx, &project, &machines).await {
+            match settle(&ctx, ops::destroy(&ctx, &project, &machines)).await {
                 Ok(summary) => {
                     printer.destroy(&summary);
                     0
@@ -378,6 +388,13 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             }
         }
     }
+}
+
+/// Awaits an operation, then settles the live display before anything else is printed.
+async fn settle<T>(ctx: &Context, op: impl std::future::Future<Output = T>) -> T {
+    let r = op.await;
+    ctx.reporter.finish();
+    r
 }
 
 fn plural(n: usize, what: &str) -> String {

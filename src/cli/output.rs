@@ -78,6 +78,15 @@ impl Printer {
     pub fn reporter(&self) -> Arc<dyn Reporter> {
         if self.json {
             Arc::new(JsonReporter)
+        } else if !self.quiet
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("ENVRIG_NO_PROGRESS").is_none()
+        {
+            Arc::new(TtyReporter {
+                color: self.color,
+                multi: indicatif::MultiProgress::new(),
+                bars: Mutex::new(BTreeMap::new()),
+            })
         } else {
             Arc::new(HumanReporter {
                 printer: self.clone(),
@@ -316,6 +325,102 @@ impl Reporter for HumanReporter {
                 self.printer.paint("1", &format!("[{machine}]"))
             );
             last.insert(machine.to_string(), line);
+        }
+    }
+}
+
+/// Progress on a terminal: one live line per machine (indicatif), with step output and
+/// warnings printed above the lines.
+struct TtyReporter {
+    color: bool,
+    multi: indicatif::MultiProgress,
+    bars: Mutex<BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl TtyReporter {
+    fn bar(&self, machine: &str) -> indicatif::ProgressBar {
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        bars.entry(machine.to_string())
+            .or_insert_with(|| {
+                let style =
+                    indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+                let bar = self
+                    .multi
+                    .add(indicatif::ProgressBar::new_spinner().with_style(style));
+                bar.set_prefix(format!("[{machine}]"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                bar
+            })
+            .clone()
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn above(&self, line: String) {
+        let _ = self.multi.println(line);
+    }
+}
+
+impl Reporter for TtyReporter {
+    fn event(&self, machine: Option<&str>, phase: Phase, message: &str) {
+        let prefix = machine
+            .map(|m| format!("{} ", self.paint("1", &format!("[{m}]"))))
+            .unwrap_or_default();
+        match (phase, machine) {
+            (Phase::Warning, _) => self.above(format!(
+                "{prefix}{} {message}",
+                self.paint("1;33", "warning:")
+            )),
+            (Phase::Failed, Some(m)) => {
+                let first = message.lines().next().unwrap_or(message);
+                self.bar(m)
+                    .finish_with_message(self.paint("1;31", &format!("failed: {first}")));
+            }
+            (Phase::Failed, None) => {
+                self.above(format!("{} {message}", self.paint("1;31", "failed:")))
+            }
+            (Phase::Done, Some(m)) => self.bar(m).finish_with_message(self.paint("32", message)),
+            (_, Some(m)) => self.bar(m).set_message(message.to_string()),
+            (_, None) => self.above(message.to_string()),
+        }
+    }
+
+    fn pull(&self, machine: &str, progress: &PullProgress) {
+        let message = match progress {
+            PullProgress::Status(s) => s.clone(),
+            PullProgress::Bytes { done, total } if *total > 0 => {
+                format!(
+                    "downloading {:.1}/{:.1} MB ({}%)",
+                    *done as f64 / 1e6,
+                    *total as f64 / 1e6,
+                    done * 100 / total
+                )
+            }
+            PullProgress::Bytes { .. } => "downloading".to_string(),
+        };
+        self.bar(machine).set_message(message);
+    }
+
+    fn output(&self, machine: &str, _stream: envrig_provider_api::OutputStream, line: &str) {
+        self.above(format!(
+            "{} {line}",
+            self.paint("2", &format!("[{machine}]"))
+        ));
+    }
+
+    fn finish(&self) {
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        for bar in bars.values() {
+            if !bar.is_finished() {
+                bar.finish();
+            }
         }
     }
 }

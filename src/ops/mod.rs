@@ -206,6 +206,8 @@ pub trait Reporter: Send + Sync {
     fn pull(&self, machine: &str, progress: &PullProgress);
     /// One line a provisioning step printed.
     fn output(&self, machine: &str, stream: envrig_provider_api::OutputStream, line: &str);
+    /// The operation is over: settle any live display.
+    fn finish(&self) {}
     /// Another process holds the lock; we wait.
     fn waiting_for_lock(&self, holder: &str) {
         self.event(
