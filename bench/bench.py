@@ -7,6 +7,7 @@ one table of medians with the targets, plus every sample. Python 3 standard libr
     python3 bench/bench.py                 # 7 runs per scenario
     python3 bench/bench.py --runs 9 --json /tmp/bench.json
     python3 bench/bench.py --check         # exit 1 when a target is missed
+    python3 bench/bench.py --envrig /path/to/envrig   # another binary than target/release
 
 See bench/README.md for what each scenario measures.
 """
@@ -32,12 +33,14 @@ ENVRIG = REPO / "target" / "release" / "envrig"
 HOST_SETUP = REPO / "scripts" / "host-setup.sh"
 IMAGE = "envrig-test/busybox:latest"
 RAW_PARALLEL = 8  # envrig's default `up --parallel`
+PROVISION_SHELL = "echo provisioned > /tmp/p"  # the one step of the provisioning scenarios
+PROVISION_FILE = "/tmp/p"
 CMD_TIMEOUT = 180  # seconds; no single command may hang the benchmark
 MIN_RUNS = 5
 MAX_RUNS = 100
 
-# One label value per benchmark invocation: raw containers carry `envrig.bench=<TOKEN>`,
-# so cleanup never touches anybody else's containers.
+# One label value per benchmark invocation: raw containers and networks carry
+# `envrig.bench=<TOKEN>`, so cleanup never touches anybody else's.
 TOKEN = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 RAW_LABEL = f"envrig.bench={TOKEN}"
 
@@ -147,7 +150,8 @@ class Workspace:
         self.seq = 0
 
     # envrig side
-    def new_project(self, machines: int) -> Path:
+    def new_project(self, machines: int, provision: bool = False) -> Path:
+        """An Envfile with machines m1..mN; with provision, each has one inline shell step."""
         self.seq += 1
         d = self.root / f"p{self.seq:03d}"
         d.mkdir()
@@ -159,7 +163,10 @@ class Workspace:
             "[defaults]",
             'box = "bb"',
         ]
-        lines += [f"[machines.m{i}]" for i in range(1, machines + 1)]
+        for i in range(1, machines + 1):
+            lines.append(f"[machines.m{i}]")
+            if provision:
+                lines += [f"[[machines.m{i}.provision]]", f"shell = {json.dumps(PROVISION_SHELL)}"]
         (d / "Envfile").write_text("\n".join(lines) + "\n")
         self.folders.append(d)
         return d
@@ -175,6 +182,13 @@ class Workspace:
             ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=dev.envrig.folder={d}"],
             check=False,
         )
+        return p.stdout.split()
+
+    @staticmethod
+    def envrig_networks(d: Path) -> list[str]:
+        """Networks envrig made for project folder d (labelled like its machines)."""
+        p = run(["docker", "network", "ls", "-q", "--no-trunc", "--filter",
+                 f"label=dev.envrig.folder={d}"], check=False)
         return p.stdout.split()
 
     def envrig_running(self, d: Path) -> int:
@@ -193,14 +207,28 @@ class Workspace:
         left = self.envrig_ids(d)
         if left:
             run(["docker", "rm", "-f", *left], check=False)
+        nets = self.envrig_networks(d)
+        if nets:
+            run(["docker", "network", "rm", *nets], check=False)
 
     # raw side
     @staticmethod
-    def raw_run_cmd() -> list:
+    def raw_run_cmd(network: str | None = None) -> list:
+        net = ["--network", network] if network else []
         return [
-            "docker", "run", "-d", "--init", "--label", RAW_LABEL,
+            "docker", "run", "-d", "--init", "--label", RAW_LABEL, *net,
             "--entrypoint", "sleep", IMAGE, "infinity",
         ]
+
+    def raw_network_name(self) -> str:
+        self.seq += 1
+        return f"envrig-bench-{TOKEN}-{self.seq}"
+
+    @staticmethod
+    def raw_networks() -> list[str]:
+        p = run(["docker", "network", "ls", "-q", "--no-trunc", "--filter", f"label={RAW_LABEL}"],
+                check=False)
+        return p.stdout.split()
 
     @staticmethod
     def raw_ids() -> list[str]:
@@ -211,33 +239,72 @@ class Workspace:
         ids = self.raw_ids()
         if ids:
             run(["docker", "rm", "-f", *ids], check=False)
+        nets = self.raw_networks()
+        if nets:
+            run(["docker", "network", "rm", *nets], check=False)
 
     def close(self):
-        """Best effort, bounded: every container this run made, then the temp folders."""
+        """Best effort, bounded: every container and network this run made, then the temp
+        folders. Returns what is left."""
         for d in self.folders:
-            if self.envrig_ids(d):
+            if self.envrig_ids(d) or self.envrig_networks(d):
                 self.clean_project(d)
         self.clean_raw()
         shutil.rmtree(self.root, ignore_errors=True)
         left = self.raw_ids() + [i for d in self.folders for i in self.envrig_ids(d)]
+        left += [f"network:{n}" for n in
+                 self.raw_networks() + [n for d in self.folders for n in self.envrig_networks(d)]]
         return left
 
 
-def raw_up(n: int, pool: ThreadPoolExecutor) -> tuple[float, list[str]]:
-    """Timed: n `docker run -d` commands, RAW_PARALLEL at a time (one, directly, for n=1)."""
-    cmd = Workspace.raw_run_cmd()
-    if n == 1:
-        ms, p = timed(cmd)
+def _run_then_exec(cmd: list, provision: bool):
+    """One raw machine: `docker run -d`, then (with provision) its `docker exec` step.
+    Returns (container id or None, error text or None)."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=CMD_TIMEOUT,
+                           env=CHILD_ENV)
+        if r.returncode != 0:
+            return None, f"docker run: {r.stderr.strip()}"
+        cid = r.stdout.strip()
+        if provision:
+            x = subprocess.run(["docker", "exec", cid, "sh", "-c", PROVISION_SHELL],
+                               capture_output=True, text=True, timeout=CMD_TIMEOUT,
+                               env=CHILD_ENV)
+            if x.returncode != 0:
+                return cid, f"docker exec: exit {x.returncode} {x.stderr.strip()}"
+        return cid, None
+    except subprocess.TimeoutExpired as e:
+        return None, f"timed out after {CMD_TIMEOUT} s: {e.cmd}"
+
+
+def raw_up(n: int, pool: ThreadPoolExecutor, ws: Workspace | None = None,
+           network: bool = False, provision: bool = False) -> tuple[float, list[str]]:
+    """Timed: n `docker run -d` commands, RAW_PARALLEL at a time (one, directly, for n=1).
+    With network, a `docker network create` first (timed too) and every container on it;
+    with provision, each thread runs its container's `docker exec` step right after its run."""
+    if n == 1 and not network and not provision:
+        ms, p = timed(Workspace.raw_run_cmd())
         return ms, [p.stdout.strip()]
     t0 = time.perf_counter()
-    futures = [pool.submit(subprocess.run, cmd, capture_output=True, text=True,
-                           timeout=CMD_TIMEOUT, env=CHILD_ENV) for _ in range(n)]
+    net = None
+    if network:
+        net = ws.raw_network_name()
+        try:
+            r = subprocess.run(["docker", "network", "create", "--label", RAW_LABEL, net],
+                               capture_output=True, text=True, timeout=CMD_TIMEOUT,
+                               env=CHILD_ENV)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"timed out after {CMD_TIMEOUT} s: docker network create")
+        if r.returncode != 0:
+            raise BenchError(f"raw docker network create failed: {r.stderr.strip()}")
+    cmd = Workspace.raw_run_cmd(net)
+    futures = [pool.submit(_run_then_exec, cmd, provision) for _ in range(n)]
     results = [f.result() for f in futures]
     ms = (time.perf_counter() - t0) * 1000.0
-    bad = [r for r in results if r.returncode != 0]
+    bad = [err for _, err in results if err]
     if bad:
-        raise BenchError(f"raw docker run failed: {bad[0].stderr.strip()}")
-    return ms, [r.stdout.strip() for r in results]
+        raise BenchError(f"raw side failed: {bad[0]}")
+    return ms, [cid for cid, _ in results]
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -246,38 +313,82 @@ def raw_up(n: int, pool: ThreadPoolExecutor) -> tuple[float, list[str]]:
 # test; setup and teardown happen outside the timing, and everything is removed at the end.
 
 
-def envrig_up(ws: Workspace, n: int) -> float:
-    d = ws.new_project(n)
+def check_provisioned(ws: Workspace, d: Path, what: str):
+    """The step's file exists in one of project d's containers (m1's, or any)."""
+    p = run(["docker", "ps", "-q", "--filter", f"label=dev.envrig.folder={d}",
+             "--filter", "label=dev.envrig.machine=m1"], check=False)
+    ids = p.stdout.split() or ws.envrig_ids(d)
+    if not ids:
+        raise BenchError(f"{what}: no container to check {PROVISION_FILE} in")
+    x = run(["docker", "exec", ids[0], "test", "-f", PROVISION_FILE], check=False, timeout=30)
+    if x.returncode != 0:
+        raise BenchError(f"{what}: {PROVISION_FILE} is missing in {ids[0][:12]}")
+
+
+def envrig_up(ws: Workspace, n: int, provision: bool = False) -> float:
+    d = ws.new_project(n, provision)
     try:
         ms, _ = timed(ws.envrig(d, "up"))
         got = ws.envrig_running(d)
         if got != n:
             raise BenchError(f"envrig up: {got} of {n} machines running")
+        if provision:
+            check_provisioned(ws, d, "envrig up")
         return ms
     finally:
         ws.clean_project(d)
 
 
-def raw_up_side(ws: Workspace, n: int, pool) -> float:
+def raw_up_side(ws: Workspace, n: int, pool, network: bool = False,
+                provision: bool = False) -> float:
     try:
-        ms, ids = raw_up(n, pool)
+        ms, ids = raw_up(n, pool, ws, network, provision)
         running = run(["docker", "ps", "-q", "--filter", f"label={RAW_LABEL}",
                        "--filter", "status=running"]).stdout.split()
         if len(running) != n:
             raise BenchError(f"raw docker run: {len(running)} of {n} containers running")
+        if network and len(ws.raw_networks()) != 1:
+            raise BenchError("raw docker network create: the network is missing")
         return ms
     finally:
         ws.clean_raw()
 
 
-def envrig_after_up(ws: Workspace, n: int, *args) -> float:
-    """Brings n machines up (untimed), then times `envrig ARGS`."""
-    d = ws.new_project(n)
+def exec_events(d: Path, since: float, until: float) -> int | None:
+    """How many `exec_start` events project d's containers had between two host times
+    (docker events is bounded by --until); None when docker events cannot tell."""
+    p = run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+             "--filter", "type=container", "--filter", "event=exec_start",
+             "--filter", f"label=dev.envrig.folder={d}", "--format", "{{.Action}}"],
+            check=False, timeout=30)
+    if p.returncode != 0:
+        return None
+    return len(p.stdout.split("\n")) - 1 if p.stdout.strip() else 0
+
+
+def envrig_after_up(ws: Workspace, n: int, *args, provision: bool = False) -> float:
+    """Brings n machines up (untimed), then times `envrig ARGS`. With provision, the machines
+    have a step; the setup `up` must have run it, and the timed command none (no exec)."""
+    d = ws.new_project(n, provision)
     try:
+        t_setup = time.time()
         run(ws.envrig(d, "up"))
         if ws.envrig_running(d) != n:
             raise BenchError("setup: envrig up did not start every machine")
+        if provision:
+            check_provisioned(ws, d, "setup: envrig up")
+        t0 = time.time()
         ms, _ = timed(ws.envrig(d, *args))
+        t1 = time.time()
+        if provision:
+            time.sleep(0.2)  # let the engine publish the last events
+            setup_execs = exec_events(d, t_setup, t0)
+            timed_execs = exec_events(d, t0, t1 + 0.1)
+            if setup_execs is not None and setup_execs < n:
+                raise BenchError(f"setup: envrig up made {setup_execs} execs for {n} steps")
+            if timed_execs:
+                raise BenchError(f"envrig {' '.join(args)}: {timed_execs} docker execs, "
+                                 f"expected none (a no-op)")
         return ms
     finally:
         ws.clean_project(d)
@@ -300,7 +411,7 @@ def envrig_destroy(ws: Workspace, n: int) -> float:
 
 def raw_destroy(ws: Workspace, n: int, pool) -> float:
     try:
-        _, ids = raw_up(n, pool)
+        _, ids = raw_up(n, pool, ws)
         ms, _ = timed(["docker", "rm", "-f", *ids])
         if ws.raw_ids():
             raise BenchError("docker rm -f left containers")
@@ -309,43 +420,52 @@ def raw_destroy(ws: Workspace, n: int, pool) -> float:
         ws.clean_raw()
 
 
-# name, label, envrig side, raw side (or None), target (kind, value)
+# name, label, envrig side, raw side (or None), target (kind, value), extra raw variants:
+# (key, row label, side) compared with the same envrig samples, reported without a target.
 def scenarios(ws, pool):
     return [
         ("up-1", "up, 1 machine",
-         lambda: envrig_up(ws, 1), lambda: raw_up_side(ws, 1, pool), ("ratio", 1.15)),
-        ("up-10", "up, 10 machines",
-         lambda: envrig_up(ws, 10), lambda: raw_up_side(ws, 10, pool), ("ratio", 1.25)),
+         lambda: envrig_up(ws, 1), lambda: raw_up_side(ws, 1, pool), ("ratio", 1.15), []),
+        ("up-10", "up, 10 machines (raw: no network)",
+         lambda: envrig_up(ws, 10), lambda: raw_up_side(ws, 10, pool), ("ratio", 1.25),
+         [("net", "  same, raw + network create",
+           lambda: raw_up_side(ws, 10, pool, network=True))]),
         ("status-10", "status, 10 running",
-         lambda: envrig_after_up(ws, 10, "status"), None, ("ms", 25.0)),
+         lambda: envrig_after_up(ws, 10, "status"), None, ("ms", 25.0), []),
         ("noop-up-10", "no-op up, 10 running",
-         lambda: envrig_after_up(ws, 10, "up"), None, ("ms", 60.0)),
+         lambda: envrig_after_up(ws, 10, "up"), None, ("ms", 60.0), []),
+        ("prov-up-10", "up + 1 shell step, 10 machines",
+         lambda: envrig_up(ws, 10, provision=True),
+         lambda: raw_up_side(ws, 10, pool, network=True, provision=True), ("ratio", 1.25), []),
+        ("prov-noop-10", "no-op up, 10 provisioned",
+         lambda: envrig_after_up(ws, 10, "up", provision=True), None, ("ms", 80.0), []),
         ("destroy-1", "destroy -f, 1 machine",
-         lambda: envrig_destroy(ws, 1), lambda: raw_destroy(ws, 1, pool), None),
+         lambda: envrig_destroy(ws, 1), lambda: raw_destroy(ws, 1, pool), None, []),
         ("destroy-10", "destroy -f, 10 machines",
-         lambda: envrig_destroy(ws, 10), lambda: raw_destroy(ws, 10, pool), None),
+         lambda: envrig_destroy(ws, 10), lambda: raw_destroy(ws, 10, pool), None, []),
     ]
 
 
-def measure(fn_envrig, fn_raw, runs: int, warmup: int):
-    """Alternates the two sides (envrig first on even runs, raw first on odd ones) so slow
-    drift of the host does not favour either; warm-up runs are not recorded."""
-    e, r = [], []
+def measure(sides, runs: int, warmup: int):
+    """Runs every side (a list of functions, None skipped) once per round, rotating which
+    goes first (envrig first on round 0, then the next one, ...) so slow drift of the host
+    does not favour any; warm-up rounds are not recorded. Returns one sample list per side."""
+    live = [(k, fn) for k, fn in enumerate(sides) if fn is not None]
+    out = [[] for _ in sides]
     for i in range(warmup + runs):
-        order = [(fn_envrig, e), (fn_raw, r)] if i % 2 == 0 else [(fn_raw, r), (fn_envrig, e)]
-        for fn, out in order:
-            if fn is None:
-                continue
+        s = i % len(live)
+        for k, fn in live[s:] + live[:s]:
             ms = fn()
             if i >= warmup:
-                out.append(ms)
-    return e, r
+                out[k].append(ms)
+    return out
 
 
 # --- report ---------------------------------------------------------------------------------
 
 
-def evaluate(name, label, e, r, target):
+def evaluate(name, label, e, r, target, extras=()):
+    """extras: (key, row label, samples) of additional raw variants, ratios without target."""
     em = statistics.median(e)
     rm = statistics.median(r) if r else None
     ratio = em / rm if rm else None
@@ -370,22 +490,34 @@ def evaluate(name, label, e, r, target):
         "target": {"kind": target[0], "value": target[1]} if target else None,
         "target_text": tdesc,
         "result": verdict if target else None,
+        "raw_variants": [
+            {
+                "variant": key,
+                "label": xlabel,
+                "raw_ms": xs,
+                "raw_median_ms": round(statistics.median(xs), 1),
+                "ratio": round(em / statistics.median(xs), 3),
+            }
+            for key, xlabel, xs in extras
+        ],
     }
 
 
 def print_table(results):
     hdr = ("scenario", "envrig ms", "raw ms", "ratio", "target", "result")
-    rows = [
-        (
+    rows = []
+    for res in results:
+        rows.append((
             res["label"],
             f"{res['envrig_median_ms']:.1f}",
             "-" if res["raw_median_ms"] is None else f"{res['raw_median_ms']:.1f}",
             "-" if res["ratio"] is None else f"{res['ratio']:.2f}x",
             res["target_text"],
             res["result"] or "-",
-        )
-        for res in results
-    ]
+        ))
+        for v in res["raw_variants"]:
+            rows.append((v["label"], f"{res['envrig_median_ms']:.1f}",
+                         f"{v['raw_median_ms']:.1f}", f"{v['ratio']:.2f}x", "(info)", "-"))
     w = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(hdr)]
     line = lambda cells: "  ".join(
         c.ljust(w[i]) if i in (0, 4, 5) else c.rjust(w[i]) for i, c in enumerate(cells)
@@ -394,15 +526,21 @@ def print_table(results):
     print("  ".join("-" * x for x in w))
     for row in rows:
         print(line(row))
+    if any(r["scenario"] == "up-10" for r in results):
+        print("up-10: envrig's 10 machines get a private network (created in the timed `up`);"
+              " the target\nuses raw `docker run` with none, the `raw + network create` row"
+              " shows the other ratio.")
 
 
 def print_samples(results):
     print("\nsamples (ms, in run order):")
     fmt = lambda xs: " ".join(f"{x:.0f}" if x >= 100 else f"{x:.1f}" for x in xs)
     for res in results:
-        s = f"  {res['scenario']:<11} envrig: {fmt(res['envrig_ms'])}"
+        s = f"  {res['scenario']:<12} envrig: {fmt(res['envrig_ms'])}"
         if res["raw_ms"]:
             s += f"  | raw: {fmt(res['raw_ms'])}"
+        for v in res["raw_variants"]:
+            s += f"  | raw+{v['variant']}: {fmt(v['raw_ms'])}"
         print(s)
 
 
@@ -434,12 +572,21 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--only", metavar="NAME", action="append",
                     help="run only this scenario (repeatable): up-1, up-10, status-10, "
-                         "noop-up-10, destroy-1, destroy-10")
+                         "noop-up-10, prov-up-10, prov-noop-10, destroy-1, destroy-10")
+    ap.add_argument("--envrig", metavar="PATH",
+                    help="the envrig binary to measure (default target/release/envrig; "
+                         "never built when given)")
     args = ap.parse_args(argv)
     if not MIN_RUNS <= args.runs <= MAX_RUNS:
         ap.error(f"--runs must be between {MIN_RUNS} and {MAX_RUNS}")
     if not 0 <= args.warmup <= 10:
         ap.error("--warmup must be between 0 and 10")
+
+    global ENVRIG
+    if args.envrig:
+        ENVRIG = Path(args.envrig).resolve()
+        if not os.access(ENVRIG, os.X_OK):
+            ap.error(f"--envrig: {ENVRIG} is not an executable file")
 
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)
     try:
@@ -464,10 +611,12 @@ def main(argv=None) -> int:
                     log(f"unknown scenario(s): {', '.join(sorted(unknown))}")
                     return 2
                 todo = [s for s in todo if s[0] in args.only]
-            for name, label, fe, fr, target in todo:
+            for name, label, fe, fr, target, extras in todo:
                 t0 = time.monotonic()
-                e, r = measure(fe, fr, args.runs, args.warmup)
-                results.append(evaluate(name, label, e, r, target))
+                e, r, *xs = measure([fe, fr, *(fn for _, _, fn in extras)],
+                                    args.runs, args.warmup)
+                results.append(evaluate(name, label, e, r, target,
+                                        [(k, lb, x) for (k, lb, _), x in zip(extras, xs)]))
                 log(f"{name}: done in {time.monotonic() - t0:.0f} s")
     except BenchError as e:
         log(f"error: {e}")
@@ -478,7 +627,8 @@ def main(argv=None) -> int:
     finally:
         left = ws.close()
         if left:
-            log(f"WARNING: {len(left)} containers could not be removed: {' '.join(left)}")
+            log(f"WARNING: {len(left)} containers/networks could not be removed: "
+                f"{' '.join(left)}")
 
     print()
     print_table(results)
@@ -494,6 +644,7 @@ def main(argv=None) -> int:
             "raw_parallel": RAW_PARALLEL,
             "image": IMAGE,
             "host": info,
+        "envrig_binary": str(ENVRIG),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "results": results,
         }

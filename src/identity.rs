@@ -20,12 +20,15 @@ pub struct Identity {
     pub folder: PathBuf,
     /// The Envfile itself.
     pub envfile: PathBuf,
-    /// `sha256(project NUL folder)`, 16 hex digits.
+    /// `sha256(project NUL folder [NUL instance])`, 16 hex digits.
     pub env_id: String,
+    /// Set for the environment of one `envrig run`: it has an identity of its own, so
+    /// parallel runs in one checkout never collide.
+    pub instance: Option<String>,
 }
 
 impl Identity {
-    pub fn new(project: &Name, folder: &Path, envfile: &Path) -> Identity {
+    pub fn new(project: &Name, folder: &Path, envfile: &Path, instance: Option<&str>) -> Identity {
         let folder = folder
             .canonicalize()
             .unwrap_or_else(|_| folder.to_path_buf());
@@ -33,12 +36,17 @@ impl Identity {
         h.update(project.as_str().as_bytes());
         h.update([0]);
         h.update(folder.to_string_lossy().as_bytes());
+        if let Some(i) = instance {
+            h.update([0]);
+            h.update(i.as_bytes());
+        }
         let env_id = hex(&h.finalize())[..16].to_string();
         Identity {
             project: project.clone(),
             folder,
             envfile: envfile.to_path_buf(),
             env_id,
+            instance: instance.map(str::to_string),
         }
     }
 
@@ -65,7 +73,7 @@ impl Identity {
         generation: u32,
         created: &str,
     ) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut l = BTreeMap::from([
             (labels::ENV.to_string(), self.env_id.clone()),
             (labels::PROJECT.to_string(), self.project.to_string()),
             (
@@ -80,7 +88,67 @@ impl Identity {
             (labels::GENERATION.to_string(), generation.to_string()),
             (labels::VERSION.to_string(), crate::VERSION.to_string()),
             (labels::CREATED.to_string(), created.to_string()),
-        ])
+        ]);
+        if let Some(i) = &self.instance {
+            l.insert(labels::INSTANCE.to_string(), i.clone());
+        }
+        l
+    }
+}
+
+/// A new instance id for `envrig run`: `run-` and 8 hex digits, unique on this host.
+pub fn new_instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let seed = format!("{nanos}:{}:{}", std::process::id(), owner_token());
+    format!("run-{}", &sha256_hex(seed.as_bytes())[..8])
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn start_time(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: skip past it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// This process, as `BOOT_ID:PID:START_TIME`: survives PID reuse and reboots.
+pub fn owner_token() -> String {
+    let pid = std::process::id().to_string();
+    format!(
+        "{}:{pid}:{}",
+        boot_id().unwrap_or_default(),
+        start_time(&pid).unwrap_or_default()
+    )
+}
+
+/// Whether the process named by an [`owner_token`] still runs. When it cannot tell (a token
+/// from another format), it says yes: `gc` never removes what may still be in use.
+pub fn owner_alive(token: &str) -> bool {
+    let mut parts = token.splitn(3, ':');
+    let (Some(boot), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    if pid.is_empty() || !pid.chars().all(|c| c.is_ascii_digit()) {
+        return true;
+    }
+    if let Some(now) = boot_id()
+        && !boot.is_empty()
+        && now != boot
+    {
+        return false;
+    }
+    match start_time(pid) {
+        Some(t) => start.is_empty() || t == start,
+        None => false,
     }
 }
 
@@ -111,12 +179,21 @@ mod tests {
             &name,
             Path::new("/nonexistent/a/shop"),
             Path::new("/nonexistent/a/shop/Envfile"),
+            None,
         );
         let b = Identity::new(
             &name,
             Path::new("/nonexistent/b/shop"),
             Path::new("/nonexistent/b/shop/Envfile"),
+            None,
         );
+        let run = Identity::new(
+            &name,
+            Path::new("/nonexistent/a/shop"),
+            Path::new("/nonexistent/a/shop/Envfile"),
+            Some("run-1"),
+        );
+        assert_ne!(a.env_id, run.env_id, "a run has an identity of its own");
         assert_ne!(a.env_id, b.env_id);
         assert_eq!(a.env_id.len(), 16);
         let web = Name::parse("web").unwrap();
@@ -128,7 +205,29 @@ mod tests {
             &name,
             Path::new("/nonexistent/a/shop"),
             Path::new("/nonexistent/a/shop/Envfile"),
+            None,
         );
         assert_eq!(a, again, "the identity is stable");
+    }
+
+    #[test]
+    fn owner_tokens_tell_live_processes_from_dead_ones() {
+        let me = owner_token();
+        assert!(owner_alive(&me), "{me}");
+        let parts: Vec<&str> = me.split(':').collect();
+        assert!(
+            !owner_alive(&format!("{}:{}:1", parts[0], parts[1])),
+            "same pid, other start time: reused"
+        );
+        assert!(
+            !owner_alive(&format!("{}:4194304999:1", parts[0])),
+            "no such pid"
+        );
+        assert!(
+            !owner_alive(&format!("other-boot:{}:{}", parts[1], parts[2])),
+            "another boot"
+        );
+        assert!(owner_alive("not a token"), "unknown formats are kept");
+        assert_ne!(new_instance_id(), new_instance_id());
     }
 }

@@ -95,7 +95,7 @@ fn rank(o: &Observed) -> (u32, u8, &str) {
         MachineState::Running => 3,
         MachineState::Stopped | MachineState::Created | MachineState::Paused => 2,
         MachineState::Transitioning => 1,
-        MachineState::Dead => 0,
+        MachineState::Dead | MachineState::Removing => 0,
     };
     (o.generation, s, o.created.as_str())
 }

@@ -47,7 +47,21 @@ pub struct StateDir {
 /// An exclusive hold on a project's state; released on drop (or when the process dies).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    file: File,
+    /// The previous holder died while holding it (its engine calls may still be running).
+    pub previous_crashed: Option<String>,
+}
+
+/// What a lock file says when its holder let go cleanly.
+const RELEASED: &str = "released";
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        // Best effort: a holder that dies skips this, which is how the next one knows.
+        let _ = self.file.set_len(0);
+        let _ = self.file.rewind();
+        let _ = self.file.write_all(RELEASED.as_bytes());
+    }
 }
 
 impl StateDir {
@@ -57,11 +71,33 @@ impl StateDir {
         }
     }
 
+    /// A state folder at an explicit path (the environment of one `envrig run`).
+    pub fn at(path: PathBuf) -> StateDir {
+        StateDir { path }
+    }
+
+    /// Removes the folder (after its environment was destroyed).
+    pub fn remove(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     fn ensure(&self) -> std::io::Result<()> {
         if !self.path.is_dir() {
             std::fs::create_dir_all(&self.path)?;
-            // Keep the cache and generated keys out of version control without asking.
-            std::fs::write(self.path.join(".gitignore"), "*\n")?;
+        }
+        // Keep the cache and generated keys out of version control without asking.
+        if let Some(top) = self
+            .path
+            .ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == ".envrig"))
+        {
+            let ignore = top.join(".gitignore");
+            if !ignore.exists() {
+                std::fs::write(ignore, "*\n")?;
+            }
         }
         Ok(())
     }
@@ -85,10 +121,50 @@ impl StateDir {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
+        let mut before = String::new();
+        file.rewind()?;
+        let _ = file.read_to_string(&mut before);
+        let before = before.trim();
+        let previous_crashed = before.starts_with("pid ").then(|| before.to_string());
         file.set_len(0)?;
         file.rewind()?;
         write!(file, "pid {}", std::process::id())?;
-        Ok(StateLock { _file: file })
+        Ok(StateLock {
+            file,
+            previous_crashed,
+        })
+    }
+
+    /// Takes the lock if nobody holds it; `None` when another process does. Never creates
+    /// the folder.
+    pub fn try_lock(&self) -> std::io::Result<Option<StateLock>> {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path.join("lock"))
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !self.path.is_dir() {
+                    return Err(e);
+                }
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(self.path.join("lock"))?
+            }
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock {
+                file,
+                previous_crashed: None,
+            })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 
     /// Reads the cache; a missing or unreadable one is an empty cache (it is only a cache).
@@ -154,6 +230,26 @@ mod tests {
             std::fs::read_to_string(sd.path.join(".gitignore")).unwrap(),
             "*\n"
         );
+    }
+
+    #[test]
+    fn a_holder_that_died_is_noticed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path());
+        let first = sd.lock(|_| {}).unwrap();
+        assert_eq!(first.previous_crashed, None);
+        drop(first);
+        assert_eq!(
+            sd.lock(|_| {}).unwrap().previous_crashed,
+            None,
+            "a clean release"
+        );
+        // A holder killed mid-way leaves its pid behind (simulated: forget skips Drop).
+        std::mem::forget(sd.lock(|_| {}).unwrap());
+        // The kernel would release the flock of a dead process; here the same process
+        // re-locks through a new open file description only after the old one is closed.
+        let crashed = std::fs::read_to_string(sd.path.join("lock")).unwrap();
+        assert!(crashed.starts_with("pid "), "{crashed}");
     }
 
     #[test]

@@ -52,6 +52,10 @@ struct Cli {
     #[arg(long, global = true, env = "ENVRIG_PROVIDER", value_parser = ["docker", "libvirt"])]
     provider: Option<String>,
 
+    /// Address the environment of one `envrig run` (kept with --keep-on-failure)
+    #[arg(long, global = true, env = "ENVRIG_INSTANCE", value_name = "ID", value_parser = parse_instance)]
+    instance: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +87,31 @@ enum Command {
         /// Run every `once` step again, not only new and changed ones
         #[arg(long)]
         provision: bool,
+        /// `envrig gc` destroys machines created now this long after (replaces `ttl`)
+        #[arg(long, value_parser = parse_duration, value_name = "D")]
+        ttl: Option<Duration>,
+    },
+    /// For CI: up an environment of its own, run CMD in it, destroy it whatever happened
+    Run {
+        /// The machine to run in (default: the only one, or the first declared)
+        machine: Option<String>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+        /// Keep the environment when the command fails, and say how to reach it
+        #[arg(long)]
+        keep_on_failure: bool,
+        /// `envrig gc` destroys the environment this long after (if this process cannot)
+        #[arg(long, value_parser = parse_duration, value_name = "D")]
+        ttl: Option<Duration>,
+        /// How many machines to work on at once
+        #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        parallel: u16,
+    },
+    /// Destroy expired machines and whatever belongs to environments that are gone
+    Gc {
+        /// Only say what would be removed
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run provisioning steps again on running machines
     Provision {
@@ -130,6 +159,18 @@ enum Command {
     },
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok =
+        s.starts_with("run-") && s.len() <= 40 && s[4..].chars().all(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a run instance id like `run-1a2b3c4d`"
+        ))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -203,7 +244,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
     };
     let registry = Registry::builtin();
     let reporter: Arc<dyn ops::Reporter> = printer.reporter();
-    let ctx = Context { registry, reporter };
+    let ctx = Context::new(registry, reporter, interrupts(printer.clone()));
 
     // Commands that need no Envfile.
     match &cli.command {
@@ -212,6 +253,15 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             return match ops::ls(&ctx).await {
                 Ok(rows) => {
                     printer.ls(&rows);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            };
+        }
+        Command::Gc { dry_run } => {
+            return match settle(&ctx, ops::gc(&ctx, *dry_run)).await {
+                Ok(report) => {
+                    printer.gc(&report);
                     0
                 }
                 Err(e) => fail(&printer, e),
@@ -229,13 +279,13 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
         _ => {}
     }
 
-    let project = match load(
-        &printer,
-        &ctx,
-        &cwd,
-        cli.file.as_deref(),
-        cli.provider.as_deref(),
-    ) {
+    let run_instance =
+        matches!(cli.command, Command::Run { .. }).then(crate::identity::new_instance_id);
+    let settings = ops::LoadSettings {
+        provider_override: cli.provider.clone(),
+        instance: run_instance.clone().or_else(|| cli.instance.clone()),
+    };
+    let mut project = match load(&printer, &ctx, &cwd, cli.file.as_deref(), &settings) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -244,7 +294,40 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
     }
 
     match cli.command {
-        Command::Init { .. } | Command::Ls | Command::Completions { .. } => 0,
+        Command::Init { .. } | Command::Ls | Command::Gc { .. } | Command::Completions { .. } => 0,
+        Command::Run {
+            machine,
+            command,
+            keep_on_failure,
+            ttl,
+            parallel,
+        } => {
+            project.owner = Some(crate::identity::owner_token());
+            project.ttl = ttl;
+            let instance = project.identity.instance.clone().unwrap_or_default();
+            printer.done(&format!(
+                "run `{instance}` of `{}`",
+                project.identity.project
+            ));
+            let opts = ops::RunOptions {
+                machine,
+                command,
+                keep_on_failure,
+                parallel: usize::from(parallel),
+            };
+            let r = settle(&ctx, ops::run(&ctx, &project, &opts)).await;
+            match r {
+                Ok(outcome) => {
+                    printer.run(&outcome);
+                    exit_status(outcome.exit_code.unwrap_or(1))
+                }
+                Err((e, outcome)) => {
+                    printer.run(&outcome);
+                    let code = fail(&printer, e);
+                    if ctx.cancelled() { 130 } else { code.max(1) }
+                }
+            }
+        }
         Command::Validate => {
             if cli.json {
                 println!(
@@ -264,7 +347,9 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             parallel,
             no_provision,
             provision,
+            ttl,
         } => {
+            project.ttl = ttl;
             let opts = UpOptions {
                 machines,
                 recreate,
@@ -291,12 +376,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
         .await
         {
             Ok(done) => {
-                let total: usize = done.iter().map(|(_, n)| n).sum();
-                printer.done(&format!(
-                    "provisioned {}: {} run",
-                    plural(done.len(), "machine"),
-                    plural(total, "step")
-                ));
+                printer.provisioned(&done);
                 0
             }
             Err(e) => fail(&printer, e),
@@ -321,7 +401,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
         Command::Halt { machines, timeout } => {
             match settle(&ctx, ops::halt(&ctx, &project, &machines, timeout)).await {
                 Ok(stopped) => {
-                    printer.done(&format!("halted {}", plural(stopped.len(), "machine")));
+                    printer.halt(&stopped);
                     0
                 }
                 Err(e) => fail(&printer, e),
@@ -397,10 +477,6 @@ async fn settle<T>(ctx: &Context, op: impl std::future::Future<Output = T>) -> T
     r
 }
 
-fn plural(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
 /// A command's exit code as this process's: codes outside 0-255 become 1 (or 255).
 fn exit_status(code: i64) -> i32 {
     match code {
@@ -412,7 +488,37 @@ fn exit_status(code: i64) -> i32 {
 
 fn fail(printer: &Printer, e: OpError) -> i32 {
     printer.error(&e.to_string(), e.hint().as_deref());
-    if e.is_usage() { 2 } else { 1 }
+    match e {
+        OpError::Interrupted { .. } => 130,
+        e if e.is_usage() => 2,
+        _ => 1,
+    }
+}
+
+/// Ctrl-C and SIGTERM: the first asks operations to start no new work and finish cleanly;
+/// a second one exits at once.
+fn interrupts(printer: Printer) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                printer.done("interrupted: finishing what is in flight and cleaning up (again to stop at once)");
+                let _ = tx.send(true);
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    rx
 }
 
 fn display_path(cwd: &Path, path: &Path) -> String {
@@ -426,7 +532,7 @@ fn load(
     ctx: &Context,
     cwd: &Path,
     file: Option<&Path>,
-    provider: Option<&str>,
+    settings: &ops::LoadSettings,
 ) -> Result<Project, i32> {
     let Some(path) = envfile::find(cwd, file) else {
         printer.error(
@@ -436,7 +542,7 @@ fn load(
         return Err(2);
     };
     let shown = display_path(cwd, &path);
-    match Project::load(&path, &shown, &ctx.registry, provider) {
+    match Project::load(&path, &shown, &ctx.registry, settings) {
         Ok(p) => Ok(p),
         Err(LoadError::Io { path, source }) => {
             printer.error(&format!("cannot read {}: {source}", path.display()), None);

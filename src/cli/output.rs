@@ -10,7 +10,10 @@ use envrig_provider_api::PullProgress;
 use serde::Serialize;
 
 use crate::envfile::{Diagnostic, Report, line_col};
-use crate::ops::{self, DestroySummary, EnvRow, Phase, Project, Reporter, StatusReport, UpOutcome};
+use crate::ops::{
+    self, DestroySummary, EnvRow, GcReport, Phase, Project, Reporter, RunOutcome, StatusReport,
+    UpOutcome,
+};
 
 pub const SCHEMA_STATUS: &str = "envrig.status/1";
 pub const SCHEMA_LS: &str = "envrig.ls/1";
@@ -18,6 +21,10 @@ pub const SCHEMA_UP: &str = "envrig.up/1";
 pub const SCHEMA_DESTROY: &str = "envrig.destroy/1";
 pub const SCHEMA_EVENT: &str = "envrig.event/1";
 pub const SCHEMA_VALIDATE: &str = "envrig.validate/1";
+pub const SCHEMA_RUN: &str = "envrig.run/1";
+pub const SCHEMA_GC: &str = "envrig.gc/1";
+pub const SCHEMA_HALT: &str = "envrig.halt/1";
+pub const SCHEMA_PROVISION: &str = "envrig.provision/1";
 
 pub fn json_line<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v)
@@ -203,13 +210,17 @@ impl Printer {
             "MACHINES".into(),
             "PROVIDERS".into(),
             "AGE".into(),
+            "EXPIRES".into(),
         ]];
         for r in rows {
             let machines: Vec<String> =
                 r.machines.iter().map(|(m, s)| format!("{m}={s}")).collect();
             t.push(vec![
                 r.project.clone(),
-                r.env_id.chars().take(8).collect(),
+                match &r.instance {
+                    Some(i) => i.clone(),
+                    None => r.env_id.chars().take(8).collect(),
+                },
                 if r.envfile_exists {
                     r.folder.clone()
                 } else {
@@ -227,6 +238,72 @@ impl Printer {
             self.done("no environments on this host");
         } else {
             table(&t);
+        }
+    }
+
+    pub fn run(&self, o: &RunOutcome) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_RUN, "instance": o.instance, "machine": o.machine, "exit_code": o.exit_code, "kept": o.kept}),
+            ));
+        }
+    }
+
+    pub fn halt(&self, stopped: &[String]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_HALT, "machines": stopped}),
+            ));
+        } else {
+            self.done(&format!(
+                "halted {} machine{}",
+                stopped.len(),
+                if stopped.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
+    pub fn provisioned(&self, done: &[(String, usize)]) {
+        if self.json {
+            let machines: Vec<serde_json::Value> = done
+                .iter()
+                .map(|(m, n)| serde_json::json!({"machine": m, "steps_run": n}))
+                .collect();
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_PROVISION, "machines": machines}),
+            ));
+        } else {
+            let total: usize = done.iter().map(|(_, n)| n).sum();
+            self.done(&format!(
+                "provisioned {} machine{}: {total} step{} run",
+                done.len(),
+                if done.len() == 1 { "" } else { "s" },
+                if total == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
+    pub fn gc(&self, r: &GcReport) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_GC, "dry_run": r.dry_run, "removed": r.removed, "busy": r.busy}),
+            ));
+            return;
+        }
+        let verb = if r.dry_run { "would remove" } else { "removed" };
+        for i in &r.removed {
+            out(&format!(
+                "{verb} {} of `{}` ({}): {}",
+                i.resource, i.project, i.folder, i.reason
+            ));
+        }
+        for b in &r.busy {
+            self.done(&format!(
+                "skipped environment {b}: another envrig is working on it"
+            ));
+        }
+        if r.removed.is_empty() {
+            self.done("nothing to collect");
         }
     }
 

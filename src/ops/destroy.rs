@@ -98,6 +98,11 @@ pub async fn destroy(
         observe(ctx, project).await?
     };
     session.refresh(&left)?;
+    if project.identity.instance.is_some() && machines.is_empty() && failures.is_empty() {
+        // A run's environment is gone whole: so is its state folder.
+        drop(session);
+        let _ = project.state.remove();
+    }
     if !failures.is_empty() {
         return Err(OpError::Machines {
             total: doomed.len(),

@@ -22,6 +22,10 @@ pub struct EnvRow {
     pub machines: BTreeMap<String, String>,
     /// The oldest resource's creation time.
     pub created: Option<String>,
+    /// The earliest expiry of its machines (`ttl`), when any has one.
+    pub expires: Option<String>,
+    /// For the environment of an `envrig run`: its instance id.
+    pub instance: Option<String>,
 }
 
 pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
@@ -52,6 +56,8 @@ pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
                     providers: Vec::new(),
                     machines: BTreeMap::new(),
                     created: None,
+                    expires: None,
+                    instance: o.labels.get(labels::INSTANCE).cloned(),
                 }
             });
             if !row.providers.contains(&o.provider) {
@@ -69,6 +75,11 @@ pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
                 .or_insert(state);
             if !o.created.is_empty() && row.created.as_ref().is_none_or(|c| o.created < *c) {
                 row.created = Some(o.created.clone());
+            }
+            if let Some(e) = o.labels.get(labels::EXPIRES)
+                && row.expires.as_ref().is_none_or(|x| e < x)
+            {
+                row.expires = Some(e.clone());
             }
         }
     }

@@ -4,10 +4,12 @@
 
 mod destroy;
 mod exec;
+mod gc;
 mod halt;
 mod init;
 mod ls;
 mod provision;
+mod run;
 mod spec;
 mod status;
 mod up;
@@ -26,10 +28,12 @@ use crate::state::{StateCache, StateDir, StateLock};
 
 pub use destroy::{DestroySummary, destroy};
 pub use exec::{exec, interactive, running_machine};
+pub use gc::{GcItem, GcReport, gc};
 pub use halt::halt;
 pub use init::{TEMPLATES, Template, init};
 pub use ls::{EnvRow, ls};
 pub use provision::provision;
+pub use run::{RunOptions, RunOutcome, run};
 pub use spec::{config_hash, machine_spec};
 pub use status::{StatusReport, status};
 pub use up::{UpOptions, UpOutcome, up};
@@ -42,6 +46,19 @@ pub struct Project {
     pub state: StateDir,
     /// Warnings found while loading the Envfile.
     pub warnings: Report,
+    /// `--ttl`: replaces every machine's `ttl` for machines created now.
+    pub ttl: Option<std::time::Duration>,
+    /// The process owning this environment (`envrig run`): `gc` removes it once it died.
+    pub owner: Option<String>,
+}
+
+/// How to load a project, beyond its Envfile.
+#[derive(Debug, Clone, Default)]
+pub struct LoadSettings {
+    /// `--provider` / `ENVRIG_PROVIDER`.
+    pub provider_override: Option<String>,
+    /// The environment of one `envrig run` (`--instance` to reach a kept one).
+    pub instance: Option<String>,
 }
 
 impl Project {
@@ -50,23 +67,38 @@ impl Project {
         path: &Path,
         display_path: &str,
         registry: &Registry,
-        provider_override: Option<&str>,
+        settings: &LoadSettings,
     ) -> Result<Project, LoadError> {
         let env = |name: &str| std::env::var(name).ok();
         let caps = |name: &str| registry.capabilities(name);
         let opts = LoadOptions {
             env: &env,
-            provider_override,
+            provider_override: settings.provider_override.as_deref(),
             capabilities: &caps,
         };
-        let (envfile, warnings) = envfile::load(path, display_path, &opts)?;
-        let identity = Identity::new(&envfile.project.name, &envfile.dir, &envfile.path);
-        let state = StateDir::new(&envfile.dir);
+        let (mut envfile, warnings) = envfile::load(path, display_path, &opts)?;
+        let instance = settings.instance.as_deref();
+        let identity = Identity::new(&envfile.project.name, &envfile.dir, &envfile.path, instance);
+        let state = match instance {
+            Some(i) => StateDir::at(envfile.dir.join(".envrig").join("instances").join(i)),
+            None => StateDir::new(&envfile.dir),
+        };
+        if instance.is_some() {
+            // Parallel runs of one checkout must not fight over host ports: each published
+            // port gets a free one, chosen by the engine (`status` shows which).
+            for m in &mut envfile.machines {
+                for p in &mut m.ports {
+                    p.host_port = 0;
+                }
+            }
+        }
         Ok(Project {
             envfile,
             identity,
             state,
             warnings,
+            ttl: None,
+            owner: None,
         })
     }
 
@@ -222,6 +254,32 @@ pub trait Reporter: Send + Sync {
 pub struct Context {
     pub registry: Registry,
     pub reporter: Arc<dyn Reporter>,
+    /// Becomes true on Ctrl-C / SIGTERM: start no new work, let in-flight calls finish.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(
+        registry: Registry,
+        reporter: Arc<dyn Reporter>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Context {
+        Context {
+            registry,
+            reporter,
+            cancel,
+        }
+    }
+
+    pub fn cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Resolves when the operation is interrupted.
+    pub async fn interrupted(&self) {
+        let mut rx = self.cancel.clone();
+        let _ = rx.wait_for(|c| *c).await;
+    }
 }
 
 /// Why an operation failed.
@@ -254,6 +312,8 @@ pub enum OpError {
     },
     #[error("{0}")]
     Usage(String),
+    #[error("interrupted: {done}")]
+    Interrupted { done: String, hint: String },
 }
 
 fn machines_failed(failures: &[(String, String)], total: usize) -> String {
@@ -300,6 +360,7 @@ impl OpError {
                 Some(format!("start it with `envrig up {machine}`"))
             }
             OpError::Provider { source, .. } => source.hint().map(str::to_string),
+            OpError::Interrupted { hint, .. } => Some(hint.clone()),
             _ => None,
         }
     }
@@ -313,8 +374,45 @@ pub async fn provider(ctx: &Context, name: &str) -> Result<Arc<dyn Provider>, Op
         .map_err(|e| OpError::provider(format!("cannot use the {name} provider"), e))
 }
 
-/// Every resource of this environment on every provider it may use, decoded.
+/// Waits (at most 10 s) until two looks at the engines half a second apart agree: calls a
+/// killed envrig made (a removal, a start) finish on the engine after it died.
+async fn settle(ctx: &Context, project: &Project) -> Result<(), OpError> {
+    let key = |v: &[Observed]| {
+        let mut k: Vec<(String, &'static str)> =
+            v.iter().map(|o| (o.id.clone(), o.state.as_str())).collect();
+        k.sort();
+        k
+    };
+    let mut last = key(&observe(ctx, project).await?);
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = key(&observe(ctx, project).await?);
+        if now == last {
+            return Ok(());
+        }
+        last = now;
+    }
+    Ok(())
+}
+
+/// Every resource of this environment on every provider it may use, decoded. Resources
+/// being removed (by a command that died half-way) are waited for, briefly: they are about
+/// to be gone and still hold their names.
 pub async fn observe(ctx: &Context, project: &Project) -> Result<Vec<Observed>, OpError> {
+    for _ in 0..100 {
+        let seen = observe_once(ctx, project).await?;
+        if !seen
+            .iter()
+            .any(|o| o.state == envrig_provider_api::MachineState::Removing)
+        {
+            return Ok(seen);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    observe_once(ctx, project).await
+}
+
+async fn observe_once(ctx: &Context, project: &Project) -> Result<Vec<Observed>, OpError> {
     let selector = Selector::env(&project.identity.env_id);
     let mut out = Vec::new();
     for name in project.provider_names() {
@@ -360,6 +458,14 @@ impl Session {
                     context: format!("cannot lock {}", project.state.path.display()),
                     source,
                 })?;
+        if let Some(holder) = &lock.previous_crashed {
+            ctx.reporter.event(
+                None,
+                Phase::Warning,
+                &format!("the previous envrig on this environment ({holder}) stopped mid-way; waiting for its engine calls to settle"),
+            );
+            settle(ctx, project).await?;
+        }
         let mut cache = dir.read();
         if cache.env_id != project.identity.env_id {
             cache = StateCache {
@@ -502,6 +608,25 @@ pub fn age(created: &str) -> Option<String> {
         s if s < 86400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
     })
+}
+
+/// How long until an RFC 3339 time, short (`in 2h`), or `expired`.
+pub fn until(at: &str) -> String {
+    let Ok(t) = humantime::parse_rfc3339(at) else {
+        return at.to_string();
+    };
+    match t.duration_since(std::time::SystemTime::now()) {
+        Err(_) => "expired".to_string(),
+        Ok(d) => {
+            let s = d.as_secs();
+            match s {
+                s if s < 60 => format!("in {s}s"),
+                s if s < 3600 => format!("in {}m", s / 60),
+                s if s < 86400 => format!("in {}h", s / 3600),
+                s => format!("in {}d", s / 86400),
+            }
+        }
+    }
 }
 
 /// Group observed resources by machine.

@@ -46,6 +46,15 @@ pub fn machine_spec(
     };
     let config = config_hash(&spec);
     spec.labels.insert(labels::CONFIG.to_string(), config);
+    if let Some(ttl) = project.ttl.or(machine.ttl)
+        && let Ok(t) = humantime::parse_rfc3339(created)
+    {
+        let expires = humantime::format_rfc3339_seconds(t + ttl).to_string();
+        spec.labels.insert(labels::EXPIRES.to_string(), expires);
+    }
+    if let Some(owner) = &project.owner {
+        spec.labels.insert(labels::OWNER.to_string(), owner.clone());
+    }
     spec.labels
         .insert(labels::PROVIDER.to_string(), machine.provider.clone());
     spec

@@ -132,6 +132,9 @@ pub async fn up(
                     }
                 }
                 let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+                if ctx.cancelled() {
+                    return Err(Skipped("not started: interrupted".to_string()));
+                }
                 let mp = mp.ok_or_else(|| "no plan for it".to_string())?;
                 run_one(ctx, session, project, m, mp, mode, opts.no_provision)
                     .await
@@ -175,6 +178,19 @@ pub async fn up(
     if changed || !plan.machines.iter().all(|m| m.duplicates.is_empty()) {
         // The cache is refreshed from the engines, so it never records what did not happen.
         session.refresh(&observe(ctx, project).await?)?;
+    }
+    if ctx.cancelled() {
+        let started = outcomes
+            .iter()
+            .filter(|o| o.result != "skipped" && o.result != "failed")
+            .count();
+        return Err(OpError::Interrupted {
+            done: format!(
+                "{started} of {} machines are up; no new work was started",
+                selected.len()
+            ),
+            hint: "`envrig up` resumes; `envrig destroy` removes what was made".to_string(),
+        });
     }
     if !failed.is_empty() {
         return Err(OpError::Machines {

@@ -27,6 +27,13 @@ pub const VERSION: &str = "dev.envrig.version";
 pub const CREATED: &str = "dev.envrig.created";
 /// The hash of the settings that shaped the resource; a different hash means "stale".
 pub const CONFIG: &str = "dev.envrig.config";
+/// When `gc` may destroy the resource (RFC 3339, UTC); absent: never.
+pub const EXPIRES: &str = "dev.envrig.expires";
+/// For the environment of one `envrig run`: its instance id.
+pub const INSTANCE: &str = "dev.envrig.instance";
+/// For the environment of one `envrig run`: the process that owns it
+/// (`BOOT_ID:PID:START_TIME`), so `gc` can tell when it died.
+pub const OWNER: &str = "dev.envrig.owner";
 
 /// A conjunction of label conditions: every `(key, Some(v))` must equal, every `(key, None)`
 /// must be present.

@@ -97,8 +97,10 @@ pub enum MachineState {
     Created,
     Running,
     Paused,
-    /// Restarting, removing, or otherwise in motion.
+    /// Restarting or otherwise in motion.
     Transitioning,
+    /// Being removed (by a command that may have died since): gone in a moment.
+    Removing,
     /// Stopped (exited, shut off); the disk is kept.
     Stopped,
     /// The engine considers it broken (Docker's "dead").
@@ -112,6 +114,7 @@ impl MachineState {
             MachineState::Running => "running",
             MachineState::Paused => "paused",
             MachineState::Transitioning => "transitioning",
+            MachineState::Removing => "removing",
             MachineState::Stopped => "stopped",
             MachineState::Dead => "dead",
         }
@@ -138,6 +141,7 @@ impl fmt::Display for MachineState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub struct PortSpec {
     pub host_ip: String,
+    /// 0: any free port, chosen by the engine.
     pub host_port: u16,
     pub guest_port: u16,
     pub protocol: Protocol,
@@ -255,6 +259,15 @@ pub struct MachineInfo {
     pub ports: Vec<PortSpec>,
 }
 
+/// A resource that is not a machine (a network, a volume), as `gc` and `ls` see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OtherResource {
+    /// `network`, `volume`.
+    pub kind: &'static str,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// The identity a base resolved to on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BaseInfo {
@@ -342,6 +355,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Creates the environment's private network unless it exists (idempotent, safe to race);
     /// a network of that name that is not the environment's is a [`ProviderError::Conflict`].
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()>;
+
+    /// Every non-machine resource (networks, volumes) whose labels match `selector`.
+    async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>>;
 
     /// Every machine whose labels match `selector`, in any state.
     async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>>;

@@ -25,8 +25,8 @@ use bollard::query_parameters::{
 };
 use envrig_provider_api::{
     BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
-    OptionValue, OutputSink, OutputStream, PortSpec, Protocol, Provider, ProviderError,
-    PullProgress, Result, Selector, SshEndpoint, Terminal, labels,
+    OptionValue, OtherResource, OutputSink, OutputStream, PortSpec, Protocol, Provider,
+    ProviderError, PullProgress, Result, Selector, SshEndpoint, Terminal, labels,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -125,7 +125,12 @@ impl DockerProvider {
                 .get_or_insert_with(Vec::new)
                 .push(PortBinding {
                     host_ip: Some(p.host_ip.clone()),
-                    host_port: Some(p.host_port.to_string()),
+                    // Empty: the engine picks a free port.
+                    host_port: Some(if p.host_port == 0 {
+                        String::new()
+                    } else {
+                        p.host_port.to_string()
+                    }),
                 });
         }
         let binds: Vec<String> = spec
@@ -268,6 +273,7 @@ fn state_from_summary(s: Option<ContainerSummaryStateEnum>) -> MachineState {
         Some(S::PAUSED) => MachineState::Paused,
         Some(S::EXITED) => MachineState::Stopped,
         Some(S::DEAD) => MachineState::Dead,
+        Some(S::REMOVING) => MachineState::Removing,
         _ => MachineState::Transitioning,
     }
 }
@@ -280,6 +286,7 @@ fn state_from_inspect(s: Option<ContainerStateStatusEnum>) -> MachineState {
         Some(S::PAUSED) => MachineState::Paused,
         Some(S::EXITED) => MachineState::Stopped,
         Some(S::DEAD) => MachineState::Dead,
+        Some(S::REMOVING) => MachineState::Removing,
         _ => MachineState::Transitioning,
     }
 }
@@ -449,6 +456,39 @@ impl Provider for DockerProvider {
             labels,
             ports,
         })
+    }
+
+    async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
+        let mut out = Vec::new();
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(label_filters(selector)),
+            }))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        for n in networks {
+            out.push(OtherResource {
+                kind: "network",
+                name: n.name.unwrap_or_default(),
+                labels: n.labels.unwrap_or_default().into_iter().collect(),
+            });
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(label_filters(selector)),
+            }))
+            .await
+            .map_err(|e| map_err("list volumes", e))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            out.push(OtherResource {
+                kind: "volume",
+                name: v.name,
+                labels: v.labels.into_iter().collect(),
+            });
+        }
+        Ok(out)
     }
 
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {

@@ -1,0 +1,187 @@
+//! `gc`: removes what nobody needs any more, from the engines' labels alone: machines past
+//! their expiry (`ttl`), and every resource of an environment whose Envfile is gone or whose
+//! `envrig run` process died. Safe from cron and CI post-steps, also concurrently: an
+//! environment busy with another envrig is skipped, and removing what is gone succeeds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use envrig_provider_api::{Selector, labels};
+use serde::Serialize;
+
+use super::{Context, OpError, provider};
+use crate::identity::owner_alive;
+use crate::plan::Observed;
+use crate::state::StateDir;
+
+/// One thing `gc` removed (or would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct GcItem {
+    pub env_id: String,
+    pub project: String,
+    pub folder: String,
+    /// `machine web`, `network shop-…`.
+    pub resource: String,
+    pub provider: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub removed: Vec<GcItem>,
+    /// Environments left alone because another envrig holds their lock.
+    pub busy: Vec<String>,
+}
+
+/// A file in a run's state folder: the run was kept (`--keep-on-failure`).
+pub const KEPT: &str = "kept";
+
+fn state_dir(folder: &str, instance: Option<&String>) -> PathBuf {
+    let top = Path::new(folder).join(".envrig");
+    match instance {
+        Some(i) => top.join("instances").join(i),
+        None => top,
+    }
+}
+
+fn expired(labels: &BTreeMap<String, String>, now: std::time::SystemTime) -> Option<String> {
+    let at = labels.get(labels::EXPIRES)?;
+    let t = humantime::parse_rfc3339(at).ok()?;
+    (t <= now).then(|| format!("expired at {at}"))
+}
+
+/// Why a whole environment is garbage, if it is.
+fn env_gone(labels: &BTreeMap<String, String>) -> Option<String> {
+    let envfile = labels.get(labels::ENVFILE).filter(|e| !e.is_empty());
+    if let Some(e) = envfile
+        && !Path::new(e).is_file()
+    {
+        return Some(format!("its Envfile {e} is gone"));
+    }
+    let kept = || {
+        let folder = labels.get(labels::FOLDER).map(String::as_str).unwrap_or("");
+        state_dir(folder, labels.get(labels::INSTANCE))
+            .join(KEPT)
+            .is_file()
+    };
+    if let Some(owner) = labels.get(labels::OWNER)
+        && !owner_alive(owner)
+        && !kept()
+    {
+        let pid = owner.split(':').nth(1).unwrap_or("?");
+        return Some(format!("its `envrig run` (pid {pid}) is gone"));
+    }
+    None
+}
+
+pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
+    let now = std::time::SystemTime::now();
+    for name in ctx.registry.names().collect::<Vec<_>>() {
+        let p = provider(ctx, name).await?;
+        let all = Selector::all_envrig();
+        let machines: Vec<Observed> = p
+            .list(&all)
+            .await
+            .map_err(|e| OpError::provider(format!("cannot list the {name} machines"), e))?
+            .into_iter()
+            .filter_map(|i| Observed::from_info(name, i))
+            .collect();
+        let others = p.list_other(&all).await.map_err(|e| {
+            OpError::provider(format!("cannot list the {name} networks and volumes"), e)
+        })?;
+
+        // Every environment seen, by id, with the labels of one of its resources.
+        let mut envs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for l in machines
+            .iter()
+            .map(|m| &m.labels)
+            .chain(others.iter().map(|o| &o.labels))
+        {
+            if let Some(id) = l.get(labels::ENV) {
+                envs.entry(id.clone()).or_insert_with(|| l.clone());
+            }
+        }
+        for (env_id, l) in envs {
+            let label = |k: &str| l.get(k).cloned().unwrap_or_default();
+            let item = |resource: String, reason: String| GcItem {
+                env_id: env_id.clone(),
+                project: label(labels::PROJECT),
+                folder: label(labels::FOLDER),
+                resource,
+                provider: name.to_string(),
+                reason,
+            };
+            let mine: Vec<&Observed> = machines
+                .iter()
+                .filter(|m| m.labels.get(labels::ENV) == Some(&env_id))
+                .collect();
+            let whole = env_gone(&l);
+            let doomed: Vec<(&Observed, String)> = match &whole {
+                Some(reason) => mine.iter().map(|m| (*m, reason.clone())).collect(),
+                None => mine
+                    .iter()
+                    .filter_map(|m| expired(&m.labels, now).map(|r| (*m, r)))
+                    .collect(),
+            };
+            if doomed.is_empty() && whole.is_none() {
+                continue;
+            }
+            // A live project's lock: skip it while another envrig works on it.
+            let folder = label(labels::FOLDER);
+            let dir = StateDir::at(state_dir(&folder, l.get(labels::INSTANCE)));
+            let _lock = if whole.is_none() && Path::new(&folder).is_dir() && !dry_run {
+                match dir.try_lock() {
+                    Ok(Some(lock)) => Some(lock),
+                    Ok(None) => {
+                        report.busy.push(env_id.clone());
+                        continue;
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            for (m, reason) in doomed {
+                if !dry_run {
+                    p.remove(&m.id).await.map_err(|e| {
+                        OpError::provider(format!("cannot remove {}", m.resource_name), e)
+                    })?;
+                }
+                report.removed.push(item(
+                    format!("machine {} ({})", m.machine, m.resource_name),
+                    reason,
+                ));
+            }
+            if let Some(reason) = whole {
+                let selector = Selector::env(&env_id);
+                if dry_run {
+                    for o in others
+                        .iter()
+                        .filter(|o| o.labels.get(labels::ENV) == Some(&env_id))
+                    {
+                        report
+                            .removed
+                            .push(item(format!("{} {}", o.kind, o.name), reason.clone()));
+                    }
+                } else {
+                    let removed = p
+                        .purge(&selector)
+                        .await
+                        .map_err(|e| OpError::provider("cannot remove networks and volumes", e))?;
+                    for r in removed {
+                        report.removed.push(item(r, reason.clone()));
+                    }
+                    if l.contains_key(labels::INSTANCE) && Path::new(&folder).is_dir() {
+                        let _ = dir.remove();
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
