@@ -15,7 +15,6 @@ use crate::envfile::{RunPolicy, Step, StepKind};
 use crate::identity::hex;
 
 /// Where, inside a machine, the record of what ran is kept.
-pub const RECORD_DIR: &str = "/var/lib/envrig";
 pub const RECORD_PATH: &str = "/var/lib/envrig/provisioned.json";
 /// Where scripts are copied to before they run.
 pub const SCRIPT_DIR: &str = "/tmp/envrig";

@@ -165,14 +165,6 @@ fn tar_bytes(name: &str, body: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
     b.into_inner()
 }
 
-fn parent_of(guest: &str) -> (&str, &str) {
-    match guest.trim_end_matches('/').rsplit_once('/') {
-        Some(("", base)) => ("/", base),
-        Some((dir, base)) => (dir, base),
-        None => ("/", guest),
-    }
-}
-
 /// Reads the record kept inside the machine (when the cache does not know).
 async fn read_machine_record(p: &dyn Provider, id: &str) -> Record {
     match run_quiet(p, id, &["cat", provision::RECORD_PATH]).await {
@@ -183,8 +175,11 @@ async fn read_machine_record(p: &dyn Provider, id: &str) -> Record {
 
 async fn write_machine_record(p: &dyn Provider, id: &str, record: &Record) -> Result<(), String> {
     let body = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-    let tar = tar_bytes("provisioned.json", &body, 0o644).map_err(|e| e.to_string())?;
-    p.upload(id, provision::RECORD_DIR, tar)
+    // Uploaded at `/` with its whole path: the provider creates missing folders, so no
+    // `mkdir` exec is needed.
+    let tar = tar_bytes(provision::RECORD_PATH.trim_start_matches('/'), &body, 0o644)
+        .map_err(|e| e.to_string())?;
+    p.upload(id, "/", tar)
         .await
         .map_err(|e| format!("cannot write the provisioning record: {e}"))
 }
@@ -220,8 +215,10 @@ async fn run_step(
                 .file_name()
                 .map_or("script".into(), |f| f.to_string_lossy().into_owned());
             let name = format!("{}-{file}", s.hash);
-            let tar = tar_bytes(&name, &body, 0o755).map_err(|e| e.to_string())?;
-            p.upload(id, provision::SCRIPT_DIR, tar)
+            let guest = format!("{}/{name}", provision::SCRIPT_DIR);
+            let tar = tar_bytes(guest.trim_start_matches('/'), &body, 0o755)
+                .map_err(|e| e.to_string())?;
+            p.upload(id, "/", tar)
                 .await
                 .map_err(|e| format!("cannot copy {path} in: {e}"))?;
             provision::script_argv(&format!("{}/{name}", provision::SCRIPT_DIR), &body, args)
@@ -230,14 +227,13 @@ async fn run_step(
             source,
             destination,
         } => {
-            let (dir, base_name) = parent_of(destination);
-            let (code, out) = run_quiet(p, id, &["mkdir", "-p", dir]).await?;
-            if code != 0 {
-                return Err(format!("cannot create {dir}: {}", out.trim()));
-            }
-            let tar = tar_of(&project.envfile.dir.join(source), base_name, false)
-                .map_err(|e| format!("cannot read {source}: {e}"))?;
-            p.upload(id, dir, tar)
+            let tar = tar_of(
+                &project.envfile.dir.join(source),
+                destination.trim_matches('/'),
+                false,
+            )
+            .map_err(|e| format!("cannot read {source}: {e}"))?;
+            p.upload(id, "/", tar)
                 .await
                 .map_err(|e| format!("cannot copy {source} to {destination}: {e}"))?;
             match &step.user {
@@ -327,19 +323,6 @@ pub async fn provision_machine(
     session
         .set_provisioned(machine, &m.provider, id, None)
         .map_err(|e| e.to_string())?;
-    let (code, out) = run_quiet(
-        p.as_ref(),
-        id,
-        &["mkdir", "-p", provision::RECORD_DIR, provision::SCRIPT_DIR],
-    )
-    .await?;
-    if code != 0 {
-        return Err(format!(
-            "cannot create {}: {}",
-            provision::RECORD_DIR,
-            out.trim()
-        ));
-    }
     let mut ran = 0;
     for t in &to_run {
         ctx.reporter.event(

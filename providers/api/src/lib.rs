@@ -377,7 +377,8 @@ pub trait Provider: Send + Sync + fmt::Debug {
         terminal: Terminal,
     ) -> Result<i64>;
 
-    /// Unpacks a tar archive into `dest` (an absolute guest folder).
+    /// Unpacks a tar archive into `dest` (an absolute guest folder that exists). Folders an
+    /// entry needs that do not exist are created (mode 0755, root); existing ones are kept.
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()>;
 
     /// How to reach the machine with OpenSSH, when the provider has SSH.

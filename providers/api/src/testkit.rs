@@ -183,6 +183,27 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
     .expect("upload");
     let c = capture(p, &created.id, &["cat", "/tmp/conformance.txt"]).await;
     assert_eq!((c.stdout.as_str(), c.code), ("payload\n", 0));
+    p.upload(
+        &created.id,
+        "/",
+        tar_with("var/lib/conformance/deep/x.txt", b"deep\n"),
+    )
+    .await
+    .expect("upload with missing parents");
+    let c = capture(
+        p,
+        &created.id,
+        &[
+            "sh",
+            "-c",
+            "cat /var/lib/conformance/deep/x.txt; stat -c %a /tmp",
+        ],
+    )
+    .await;
+    assert_eq!(
+        c.stdout, "deep\n1777\n",
+        "parents are created, existing folders kept"
+    );
 
     // Stop is graceful and quick, and idempotent.
     let t0 = std::time::Instant::now();
