@@ -34,7 +34,10 @@ pub struct Observed {
 
 impl Observed {
     /// Decodes a provider's report; resources without a machine label are not envrig's.
-    pub fn from_info(provider: &str, info: MachineInfo) -> Option<Observed> {
+    pub fn from_info(provider: &str, mut info: MachineInfo) -> Option<Observed> {
+        // An empty label is no label: images baked from machines blank out the labels they
+        // must not pass on (an owner, an expiry) and containers inherit image labels.
+        info.labels.retain(|_, v| !v.is_empty());
         let machine = info.labels.get(labels::MACHINE)?.clone();
         let label = |k: &str| info.labels.get(k).cloned().unwrap_or_default();
         Some(Observed {

@@ -157,8 +157,53 @@ enum Command {
         #[arg(short = 'f', long)]
         force: bool,
     },
+    /// Named snapshots of machines' whole state
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// One portable file holding machines (now, or as a snapshot) with their Envfile
+    Export {
+        machines: Vec<String>,
+        /// Export this snapshot instead of the machines as they are now
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+        /// The file to write
+        #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
+        output: PathBuf,
+    },
+    /// Recreate what an exported file holds, as a project of its own
+    Import {
+        file: PathBuf,
+        /// The folder to import into (default: the current one)
+        #[arg(short = 'C', value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Bake a machine into a new base box (a docker image)
+    Package {
+        machine: String,
+        /// The new box's name (for docker: an image reference like `myapp-dev:1`)
+        #[arg(long = "as", value_name = "BOX", required = true)]
+        as_box: String,
+    },
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Save machines (all, at one moment, when none is named) as snapshot NAME
+    Save {
+        name: String,
+        machines: Vec<String>,
+        /// Replace a snapshot of that name
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Bring machines back to snapshot NAME, in place
+    Restore { name: String, machines: Vec<String> },
+    /// The environment's snapshots
+    List,
+    /// Delete snapshot NAME of every machine
+    Delete { name: String },
 }
 
 fn parse_instance(s: &str) -> Result<String, String> {
@@ -267,6 +312,38 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 Err(e) => fail(&printer, e),
             };
         }
+        Command::Import { file, dir } => {
+            let target = dir
+                .as_ref()
+                .map(|d| cwd.join(d))
+                .unwrap_or_else(|| cwd.clone());
+            let settings = ops::LoadSettings {
+                provider_override: cli.provider.clone(),
+                instance: None,
+            };
+            let registry = &ctx.registry;
+            let load = |path: &Path| -> Result<Project, OpError> {
+                Project::load(path, &display_path(&cwd, path), registry, &settings).map_err(|e| {
+                    match e {
+                        LoadError::Invalid(r) => OpError::Usage(format!(
+                            "the imported Envfile is not valid:\n{}",
+                            r.render(false)
+                        )),
+                        LoadError::Io { path, source } => OpError::Io {
+                            context: format!("cannot read {}", path.display()),
+                            source,
+                        },
+                    }
+                })
+            };
+            return match settle(&ctx, ops::import(&ctx, &cwd.join(file), &target, &load)).await {
+                Ok(report) => {
+                    printer.imported(&report);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            };
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -294,7 +371,76 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
     }
 
     match cli.command {
-        Command::Init { .. } | Command::Ls | Command::Gc { .. } | Command::Completions { .. } => 0,
+        Command::Init { .. }
+        | Command::Ls
+        | Command::Gc { .. }
+        | Command::Import { .. }
+        | Command::Completions { .. } => 0,
+        Command::Snapshot(sub) => {
+            let r = match sub {
+                SnapshotCommand::Save {
+                    name,
+                    machines,
+                    force,
+                } => settle(
+                    &ctx,
+                    ops::snapshot_save(&ctx, &project, &name, &machines, force),
+                )
+                .await
+                .map(|m| printer.snapshot_done("saved", &name, &m)),
+                SnapshotCommand::Restore { name, machines } => settle(
+                    &ctx,
+                    ops::snapshot_restore(&ctx, &project, &name, &machines),
+                )
+                .await
+                .map(|m| printer.snapshot_done("restored", &name, &m)),
+                SnapshotCommand::Delete { name } => {
+                    settle(&ctx, ops::snapshot_delete(&ctx, &project, &name))
+                        .await
+                        .map(|m| printer.snapshot_done("deleted", &name, &m))
+                }
+                SnapshotCommand::List => ops::snapshot_list(&ctx, &project)
+                    .await
+                    .map(|rows| printer.snapshots(&rows)),
+            };
+            match r {
+                Ok(()) => 0,
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Export {
+            machines,
+            snapshot,
+            output,
+        } => {
+            match settle(
+                &ctx,
+                ops::export(
+                    &ctx,
+                    &project,
+                    snapshot.as_deref(),
+                    &machines,
+                    &cwd.join(&output),
+                ),
+            )
+            .await
+            {
+                Ok(manifest) => {
+                    printer.exported(&cwd.join(&output), &manifest);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Package { machine, as_box } => {
+            match settle(&ctx, ops::package(&ctx, &project, &machine, &as_box)).await {
+                Ok(id) => {
+                    printer.packaged(&machine, &as_box, &id);
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
         Command::Run {
             machine,
             command,

@@ -25,6 +25,11 @@ pub const SCHEMA_RUN: &str = "envrig.run/1";
 pub const SCHEMA_GC: &str = "envrig.gc/1";
 pub const SCHEMA_HALT: &str = "envrig.halt/1";
 pub const SCHEMA_PROVISION: &str = "envrig.provision/1";
+pub const SCHEMA_SNAPSHOT: &str = "envrig.snapshot/1";
+pub const SCHEMA_SNAPSHOTS: &str = "envrig.snapshots/1";
+pub const SCHEMA_EXPORT: &str = "envrig.export/1";
+pub const SCHEMA_IMPORT: &str = "envrig.import/1";
+pub const SCHEMA_PACKAGE: &str = "envrig.package/1";
 
 pub fn json_line<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v)
@@ -238,6 +243,89 @@ impl Printer {
             self.done("no environments on this host");
         } else {
             table(&t);
+        }
+    }
+
+    pub fn snapshot_done(&self, verb: &str, name: &str, machines: &[String]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_SNAPSHOT, "action": verb, "name": name, "machines": machines}),
+            ));
+        } else {
+            let list: Vec<String> = machines.iter().map(|m| format!("`{m}`")).collect();
+            self.done(&format!("{verb} snapshot `{name}` of {}", list.join(", ")));
+        }
+    }
+
+    pub fn snapshots(&self, rows: &[ops::SnapshotRow]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_SNAPSHOTS, "snapshots": rows}),
+            ));
+            return;
+        }
+        if rows.is_empty() {
+            self.done("no snapshots");
+            return;
+        }
+        let mut t = vec![vec![
+            "NAME".to_string(),
+            "MACHINES".to_string(),
+            "AGE".to_string(),
+        ]];
+        for r in rows {
+            t.push(vec![
+                r.name.clone(),
+                r.machines.join(","),
+                ops::age(&r.created).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table(&t);
+    }
+
+    pub fn exported(&self, path: &std::path::Path, m: &ops::Manifest) {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if self.json {
+            let machines: Vec<&str> = m.machines.iter().map(|x| x.machine.as_str()).collect();
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_EXPORT, "file": path, "bytes": size, "snapshot": m.snapshot, "machines": machines, "members": m.members.len()}),
+            ));
+        } else {
+            self.done(&format!(
+                "wrote {} ({:.1} MB, {} machine{})",
+                path.display(),
+                size as f64 / 1e6,
+                m.machines.len(),
+                if m.machines.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
+    pub fn imported(&self, r: &ops::ImportReport) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_IMPORT, "folder": r.folder, "project": r.project, "machines": r.machines}),
+            ));
+        } else {
+            self.done(&format!(
+                "imported `{}` into {}: {}",
+                r.project,
+                r.folder,
+                r.machines.join(", ")
+            ));
+        }
+    }
+
+    pub fn packaged(&self, machine: &str, as_box: &str, id: &str) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_PACKAGE, "machine": machine, "box": as_box, "id": id}),
+            ));
+        } else {
+            self.done(&format!(
+                "packaged `{machine}` as `{as_box}` ({})",
+                id.chars().take(19).collect::<String>()
+            ));
         }
     }
 

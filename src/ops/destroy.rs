@@ -79,6 +79,11 @@ pub async fn destroy(
         }
     }
     summary.machines.sort();
+    if failures.is_empty() {
+        // A machine's snapshots go with it.
+        let gone = super::snapshot::delete_snapshots_of(ctx, project, machines).await?;
+        summary.resources.extend(gone);
+    }
     if machines.is_empty() && failures.is_empty() {
         let selector = Selector::env(&project.identity.env_id);
         for name in project.provider_names() {

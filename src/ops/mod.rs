@@ -2,6 +2,7 @@
 //! and a [`Context`], talks to providers through the registry, and returns data for the CLI
 //! to print. Nothing here knows clap, colours or exit codes.
 
+mod archive;
 mod destroy;
 mod exec;
 mod gc;
@@ -10,6 +11,7 @@ mod init;
 mod ls;
 mod provision;
 mod run;
+mod snapshot;
 mod spec;
 mod status;
 mod up;
@@ -26,6 +28,7 @@ use crate::plan::{Desired, Observed};
 use crate::providers::Registry;
 use crate::state::{StateCache, StateDir, StateLock};
 
+pub use archive::{ImportReport, Manifest, export, import};
 pub use destroy::{DestroySummary, destroy};
 pub use exec::{exec, interactive, running_machine};
 pub use gc::{GcItem, GcReport, gc};
@@ -34,6 +37,9 @@ pub use init::{TEMPLATES, Template, init};
 pub use ls::{EnvRow, ls};
 pub use provision::provision;
 pub use run::{RunOptions, RunOutcome, run};
+pub use snapshot::{
+    SnapshotRow, package, snapshot_delete, snapshot_list, snapshot_restore, snapshot_save,
+};
 pub use spec::{config_hash, machine_spec};
 pub use status::{StatusReport, status};
 pub use up::{UpOptions, UpOutcome, up};

@@ -263,7 +263,7 @@ fn check_ports(selected: &[&Machine], plan: &crate::plan::Plan) -> Result<(), Op
 }
 
 /// Creates the environment's private network on every provider that needs it.
-async fn ensure_networks(
+pub(super) async fn ensure_networks(
     ctx: &Context,
     project: &Project,
     selected: &[&Machine],

@@ -29,6 +29,10 @@ pub const CREATED: &str = "dev.envrig.created";
 pub const CONFIG: &str = "dev.envrig.config";
 /// When `gc` may destroy the resource (RFC 3339, UTC); absent: never.
 pub const EXPIRES: &str = "dev.envrig.expires";
+/// On a snapshot: its name.
+pub const SNAPSHOT: &str = "dev.envrig.snapshot";
+/// On a packaged base: the fingerprint of what it was made from (config and steps).
+pub const FINGERPRINT: &str = "dev.envrig.fingerprint";
 /// For the environment of one `envrig run`: its instance id.
 pub const INSTANCE: &str = "dev.envrig.instance";
 /// For the environment of one `envrig run`: the process that owns it

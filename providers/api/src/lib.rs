@@ -192,7 +192,7 @@ pub struct SyncedFolder {
 
 /// Everything a provider needs to create one machine. Built by the core from a validated
 /// Envfile: every string in it has been checked, so a provider may use names as they are.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineSpec {
     /// The engine-side name of the resource (unique per environment, machine and generation).
     pub resource_name: String,
@@ -217,7 +217,7 @@ pub struct MachineSpec {
 }
 
 /// A machine's place on its environment's private network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAttachment {
     /// The network's engine-side name (see [`NetworkSpec::name`]).
     pub network: String,
@@ -238,7 +238,7 @@ pub struct NetworkSpec {
 }
 
 /// A provider-specific setting's value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OptionValue {
     Bool(bool),
@@ -257,6 +257,25 @@ pub struct MachineInfo {
     pub labels: BTreeMap<String, String>,
     /// Ports as published by the engine (may differ from the spec, e.g. random host ports).
     pub ports: Vec<PortSpec>,
+}
+
+/// A saved state of one machine: its whole filesystem (and, where the engine can, memory),
+/// with the spec it had, so it can be recreated exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The engine's reference (docker: the image id); usable as a [`MachineSpec::base`].
+    pub id: String,
+    /// The snapshot's name (`s1`).
+    pub name: String,
+    pub machine: String,
+    /// When it was saved (RFC 3339).
+    pub created: String,
+    /// Whether the machine ran when it was saved (a restore leaves it the same way).
+    pub running: bool,
+    /// The spec of the machine when it was saved.
+    pub spec: MachineSpec,
+    /// The labels written on the snapshot.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A resource that is not a machine (a network, a volume), as `gc` and `ls` see it.
@@ -380,6 +399,60 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Unpacks a tar archive into `dest` (an absolute guest folder that exists). Folders an
     /// entry needs that do not exist are created (mode 0755, root); existing ones are kept.
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()>;
+
+    /// Freezes a running machine's processes (for a consistent multi-machine snapshot).
+    async fn pause(&self, id: &str) -> Result<()>;
+
+    /// Thaws a paused machine. Resuming one that is not paused succeeds.
+    async fn unpause(&self, id: &str) -> Result<()>;
+
+    /// Saves machine `id` as snapshot `name`; `spec` is the machine's spec, `labels` are
+    /// written on the snapshot (they carry the environment's identity). The caller pauses
+    /// running machines first. Saving over an existing name is the caller's decision: the
+    /// provider replaces it.
+    async fn snapshot_save(
+        &self,
+        id: &str,
+        name: &str,
+        spec: &MachineSpec,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot>;
+
+    /// Every snapshot whose labels match `selector`.
+    async fn snapshot_list(&self, selector: &Selector) -> Result<Vec<Snapshot>>;
+
+    /// Replaces the machine (`current`, when it exists) by one made from `snap` with `spec`
+    /// (whose labels name the environment it now belongs to), in the state it was saved in.
+    async fn snapshot_restore(
+        &self,
+        snap: &Snapshot,
+        current: Option<&str>,
+        spec: &MachineSpec,
+    ) -> Result<MachineInfo>;
+
+    /// Deletes a snapshot; deleting one that is gone succeeds.
+    async fn snapshot_delete(&self, snap: &Snapshot) -> Result<()>;
+
+    /// Writes a snapshot's state to `dest` (a file), streaming; returns its size.
+    async fn snapshot_export(&self, snap: &Snapshot, dest: &std::path::Path) -> Result<u64>;
+
+    /// Loads a snapshot exported by [`Provider::snapshot_export`] (checked by the caller),
+    /// labelling it with `labels`; returns it as this engine knows it.
+    async fn snapshot_import(
+        &self,
+        src: &std::path::Path,
+        snap: &Snapshot,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot>;
+
+    /// Bakes machine `id` into a new base named `name` (a docker image reference, a box),
+    /// labelled with `labels`.
+    async fn package(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BaseInfo>;
 
     /// How to reach the machine with OpenSSH, when the provider has SSH.
     async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint>;

@@ -16,17 +16,19 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, EndpointSettings,
-    HostConfig, Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig, PortBinding, PortMap,
+    ContainerConfig, ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum,
+    EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, PortMap,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    CommitContainerOptions, CreateContainerOptions, CreateImageOptions, ImportImageOptions,
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveImageOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use envrig_provider_api::{
     BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
     OptionValue, OtherResource, OutputSink, OutputStream, PortSpec, Protocol, Provider,
-    ProviderError, PullProgress, Result, Selector, SshEndpoint, Terminal, labels,
+    ProviderError, PullProgress, Result, Selector, Snapshot, SshEndpoint, Terminal, labels,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -618,6 +620,28 @@ impl Provider for DockerProvider {
             }))
             .await
             .map_err(|e| map_err("list volumes", e))?;
+        // Snapshot images whose tags are gone (replaced or deleted while a container used
+        // them) go with their environment.
+        let mut filters = label_filters(selector);
+        filters.insert("dangling".to_string(), vec!["true".to_string()]);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..ListImagesOptions::default()
+            }))
+            .await
+            .map_err(|e| map_err("list images", e))?;
+        for img in images {
+            if self
+                .docker
+                .remove_image(&img.id, None::<RemoveImageOptions>, None)
+                .await
+                .is_ok()
+            {
+                removed.push(format!("image {}", &img.id[..img.id.len().min(19)]));
+            }
+        }
         for v in volumes.volumes.unwrap_or_default() {
             match self
                 .docker
@@ -757,12 +781,351 @@ impl Provider for DockerProvider {
             .map_err(|e| map_err(format!("upload to {id}:{dest}"), e))
     }
 
+    async fn pause(&self, id: &str) -> Result<()> {
+        match self.docker.pause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err(format!("pause container {id}"), e) {
+                // Already paused.
+                ProviderError::Conflict { message } if message.contains("already paused") => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn unpause(&self, id: &str) -> Result<()> {
+        match self.docker.unpause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err(format!("unpause container {id}"), e) {
+                ProviderError::Conflict { message } if message.contains("not paused") => Ok(()),
+                ProviderError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn snapshot_save(
+        &self,
+        id: &str,
+        name: &str,
+        spec: &MachineSpec,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
+        let info = self.inspect(id).await?;
+        let running = matches!(info.state, MachineState::Running | MachineState::Paused);
+        let created = labels.get(labels::CREATED).cloned().unwrap_or_default();
+        let mut all = labels.clone();
+        all.insert(labels::SNAPSHOT.to_string(), name.to_string());
+        all.insert(SNAP_RUNNING.to_string(), running.to_string());
+        all.insert(
+            SNAP_SPEC.to_string(),
+            serde_json::to_string(spec).map_err(|e| ProviderError::Engine {
+                provider: NAME,
+                op: "encode the snapshot's spec".into(),
+                source: Box::new(e),
+            })?,
+        );
+        let tag = snapshot_tag(&spec.resource_name, name);
+        let (repo, tag) = tag.rsplit_once(':').unwrap_or((tag.as_str(), name));
+        let options = CommitContainerOptions {
+            container: Some(id.to_string()),
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            // The caller froze every machine of the environment at one moment.
+            pause: false,
+            ..CommitContainerOptions::default()
+        };
+        let config = ContainerConfig {
+            labels: Some(all.clone().into_iter().collect()),
+            ..ContainerConfig::default()
+        };
+        let committed = self
+            .docker
+            .commit_container(options, config)
+            .await
+            .map_err(|e| map_err(format!("commit container {id}"), e))?;
+        Ok(Snapshot {
+            id: committed.id,
+            name: name.to_string(),
+            machine: spec.machine.clone(),
+            created,
+            running,
+            spec: spec.clone(),
+            labels: all,
+        })
+    }
+
+    async fn snapshot_list(&self, selector: &Selector) -> Result<Vec<Snapshot>> {
+        let selector = selector.clone().has(labels::SNAPSHOT);
+        let mut filters = label_filters(&selector);
+        filters.insert("dangling".to_string(), vec!["false".to_string()]);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..ListImagesOptions::default()
+            }))
+            .await
+            .map_err(|e| map_err("list images", e))?;
+        Ok(images
+            .into_iter()
+            .filter_map(|i| snapshot_from_labels(Some(i.id), i.labels.into_iter().collect()))
+            .collect())
+    }
+
+    async fn snapshot_restore(
+        &self,
+        snap: &Snapshot,
+        current: Option<&str>,
+        spec: &MachineSpec,
+    ) -> Result<MachineInfo> {
+        if let Some(id) = current {
+            self.remove(id).await?;
+        }
+        let mut spec = spec.clone();
+        spec.base = snap.id.clone();
+        let info = self.create(&spec).await?;
+        if snap.running {
+            self.start(&info.id).await?;
+        }
+        self.inspect(&info.id).await
+    }
+
+    async fn snapshot_delete(&self, snap: &Snapshot) -> Result<()> {
+        // Snapshots are found by tag (dangling images are not listed): removing the tag
+        // is deleting the snapshot. The image itself goes when nothing uses it any more
+        // (a restored container may run on it; `purge` collects what is left).
+        let tag = snapshot_tag(&snap.spec.resource_name, &snap.name);
+        let options = RemoveImageOptions {
+            force: true,
+            ..RemoveImageOptions::default()
+        };
+        match self.docker.remove_image(&tag, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(format!("remove snapshot {tag}"), e) {
+                ProviderError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn snapshot_export(&self, snap: &Snapshot, dest: &std::path::Path) -> Result<u64> {
+        use tokio::io::AsyncWriteExt as _;
+        let io = |op: &str, e: std::io::Error| ProviderError::Engine {
+            provider: NAME,
+            op: op.to_string(),
+            source: Box::new(e),
+        };
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| io("create the export file", e))?;
+        let mut stream = self.docker.export_image(&snap.id);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| map_err(format!("save image {}", snap.id), e))?;
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| io("write the export file", e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| io("write the export file", e))?;
+        Ok(size)
+    }
+
+    async fn snapshot_import(
+        &self,
+        src: &std::path::Path,
+        snap: &Snapshot,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
+        let file = tokio::fs::File::open(src)
+            .await
+            .map_err(|e| ProviderError::Engine {
+                provider: NAME,
+                op: "open the image archive".into(),
+                source: Box::new(e),
+            })?;
+        // Streamed from the file: an image is never held in memory whole.
+        let body = futures_util::stream::unfold(file, |mut f| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; 1 << 20];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        })
+        .map(|r: std::io::Result<Vec<u8>>| r.map(Into::into));
+        let mut stream = self.docker.import_image(
+            ImportImageOptions::default(),
+            bollard::body_try_stream(body),
+            None,
+        );
+        let mut loaded = None;
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| map_err("load image", e))?;
+            if let Some(s) = info.stream.as_deref()
+                && let Some(id) = s.trim().strip_prefix("Loaded image ID: ")
+            {
+                loaded = Some(id.trim().to_string());
+            }
+            if let Some(s) = info.stream.as_deref()
+                && let Some(r) = s.trim().strip_prefix("Loaded image: ")
+            {
+                loaded.get_or_insert_with(|| r.trim().to_string());
+            }
+        }
+        let loaded = loaded.unwrap_or_else(|| snap.id.clone());
+        // Re-label for this environment: a commit of a throwaway container is the way Docker
+        // changes labels; instead, tag the image and keep its labels, recording the new
+        // environment in a derived image.
+        let img = self
+            .docker
+            .inspect_image(&loaded)
+            .await
+            .map_err(|e| map_err(format!("inspect loaded image {loaded}"), e))?;
+        let mut all: BTreeMap<String, String> = img
+            .config
+            .and_then(|c| c.labels)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                // The old environment's labels are blanked, the snapshot's own kept.
+                let keep = k == labels::SNAPSHOT || k == SNAP_RUNNING || k == SNAP_SPEC;
+                let v = if k.starts_with(labels::PREFIX) && !keep {
+                    String::new()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect();
+        all.extend(labels.clone());
+        let relabelled = self.relabel(&img.id.unwrap_or(loaded), &all).await?;
+        snapshot_from_labels(Some(relabelled), all).ok_or_else(|| ProviderError::Conflict {
+            message: "the loaded image is not an envrig snapshot".into(),
+        })
+    }
+
+    async fn package(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BaseInfo> {
+        let (repo, tag) = match name.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
+            _ => (name.to_string(), "latest".to_string()),
+        };
+        // A commit keeps the container's labels, and containers inherit their image's: blank
+        // out every envrig label so a machine made from this box belongs to nobody but the
+        // environment that creates it.
+        let info = self.inspect(id).await?;
+        let mut labels_out: BTreeMap<String, String> = info
+            .labels
+            .keys()
+            .filter(|k| k.starts_with(labels::PREFIX))
+            .map(|k| (k.clone(), String::new()))
+            .collect();
+        labels_out.extend(labels.clone());
+        let labels = &labels_out;
+        let options = CommitContainerOptions {
+            container: Some(id.to_string()),
+            repo: Some(repo),
+            tag: Some(tag),
+            pause: true,
+            ..CommitContainerOptions::default()
+        };
+        let config = ContainerConfig {
+            labels: Some(labels.clone().into_iter().collect()),
+            ..ContainerConfig::default()
+        };
+        let committed = self
+            .docker
+            .commit_container(options, config)
+            .await
+            .map_err(|e| map_err(format!("commit container {id}"), e))?;
+        Ok(BaseInfo { id: committed.id })
+    }
+
     async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {
         Err(ProviderError::NotSupported {
             provider: NAME,
             what: "ssh-config (containers have no SSH server; use `envrig ssh` or `envrig exec`)"
                 .to_string(),
         })
+    }
+}
+
+/// The image tag of a snapshot: `envrig-snapshot/RESOURCE:NAME`.
+fn snapshot_tag(resource_name: &str, name: &str) -> String {
+    format!("envrig-snapshot/{resource_name}:{name}")
+}
+
+/// Labels on a snapshot image that only the Docker provider reads.
+const SNAP_RUNNING: &str = "dev.envrig.snapshot.running";
+const SNAP_SPEC: &str = "dev.envrig.snapshot.spec";
+
+fn snapshot_from_labels(id: Option<String>, labels: BTreeMap<String, String>) -> Option<Snapshot> {
+    let spec: MachineSpec = serde_json::from_str(labels.get(SNAP_SPEC)?).ok()?;
+    Some(Snapshot {
+        id: id?,
+        name: labels.get(labels::SNAPSHOT)?.clone(),
+        machine: spec.machine.clone(),
+        created: labels.get(labels::CREATED).cloned().unwrap_or_default(),
+        running: labels.get(SNAP_RUNNING).is_some_and(|r| r == "true"),
+        spec,
+        labels,
+    })
+}
+
+impl DockerProvider {
+    /// A new image with `labels` on top of `image` (Docker cannot change an image's labels in
+    /// place): a container is created from it, never started, committed and removed.
+    async fn relabel(&self, image: &str, labels: &BTreeMap<String, String>) -> Result<String> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(KEEPALIVE.iter().map(|s| s.to_string()).collect()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..ContainerCreateBody::default()
+        };
+        let c = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| map_err(format!("create a container from {image}"), e))?;
+        let snap = labels
+            .get(labels::SNAPSHOT)
+            .cloned()
+            .unwrap_or_else(|| "imported".into());
+        let spec_name = labels
+            .get(SNAP_SPEC)
+            .and_then(|s| serde_json::from_str::<MachineSpec>(s).ok())
+            .map(|s| s.resource_name)
+            .unwrap_or_else(|| "imported".into());
+        let committed = self
+            .docker
+            .commit_container(
+                CommitContainerOptions {
+                    container: Some(c.id.clone()),
+                    repo: Some(format!("envrig-snapshot/{spec_name}")),
+                    tag: Some(snap),
+                    ..CommitContainerOptions::default()
+                },
+                ContainerConfig {
+                    labels: Some(labels.clone().into_iter().collect()),
+                    ..ContainerConfig::default()
+                },
+            )
+            .await;
+        self.remove(&c.id).await?;
+        Ok(committed
+            .map_err(|e| map_err(format!("commit a relabelled {image}"), e))?
+            .id)
     }
 }
 

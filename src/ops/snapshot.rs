@@ -1,0 +1,371 @@
+//! Named snapshots of machines: `snapshot save|restore|list|delete`, and `package`.
+//!
+//! With no machine named, every machine of the environment is saved at one moment: all
+//! running machines are paused, then all saved, then all resumed (resumed also when a save
+//! fails), so the set is consistent.
+
+use std::collections::BTreeMap;
+
+use envrig_provider_api::{Selector, Snapshot, labels};
+use serde::Serialize;
+
+use super::{Context, OpError, Phase, Project, Session, machine_spec, observe, provider};
+use crate::envfile::Name;
+use crate::plan::{Observed, current};
+
+/// One snapshot name of an environment, over its machines.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRow {
+    pub name: String,
+    pub machines: Vec<String>,
+    pub created: String,
+}
+
+/// Every snapshot of the environment, on every provider it uses.
+pub async fn snapshots(
+    ctx: &Context,
+    project: &Project,
+) -> Result<Vec<(String, Snapshot)>, OpError> {
+    let selector = Selector::env(&project.identity.env_id);
+    let mut out = Vec::new();
+    for name in project.provider_names() {
+        if ctx.registry.capabilities(&name).is_none() {
+            continue;
+        }
+        let p = provider(ctx, &name).await?;
+        for s in p
+            .snapshot_list(&selector)
+            .await
+            .map_err(|e| OpError::provider(format!("cannot list the {name} snapshots"), e))?
+        {
+            out.push((name.clone(), s));
+        }
+    }
+    Ok(out)
+}
+
+fn check_name(name: &str) -> Result<(), OpError> {
+    Name::parse(name)
+        .map(|_| ())
+        .map_err(|e| OpError::Usage(format!("snapshot name: {e}")))
+}
+
+/// The machines a snapshot command works on, with their current resources.
+async fn targets<'a>(
+    ctx: &Context,
+    project: &'a Project,
+    machines: &[String],
+) -> Result<(Vec<&'a crate::envfile::Machine>, Vec<Observed>), OpError> {
+    let selected = project.select(machines, false)?;
+    let observed = observe(ctx, project).await?;
+    Ok((selected, observed))
+}
+
+/// `snapshot save NAME [MACHINE...] [--force]`.
+pub async fn snapshot_save(
+    ctx: &Context,
+    project: &Project,
+    name: &str,
+    machines: &[String],
+    force: bool,
+) -> Result<Vec<String>, OpError> {
+    check_name(name)?;
+    let _session = Session::open(ctx, project).await?;
+    Ok(save_locked(ctx, project, name, machines, force)
+        .await?
+        .into_iter()
+        .map(|s| s.machine)
+        .collect())
+}
+
+/// Saves with the project's lock already held; returns the snapshots made.
+pub(super) async fn save_locked(
+    ctx: &Context,
+    project: &Project,
+    name: &str,
+    machines: &[String],
+    force: bool,
+) -> Result<Vec<Snapshot>, OpError> {
+    let (selected, observed) = targets(ctx, project, machines).await?;
+    let mut work = Vec::new();
+    for m in &selected {
+        match current(m.name.as_str(), &observed).0 {
+            Some(o) => work.push((*m, o.clone())),
+            None if machines.is_empty() => {}
+            None => {
+                return Err(OpError::NotRunning {
+                    machine: m.name.to_string(),
+                    state: "not created".into(),
+                });
+            }
+        }
+    }
+    if work.is_empty() {
+        return Err(OpError::Usage(
+            "no machine of this environment exists: `envrig up` first".into(),
+        ));
+    }
+    let existing = snapshots(ctx, project).await?;
+    let clash: Vec<&(String, Snapshot)> = existing
+        .iter()
+        .filter(|(_, s)| s.name == name && work.iter().any(|(m, _)| m.name.as_str() == s.machine))
+        .collect();
+    if !clash.is_empty() && !force {
+        return Err(OpError::Usage(format!(
+            "snapshot `{name}` exists (machines {}); `--force` replaces it",
+            clash
+                .iter()
+                .map(|(_, s)| format!("`{}`", s.machine))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+
+    // One moment for all: pause every running machine, save each, resume all.
+    let mut paused = Vec::new();
+    let mut result: Result<Vec<Snapshot>, OpError> = Ok(Vec::new());
+    for (m, o) in &work {
+        if o.state.can_exec() {
+            let p = provider(ctx, &o.provider).await?;
+            match p.pause(&o.id).await {
+                Ok(()) => paused.push((p, o.id.clone())),
+                Err(e) => {
+                    result = Err(OpError::provider(format!("cannot pause `{}`", m.name), e));
+                    break;
+                }
+            }
+        }
+    }
+    if result.is_ok() {
+        let created = super::now_rfc3339();
+        let saves = work.iter().map(|(m, o)| {
+            let created = created.clone();
+            async move {
+                let p = provider(ctx, &o.provider).await?;
+                ctx.reporter.event(
+                    Some(m.name.as_str()),
+                    Phase::Create,
+                    &format!("saving snapshot `{name}`"),
+                );
+                let spec = spec_of(project, m, o);
+                let mut l = project.identity.labels(&m.name, o.generation, &created);
+                l.insert(labels::PROVIDER.to_string(), o.provider.clone());
+                p.snapshot_save(&o.id, name, &spec, &l)
+                    .await
+                    .map_err(|e| OpError::provider(format!("cannot save `{}`", m.name), e))
+            }
+        });
+        result = futures_util::future::join_all(saves)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>();
+    }
+    for (p, id) in paused {
+        if let Err(e) = p.unpause(&id).await {
+            ctx.reporter
+                .event(None, Phase::Warning, &format!("cannot resume {id}: {e}"));
+        }
+    }
+    // A replaced snapshot lost its name (its tag) to the new one: what is left of it goes
+    // with the environment (`destroy`).
+    let saved = result?;
+    Ok(saved)
+}
+
+/// The spec a machine's resource was made with: the Envfile's, with the labels it has.
+fn spec_of(
+    project: &Project,
+    m: &crate::envfile::Machine,
+    o: &Observed,
+) -> envrig_provider_api::MachineSpec {
+    let mut spec = machine_spec(
+        project,
+        m,
+        o.generation,
+        o.labels
+            .get(labels::CREATED)
+            .map(String::as_str)
+            .unwrap_or(""),
+    );
+    spec.labels = o.labels.clone();
+    spec.resource_name = o.resource_name.clone();
+    spec
+}
+
+/// `snapshot restore NAME [MACHINE...]`: every machine the snapshot holds (or those named)
+/// goes back to the saved state, in place: same name, same ports.
+pub async fn snapshot_restore(
+    ctx: &Context,
+    project: &Project,
+    name: &str,
+    machines: &[String],
+) -> Result<Vec<String>, OpError> {
+    check_name(name)?;
+    let session = Session::open(ctx, project).await?;
+    let (selected, observed) = targets(ctx, project, machines).await?;
+    let all = snapshots(ctx, project).await?;
+    let mut work = Vec::new();
+    for m in &selected {
+        match all
+            .iter()
+            .find(|(_, s)| s.name == name && s.machine == m.name.as_str())
+        {
+            Some(found) => work.push((*m, found)),
+            None if machines.is_empty() => {}
+            None => {
+                return Err(OpError::Usage(format!(
+                    "snapshot `{name}` has no machine `{}`",
+                    m.name
+                )));
+            }
+        }
+    }
+    if work.is_empty() {
+        return Err(OpError::Usage(format!(
+            "no snapshot named `{name}`; `envrig snapshot list` lists them"
+        )));
+    }
+    let jobs = work.iter().map(|(m, (pname, snap))| {
+        let cur = current(m.name.as_str(), &observed).0.map(|o| o.id.clone());
+        async move {
+            let p = provider(ctx, pname).await?;
+            ctx.reporter.event(
+                Some(m.name.as_str()),
+                Phase::Create,
+                &format!("restoring snapshot `{name}`"),
+            );
+            p.snapshot_restore(snap, cur.as_deref(), &snap.spec)
+                .await
+                .map_err(|e| OpError::provider(format!("cannot restore `{}`", m.name), e))?;
+            Ok::<_, OpError>(m.name.to_string())
+        }
+    });
+    let restored = futures_util::future::join_all(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    session.refresh(&observe(ctx, project).await?)?;
+    Ok(restored)
+}
+
+/// `snapshot list`: one row per name.
+pub async fn snapshot_list(ctx: &Context, project: &Project) -> Result<Vec<SnapshotRow>, OpError> {
+    let mut rows: BTreeMap<String, SnapshotRow> = BTreeMap::new();
+    for (_, s) in snapshots(ctx, project).await? {
+        let row = rows.entry(s.name.clone()).or_insert_with(|| SnapshotRow {
+            name: s.name.clone(),
+            machines: Vec::new(),
+            created: s.created.clone(),
+        });
+        row.machines.push(s.machine.clone());
+        row.machines.sort();
+        if s.created < row.created {
+            row.created = s.created.clone();
+        }
+    }
+    Ok(rows.into_values().collect())
+}
+
+/// `snapshot delete NAME`.
+pub async fn snapshot_delete(
+    ctx: &Context,
+    project: &Project,
+    name: &str,
+) -> Result<Vec<String>, OpError> {
+    check_name(name)?;
+    let _session = Session::open(ctx, project).await?;
+    let mut deleted = Vec::new();
+    for (pname, s) in snapshots(ctx, project)
+        .await?
+        .into_iter()
+        .filter(|(_, s)| s.name == name)
+    {
+        let p = provider(ctx, &pname).await?;
+        p.snapshot_delete(&s).await.map_err(|e| {
+            OpError::provider(
+                format!("cannot delete snapshot `{name}` of `{}`", s.machine),
+                e,
+            )
+        })?;
+        deleted.push(s.machine);
+    }
+    if deleted.is_empty() {
+        return Err(OpError::Usage(format!("no snapshot named `{name}`")));
+    }
+    deleted.sort();
+    Ok(deleted)
+}
+
+/// Deletes the snapshots of `machines` (all when empty); used by `destroy`.
+pub async fn delete_snapshots_of(
+    ctx: &Context,
+    project: &Project,
+    machines: &[String],
+) -> Result<Vec<String>, OpError> {
+    let mut deleted = Vec::new();
+    for (pname, s) in snapshots(ctx, project).await? {
+        if !machines.is_empty() && !machines.contains(&s.machine) {
+            continue;
+        }
+        let p = provider(ctx, &pname).await?;
+        p.snapshot_delete(&s)
+            .await
+            .map_err(|e| OpError::provider("cannot delete a snapshot", e))?;
+        deleted.push(format!("snapshot {} of {}", s.name, s.machine));
+    }
+    Ok(deleted)
+}
+
+/// `package MACHINE --as BOX`: bakes a machine into a new base, labelled with the
+/// fingerprint of what made it (its settings and the steps that ran).
+pub async fn package(
+    ctx: &Context,
+    project: &Project,
+    machine: &str,
+    as_box: &str,
+) -> Result<String, OpError> {
+    crate::envfile::values::check_image_ref(as_box).map_err(OpError::Usage)?;
+    let m = project
+        .machine(machine)
+        .ok_or_else(|| project.unknown_machine(machine))?;
+    let session = Session::open(ctx, project).await?;
+    let observed = observe(ctx, project).await?;
+    let o = current(machine, &observed)
+        .0
+        .ok_or_else(|| OpError::NotRunning {
+            machine: machine.to_string(),
+            state: "not created".into(),
+        })?;
+    let p = provider(ctx, &o.provider).await?;
+    let steps = session
+        .provisioned(machine, &o.id)
+        .map(|r| {
+            r.steps
+                .iter()
+                .map(|s| s.hash.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let fingerprint =
+        crate::identity::sha256_hex(format!("{}|{steps}", o.config).as_bytes())[..16].to_string();
+    let l = BTreeMap::from([
+        (labels::FINGERPRINT.to_string(), fingerprint),
+        (
+            labels::PROJECT.to_string(),
+            project.identity.project.to_string(),
+        ),
+        (labels::MACHINE.to_string(), m.name.to_string()),
+        (labels::VERSION.to_string(), crate::VERSION.to_string()),
+    ]);
+    ctx.reporter.event(
+        Some(machine),
+        Phase::Create,
+        &format!("packaging as `{as_box}`"),
+    );
+    let base = p
+        .package(&o.id, as_box, &l)
+        .await
+        .map_err(|e| OpError::provider(format!("cannot package `{machine}`"), e))?;
+    Ok(base.id)
+}
