@@ -44,7 +44,11 @@ impl Identity {
         Identity {
             project: project.clone(),
             folder,
-            envfile: envfile.to_path_buf(),
+            // Canonical, so `gc` can still tell whether it exists when a folder on the way
+            // (`-f ../x/Envfile`) goes.
+            envfile: envfile
+                .canonicalize()
+                .unwrap_or_else(|_| envfile.to_path_buf()),
             env_id,
             instance: instance.map(str::to_string),
         }
@@ -104,6 +108,13 @@ pub fn new_instance_id() -> String {
         .unwrap_or_default();
     let seed = format!("{nanos}:{}:{}", std::process::id(), owner_token());
     format!("run-{}", &sha256_hex(seed.as_bytes())[..8])
+}
+
+/// Whether `id` is an instance id as [`new_instance_id`] makes them.
+pub fn valid_instance_id(id: &str) -> bool {
+    id.strip_prefix("run-").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 36 && rest.chars().all(|c| c.is_ascii_alphanumeric())
+    })
 }
 
 fn boot_id() -> Option<String> {

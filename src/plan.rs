@@ -68,8 +68,11 @@ pub enum Action {
     Start { id: String },
     /// It exists, matches, and runs.
     Keep { id: String },
-    /// It exists but was made from other settings; left as it is, with a hint.
-    Stale { id: String },
+    /// It exists but was made from other settings; left as it is, with a hint (started
+    /// when it was stopped, so `up` still returns running machines).
+    Stale { id: String, start: bool },
+    /// It exists, matches, and is paused (a snapshot was interrupted): resume it.
+    Resume { id: String },
     /// It exists but must be replaced (stale and a recreate was asked for, or broken).
     Recreate { id: String, reason: String },
 }
@@ -122,8 +125,14 @@ pub fn current<'a>(
     (Some(best), dups)
 }
 
-/// Plans `up` for `desired` (already narrowed to the machines asked for).
-pub fn plan_up(desired: &[Desired], observed: &[Observed], recreate_stale: bool) -> Plan {
+/// Plans `up` for `desired` (already narrowed to the machines asked for); `declared` are all
+/// the Envfile's machines (anything else is an orphan).
+pub fn plan_up(
+    desired: &[Desired],
+    declared: &[&str],
+    observed: &[Observed],
+    recreate_stale: bool,
+) -> Plan {
     let mut machines = Vec::new();
     for d in desired {
         let (cur, dups) = current(d.machine.as_str(), observed);
@@ -143,10 +152,15 @@ pub fn plan_up(desired: &[Desired], observed: &[Observed], recreate_stale: bool)
                             reason: "its settings changed".to_string(),
                         }
                     } else {
-                        Action::Stale { id }
+                        Action::Stale {
+                            id,
+                            start: o.state.can_start(),
+                        }
                     }
                 } else if o.state.can_start() {
                     Action::Start { id }
+                } else if o.state == MachineState::Paused {
+                    Action::Resume { id }
                 } else {
                     Action::Keep { id }
                 };
@@ -162,15 +176,15 @@ pub fn plan_up(desired: &[Desired], observed: &[Observed], recreate_stale: bool)
     }
     Plan {
         machines,
-        orphans: orphans(desired, observed),
+        orphans: orphans(declared, observed),
     }
 }
 
-/// Resources whose machine is not in `desired`.
-fn orphans(desired: &[Desired], observed: &[Observed]) -> Vec<Observed> {
+/// Resources whose machine is not declared.
+fn orphans(declared: &[&str], observed: &[Observed]) -> Vec<Observed> {
     observed
         .iter()
-        .filter(|o| !desired.iter().any(|d| d.machine.as_str() == o.machine))
+        .filter(|o| !declared.contains(&o.machine.as_str()))
         .cloned()
         .collect()
 }
@@ -217,7 +231,8 @@ pub fn status(desired: &[Desired], observed: &[Observed], with_orphans: bool) ->
         rows.push(row(d.machine.as_str(), &d.provider, state, cur));
     }
     if with_orphans {
-        for o in orphans(desired, observed) {
+        let declared: Vec<&str> = desired.iter().map(|d| d.machine.as_str()).collect();
+        for o in orphans(&declared, observed) {
             rows.push(row(&o.machine, &o.provider, "orphan".to_string(), Some(&o)));
         }
     }
@@ -231,7 +246,9 @@ impl fmt::Display for Plan {
                 Action::Create => "create".to_string(),
                 Action::Start { id } => format!("start {id}"),
                 Action::Keep { id } => format!("keep {id}"),
-                Action::Stale { id } => format!("stale {id} (left as it is)"),
+                Action::Stale { id, start: false } => format!("stale {id} (left as it is)"),
+                Action::Stale { id, start: true } => format!("stale {id} (started, left as it is)"),
+                Action::Resume { id } => format!("resume {id}"),
                 Action::Recreate { id, reason } => format!("recreate {id}: {reason}"),
             };
             write!(f, "{} (gen {}): {a}", m.machine, m.generation)?;
@@ -294,7 +311,8 @@ mod tests {
             o("twice", "w2", Running, "c", "t2"),
             o("gone", "g1", Running, "c", "t1"),
         ];
-        insta::assert_snapshot!(plan_up(&desired, &observed, false).to_string(), @r"
+        let declared: Vec<&str> = desired.iter().map(|d| d.machine.as_str()).collect();
+        insta::assert_snapshot!(plan_up(&desired, &declared, &observed, false).to_string(), @r"
         new (gen 1): create
         stopped (gen 1): start s1
         running (gen 1): keep r1
@@ -303,7 +321,7 @@ mod tests {
         twice (gen 1): keep w2; remove duplicates w1
         orphan gone (g1)
         ");
-        let p = plan_up(&desired[3..4], &observed, true);
+        let p = plan_up(&desired[3..4], &declared, &observed, true);
         assert_eq!(
             p.machines[0].action,
             Action::Recreate {
@@ -320,13 +338,30 @@ mod tests {
             o("a", "1", MachineState::Running, "c", "t"),
             o("b", "2", MachineState::Running, "c", "t"),
         ];
-        let p = plan_up(&desired, &observed, false);
+        let p = plan_up(&desired, &["a", "b"], &observed, false);
         assert!(
             p.machines
                 .iter()
                 .all(|m| matches!(m.action, Action::Keep { .. }))
         );
         assert!(p.orphans.is_empty());
+        // `up a` of a project that also declares b: b is not an orphan.
+        let p = plan_up(&desired[..1], &["a", "b"], &observed, false);
+        assert!(p.orphans.is_empty());
+        // A stopped stale machine is started; a paused one resumed.
+        let other = [
+            o("a", "1", MachineState::Stopped, "old", "t"),
+            o("b", "2", MachineState::Paused, "c", "t"),
+        ];
+        let p = plan_up(&desired, &["a", "b"], &other, false);
+        assert_eq!(
+            p.machines[0].action,
+            Action::Stale {
+                id: "1".into(),
+                start: true
+            }
+        );
+        assert_eq!(p.machines[1].action, Action::Resume { id: "2".into() });
     }
 
     #[test]

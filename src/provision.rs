@@ -165,10 +165,14 @@ impl Record {
         self.steps.iter().any(|s| s.hash == hash)
     }
 
-    /// Notes that a step ran, replacing what ran at its index before.
-    pub fn ran(&mut self, s: &HashedStep<'_>) {
-        self.steps
-            .retain(|r| r.index != s.step.index && r.hash != s.hash);
+    /// Notes that a step ran. `current` are the machine's steps now: an older entry at the
+    /// same index is dropped only when no current step has its hash (it was changed, not
+    /// moved), so inserting a step never makes others run again.
+    pub fn ran(&mut self, s: &HashedStep<'_>, current: &[HashedStep<'_>]) {
+        self.steps.retain(|r| {
+            r.hash != s.hash
+                && (r.index != s.step.index || current.iter().any(|c| c.hash == r.hash))
+        });
         self.steps.push(RanStep {
             index: s.step.index,
             hash: s.hash.clone(),
@@ -400,7 +404,7 @@ mod tests {
             ]
         );
         for h in &hashed[..3] {
-            record.ran(h);
+            record.ran(h, &hashed);
         }
         assert_eq!(
             why(&record, &Mode::Pending),

@@ -244,12 +244,12 @@ mod tests {
             None,
             "a clean release"
         );
-        // A holder killed mid-way leaves its pid behind (simulated: forget skips Drop).
-        std::mem::forget(sd.lock(|_| {}).unwrap());
-        // The kernel would release the flock of a dead process; here the same process
-        // re-locks through a new open file description only after the old one is closed.
-        let crashed = std::fs::read_to_string(sd.path.join("lock")).unwrap();
-        assert!(crashed.starts_with("pid "), "{crashed}");
+        // A holder killed mid-way leaves its pid behind (the kernel drops its flock).
+        std::fs::write(sd.path.join("lock"), "pid 4194304").unwrap();
+        let next = sd.lock(|_| {}).unwrap();
+        assert_eq!(next.previous_crashed.as_deref(), Some("pid 4194304"));
+        drop(next);
+        assert_eq!(sd.lock(|_| {}).unwrap().previous_crashed, None);
     }
 
     #[test]

@@ -349,3 +349,41 @@ fn up_of_one_machine_brings_its_dependencies_and_destroy_of_one_keeps_the_rest()
     assert_eq!(machine(&st, "db")["state"], "not-created");
     assert_eq!(machine(&st, "web")["state"], "running");
 }
+
+#[test]
+fn ls_and_status_print_aligned_tables() {
+    if !e2e() {
+        return;
+    }
+    let p = Project::new(&envfile(
+        &unique("table"),
+        &["one"],
+        "[machines.one.docker]\ninit = true\n",
+    ));
+    p.envrig(&["up", "--ttl", "2h"]).ok();
+    let ls = p.envrig(&["ls"]).ok().stdout;
+    let header = ls.lines().next().unwrap();
+    assert!(
+        header.starts_with("PROJECT") && header.ends_with("EXPIRES"),
+        "{ls}"
+    );
+    let folder = p.path().canonicalize().unwrap().display().to_string();
+    let row = ls
+        .lines()
+        .find(|l| l.contains(&folder))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(
+        row.contains("one=running") && row.trim_end().ends_with("in 1h"),
+        "{row}"
+    );
+    let st = p.envrig(&["status"]).ok().stdout;
+    assert_eq!(
+        st.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["MACHINE", "PROVIDER", "STATE", "PORTS", "AGE"]
+    );
+    assert!(st.lines().nth(1).unwrap().starts_with("one "), "{st}");
+}

@@ -297,9 +297,10 @@ fn a_busy_host_port_is_reported_before_anything_is_created() {
     let r = p.envrig(&["up"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains(&format!(
-            "127.0.0.1:{port}/tcp (machine `b`) is already in use"
-        )),
+        r.stderr
+            .contains(&format!("127.0.0.1:{port}/tcp (machine `b`)"))
+            && r.stderr
+                .contains("host ports are already in use; nothing was created"),
         "{}",
         r.stderr
     );

@@ -237,6 +237,10 @@ impl Printer {
                     .as_deref()
                     .and_then(ops::age)
                     .unwrap_or_else(|| "-".into()),
+                r.expires
+                    .as_deref()
+                    .map(ops::until)
+                    .unwrap_or_else(|| "-".into()),
             ]);
         }
         if rows.is_empty() {
@@ -416,7 +420,12 @@ impl Printer {
 fn table(rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |x| x.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let mut line = String::new();
@@ -424,7 +433,10 @@ fn table(rows: &[Vec<String>]) {
             if c + 1 == cols {
                 line.push_str(cell);
             } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                line.push_str(&format!(
+                    "{cell:<w$}  ",
+                    w = widths.get(c).copied().unwrap_or(0)
+                ));
             }
         }
         out(line.trim_end());

@@ -365,6 +365,18 @@ impl<'a> Parser<'a> {
 
     fn guest_path(&mut self, path: &str, v: &V<'_>) -> Option<String> {
         let s = self.non_empty_str(path, v)?;
+        if s.split('/').any(|c| c == "..") || s.contains(':') {
+            self.error(
+                path,
+                v.span(),
+                format!("`{s}` must not contain `..` or `:`"),
+            );
+            return None;
+        }
+        if s.trim_end_matches('/').is_empty() {
+            self.error(path, v.span(), "must name a path below `/`, not `/` itself");
+            return None;
+        }
         if !s.starts_with('/') || s.contains('\0') {
             self.error(
                 path,
@@ -600,7 +612,18 @@ impl<'a> Parser<'a> {
             };
             self.check_keys(&p, t, SYNCED_KEYS);
             let host = match get(t, "host") {
-                Some(h) => self.host_path(&join(&p, "host"), h, false),
+                Some(h) => self.host_path(&join(&p, "host"), h, false).and_then(|x| {
+                    if x.contains(':') {
+                        self.error(
+                            &join(&p, "host"),
+                            h.span(),
+                            format!("`{x}` must not contain `:`"),
+                        );
+                        None
+                    } else {
+                        Some(x)
+                    }
+                }),
                 None => {
                     self.error(&p, item.span(), "a synced folder needs `host`");
                     None

@@ -331,6 +331,8 @@ fn safe_path(path: &str) -> bool {
     !path.is_empty()
         && !path.contains('\0')
         && !p.is_absolute()
+        // One spelling per file: no `.` or empty components (`a/./b`, `a//b`).
+        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
         && p.components().all(|c| matches!(c, Component::Normal(_)))
 }
 

@@ -37,11 +37,23 @@ pub struct GcReport {
 /// A file in a run's state folder: the run was kept (`--keep-on-failure`).
 pub const KEPT: &str = "kept";
 
-fn state_dir(folder: &str, instance: Option<&String>) -> PathBuf {
-    let top = Path::new(folder).join(".envrig");
+/// The state folder of an environment, from its labels. Labels can come from anywhere (an
+/// image's labels pass to its containers), so an instance id that is not one envrig makes
+/// (`run-` and letters or digits) yields no folder at all, and a relative folder neither.
+fn state_dir(folder: &str, instance: Option<&String>) -> Option<PathBuf> {
+    let folder = Path::new(folder);
+    if !folder.is_absolute()
+        || folder
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return None;
+    }
+    let top = folder.join(".envrig");
     match instance {
-        Some(i) => top.join("instances").join(i),
-        None => top,
+        Some(i) if crate::identity::valid_instance_id(i) => Some(top.join("instances").join(i)),
+        Some(_) => None,
+        None => Some(top),
     }
 }
 
@@ -61,9 +73,7 @@ fn env_gone(labels: &BTreeMap<String, String>) -> Option<String> {
     }
     let kept = || {
         let folder = labels.get(labels::FOLDER).map(String::as_str).unwrap_or("");
-        state_dir(folder, labels.get(labels::INSTANCE))
-            .join(KEPT)
-            .is_file()
+        state_dir(folder, labels.get(labels::INSTANCE)).is_some_and(|d| d.join(KEPT).is_file())
     };
     if let Some(owner) = labels.get(labels::OWNER)
         && !owner_alive(owner)
@@ -133,8 +143,11 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
             }
             // A live project's lock: skip it while another envrig works on it.
             let folder = label(labels::FOLDER);
-            let dir = StateDir::at(state_dir(&folder, l.get(labels::INSTANCE)));
-            let _lock = if whole.is_none() && Path::new(&folder).is_dir() && !dry_run {
+            let dir = state_dir(&folder, l.get(labels::INSTANCE)).map(StateDir::at);
+            let _lock = if let Some(dir) = dir
+                .as_ref()
+                .filter(|_| Path::new(&folder).is_dir() && !dry_run)
+            {
                 match dir.try_lock() {
                     Ok(Some(lock)) => Some(lock),
                     Ok(None) => {
@@ -176,7 +189,7 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                     for r in removed {
                         report.removed.push(item(r, reason.clone()));
                     }
-                    if l.contains_key(labels::INSTANCE) && Path::new(&folder).is_dir() {
+                    if let Some(dir) = dir.as_ref().filter(|_| l.contains_key(labels::INSTANCE)) {
                         let _ = dir.remove();
                     }
                 }

@@ -22,28 +22,34 @@ pub async fn halt(
         .filter_map(|m| current(m.name.as_str(), &observed).0)
         .filter(|o| o.state.can_exec())
         .collect();
-    let jobs = running.iter().map(|o| async move {
-        let r = async {
-            let p = provider(ctx, &o.provider).await?;
-            ctx.reporter
-                .event(Some(&o.machine), Phase::Stop, "stopping");
-            p.stop(&o.id, timeout)
-                .await
-                .map_err(|e| OpError::provider(format!("cannot stop `{}`", o.machine), e))
-        }
-        .await;
-        (o, r)
-    });
-    let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
+    // Dependants stop before what they depend on; each wave in parallel.
     let mut stopped = Vec::new();
     let mut failures = Vec::new();
-    while let Some((o, r)) = results.next().await {
-        match r {
-            Ok(()) => {
-                ctx.reporter.event(Some(&o.machine), Phase::Done, "stopped");
-                stopped.push(o.machine.clone());
+    for wave in project.teardown_waves(&selected) {
+        let jobs = running
+            .iter()
+            .filter(|o| wave.contains(&o.machine))
+            .map(|o| async move {
+                let r = async {
+                    let p = provider(ctx, &o.provider).await?;
+                    ctx.reporter
+                        .event(Some(&o.machine), Phase::Stop, "stopping");
+                    p.stop(&o.id, timeout)
+                        .await
+                        .map_err(|e| OpError::provider(format!("cannot stop `{}`", o.machine), e))
+                }
+                .await;
+                (o, r)
+            });
+        let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
+        while let Some((o, r)) = results.next().await {
+            match r {
+                Ok(()) => {
+                    ctx.reporter.event(Some(&o.machine), Phase::Done, "stopped");
+                    stopped.push(o.machine.clone());
+                }
+                Err(e) => failures.push((o.machine.clone(), e.to_string())),
             }
-            Err(e) => failures.push((o.machine.clone(), e.to_string())),
         }
     }
     let observed = observe(ctx, project).await?;

@@ -197,6 +197,10 @@ impl Project {
             .labels(&self.identity.project, 0, &now_rfc3339());
         l.remove(labels::MACHINE);
         l.remove(labels::GENERATION);
+        // A killed `run` may leave only its network: `gc` must see whose it was.
+        if let Some(owner) = &self.owner {
+            l.insert(labels::OWNER.to_string(), owner.clone());
+        }
         l
     }
 
@@ -318,18 +322,24 @@ pub enum OpError {
     },
     #[error("{0}")]
     Usage(String),
+    #[error("{}", ports_busy(.0))]
+    PortsBusy(Vec<String>),
     #[error("interrupted: {done}")]
     Interrupted { done: String, hint: String },
+}
+
+fn ports_busy(ports: &[String]) -> String {
+    let mut s = "host ports are already in use; nothing was created:".to_string();
+    for p in ports {
+        s.push_str(&format!("\n  {p}"));
+    }
+    s
 }
 
 fn machines_failed(failures: &[(String, String)], total: usize) -> String {
     let mut s = if failures.len() == 1 {
         let (m, e) = &failures[0];
-        return if m == "ports" {
-            e.clone()
-        } else {
-            format!("machine `{m}`: {e}")
-        };
+        return format!("machine `{m}`: {e}");
     } else {
         format!("{} of {total} failed:", failures.len())
     };
@@ -367,6 +377,9 @@ impl OpError {
             }
             OpError::Provider { source, .. } => source.hint().map(str::to_string),
             OpError::Interrupted { hint, .. } => Some(hint.clone()),
+            OpError::PortsBusy(_) => {
+                Some("free them, or change `ports` in the Envfile".to_string())
+            }
             _ => None,
         }
     }

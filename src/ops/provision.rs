@@ -148,7 +148,9 @@ fn tar_of(source: &Path, name: &str, normalise_text: bool) -> std::io::Result<Ve
         Ok(())
     }
     let mut b = tar::Builder::new(Vec::new());
-    add(&mut b, source, name, normalise_text)?;
+    // The source itself may be a symlink (to a shared file): its target is what is meant.
+    let source = std::fs::canonicalize(source)?;
+    add(&mut b, &source, name, normalise_text)?;
     b.into_inner()
 }
 
@@ -325,6 +327,10 @@ pub async fn provision_machine(
         .map_err(|e| e.to_string())?;
     let mut ran = 0;
     for t in &to_run {
+        if ctx.cancelled() {
+            let _ = session.set_provisioned(machine, &m.provider, id, Some(record));
+            return Err(format!("interrupted before {}", t.step.label));
+        }
         ctx.reporter.event(
             Some(machine),
             Phase::Provision,
@@ -336,7 +342,7 @@ pub async fn provision_machine(
             return Err(e);
         }
         ran += 1;
-        record.ran(&t.step);
+        record.ran(&t.step, &hashed);
         write_machine_record(p.as_ref(), id, &record).await?;
         ctx.reporter.event(
             Some(machine),
@@ -370,15 +376,17 @@ pub async fn wait_ready(
         &format!("waiting until `{}` succeeds", ready.command),
     );
     let started = Instant::now();
-    let mut last = (0i64, String::new());
+    let mut last: (i64, String);
     // Bounded by the deadline; the interval is at least 50ms so a typo cannot spin.
     let interval = ready.interval.max(Duration::from_millis(50));
     loop {
-        let attempt = tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(10),
-            run_quiet(p, id, &argv),
-        )
-        .await;
+        let attempt = tokio::select! {
+            a = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(10),
+                run_quiet(p, id, &argv),
+            ) => a,
+            _ = ctx.interrupted() => return Err("interrupted while waiting for it to be ready".to_string()),
+        };
         match attempt {
             Ok(Ok((0, _))) => {
                 ctx.reporter.event(
@@ -390,7 +398,10 @@ pub async fn wait_ready(
             }
             Ok(Ok(r)) => last = r,
             Ok(Err(e)) => last = (-1, e),
-            Err(_) => {}
+            Err(_) => last = (-1, "the check itself did not finish in time".to_string()),
+        }
+        if ctx.cancelled() {
+            return Err("interrupted while waiting for it to be ready".to_string());
         }
         if Instant::now() + interval >= deadline {
             let output = last.1.trim().lines().last().unwrap_or("").to_string();
@@ -406,7 +417,10 @@ pub async fn wait_ready(
                 }
             ));
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = ctx.interrupted() => return Err("interrupted while waiting for it to be ready".to_string()),
+        }
     }
 }
 

@@ -65,7 +65,18 @@ pub async fn up(
     }
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
-    let plan = plan_up(&project.desired(&selected), &observed, opts.recreate);
+    let declared: Vec<&str> = project
+        .envfile
+        .machines
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    let plan = plan_up(
+        &project.desired(&selected),
+        &declared,
+        &observed,
+        opts.recreate,
+    );
     for o in &plan.orphans {
         ctx.reporter.event(
             Some(&o.machine),
@@ -247,18 +258,7 @@ fn check_ports(selected: &[&Machine], plan: &crate::plan::Plan) -> Result<(), Op
     if busy.is_empty() {
         Ok(())
     } else {
-        Err(OpError::Machines {
-            total: busy.len(),
-            failures: busy
-                .into_iter()
-                .map(|b| {
-                    (
-                        "ports".to_string(),
-                        format!("{b} is already in use on this host; free it or change `ports`"),
-                    )
-                })
-                .collect(),
-        })
+        Err(OpError::PortsBusy(busy))
     }
 }
 
@@ -316,7 +316,7 @@ async fn run_one(
     }
     let (result, id, fresh) = match &mp.action {
         Action::Keep { id } => ("unchanged", id.clone(), false),
-        Action::Stale { id } => {
+        Action::Stale { id, start } => {
             ctx.reporter.event(
                 Some(&name),
                 Phase::Warning,
@@ -324,7 +324,18 @@ async fn run_one(
                     "its settings changed since it was created; `envrig reload {name}` recreates it"
                 ),
             );
+            if *start {
+                p.start(id)
+                    .await
+                    .map_err(|e| format!("cannot start it: {e}"))?;
+            }
             ("stale", id.clone(), false)
+        }
+        Action::Resume { id } => {
+            p.unpause(id)
+                .await
+                .map_err(|e| format!("cannot resume it: {e}"))?;
+            ("started", id.clone(), false)
         }
         Action::Start { id } => {
             ctx.reporter.event(Some(&name), Phase::Start, "starting");
