@@ -42,9 +42,7 @@ mkdir -p "$GUESTS" "$DEBS"
 chmod 755 "$CACHE" "$GUESTS"
 
 # --- Recipe: packages and their exact versions ------------------------------------------
-candidate() { apt-cache policy "$1" 2>/dev/null | sed -n 's/^  Candidate: //p'; }
-c=$(candidate busybox-static)
-if [ -z "$c" ] || [ "$c" = "(none)" ]; then
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
   log "apt-get update (no package lists)"
   apt-get -o DPkg::Lock::Timeout=300 -qq update >/dev/null
 fi

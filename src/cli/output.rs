@@ -80,11 +80,7 @@ impl Printer {
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+        paint(self.color, code, s)
     }
 
     pub fn reporter(&self) -> Arc<dyn Reporter> {
@@ -416,6 +412,15 @@ impl Printer {
     }
 }
 
+/// `s` in the ANSI style `code`, when colour is on.
+fn paint(color: bool, code: &str, s: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
 /// Prints rows as left-aligned columns on stdout.
 fn table(rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
@@ -533,11 +538,7 @@ impl TtyReporter {
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+        paint(self.color, code, s)
     }
 
     fn above(&self, line: String) {

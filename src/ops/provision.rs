@@ -376,7 +376,8 @@ pub async fn wait_ready(
         &format!("waiting until `{}` succeeds", ready.command),
     );
     let started = Instant::now();
-    let mut last: (i64, String);
+    // The last completed attempt; an attempt cut short by the deadline does not replace it.
+    let mut last: Option<(i64, String)> = None;
     // Bounded by the deadline; the interval is at least 50ms so a typo cannot spin.
     let interval = ready.interval.max(Duration::from_millis(50));
     loop {
@@ -396,14 +397,17 @@ pub async fn wait_ready(
                 );
                 return Ok(());
             }
-            Ok(Ok(r)) => last = r,
-            Ok(Err(e)) => last = (-1, e),
-            Err(_) => last = (-1, "the check itself did not finish in time".to_string()),
+            Ok(Ok(r)) => last = Some(r),
+            Ok(Err(e)) => last = Some((-1, e)),
+            Err(_) => {
+                last.get_or_insert((-1, "the check itself did not finish in time".to_string()));
+            }
         }
         if ctx.cancelled() {
             return Err("interrupted while waiting for it to be ready".to_string());
         }
         if Instant::now() + interval >= deadline {
+            let last = last.unwrap_or((-1, String::new()));
             let output = last.1.trim().lines().last().unwrap_or("").to_string();
             return Err(format!(
                 "not ready after {}: the check `{}` last exited with status {}{}",
@@ -483,6 +487,26 @@ pub async fn provision(
     let mut failures = Vec::new();
     let order: Vec<&Machine> = targets.iter().map(|(m, _)| *m).collect();
     for wave in waves(&order) {
+        // A machine whose dependency failed (or was skipped) is skipped, and says so;
+        // independent machines go on.
+        let (wave, skipped): (Vec<&Machine>, Vec<&Machine>) = wave.into_iter().partition(|m| {
+            !m.depends_on.iter().any(|d| {
+                failures
+                    .iter()
+                    .any(|(f, _): &(String, String)| f == d.as_str())
+            })
+        });
+        for m in skipped {
+            let dep = m
+                .depends_on
+                .iter()
+                .find(|d| failures.iter().any(|(f, _)| f == d.as_str()))
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            let e = format!("not provisioned: its dependency `{dep}` failed");
+            ctx.reporter.event(Some(m.name.as_str()), Phase::Failed, &e);
+            failures.push((m.name.to_string(), e));
+        }
         let jobs = wave.iter().map(|m| {
             let id = targets
                 .iter()
@@ -521,9 +545,6 @@ pub async fn provision(
                     failures.push((name, e));
                 }
             }
-        }
-        if !failures.is_empty() {
-            break;
         }
     }
     if !failures.is_empty() {

@@ -267,30 +267,26 @@ impl DockerProvider {
     }
 }
 
-fn state_from_summary(s: Option<ContainerSummaryStateEnum>) -> MachineState {
-    use ContainerSummaryStateEnum as S;
+/// The engine's state string (`running`, `exited`, ...) as a machine state; list and
+/// inspect report the same strings.
+fn state_from_str(s: &str) -> MachineState {
     match s {
-        Some(S::CREATED) => MachineState::Created,
-        Some(S::RUNNING) => MachineState::Running,
-        Some(S::PAUSED) => MachineState::Paused,
-        Some(S::EXITED) => MachineState::Stopped,
-        Some(S::DEAD) => MachineState::Dead,
-        Some(S::REMOVING) => MachineState::Removing,
+        "created" => MachineState::Created,
+        "running" => MachineState::Running,
+        "paused" => MachineState::Paused,
+        "exited" => MachineState::Stopped,
+        "dead" => MachineState::Dead,
+        "removing" => MachineState::Removing,
         _ => MachineState::Transitioning,
     }
 }
 
+fn state_from_summary(s: Option<ContainerSummaryStateEnum>) -> MachineState {
+    s.map_or(MachineState::Transitioning, |s| state_from_str(s.as_ref()))
+}
+
 fn state_from_inspect(s: Option<ContainerStateStatusEnum>) -> MachineState {
-    use ContainerStateStatusEnum as S;
-    match s {
-        Some(S::CREATED) => MachineState::Created,
-        Some(S::RUNNING) => MachineState::Running,
-        Some(S::PAUSED) => MachineState::Paused,
-        Some(S::EXITED) => MachineState::Stopped,
-        Some(S::DEAD) => MachineState::Dead,
-        Some(S::REMOVING) => MachineState::Removing,
-        _ => MachineState::Transitioning,
-    }
+    s.map_or(MachineState::Transitioning, |s| state_from_str(s.as_ref()))
 }
 
 fn label_filters(selector: &Selector) -> HashMap<String, Vec<String>> {
@@ -494,8 +490,9 @@ impl Provider for DockerProvider {
     }
 
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
-        // Bounded: a create that loses a race finds the winner's network on the next look.
-        for _ in 0..3 {
+        // Bounded: a create that loses a race finds the winner's network (or another free
+        // subnet) on the next look.
+        for _ in 0..6 {
             match self.docker.inspect_network(&spec.name, None).await {
                 Ok(n) => {
                     let env = n.labels.as_ref().and_then(|l| l.get(labels::ENV));
@@ -535,6 +532,13 @@ impl Provider for DockerProvider {
             };
             match self.docker.create_network(request).await {
                 Ok(_) => return Ok(()),
+                // Another environment took the same free /24 a moment before: pick again.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 403,
+                    message,
+                }) if message.contains("overlaps") && spec.subnet.is_none() => {
+                    continue;
+                }
                 Err(e) => match map_err(format!("create network {}", spec.name), e) {
                     ProviderError::Conflict { .. } => continue,
                     other => return Err(other),
