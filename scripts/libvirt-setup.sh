@@ -67,8 +67,10 @@ EOF
   log "apt-get update"
   $SUDO "${APT[@]}" update >/dev/null
   log "installing ${missing[*]}"
-  $SUDO "${APT[@]}" install --no-install-recommends -t bookworm-backports "${BPO_PKGS[@]}" >/dev/null
-  $SUDO "${APT[@]}" install --no-install-recommends "${MAIN_PKGS[@]}" >/dev/null
+  quiet_debconf() { grep -v '^debconf: delaying package configuration' >&2 || true; }
+  $SUDO "${APT[@]}" install --no-install-recommends -t bookworm-backports "${BPO_PKGS[@]}" \
+    >/dev/null 2> >(quiet_debconf)
+  $SUDO "${APT[@]}" install --no-install-recommends "${MAIN_PKGS[@]}" >/dev/null 2> >(quiet_debconf)
 fi
 
 # --- Daemons ----------------------------------------------------------------------------
