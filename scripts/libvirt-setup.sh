@@ -103,8 +103,10 @@ if ! virsh_answers; then
       # A libvirtd stopped moments ago keeps its pidfile until it has exited (about 10 s):
       # a new one dies with "Unable to obtain pidfile". Try again until the deadline.
       sleep 1
-      pgrep -x libvirtd >/dev/null 2>&1 ||
+      if ! pgrep -x libvirtd >/dev/null 2>&1; then
+        log "starting libvirtd (again: the previous one was still exiting)"
         $SUDO env LIBVIRT_LOG_OUTPUTS="3:file:$LOG_DIR/libvirtd.log" libvirtd -d || true
+      fi
     fi
     sleep 0.5
   done

@@ -92,6 +92,7 @@ impl Identity {
             (labels::GENERATION.to_string(), generation.to_string()),
             (labels::VERSION.to_string(), crate::VERSION.to_string()),
             (labels::CREATED.to_string(), created.to_string()),
+            (labels::HOST.to_string(), host_token()),
         ]);
         if let Some(i) = &self.instance {
             l.insert(labels::INSTANCE.to_string(), i.clone());
@@ -108,6 +109,34 @@ pub fn new_instance_id() -> String {
         .unwrap_or_default();
     let seed = format!("{nanos}:{}:{}", std::process::id(), owner_token());
     format!("run-{}", &sha256_hex(seed.as_bytes())[..8])
+}
+
+/// This host and namespace: `MACHINE_ID/MNT_NS/PID_NS`. Paths and pids mean something only
+/// within one of these, so `gc` leaves resources of another alone (a CI job container that
+/// shares the Docker socket sees neither the host's folders nor its processes).
+pub fn host_token() -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let ns = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}"))
+            .ok()
+            .map(|p| {
+                p.to_string_lossy()
+                    .trim_start_matches(n)
+                    .trim_matches([':', '[', ']'])
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    format!("{machine}/{}/{}", ns("mnt"), ns("pid"))
 }
 
 /// Whether `id` is an instance id as [`new_instance_id`] makes them.
@@ -239,6 +268,10 @@ mod tests {
             "another boot"
         );
         assert!(owner_alive("not a token"), "unknown formats are kept");
+        let host = host_token();
+        assert_eq!(host.split('/').count(), 3, "{host}");
+        assert!(host.split('/').all(|p| !p.is_empty()), "{host}");
+        assert_eq!(host, host_token(), "stable");
         assert_ne!(new_instance_id(), new_instance_id());
     }
 }

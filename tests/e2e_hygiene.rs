@@ -507,3 +507,37 @@ fn json_outputs_follow_their_schemas() {
     );
     assert!(last["instance"].as_str().unwrap().starts_with("run-"));
 }
+
+#[test]
+fn gc_leaves_another_hosts_environment_alone() {
+    if !e2e() {
+        return;
+    }
+    // Made by an envrig in another container sharing the engine: its folder is not ours to
+    // see, so "gone" here means nothing.
+    let env = unique("foreign");
+    let label = |k: &str, v: &str| format!("--label=dev.envrig.{k}={v}");
+    let id = common::docker(&[
+        "run",
+        "-d",
+        "--init",
+        &label("env", &env),
+        &label("machine", "a"),
+        &label("project", "foreign"),
+        &label("folder", "/nonexistent/foreign"),
+        &label("envfile", "/nonexistent/foreign/Envfile"),
+        &label("host", "another-machine/1/2"),
+        TEST_IMAGE,
+        "sleep",
+        "600",
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    common::envrig_in(dir.path(), &["gc"]).ok();
+    let left = containers(&format!("dev.envrig.env={env}"));
+    common::docker(&["rm", "-f", &id]).ok();
+    assert_eq!(left.len(), 1, "gc removed another host's environment");
+}

@@ -91,6 +91,7 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
         ..GcReport::default()
     };
     let now = std::time::SystemTime::now();
+    let here = crate::identity::host_token();
     for name in ctx.registry.names().collect::<Vec<_>>() {
         let p = provider(ctx, name).await?;
         let all = Selector::all_envrig();
@@ -126,11 +127,14 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 provider: name.to_string(),
                 reason,
             };
+            // Another host's or container's environment: its folders and processes are not
+            // ours to judge (only its expiry is absolute).
+            let foreign = l.get(labels::HOST).is_some_and(|h| *h != here);
             let mine: Vec<&Observed> = machines
                 .iter()
                 .filter(|m| m.labels.get(labels::ENV) == Some(&env_id))
                 .collect();
-            let whole = env_gone(&l);
+            let whole = if foreign { None } else { env_gone(&l) };
             let doomed: Vec<(&Observed, String)> = match &whole {
                 Some(reason) => mine.iter().map(|m| (*m, reason.clone())).collect(),
                 None => mine

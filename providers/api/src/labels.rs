@@ -33,6 +33,9 @@ pub const EXPIRES: &str = "dev.envrig.expires";
 pub const SNAPSHOT: &str = "dev.envrig.snapshot";
 /// On a packaged base: the fingerprint of what it was made from (config and steps).
 pub const FINGERPRINT: &str = "dev.envrig.fingerprint";
+/// Where the resource was made from: the machine id and the mount and pid namespaces of
+/// the envrig that made it. `gc` judges "folder gone" and "process gone" only for its own.
+pub const HOST: &str = "dev.envrig.host";
 /// For the environment of one `envrig run`: its instance id.
 pub const INSTANCE: &str = "dev.envrig.instance";
 /// For the environment of one `envrig run`: the process that owns it
