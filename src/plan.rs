@@ -164,7 +164,13 @@ pub fn plan_up(
                 } else {
                     Action::Keep { id }
                 };
-                (action, o.generation)
+                // A replacement is a new generation, made beside the old one.
+                let generation = if matches!(action, Action::Recreate { .. }) {
+                    o.generation + 1
+                } else {
+                    o.generation
+                };
+                (action, generation)
             }
         };
         machines.push(MachinePlan {
@@ -317,7 +323,7 @@ mod tests {
         stopped (gen 1): start s1
         running (gen 1): keep r1
         changed (gen 1): stale c1 (left as it is)
-        dead (gen 1): recreate d1: its engine reports it dead
+        dead (gen 2): recreate d1: its engine reports it dead
         twice (gen 1): keep w2; remove duplicates w1
         orphan gone (g1)
         ");

@@ -263,6 +263,14 @@ fn changed_settings_make_a_machine_stale_until_reload() {
     );
     let st = p.envrig(&["status", "--json"]).ok().json();
     assert_eq!(machine(&st, "app")["state"], "running");
+    // The replacement is a new generation, made before the old one was removed.
+    assert_eq!(machine(&st, "app")["generation"], 2);
+    assert!(
+        machine(&st, "app")["resource_name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-app-2")
+    );
     assert_eq!(
         containers(&format!(
             "dev.envrig.env={}",

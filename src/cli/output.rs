@@ -374,7 +374,7 @@ impl Printer {
     pub fn gc(&self, r: &GcReport) {
         if self.json {
             out(&json_line(
-                &serde_json::json!({"schema": SCHEMA_GC, "dry_run": r.dry_run, "removed": r.removed, "busy": r.busy}),
+                &serde_json::json!({"schema": SCHEMA_GC, "dry_run": r.dry_run, "removed": r.removed, "busy": r.busy, "failed": r.failed}),
             ));
             return;
         }
@@ -385,12 +385,22 @@ impl Printer {
                 i.resource, i.project, i.folder, i.reason
             ));
         }
+        for f in &r.failed {
+            eprintln!(
+                "{} cannot remove {} of `{}` ({}): {}",
+                self.paint("1;33", "warning:"),
+                f.resource,
+                f.project,
+                f.folder,
+                f.reason
+            );
+        }
         for b in &r.busy {
             self.done(&format!(
                 "skipped environment {b}: another envrig is working on it"
             ));
         }
-        if r.removed.is_empty() {
+        if r.removed.is_empty() && r.failed.is_empty() {
             self.done("nothing to collect");
         }
     }

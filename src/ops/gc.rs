@@ -32,6 +32,8 @@ pub struct GcReport {
     pub removed: Vec<GcItem>,
     /// Environments left alone because another envrig holds their lock.
     pub busy: Vec<String>,
+    /// What could not be removed (the engine refused), and why; gc goes on past them.
+    pub failed: Vec<GcItem>,
 }
 
 /// A file in a run's state folder: the run was kept (`--keep-on-failure`).
@@ -164,15 +166,12 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 None
             };
             for (m, reason) in doomed {
-                if !dry_run {
-                    p.remove(&m.id).await.map_err(|e| {
-                        OpError::provider(format!("cannot remove {}", m.resource_name), e)
-                    })?;
+                let what = format!("machine {} ({})", m.machine, m.resource_name);
+                if !dry_run && let Err(e) = p.remove(&m.id).await {
+                    report.failed.push(item(what, e.to_string()));
+                    continue;
                 }
-                report.removed.push(item(
-                    format!("machine {} ({})", m.machine, m.resource_name),
-                    reason,
-                ));
+                report.removed.push(item(what, reason));
             }
             if let Some(reason) = whole {
                 let selector = Selector::env(&env_id);
@@ -186,12 +185,17 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                             .push(item(format!("{} {}", o.kind, o.name), reason.clone()));
                     }
                 } else {
-                    let removed = p
-                        .purge(&selector)
-                        .await
-                        .map_err(|e| OpError::provider("cannot remove networks and volumes", e))?;
-                    for r in removed {
-                        report.removed.push(item(r, reason.clone()));
+                    // One stuck resource (Docker sometimes keeps a stale endpoint on a
+                    // network) must not stop the collection of everything else.
+                    match p.purge(&selector).await {
+                        Ok(removed) => {
+                            for r in removed {
+                                report.removed.push(item(r, reason.clone()));
+                            }
+                        }
+                        Err(e) => report
+                            .failed
+                            .push(item("networks and volumes".into(), e.to_string())),
                     }
                     if let Some(dir) = dir.as_ref().filter(|_| l.contains_key(labels::INSTANCE)) {
                         let _ = dir.remove();

@@ -351,13 +351,10 @@ async fn run_one(
         ),
         Action::Recreate { id, reason } => {
             ctx.reporter
-                .event(Some(&name), Phase::Remove, &format!("recreating: {reason}"));
-            p.remove(id)
-                .await
-                .map_err(|e| format!("cannot remove the old one: {e}"))?;
+                .event(Some(&name), Phase::Create, &format!("recreating: {reason}"));
             (
                 "recreated",
-                create_and_start(ctx, project, &p, m, mp.generation).await?,
+                replace(ctx, project, &p, m, id, mp.generation).await?,
                 true,
             )
         }
@@ -386,18 +383,20 @@ async fn run_one(
     })
 }
 
-async fn create_and_start(
+/// Creates the machine's resource of `generation`, fetching its base when missing; not
+/// started.
+async fn create(
     ctx: &Context,
     project: &Project,
     p: &Arc<dyn Provider>,
     m: &Machine,
     generation: u32,
-) -> Result<String, String> {
+) -> Result<envrig_provider_api::MachineInfo, String> {
     let name = m.name.as_str();
     let spec = machine_spec(project, m, generation, &super::now_rfc3339());
     ctx.reporter.event(Some(name), Phase::Create, "creating");
-    let info = match p.create(&spec).await {
-        Ok(info) => info,
+    match p.create(&spec).await {
+        Ok(info) => Ok(info),
         Err(ProviderError::NotFound { .. }) => {
             // The base is missing: fetch it (with progress), then create again.
             ctx.reporter
@@ -409,13 +408,61 @@ async fn create_and_start(
                 .map_err(|e| format!("cannot fetch `{}`: {e}", spec.base))?;
             p.create(&spec)
                 .await
-                .map_err(|e| format!("cannot create it: {e}"))?
+                .map_err(|e| format!("cannot create it: {e}"))
         }
-        Err(e) => return Err(format!("cannot create it: {e}")),
-    };
-    ctx.reporter.event(Some(name), Phase::Start, "starting");
+        Err(e) => Err(format!("cannot create it: {e}")),
+    }
+}
+
+async fn create_and_start(
+    ctx: &Context,
+    project: &Project,
+    p: &Arc<dyn Provider>,
+    m: &Machine,
+    generation: u32,
+) -> Result<String, String> {
+    let info = create(ctx, project, p, m, generation).await?;
+    ctx.reporter
+        .event(Some(m.name.as_str()), Phase::Start, "starting");
     p.start(&info.id)
         .await
         .map_err(|e| format!("created {} but cannot start it: {e}", info.resource_name))?;
     Ok(info.id)
+}
+
+/// Replaces `old` by a new generation: the new one is created beside it, then the old one
+/// stopped (freeing its ports and names) and the new one started; only then is the old one
+/// removed. When the new one cannot start, the old one is started again and kept.
+async fn replace(
+    ctx: &Context,
+    project: &Project,
+    p: &Arc<dyn Provider>,
+    m: &Machine,
+    old: &str,
+    generation: u32,
+) -> Result<String, String> {
+    let name = m.name.as_str();
+    let new = create(ctx, project, p, m, generation).await?;
+    ctx.reporter
+        .event(Some(name), Phase::Stop, "stopping the previous generation");
+    if let Err(e) = p.stop(old, std::time::Duration::from_secs(30)).await {
+        let _ = p.remove(&new.id).await;
+        return Err(format!("cannot stop the previous generation: {e}"));
+    }
+    ctx.reporter.event(Some(name), Phase::Start, "starting");
+    if let Err(e) = p.start(&new.id).await {
+        let _ = p.remove(&new.id).await;
+        let back = p.start(old).await;
+        return Err(format!(
+            "the new generation cannot start ({e}); {}",
+            match back {
+                Ok(()) => "the previous one runs again".to_string(),
+                Err(b) => format!("and the previous one cannot start again either: {b}"),
+            }
+        ));
+    }
+    p.remove(old)
+        .await
+        .map_err(|e| format!("cannot remove the previous generation: {e}"))?;
+    Ok(new.id)
 }
