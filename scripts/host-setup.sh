@@ -4,7 +4,8 @@
 # Idempotent: every step checks first and does nothing when the host already has it.
 # Needs root (or sudo) for apt-get and for starting dockerd. Safe to run again at any time.
 #
-#   scripts/host-setup.sh            Docker engine, test images, local registry
+#   scripts/host-setup.sh            Docker engine, test images, local registry, libvirt
+#                                    and QEMU, the small test guest
 #
 # The daemons are started in the background (this machine has no systemd) with their
 # networks inside 198.18.0.0/15, so test traffic never leaves the host.
@@ -115,4 +116,11 @@ YAML
   done
 fi
 
-log "ready: docker, image $TEST_IMAGE_REPO:latest, registry $REGISTRY_ADDR"
+# --- libvirt -----------------------------------------------------------------------------
+# libvirt and QEMU from bookworm-backports (also the -dev package the build links against),
+# the daemons, and the small test guest (cached outside the repo by its recipe's hash).
+here=$(cd "$(dirname "$0")" && pwd)
+"$here/libvirt-setup.sh"
+guest=$("$here/build-test-guest.sh" | tail -n 1)
+
+log "ready: docker, image $TEST_IMAGE_REPO:latest, registry $REGISTRY_ADDR, libvirt, guest $guest"

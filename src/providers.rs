@@ -38,17 +38,30 @@ impl Registry {
     /// Every provider this build has.
     pub fn builtin() -> Registry {
         Registry {
-            entries: vec![Entry {
-                name: envrig_provider_docker::PROVIDER_NAME,
-                capabilities: envrig_provider_docker::CAPABILITIES,
-                connect: || {
-                    Box::pin(async {
-                        let p = envrig_provider_docker::DockerProvider::connect().await?;
-                        Ok(Arc::new(p) as Arc<dyn Provider>)
-                    })
+            entries: vec![
+                Entry {
+                    name: envrig_provider_docker::PROVIDER_NAME,
+                    capabilities: envrig_provider_docker::CAPABILITIES,
+                    connect: || {
+                        Box::pin(async {
+                            let p = envrig_provider_docker::DockerProvider::connect().await?;
+                            Ok(Arc::new(p) as Arc<dyn Provider>)
+                        })
+                    },
+                    cell: OnceCell::new(),
                 },
-                cell: OnceCell::new(),
-            }],
+                Entry {
+                    name: envrig_provider_libvirt::PROVIDER_NAME,
+                    capabilities: envrig_provider_libvirt::CAPABILITIES,
+                    connect: || {
+                        Box::pin(async {
+                            let p = envrig_provider_libvirt::LibvirtProvider::connect().await?;
+                            Ok(Arc::new(p) as Arc<dyn Provider>)
+                        })
+                    },
+                    cell: OnceCell::new(),
+                },
+            ],
         }
     }
 

@@ -12,6 +12,7 @@ fn docker_caps(name: &str) -> Option<Capabilities> {
         live_synced_folders: true,
         ssh: false,
         interactive: true,
+        private_network: true,
     })
 }
 

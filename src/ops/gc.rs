@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use envrig_provider_api::{Selector, labels};
 use serde::Serialize;
 
-use super::{Context, OpError, provider};
+use super::{Context, OpError};
 use crate::identity::owner_alive;
 use crate::plan::Observed;
 use crate::state::StateDir;
@@ -94,8 +94,31 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
     };
     let now = std::time::SystemTime::now();
     let here = crate::identity::host_token();
-    for name in ctx.registry.names().collect::<Vec<_>>() {
-        let p = provider(ctx, name).await?;
+    let names: Vec<&str> = ctx.registry.names().collect();
+    let mut unavailable = Vec::new();
+    for name in names.iter().copied() {
+        // An engine that is not running here has nothing of ours to show: say so, go on.
+        let p = match ctx.registry.get(name).await {
+            Ok(p) => p,
+            Err(e @ envrig_provider_api::ProviderError::Unavailable { .. }) => {
+                ctx.reporter.event(
+                    None,
+                    super::Phase::Warning,
+                    &format!("skipping the {name} provider: {e}"),
+                );
+                unavailable.push(OpError::provider(
+                    format!("cannot use the {name} provider"),
+                    e,
+                ));
+                continue;
+            }
+            Err(e) => {
+                return Err(OpError::provider(
+                    format!("cannot use the {name} provider"),
+                    e,
+                ));
+            }
+        };
         let all = Selector::all_envrig();
         let machines: Vec<Observed> = p
             .list(&all)
@@ -203,6 +226,11 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 }
             }
         }
+    }
+    if unavailable.len() == names.len()
+        && let Some(e) = unavailable.pop()
+    {
+        return Err(e);
     }
     Ok(report)
 }

@@ -277,6 +277,13 @@ pub(super) async fn ensure_networks(
             continue;
         }
         done.push(&m.provider);
+        if !ctx
+            .registry
+            .capabilities(&m.provider)
+            .is_some_and(|c| c.private_network)
+        {
+            continue;
+        }
         let p = provider(ctx, &m.provider).await?;
         let spec = NetworkSpec {
             name: name.clone(),

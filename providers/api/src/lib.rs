@@ -87,6 +87,8 @@ pub struct Capabilities {
     pub ssh: bool,
     /// `exec` can allocate a TTY for interactive shells.
     pub interactive: bool,
+    /// Machines of an environment reach each other by name on a private network.
+    pub private_network: bool,
 }
 
 /// The lifecycle state of a machine as its engine reports it.

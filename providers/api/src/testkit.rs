@@ -173,15 +173,16 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
         "from-exec\n"
     );
 
-    // Upload: a tar lands in the guest folder.
+    // Upload: a tar lands in the guest folder (`/root`, not `/tmp`: a guest may keep `/tmp`
+    // in memory, and this file must survive a restart below).
     p.upload(
         &created.id,
-        "/tmp",
+        "/root",
         tar_with("conformance.txt", b"payload\n"),
     )
     .await
     .expect("upload");
-    let c = capture(p, &created.id, &["cat", "/tmp/conformance.txt"]).await;
+    let c = capture(p, &created.id, &["cat", "/root/conformance.txt"]).await;
     assert_eq!((c.stdout.as_str(), c.code), ("payload\n", 0));
     p.upload(
         &created.id,
@@ -211,7 +212,7 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
         .await
         .expect("stop");
     assert!(
-        t0.elapsed() < Duration::from_secs(15),
+        t0.elapsed() < Duration::from_secs(25),
         "stop took {:?}",
         t0.elapsed()
     );
@@ -225,7 +226,7 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
 
     // Start again: the disk was kept.
     p.start(&created.id).await.expect("restart");
-    let c = capture(p, &created.id, &["cat", "/tmp/conformance.txt"]).await;
+    let c = capture(p, &created.id, &["cat", "/root/conformance.txt"]).await;
     assert_eq!(c.stdout, "payload\n", "files survive a stop and start");
 
     // Remove: gone, and removing again succeeds.

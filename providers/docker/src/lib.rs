@@ -41,6 +41,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     live_synced_folders: true,
     ssh: false,
     interactive: true,
+    private_network: true,
 };
 
 /// The provider's name in Envfiles.

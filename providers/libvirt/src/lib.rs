@@ -1,0 +1,889 @@
+//! envrig's libvirt/QEMU provider: machines are domains booted from a box, with a qcow2
+//! overlay per machine.
+//!
+//! This crate is the only place the `virt` crate appears. libvirt's calls block: every one
+//! goes through [`LibvirtProvider::blocking`] (one `spawn_blocking` helper) on one shared
+//! connection (`LIBVIRT_DEFAULT_URI`, else `qemu:///system`).
+//!
+//! A box is a folder holding `disk.qcow2` and, for direct kernel boot, `vmlinuz`,
+//! `initrd.img` and `cmdline`. Commands and uploads go through the QEMU guest agent, which
+//! needs no network. Domains carry the machine's labels in `<metadata>`, so the domain list
+//! is the truth, as Docker's labels are.
+//!
+//! Not yet: private networks between machines, SSH access, snapshots and packaging (they
+//! report "not supported").
+
+mod xml;
+
+use std::collections::BTreeMap;
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use envrig_provider_api::{
+    BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
+    OptionValue, OtherResource, OutputSink, OutputStream, Provider, ProviderError, PullProgress,
+    Result, Selector, Snapshot, SshEndpoint, Terminal,
+};
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState};
+use virt::enumutil::Enum;
+
+const NAME: &str = "libvirt";
+
+/// A metadata label holding the machine's `env` (JSON), given to every command.
+const MACHINE_ENV: &str = "dev.envrig.libvirt.env";
+
+/// What the libvirt provider can do (known without connecting).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    custom_command: false,
+    live_synced_folders: false,
+    ssh: false,
+    interactive: false,
+    private_network: false,
+};
+
+/// The provider's name in Envfiles.
+pub const PROVIDER_NAME: &str = NAME;
+
+fn engine(op: impl Into<String>, e: virt::error::Error) -> ProviderError {
+    let op = op.into();
+    let msg = e.to_string();
+    if msg.contains("Domain not found") || msg.contains("no domain with matching") {
+        return ProviderError::NotFound {
+            what: format!("domain ({op})"),
+        };
+    }
+    ProviderError::Engine {
+        provider: NAME,
+        op,
+        source: Box::new(e),
+    }
+}
+
+fn io(op: impl Into<String>, e: std::io::Error) -> ProviderError {
+    ProviderError::Engine {
+        provider: NAME,
+        op: op.into(),
+        source: Box::new(e),
+    }
+}
+
+fn unsupported(what: &str) -> ProviderError {
+    ProviderError::NotSupported {
+        provider: NAME,
+        what: what.to_string(),
+    }
+}
+
+/// The libvirt provider: one connection, shared by every call.
+#[derive(Clone)]
+pub struct LibvirtProvider {
+    // Never closed: `virt` panics when a close fails, and the connection lives as long as
+    // the process.
+    conn: Arc<ManuallyDrop<Connect>>,
+    /// Where machines' overlays and console logs live.
+    images: PathBuf,
+    /// Where named boxes live.
+    boxes: PathBuf,
+    /// `qemu` (TCG) or `kvm`, chosen once, at the first machine made.
+    accel: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl std::fmt::Debug for LibvirtProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibvirtProvider")
+            .field("images", &self.images)
+            .finish()
+    }
+}
+
+/// The hypervisor to use: `ENVRIG_ACCEL` (`kvm`, `tcg`) when set, else KVM only when a
+/// bounded probe shows that a KVM guest really boots: QEMU starts `kernel` under KVM and
+/// must print `Linux version` on its serial port within 4 s. (On some hosts KVM runs real
+/// mode and then hangs in the kernel, so a smaller probe would lie.) Without a kernel to
+/// try, TCG.
+fn choose_accel(kernel: Option<&Path>) -> &'static str {
+    match std::env::var("ENVRIG_ACCEL").as_deref() {
+        Ok("kvm") => return "kvm",
+        Ok("tcg") => return "qemu",
+        _ => {}
+    }
+    let Some(kernel) = kernel else { return "qemu" };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return "qemu";
+    }
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-machine",
+            "pc",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 earlyprintk=serial panic=-1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return "qemu" };
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(mut out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(13).any(|w| w == b"Linux version") {
+                    let _ = tx.send(true);
+                    return;
+                }
+                if seen.len() > 1 << 20 {
+                    break;
+                }
+            }
+            let _ = tx.send(false);
+        });
+    }
+    let works = matches!(rx.recv_timeout(Duration::from_secs(4)), Ok(true));
+    let _ = child.kill();
+    let _ = child.wait();
+    if works { "kvm" } else { "qemu" }
+}
+
+impl LibvirtProvider {
+    /// Connects to `LIBVIRT_DEFAULT_URI` (else `qemu:///system`).
+    pub async fn connect() -> Result<Self> {
+        tokio::task::spawn_blocking(|| {
+            virt::error::clear_error_callback();
+            let uri = std::env::var("LIBVIRT_DEFAULT_URI").unwrap_or_else(|_| "qemu:///system".to_string());
+            let conn = Connect::open(Some(&uri)).map_err(|e| ProviderError::Unavailable {
+                provider: NAME,
+                message: format!("{uri}: {e}"),
+                hint: Some("start libvirtd (`scripts/libvirt-setup.sh` does it on Debian), or set LIBVIRT_DEFAULT_URI".to_string()),
+            })?;
+            let system = uri.ends_with("/system");
+            let home = std::env::var_os("ENVRIG_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                    .unwrap_or_else(|| PathBuf::from("/tmp"))
+                    .join("envrig")
+            });
+            // The system daemon's QEMU runs as its own user: overlays live where it can read.
+            let images = std::env::var_os("ENVRIG_LIBVIRT_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
+                if system {
+                    PathBuf::from("/var/lib/libvirt/images/envrig")
+                } else {
+                    home.join("libvirt")
+                }
+            });
+            Ok(LibvirtProvider {
+                conn: Arc::new(ManuallyDrop::new(conn)),
+                images,
+                boxes: home.join("boxes"),
+                accel: Arc::new(std::sync::OnceLock::new()),
+            })
+        })
+        .await
+        .map_err(|e| ProviderError::Unavailable {
+            provider: NAME,
+            message: e.to_string(),
+            hint: None,
+        })?
+    }
+
+    /// Runs a blocking libvirt call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connect) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn))
+            .await
+            .map_err(|e| ProviderError::Engine {
+                provider: NAME,
+                op: "a libvirt call".into(),
+                source: Box::new(e),
+            })?
+    }
+
+    /// The folder of a box: a path to one, or a name in the box store.
+    fn box_dir(&self, reference: &str) -> Option<PathBuf> {
+        let p = Path::new(reference);
+        let dir = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.boxes.join(reference)
+        };
+        dir.join("disk.qcow2").is_file().then_some(dir)
+    }
+
+    fn machine_dir(&self, resource_name: &str) -> PathBuf {
+        self.images.join(resource_name)
+    }
+
+    /// Sends one guest-agent command; returns its `return` value.
+    async fn agent(
+        &self,
+        id: &str,
+        cmd: serde_json::Value,
+        timeout_s: i32,
+    ) -> Result<serde_json::Value> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            let out = dom
+                .qemu_agent_command(&cmd.to_string(), timeout_s, 0)
+                .map_err(|e| engine(format!("guest agent {}", cmd["execute"]), e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| ProviderError::Engine {
+                    provider: NAME,
+                    op: "read the guest agent's answer".into(),
+                    source: Box::new(e),
+                })?;
+            Ok(v["return"].clone())
+        })
+        .await
+    }
+
+    /// Waits (bounded) until the guest agent answers; on timeout, says so with the end of
+    /// the console log.
+    async fn wait_agent(&self, id: &str, console: &Path, limit: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self
+                .agent(id, serde_json::json!({"execute": "guest-ping"}), 2)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let log = std::fs::read_to_string(console).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(ProviderError::Conflict {
+            message: format!(
+                "the guest did not answer within {}s; the end of its console:\n{}",
+                limit.as_secs(),
+                tail.iter()
+                    .map(|l| format!("    | {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        })
+    }
+
+    async fn info(&self, id: &str) -> Result<MachineInfo> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine(format!("look up domain {id}"), e))?;
+            describe(&dom)
+        })
+        .await
+    }
+}
+
+fn describe(dom: &Domain) -> Result<MachineInfo> {
+    let xml = dom
+        .xml_desc(0)
+        .map_err(|e| engine("read the domain's XML", e))?;
+    let (state, _) = dom
+        .state()
+        .map_err(|e| engine("read the domain's state", e))?;
+    let state = match state {
+        Enum::Known(DomainState::Running) | Enum::Known(DomainState::Blocked) => {
+            MachineState::Running
+        }
+        Enum::Known(DomainState::Paused) | Enum::Known(DomainState::PMSuspended) => {
+            MachineState::Paused
+        }
+        Enum::Known(DomainState::Shutoff) => MachineState::Stopped,
+        Enum::Known(DomainState::Crashed) => MachineState::Dead,
+        _ => MachineState::Transitioning,
+    };
+    Ok(MachineInfo {
+        id: dom
+            .uuid_string()
+            .map_err(|e| engine("read the domain's uuid", e))?,
+        resource_name: dom
+            .name()
+            .map_err(|e| engine("read the domain's name", e))?,
+        state,
+        labels: xml::labels(&xml),
+        ports: xml::ports(&xml),
+    })
+}
+
+/// `s` quoted for `/bin/sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The argv the guest agent runs for `req`: a user or folder wraps it in `su`/`cd`.
+fn agent_argv(req: &ExecRequest) -> Vec<String> {
+    let user = req.user.as_deref().filter(|u| *u != "root" && *u != "0");
+    if user.is_none() && req.workdir.is_none() {
+        return req.argv.clone();
+    }
+    let mut line = req
+        .argv
+        .iter()
+        .map(|a| sh_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(d) = &req.workdir {
+        line = format!("cd {} && exec {line}", sh_quote(d));
+    }
+    match user {
+        Some(u) => vec![
+            "su".into(),
+            "-s".into(),
+            "/bin/sh".into(),
+            u.to_string(),
+            "-c".into(),
+            line,
+        ],
+        None => vec!["/bin/sh".into(), "-c".into(), line],
+    }
+}
+
+#[async_trait]
+impl Provider for LibvirtProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn ensure_base(
+        &self,
+        reference: &str,
+        _progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<BaseInfo> {
+        match self.box_dir(reference) {
+            Some(dir) => Ok(BaseInfo {
+                id: dir.display().to_string(),
+            }),
+            None => Err(ProviderError::NotFound {
+                what: format!(
+                    "box `{reference}` (a folder with disk.qcow2, or a name in {})",
+                    self.boxes.display()
+                ),
+            }),
+        }
+    }
+
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        let dir = self
+            .box_dir(&spec.base)
+            .ok_or_else(|| ProviderError::NotFound {
+                what: format!("box `{}`", spec.base),
+            })?;
+        let mdir = self.machine_dir(&spec.resource_name);
+        std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        let disk = mdir.join("disk.qcow2");
+        let backing = dir.join("disk.qcow2");
+        // An overlay on the box: O(1) in the box's size. A leftover from a crash is replaced.
+        let _ = std::fs::remove_file(&disk);
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&backing)
+            .arg(&disk)
+            .output()
+            .await
+            .map_err(|e| io("run qemu-img", e))?;
+        if !out.status.success() {
+            return Err(io(
+                "create the overlay",
+                std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            ));
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let kernel = dir.join("vmlinuz");
+        let initrd = dir.join("initrd.img");
+        let cmdline = read("cmdline").map(|c| format!("{c} hostname={}", spec.hostname));
+        let mut ports = spec.ports.clone();
+        for p in &mut ports {
+            if p.host_port == 0 {
+                p.host_port = std::net::TcpListener::bind((p.host_ip.as_str(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| io("find a free port", e))?;
+            }
+        }
+        let opt = |k: &str| match spec.options.get(k) {
+            Some(OptionValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let kind = match opt("accel").as_deref() {
+            Some("kvm") => "kvm",
+            Some("tcg") => "qemu",
+            _ => {
+                let k = kernel.is_file().then_some(kernel.as_path());
+                self.accel.get_or_init(|| choose_accel(k))
+            }
+        };
+        let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
+        let console = mdir.join("console.log");
+        // The machine's environment travels in the metadata: every exec gets it.
+        let mut labels = spec.labels.clone();
+        if !spec.env.is_empty() {
+            labels.insert(
+                MACHINE_ENV.to_string(),
+                serde_json::to_string(&spec.env).unwrap_or_default(),
+            );
+        }
+        let (kernel_s, initrd_s, disk_s, backing_s, console_s) = (
+            kernel.display().to_string(),
+            initrd.display().to_string(),
+            disk.display().to_string(),
+            backing.display().to_string(),
+            console.display().to_string(),
+        );
+        let domain = xml::Domain {
+            name: &spec.resource_name,
+            kind,
+            // Below 128 MiB a Linux guest does not boot: the floor.
+            memory_mib: spec.memory_bytes.map(|b| b >> 20).unwrap_or(256).max(128),
+            vcpus: spec.cpus.unwrap_or(1),
+            machine_type: &machine_type,
+            kernel: kernel.is_file().then_some(kernel_s.as_str()),
+            initrd: initrd.is_file().then_some(initrd_s.as_str()),
+            cmdline: if kernel.is_file() { cmdline } else { None },
+            disk: &disk_s,
+            backing: &backing_s,
+            console_log: &console_s,
+            ports: &ports,
+            labels: &labels,
+        };
+        let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
+        self.blocking(move |c| {
+            let dom = c
+                .define_domain_xml(&text)
+                .map_err(|e| engine("define the domain", e))?;
+            describe(&dom)
+        })
+        .await
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        let info = self.info(id).await?;
+        let id2 = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id2)
+                .map_err(|e| engine("look up the domain", e))?;
+            if !dom.is_active().unwrap_or(false) {
+                dom.create().map_err(|e| engine("start the domain", e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        let limit = std::env::var("ENVRIG_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(180));
+        self.wait_agent(
+            id,
+            &self.machine_dir(&info.resource_name).join("console.log"),
+            limit,
+        )
+        .await
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let id2 = id.to_string();
+        let running = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                if !dom.is_active().unwrap_or(false) {
+                    return Ok(false);
+                }
+                let _ = dom.shutdown();
+                Ok(true)
+            })
+            .await?;
+        if !running {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.info(id).await?.state == MachineState::Stopped {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let id2 = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id2)
+                .map_err(|e| engine("look up the domain", e))?;
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy()
+                    .map_err(|e| engine("stop the domain hard", e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let id2 = id.to_string();
+        let name = self
+            .blocking(move |c| {
+                let dom = match c.lookup_domain_by_uuid_string(&id2) {
+                    Ok(d) => d,
+                    Err(_) => return Ok(None),
+                };
+                let name = dom.name().ok();
+                if dom.is_active().unwrap_or(false) {
+                    let _ = dom.destroy();
+                }
+                let flags = virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                    | virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
+                match dom.undefine_flags(flags) {
+                    Ok(()) => Ok(name),
+                    Err(e) if e.to_string().contains("not found") => Ok(name),
+                    Err(e) => Err(engine("undefine the domain", e)),
+                }
+            })
+            .await?;
+        if let Some(name) = name {
+            let dir = self.machine_dir(&name);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("remove {}", dir.display()), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        self.info(id).await.map_err(|e| match e {
+            ProviderError::Engine { .. } | ProviderError::NotFound { .. } => {
+                ProviderError::NotFound {
+                    what: format!("domain `{id}`"),
+                }
+            }
+            other => other,
+        })
+    }
+
+    async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>> {
+        let selector = selector.clone();
+        self.blocking(move |c| {
+            let doms = c
+                .list_all_domains(0)
+                .map_err(|e| engine("list domains", e))?;
+            let mut out = Vec::new();
+            for d in doms {
+                // A domain that vanished while we looked is simply not listed.
+                if let Ok(info) = describe(&d)
+                    && selector.matches(&info.labels)
+                {
+                    out.push(info);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge(&self, _selector: &Selector) -> Result<Vec<String>> {
+        // Machines' overlays and logs go with them; there are no other resources yet.
+        Ok(Vec::new())
+    }
+
+    async fn list_other(&self, _selector: &Selector) -> Result<Vec<OtherResource>> {
+        Ok(Vec::new())
+    }
+
+    async fn ensure_network(&self, _spec: &NetworkSpec) -> Result<()> {
+        Err(unsupported("a private network between machines (not yet)"))
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
+        let argv = agent_argv(req);
+        let (path, args) = argv.split_first().ok_or_else(|| ProviderError::Conflict {
+            message: "an empty command".into(),
+        })?;
+        let machine_env: BTreeMap<String, String> = self
+            .info(id)
+            .await?
+            .labels
+            .get(MACHINE_ENV)
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let mut all = BTreeMap::from([(
+            "PATH".to_string(),
+            "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        )]);
+        all.extend(machine_env);
+        all.extend(req.env.clone());
+        let env: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let started = self
+            .agent(
+                id,
+                serde_json::json!({"execute": "guest-exec", "arguments": {"path": path, "arg": args, "env": env, "capture-output": true}}),
+                10,
+            )
+            .await?;
+        let pid = started["pid"]
+            .as_i64()
+            .ok_or_else(|| ProviderError::Conflict {
+                message: format!("the guest agent did not start `{path}`"),
+            })?;
+        // Bounded by a day: a command runs as long as it needs, polled gently.
+        let mut delay = Duration::from_millis(20);
+        for _ in 0..(24 * 3600 * 5) {
+            let st = self
+                .agent(
+                    id,
+                    serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+                    10,
+                )
+                .await?;
+            if st["exited"].as_bool() == Some(true) {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                for (key, stream) in [
+                    ("out-data", OutputStream::Stdout),
+                    ("err-data", OutputStream::Stderr),
+                ] {
+                    if let Some(data) = st[key].as_str()
+                        && let Ok(bytes) = b64.decode(data)
+                    {
+                        output(stream, &bytes);
+                    }
+                }
+                return Ok(st["exitcode"].as_i64().unwrap_or_else(|| {
+                    if st["signal"].is_i64() {
+                        128 + st["signal"].as_i64().unwrap_or(0)
+                    } else {
+                        -1
+                    }
+                }));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+        Err(ProviderError::Conflict {
+            message: "the command did not finish within a day".into(),
+        })
+    }
+
+    async fn exec_interactive(
+        &self,
+        _id: &str,
+        _req: &ExecRequest,
+        _terminal: Terminal,
+    ) -> Result<i64> {
+        Err(unsupported("an interactive shell (SSH access comes next)"))
+    }
+
+    async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
+        let guest = format!("/tmp/.envrig-upload-{}.tar", std::process::id());
+        let opened = self
+            .agent(id, serde_json::json!({"execute": "guest-file-open", "arguments": {"path": guest, "mode": "w"}}), 10)
+            .await?;
+        let handle = opened.as_i64().ok_or_else(|| ProviderError::Conflict {
+            message: "the guest agent did not open the upload file".into(),
+        })?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for chunk in tar.chunks(48 * 1024) {
+            self.agent(
+                id,
+                serde_json::json!({"execute": "guest-file-write", "arguments": {"handle": handle, "buf-b64": b64.encode(chunk)}}),
+                30,
+            )
+            .await?;
+        }
+        self.agent(
+            id,
+            serde_json::json!({"execute": "guest-file-close", "arguments": {"handle": handle}}),
+            10,
+        )
+        .await?;
+        let req = ExecRequest {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "tar -xf {g} -C {d}; s=$?; rm -f {g}; exit $s",
+                    g = sh_quote(&guest),
+                    d = sh_quote(dest)
+                ),
+            ],
+            ..ExecRequest::default()
+        };
+        let mut err = Vec::new();
+        let mut sink = |s: OutputStream, b: &[u8]| {
+            if s == OutputStream::Stderr {
+                err.extend_from_slice(b)
+            }
+        };
+        match self.exec(id, &req, &mut sink).await? {
+            0 => Ok(()),
+            code => Err(ProviderError::Conflict {
+                message: format!(
+                    "unpacking into {dest} failed ({code}): {}",
+                    String::from_utf8_lossy(&err).trim()
+                ),
+            }),
+        }
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            dom.suspend().map_err(|e| engine("pause the domain", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unpause(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            let _ = dom.resume();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn snapshot_save(
+        &self,
+        _id: &str,
+        _name: &str,
+        _spec: &MachineSpec,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
+        Err(unsupported("snapshots (not yet)"))
+    }
+
+    async fn snapshot_list(&self, _selector: &Selector) -> Result<Vec<Snapshot>> {
+        Ok(Vec::new())
+    }
+
+    async fn snapshot_restore(
+        &self,
+        _snap: &Snapshot,
+        _current: Option<&str>,
+        _spec: &MachineSpec,
+    ) -> Result<MachineInfo> {
+        Err(unsupported("snapshots (not yet)"))
+    }
+
+    async fn snapshot_delete(&self, _snap: &Snapshot) -> Result<()> {
+        Ok(())
+    }
+
+    async fn snapshot_export(&self, _snap: &Snapshot, _dest: &Path) -> Result<u64> {
+        Err(unsupported("export (not yet)"))
+    }
+
+    async fn snapshot_import(
+        &self,
+        _src: &Path,
+        _snap: &Snapshot,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
+        Err(unsupported("import (not yet)"))
+    }
+
+    async fn package(
+        &self,
+        _id: &str,
+        _name: &str,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<BaseInfo> {
+        Err(unsupported("package (not yet)"))
+    }
+
+    async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {
+        Err(unsupported("ssh-config (SSH access comes next)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_for_other_users_and_folders_are_quoted() {
+        let req = ExecRequest {
+            argv: vec!["echo".into(), "it's".into()],
+            user: Some("app".into()),
+            workdir: Some("/srv/a b".into()),
+            ..ExecRequest::default()
+        };
+        assert_eq!(
+            agent_argv(&req),
+            [
+                "su",
+                "-s",
+                "/bin/sh",
+                "app",
+                "-c",
+                "cd '/srv/a b' && exec 'echo' 'it'\\''s'"
+            ]
+        );
+        let plain = ExecRequest {
+            argv: vec!["true".into()],
+            ..ExecRequest::default()
+        };
+        assert_eq!(agent_argv(&plain), ["true"]);
+    }
+}

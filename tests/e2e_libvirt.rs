@@ -1,0 +1,161 @@
+//! The libvirt provider through the real binary, against the real libvirtd, booting the small
+//! test guest (`ENVRIG_E2E=1`; a missing libvirtd or guest fails).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Project, TEST_IMAGE, e2e, unique};
+
+/// The test guest built by `scripts/build-test-guest.sh`, as a box path.
+fn guest() -> String {
+    let g = std::env::var("ENVRIG_TEST_GUEST")
+        .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
+    std::fs::canonicalize(&g)
+        .unwrap_or_else(|e| {
+            panic!(
+                "ENVRIG_E2E=1 but the test guest {g} is missing ({e}); run scripts/host-setup.sh"
+            )
+        })
+        .display()
+        .to_string()
+}
+
+fn domains() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .expect("ENVRIG_E2E=1 needs virsh; run scripts/host-setup.sh");
+    assert!(
+        out.status.success(),
+        "virsh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_vm_and_a_container_live_and_die_as_one_environment() {
+    if !e2e() {
+        return;
+    }
+    let name = unique("mixed");
+    let text = format!(
+        "[project]\nname = \"{name}\"\n\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nshell = \"echo provisioned > /root/p\"\n[[machines.vm.provision]]\nfile = {{ source = \"conf.txt\", destination = \"/etc/envrig-conf.txt\" }}\n\n[machines.box]\nbox = \"tiny\"\n",
+        guest()
+    );
+    let p = Project::new(&text);
+    std::fs::write(p.path().join("conf.txt"), "from the host\n").unwrap();
+    let r = p.envrig(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    let row = |m: &str| {
+        st["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["machine"] == m)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (row("vm")["provider"].as_str(), row("vm")["state"].as_str()),
+        (Some("libvirt"), Some("running"))
+    );
+    assert_eq!(
+        (
+            row("box")["provider"].as_str(),
+            row("box")["state"].as_str()
+        ),
+        (Some("docker"), Some("running"))
+    );
+    let vm_name = row("vm")["resource_name"].as_str().unwrap().to_string();
+    assert!(domains().contains(&vm_name));
+
+    // exec: output and exit code; the machine's env, hostname, provisioning and file step.
+    let r = p.envrig(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "echo $ROLE $(hostname); cat /root/p /etc/envrig-conf.txt; exit 5",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (5, "vm vm\nprovisioned\nfrom the host\n"),
+        "{}",
+        r.stderr
+    );
+    // A second up is a no-op.
+    let r = p.envrig(&["up"]).ok();
+    assert!(r.stderr.contains("2 unchanged"), "{}", r.stderr);
+
+    // halt keeps the disk; up brings the same domain back.
+    p.envrig(&["halt", "vm"]).ok();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    let vm = st["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["machine"] == "vm")
+        .unwrap()
+        .clone();
+    assert_eq!(vm["state"], "stopped");
+    p.envrig(&["up"]).ok();
+    assert_eq!(
+        p.envrig(&["exec", "vm", "--", "cat", "/root/p"])
+            .ok()
+            .stdout,
+        "provisioned\n"
+    );
+
+    // destroy leaves no domain and no overlay.
+    p.envrig(&["destroy", "-f"]).ok();
+    assert!(!domains().contains(&vm_name), "the domain is gone");
+    assert!(
+        !std::path::Path::new("/var/lib/libvirt/images/envrig")
+            .join(&vm_name)
+            .exists(),
+        "the overlay is gone"
+    );
+}
+
+#[test]
+fn a_domain_destroyed_by_hand_is_recreated() {
+    if !e2e() {
+        return;
+    }
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n",
+        unique("byhand"),
+        guest()
+    );
+    let p = Project::new(&text);
+    p.envrig(&["up"]).ok();
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    let name = st["machines"][0]["resource_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let virsh = |args: &[&str]| {
+        Command::new("virsh")
+            .args(["-c", "qemu:///system"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    virsh(&["destroy", &name]);
+    virsh(&["undefine", &name, "--snapshots-metadata"]);
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(st["machines"][0]["state"], "not-created");
+    p.envrig(&["up"]).ok();
+    assert_eq!(
+        p.envrig(&["exec", "vm", "--", "echo", "back"]).ok().stdout,
+        "back\n"
+    );
+}
