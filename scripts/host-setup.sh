@@ -41,28 +41,32 @@ apt_install docker.io busybox-static docker-registry ca-certificates
 
 docker_answers() { timeout 5 docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
 
-if ! docker_answers; then
+start_containerd() {
   if ! pgrep -x containerd >/dev/null 2>&1; then
     log "starting containerd"
     $SUDO sh -c "nohup containerd >'$LOG_DIR/containerd.log' 2>&1 &"
     for _ in $(seq 1 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
   fi
-  if ! pgrep -x dockerd >/dev/null 2>&1; then
-    log "starting dockerd"
-    $SUDO sh -c "nohup dockerd --containerd=/run/containerd/containerd.sock \
-      --bip 198.19.255.1/24 --default-address-pool base=198.18.0.0/16,size=24 \
-      >'$LOG_DIR/dockerd.log' 2>&1 &"
+}
+start_dockerd() {
+  log "starting dockerd"
+  $SUDO sh -c "nohup dockerd --containerd=/run/containerd/containerd.sock \
+    --bip 198.19.255.1/24 --default-address-pool base=198.18.0.0/16,size=24 \
+    >'$LOG_DIR/dockerd.log' 2>&1 &"
+}
+# Bounded: a dockerd that is still shutting down (from an earlier run) is waited for, then
+# replaced; one that never answers fails with its log.
+deadline=$((SECONDS + 90))
+until docker_answers; do
+  start_containerd
+  pgrep -x dockerd >/dev/null 2>&1 || start_dockerd
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    log "dockerd did not answer within 90 s; its log:"
+    tail -n 30 "$LOG_DIR/dockerd.log" >&2 || true
+    exit 1
   fi
-  for i in $(seq 1 120); do
-    docker_answers && break
-    if [ "$i" = 120 ]; then
-      log "dockerd did not answer within 60 s; its log:"
-      tail -n 30 "$LOG_DIR/dockerd.log" >&2 || true
-      exit 1
-    fi
-    sleep 0.5
-  done
-fi
+  sleep 0.5
+done
 log "docker engine $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
 
 # --- Test image -------------------------------------------------------------------------
