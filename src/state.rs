@@ -184,7 +184,8 @@ impl StateDir {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.path)?;
         serde_json::to_writer_pretty(&mut tmp, &state)?;
         tmp.write_all(b"\n")?;
-        tmp.as_file().sync_data()?;
+        // No fsync: the rename keeps the file whole if envrig dies, and after a power loss
+        // the engines (the truth) rebuild whatever the cache lost.
         tmp.persist(self.path.join("state.json"))
             .map_err(|e| e.error)?;
         Ok(())
