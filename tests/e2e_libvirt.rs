@@ -159,3 +159,70 @@ fn a_domain_destroyed_by_hand_is_recreated() {
         "back\n"
     );
 }
+
+/// Runs envrig in `dir` with its own `ENVRIG_HOME`.
+fn envrig_home(dir: &std::path::Path, home: &std::path::Path, args: &[&str]) -> common::Run {
+    let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
+        .args(args)
+        .current_dir(dir)
+        .env("ENVRIG_HOME", home)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    common::Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn boxes_are_added_listed_used_and_removed_only_when_unused() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let name = unique("tiny");
+    let text = format!(
+        "[project]\nname = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{name}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n"
+    );
+    let mut p = Project::new(&text);
+    p.destroy_on_drop = false;
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    let r = run(&["box", "add", &name, &guest()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("added box `{name}`")),
+        "{}",
+        r.stderr
+    );
+    let again = run(&["box", "add", &name, &guest()]);
+    assert_eq!(
+        again.code, 2,
+        "adding a name that exists is refused: {}",
+        again.stderr
+    );
+    let list = run(&["box", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(v["schema"], "envrig.boxes/1");
+    assert_eq!(v["boxes"][0]["name"], name.as_str());
+    assert_eq!(v["boxes"][0]["kernel"], true);
+    assert_eq!(v["boxes"][0]["sha256"].as_str().unwrap().len(), 64);
+
+    let r = run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        run(&["exec", "vm", "--", "echo", "from the box"]).stdout,
+        "from the box\n"
+    );
+    let r = run(&["box", "remove", &name]);
+    assert_eq!(r.code, 2, "a box in use cannot be removed: {}", r.stderr);
+    assert!(r.stderr.contains("is used by"), "{}", r.stderr);
+    assert_eq!(run(&["destroy", "-f"]).code, 0);
+    let r = run(&["box", "remove", &name]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let list = run(&["box", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert!(v["boxes"].as_array().unwrap().is_empty());
+}

@@ -184,8 +184,27 @@ enum Command {
         #[arg(long = "as", value_name = "BOX", required = true)]
         as_box: String,
     },
+    /// The local store of base boxes for libvirt
+    #[command(subcommand)]
+    Box(BoxCommand),
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum BoxCommand {
+    /// The boxes in the store
+    List,
+    /// Add a box from a .qcow2, a vagrant-libvirt .box, or a box folder
+    Add {
+        name: String,
+        source: PathBuf,
+        /// Replace a box of that name
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Remove a box (refused while a machine uses it)
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,6 +331,25 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 Err(e) => fail(&printer, e),
             };
         }
+        Command::Box(sub) => {
+            let r = match sub {
+                BoxCommand::List => ops::box_list(&ctx).await.map(|rows| printer.boxes(&rows)),
+                BoxCommand::Add {
+                    name,
+                    source,
+                    force,
+                } => settle(&ctx, ops::box_add(&ctx, name, &cwd.join(source), *force))
+                    .await
+                    .map(|row| printer.boxes_added(&row)),
+                BoxCommand::Remove { name } => ops::box_remove(&ctx, name)
+                    .await
+                    .map(|()| printer.done(&format!("removed box `{name}`"))),
+            };
+            return match r {
+                Ok(()) => 0,
+                Err(e) => fail(&printer, e),
+            };
+        }
         Command::Import { file, dir } => {
             let target = dir
                 .as_ref()
@@ -375,6 +413,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
         | Command::Ls
         | Command::Gc { .. }
         | Command::Import { .. }
+        | Command::Box(_)
         | Command::Completions { .. } => 0,
         Command::Snapshot(sub) => {
             let r = match sub {

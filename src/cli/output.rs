@@ -30,6 +30,7 @@ pub const SCHEMA_SNAPSHOTS: &str = "envrig.snapshots/1";
 pub const SCHEMA_EXPORT: &str = "envrig.export/1";
 pub const SCHEMA_IMPORT: &str = "envrig.import/1";
 pub const SCHEMA_PACKAGE: &str = "envrig.package/1";
+pub const SCHEMA_BOXES: &str = "envrig.boxes/1";
 
 pub fn json_line<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v)
@@ -325,6 +326,53 @@ impl Printer {
             self.done(&format!(
                 "packaged `{machine}` as `{as_box}` ({})",
                 id.chars().take(19).collect::<String>()
+            ));
+        }
+    }
+
+    pub fn boxes(&self, rows: &[ops::BoxRow]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_BOXES, "boxes": rows}),
+            ));
+            return;
+        }
+        if rows.is_empty() {
+            self.done("no boxes; `envrig box add NAME FILE` adds one");
+            return;
+        }
+        let mut t = vec![vec![
+            "NAME".to_string(),
+            "PROVIDER".into(),
+            "SIZE".into(),
+            "SHA256".into(),
+            "KERNEL".into(),
+            "SOURCE".into(),
+        ]];
+        for r in rows {
+            t.push(vec![
+                r.stored.name.clone(),
+                r.provider.clone(),
+                crate::envfile::values::format_size(r.stored.size),
+                r.stored.sha256.chars().take(12).collect(),
+                if r.stored.kernel { "yes" } else { "no" }.into(),
+                r.stored.source.clone(),
+            ]);
+        }
+        table(&t);
+    }
+
+    pub fn boxes_added(&self, row: &ops::BoxRow) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_BOXES, "boxes": [row]}),
+            ));
+        } else {
+            self.done(&format!(
+                "added box `{}` ({}, sha256 {})",
+                row.stored.name,
+                crate::envfile::values::format_size(row.stored.size),
+                &row.stored.sha256[..12.min(row.stored.sha256.len())]
             ));
         }
     }

@@ -13,6 +13,7 @@ fn docker_caps(name: &str) -> Option<Capabilities> {
         ssh: false,
         interactive: true,
         private_network: true,
+        box_store: false,
     })
 }
 

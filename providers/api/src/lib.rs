@@ -89,6 +89,22 @@ pub struct Capabilities {
     pub interactive: bool,
     /// Machines of an environment reach each other by name on a private network.
     pub private_network: bool,
+    /// The provider keeps a store of bases (`envrig box`).
+    pub box_store: bool,
+}
+
+/// A base in a provider's own store (`envrig box list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBox {
+    pub name: String,
+    /// sha256 of its disk image.
+    pub sha256: String,
+    pub size: u64,
+    /// Where it was added from.
+    pub source: String,
+    pub added: String,
+    /// Whether it boots a kernel of its own (direct kernel boot).
+    pub kernel: bool,
 }
 
 /// The lifecycle state of a machine as its engine reports it.
@@ -455,6 +471,18 @@ pub trait Provider: Send + Sync + fmt::Debug {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<BaseInfo>;
+
+    /// Adds a base to the provider's store from a local file or folder (providers with
+    /// [`Capabilities::box_store`]); an existing name is replaced only with `force`. Never
+    /// leaves a half-added box listed.
+    async fn box_add(&self, name: &str, source: &std::path::Path, force: bool)
+    -> Result<StoredBox>;
+
+    /// The bases in the provider's store.
+    async fn box_list(&self) -> Result<Vec<StoredBox>>;
+
+    /// Removes a base from the store; refused while a machine uses it.
+    async fn box_remove(&self, name: &str) -> Result<()>;
 
     /// How to reach the machine with OpenSSH, when the provider has SSH.
     async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint>;

@@ -28,7 +28,8 @@ use bollard::query_parameters::{
 use envrig_provider_api::{
     BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
     OptionValue, OtherResource, OutputSink, OutputStream, PortSpec, Protocol, Provider,
-    ProviderError, PullProgress, Result, Selector, Snapshot, SshEndpoint, Terminal, labels,
+    ProviderError, PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
+    labels,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +43,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     ssh: false,
     interactive: true,
     private_network: true,
+    box_store: false,
 };
 
 /// The provider's name in Envfiles.
@@ -1055,6 +1057,30 @@ impl Provider for DockerProvider {
             .await
             .map_err(|e| map_err(format!("commit container {id}"), e))?;
         Ok(BaseInfo { id: committed.id })
+    }
+
+    async fn box_add(
+        &self,
+        _name: &str,
+        _source: &std::path::Path,
+        _force: bool,
+    ) -> Result<StoredBox> {
+        Err(ProviderError::NotSupported {
+            provider: NAME,
+            what: "a box store (docker's images are its boxes: `docker load`, `envrig package`)"
+                .into(),
+        })
+    }
+
+    async fn box_list(&self) -> Result<Vec<StoredBox>> {
+        Ok(Vec::new())
+    }
+
+    async fn box_remove(&self, _name: &str) -> Result<()> {
+        Err(ProviderError::NotSupported {
+            provider: NAME,
+            what: "a box store".into(),
+        })
     }
 
     async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {

@@ -13,6 +13,7 @@
 //! Not yet: private networks between machines, SSH access, snapshots and packaging (they
 //! report "not supported").
 
+mod boxes;
 mod xml;
 
 use std::collections::BTreeMap;
@@ -26,13 +27,16 @@ use base64::Engine as _;
 use envrig_provider_api::{
     BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
     OptionValue, OtherResource, OutputSink, OutputStream, Provider, ProviderError, PullProgress,
-    Result, Selector, Snapshot, SshEndpoint, Terminal,
+    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
 };
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 
 const NAME: &str = "libvirt";
+
+/// A metadata label naming the box folder a machine was made from (`box remove` checks it).
+const BOX_LABEL: &str = "dev.envrig.libvirt.box";
 
 /// A metadata label holding the machine's `env` (JSON), given to every command.
 const MACHINE_ENV: &str = "dev.envrig.libvirt.env";
@@ -44,6 +48,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     ssh: false,
     interactive: false,
     private_network: false,
+    box_store: true,
 };
 
 /// The provider's name in Envfiles.
@@ -241,6 +246,43 @@ impl LibvirtProvider {
         dir.join("disk.qcow2").is_file().then_some(dir)
     }
 
+    /// The box's files where the hypervisor can read them: the system daemon's QEMU runs as
+    /// its own user, who cannot enter a home folder, so a box is hard-linked (or copied,
+    /// across filesystems) once into the images folder, keyed by the disk's identity.
+    fn staged_box(&self, dir: &Path) -> Result<PathBuf> {
+        let meta = std::fs::metadata(dir.join("disk.qcow2")).map_err(|e| io("read the box", e))?;
+        use std::os::unix::fs::MetadataExt;
+        let key = format!("{:x}-{:x}-{:x}", meta.dev(), meta.ino(), meta.size());
+        let staged = self.images.join(".boxes").join(&key);
+        if staged.join("disk.qcow2").is_file() {
+            return Ok(staged);
+        }
+        let tmp = self
+            .images
+            .join(".boxes")
+            .join(format!(".{key}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| io("stage the box", e))?;
+        for f in ["disk.qcow2", "vmlinuz", "initrd.img", "cmdline"] {
+            let from = dir.join(f);
+            if from.is_file() {
+                let to = tmp.join(f);
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(|e| io(format!("stage {f}"), e))?;
+                }
+            }
+        }
+        match std::fs::rename(&tmp, &staged) {
+            Ok(()) => Ok(staged),
+            // Another envrig staged it first.
+            Err(_) if staged.join("disk.qcow2").is_file() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(staged)
+            }
+            Err(e) => Err(io("stage the box", e)),
+        }
+    }
+
     fn machine_dir(&self, resource_name: &str) -> PathBuf {
         self.images.join(resource_name)
     }
@@ -411,11 +453,12 @@ impl Provider for LibvirtProvider {
     }
 
     async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
-        let dir = self
+        let source_dir = self
             .box_dir(&spec.base)
             .ok_or_else(|| ProviderError::NotFound {
                 what: format!("box `{}`", spec.base),
             })?;
+        let dir = self.staged_box(&source_dir)?;
         let mdir = self.machine_dir(&spec.resource_name);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
         let disk = mdir.join("disk.qcow2");
@@ -468,6 +511,7 @@ impl Provider for LibvirtProvider {
         let console = mdir.join("console.log");
         // The machine's environment travels in the metadata: every exec gets it.
         let mut labels = spec.labels.clone();
+        labels.insert(BOX_LABEL.to_string(), source_dir.display().to_string());
         if !spec.env.is_empty() {
             labels.insert(
                 MACHINE_ENV.to_string(),
@@ -850,6 +894,48 @@ impl Provider for LibvirtProvider {
         _labels: &BTreeMap<String, String>,
     ) -> Result<BaseInfo> {
         Err(unsupported("package (not yet)"))
+    }
+
+    async fn box_add(&self, name: &str, source: &Path, force: bool) -> Result<StoredBox> {
+        let (store, name, source) = (self.boxes.clone(), name.to_string(), source.to_path_buf());
+        tokio::task::spawn_blocking(move || boxes::add(&store, &name, &source, force))
+            .await
+            .map_err(|e| io("add the box", std::io::Error::other(e)))?
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => ProviderError::Conflict {
+                    message: e.to_string(),
+                },
+                _ => io("add the box", e),
+            })
+    }
+
+    async fn box_list(&self) -> Result<Vec<StoredBox>> {
+        boxes::list(&self.boxes).map_err(|e| io("list the boxes", e))
+    }
+
+    async fn box_remove(&self, name: &str) -> Result<()> {
+        if !boxes::valid_name(name) || !self.boxes.join(name).join("box.json").is_file() {
+            return Err(ProviderError::NotFound {
+                what: format!("box `{name}`"),
+            });
+        }
+        let dir = self.boxes.join(name).display().to_string();
+        let users: Vec<String> = self
+            .list(&Selector::default().eq(BOX_LABEL, &dir))
+            .await?
+            .into_iter()
+            .map(|m| m.resource_name)
+            .collect();
+        if !users.is_empty() {
+            return Err(ProviderError::Conflict {
+                message: format!(
+                    "box `{name}` is used by {}; destroy them first",
+                    users.join(", ")
+                ),
+            });
+        }
+        std::fs::remove_dir_all(self.boxes.join(name))
+            .map_err(|e| io(format!("remove box `{name}`"), e))
     }
 
     async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {

@@ -1,0 +1,235 @@
+//! The box store: `$ENVRIG_HOME/boxes/NAME/` holding `disk.qcow2` (and, for direct kernel
+//! boot, `vmlinuz`, `initrd.img`, `cmdline`) and `box.json` (sha256, size, source, when).
+//!
+//! A box is built in a hidden folder beside the store and renamed into place, so a box is
+//! either all there or not listed. Sources: a `.qcow2`, a vagrant-libvirt `.box` (a tar,
+//! possibly gzip- or zstd-free, holding `box.img` and `metadata.json`), or a folder laid out
+//! like a box.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use envrig_provider_api::StoredBox;
+use sha2::{Digest, Sha256};
+
+/// The files a box may hold besides its disk.
+pub const KERNEL_FILES: [&str; 3] = ["vmlinuz", "initrd.img", "cmdline"];
+
+fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        size,
+    ))
+}
+
+/// A valid box name: what Envfiles may name (`[a-z0-9][a-z0-9._-]*`).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+}
+
+/// Unpacks a vagrant-libvirt `.box` into `dest` as a box (its `box.img` becomes the disk).
+fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(std::fs::File::open(source)?);
+    let mut found = false;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let target = match path.as_str() {
+            "box.img" => "disk.qcow2",
+            "metadata.json" => "vagrant-metadata.json",
+            // Nothing else is taken, and no path from the archive is ever joined.
+            _ => continue,
+        };
+        let mut out = std::fs::File::create(dest.join(target))?;
+        std::io::copy(&mut entry, &mut out)?;
+        found |= target == "disk.qcow2";
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            "not a vagrant-libvirt box: no box.img inside",
+        ))
+    }
+}
+
+/// Adds `source` as box `name` to `store`.
+pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Result<StoredBox> {
+    if !valid_name(name) {
+        return Err(std::io::Error::other(format!(
+            "`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-`"
+        )));
+    }
+    let final_dir = store.join(name);
+    if final_dir.exists() && !force {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("box `{name}` exists; `--force` replaces it"),
+        ));
+    }
+    std::fs::create_dir_all(store)?;
+    let tmp = store.join(format!(".adding-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> std::io::Result<StoredBox> {
+        let meta = std::fs::metadata(source)?;
+        let mut kernel = false;
+        if meta.is_dir() {
+            if !source.join("disk.qcow2").is_file() {
+                return Err(std::io::Error::other("a box folder must hold disk.qcow2"));
+            }
+            std::fs::copy(source.join("disk.qcow2"), tmp.join("disk.qcow2"))?;
+            for f in KERNEL_FILES {
+                if source.join(f).is_file() {
+                    std::fs::copy(source.join(f), tmp.join(f))?;
+                    kernel |= f == "vmlinuz";
+                }
+            }
+        } else if source.extension().is_some_and(|e| e == "box") {
+            unpack_vagrant_box(source, &tmp)?;
+        } else {
+            // A disk image; `qemu-img info` (run by the caller's first machine) checks it.
+            std::fs::copy(source, tmp.join("disk.qcow2"))?;
+        }
+        let (sha256, size) = sha256_file(&tmp.join("disk.qcow2"))?;
+        let info = StoredBox {
+            name: name.to_string(),
+            sha256,
+            size,
+            source: source.display().to_string(),
+            added: format!("{:?}", std::time::SystemTime::now()),
+            kernel,
+        };
+        std::fs::write(tmp.join("box.json"), serde_json::to_vec_pretty(&info)?)?;
+        // Readable by the hypervisor's user: boxes are backing files.
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(&tmp)? {
+            std::fs::set_permissions(e?.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(info)
+    })();
+    match result {
+        Ok(info) => {
+            if final_dir.exists() {
+                let old = store.join(format!(".replaced-{name}-{}", std::process::id()));
+                std::fs::rename(&final_dir, &old)?;
+                std::fs::rename(&tmp, &final_dir)?;
+                let _ = std::fs::remove_dir_all(&old);
+            } else {
+                std::fs::rename(&tmp, &final_dir)?;
+            }
+            Ok(info)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Every box in `store` (hidden folders, half-added ones, are not boxes).
+pub fn list(store: &Path) -> std::io::Result<Vec<StoredBox>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(store) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let dir: PathBuf = e?.path();
+        if dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        if let Ok(text) = std::fs::read(dir.join("box.json"))
+            && let Ok(info) = serde_json::from_slice::<StoredBox>(&text)
+        {
+            out.push(info);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_are_added_whole_listed_replaced_only_with_force() {
+        let store = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("disk.qcow2"), b"disk-bytes").unwrap();
+        std::fs::write(src.path().join("vmlinuz"), b"k").unwrap();
+        let b = add(store.path(), "tiny", src.path(), false).unwrap();
+        assert!(b.kernel);
+        assert_eq!(b.size, 10);
+        assert_eq!(list(store.path()).unwrap(), vec![b.clone()]);
+        let again = add(store.path(), "tiny", src.path(), false).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        add(store.path(), "tiny", src.path(), true).unwrap();
+        assert!(add(store.path(), "Bad Name", src.path(), false).is_err());
+        // A failed add leaves nothing listed and nothing hidden behind.
+        assert!(
+            add(
+                store.path(),
+                "broken",
+                &src.path().join("missing.qcow2"),
+                false
+            )
+            .is_err()
+        );
+        assert_eq!(list(store.path()).unwrap().len(), 1);
+        assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_vagrant_box_gives_its_box_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxfile = dir.path().join("x.box");
+        let mut t = tar::Builder::new(std::fs::File::create(&boxfile).unwrap());
+        for (name, body) in [
+            ("metadata.json", &b"{\"format\":\"qcow2\"}"[..]),
+            ("box.img", &b"qcow"[..]),
+            ("../evil", &b"x"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            t.append(&h, body).unwrap();
+        }
+        t.finish().unwrap();
+        let store = dir.path().join("store");
+        let b = add(&store, "vagrant", &boxfile, false).unwrap();
+        assert_eq!(b.size, 4);
+        assert!(!dir.path().join("evil").exists() && !store.join("evil").exists());
+    }
+}
