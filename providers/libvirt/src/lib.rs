@@ -283,6 +283,31 @@ impl LibvirtProvider {
         }
     }
 
+    /// [`choose_accel`], remembered per boot and kernel in the images folder: the probe can
+    /// take 4 s where KVM hangs, and its answer does not change until the host reboots.
+    fn cached_accel(&self, kernel: Option<&Path>) -> &'static str {
+        if std::env::var_os("ENVRIG_ACCEL").is_some() {
+            return choose_accel(kernel);
+        }
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let key = format!(
+            "{} {}",
+            boot.trim(),
+            kernel.map(|k| k.display().to_string()).unwrap_or_default()
+        );
+        let file = self.images.join(".accel");
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Some((k, v)) = text.rsplit_once(' ')
+            && k == key
+        {
+            return if v.trim() == "kvm" { "kvm" } else { "qemu" };
+        }
+        let chosen = choose_accel(kernel);
+        let _ = std::fs::create_dir_all(&self.images);
+        let _ = std::fs::write(&file, format!("{key} {chosen}"));
+        chosen
+    }
+
     fn machine_dir(&self, resource_name: &str) -> PathBuf {
         self.images.join(resource_name)
     }
@@ -504,7 +529,7 @@ impl Provider for LibvirtProvider {
             Some("tcg") => "qemu",
             _ => {
                 let k = kernel.is_file().then_some(kernel.as_path());
-                self.accel.get_or_init(|| choose_accel(k))
+                self.accel.get_or_init(|| self.cached_accel(k))
             }
         };
         let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
@@ -772,7 +797,9 @@ impl Provider for LibvirtProvider {
     }
 
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
-        let guest = format!("/tmp/.envrig-upload-{}.tar", std::process::id());
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let guest = format!("/tmp/.envrig-upload-{}-{n}.tar", std::process::id());
         let opened = self
             .agent(id, serde_json::json!({"execute": "guest-file-open", "arguments": {"path": guest, "mode": "w"}}), 10)
             .await?;
