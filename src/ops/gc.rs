@@ -94,31 +94,7 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
     };
     let now = std::time::SystemTime::now();
     let here = crate::identity::host_token();
-    let names: Vec<&str> = ctx.registry.names().collect();
-    let mut unavailable = Vec::new();
-    for name in names.iter().copied() {
-        // An engine that is not running here has nothing of ours to show: say so, go on.
-        let p = match ctx.registry.get(name).await {
-            Ok(p) => p,
-            Err(e @ envrig_provider_api::ProviderError::Unavailable { .. }) => {
-                ctx.reporter.event(
-                    None,
-                    super::Phase::Warning,
-                    &format!("skipping the {name} provider: {e}"),
-                );
-                unavailable.push(OpError::provider(
-                    format!("cannot use the {name} provider"),
-                    e,
-                ));
-                continue;
-            }
-            Err(e) => {
-                return Err(OpError::provider(
-                    format!("cannot use the {name} provider"),
-                    e,
-                ));
-            }
-        };
+    for (name, p) in super::running_providers(ctx).await? {
         let all = Selector::all_envrig();
         let machines: Vec<Observed> = p
             .list(&all)
@@ -226,11 +202,6 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 }
             }
         }
-    }
-    if unavailable.len() == names.len()
-        && let Some(e) = unavailable.pop()
-    {
-        return Err(e);
     }
     Ok(report)
 }

@@ -30,32 +30,7 @@ pub struct EnvRow {
 
 pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
     let mut envs: BTreeMap<String, EnvRow> = BTreeMap::new();
-    let names: Vec<&str> = ctx.registry.names().collect();
-    let total = names.len();
-    let mut unavailable = Vec::new();
-    for name in names {
-        // An engine that is not running here has nothing of ours to show: say so, go on.
-        let p = match ctx.registry.get(name).await {
-            Ok(p) => p,
-            Err(e @ envrig_provider_api::ProviderError::Unavailable { .. }) => {
-                ctx.reporter.event(
-                    None,
-                    super::Phase::Warning,
-                    &format!("skipping the {name} provider: {e}"),
-                );
-                unavailable.push(OpError::provider(
-                    format!("cannot use the {name} provider"),
-                    e,
-                ));
-                continue;
-            }
-            Err(e) => {
-                return Err(OpError::provider(
-                    format!("cannot use the {name} provider"),
-                    e,
-                ));
-            }
-        };
+    for (name, p) in super::running_providers(ctx).await? {
         let infos = p
             .list(&Selector::all_envrig())
             .await
@@ -116,11 +91,6 @@ pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-    }
-    if unavailable.len() == total
-        && let Some(e) = unavailable.pop()
-    {
-        return Err(e);
     }
     Ok(rows)
 }

@@ -387,6 +387,42 @@ impl OpError {
     }
 }
 
+/// Every provider of this build whose engine answers, for commands that look at the whole
+/// host (`ls`, `gc`): an engine that is not running here has nothing of ours, so it is
+/// skipped with a warning; when none answers, that is the error.
+pub async fn running_providers(
+    ctx: &Context,
+) -> Result<Vec<(&'static str, Arc<dyn Provider>)>, OpError> {
+    let mut out = Vec::new();
+    let mut last = None;
+    for name in ctx.registry.names().collect::<Vec<_>>() {
+        match ctx.registry.get(name).await {
+            Ok(p) => out.push((name, p)),
+            Err(e @ ProviderError::Unavailable { .. }) => {
+                ctx.reporter.event(
+                    None,
+                    Phase::Warning,
+                    &format!("skipping the {name} provider: {e}"),
+                );
+                last = Some(OpError::provider(
+                    format!("cannot use the {name} provider"),
+                    e,
+                ));
+            }
+            Err(e) => {
+                return Err(OpError::provider(
+                    format!("cannot use the {name} provider"),
+                    e,
+                ));
+            }
+        }
+    }
+    match (out.is_empty(), last) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(out),
+    }
+}
+
 /// Connects to the provider called `name`.
 pub async fn provider(ctx: &Context, name: &str) -> Result<Arc<dyn Provider>, OpError> {
     ctx.registry
