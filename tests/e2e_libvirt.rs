@@ -226,3 +226,134 @@ fn boxes_are_added_listed_used_and_removed_only_when_unused() {
     let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
     assert!(v["boxes"].as_array().unwrap().is_empty());
 }
+
+fn vm_sh(run: &dyn Fn(&[&str]) -> common::Run, machine: &str, script: &str) -> String {
+    let r = run(&["exec", machine, "--", "sh", "-c", script]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout
+}
+
+#[test]
+fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
+    if !e2e() {
+        return;
+    }
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[defaults]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"192MiB\"\n[machines.a]\n[machines.b]\n",
+        unique("vmsnap"),
+        guest()
+    );
+    let p = Project::new(&text);
+    let run = |args: &[&str]| p.envrig(args);
+    run(&["up"]).ok();
+    vm_sh(&run, "a", "echo a-marker > /root/marker");
+    vm_sh(&run, "b", "echo b-marker > /root/marker");
+    let before = run(&["status", "--json"]).ok().json();
+    run(&["snapshot", "save", "s1"]).ok();
+    let r = run(&["snapshot", "save", "s1"]);
+    assert_eq!(r.code, 2, "saving over a name needs --force: {}", r.stderr);
+    let list = run(&["snapshot", "list", "--json"]).ok().json();
+    assert_eq!(list["snapshots"][0]["name"], "s1");
+    assert_eq!(
+        list["snapshots"][0]["machines"],
+        serde_json::json!(["a", "b"])
+    );
+
+    vm_sh(
+        &run,
+        "a",
+        "rm /root/marker; echo changed > /root/changed; sync",
+    );
+    vm_sh(&run, "b", "rm /root/marker; sync");
+    // One machine back; the other keeps its change.
+    run(&["snapshot", "restore", "s1", "b"]).ok();
+    assert_eq!(vm_sh(&run, "b", "cat /root/marker"), "b-marker\n");
+    assert_eq!(vm_sh(&run, "a", "ls /root"), "changed\n");
+    // All back, in place: the same domains, running.
+    run(&["snapshot", "restore", "s1"]).ok();
+    assert_eq!(
+        vm_sh(&run, "a", "ls /root; cat /root/marker"),
+        "marker\na-marker\n"
+    );
+    let after = run(&["status", "--json"]).ok().json();
+    for i in 0..2 {
+        let (b, a) = (&before["machines"][i], &after["machines"][i]);
+        assert_eq!(a["state"], "running");
+        assert_eq!(a["resource_name"], b["resource_name"]);
+    }
+
+    // Export the snapshot, destroy, import elsewhere: the marker is there.
+    vm_sh(&run, "a", "rm /root/marker; sync");
+    let file = p.path().join("vms.tar.zst");
+    run(&["export", "--snapshot", "s1", "-o", file.to_str().unwrap()]).ok();
+    run(&["destroy", "-f"]).ok();
+    for m in before["machines"].as_array().unwrap() {
+        assert!(!domains().contains(&m["resource_name"].as_str().unwrap().to_string()));
+    }
+    let other = tempfile::tempdir().unwrap();
+    let target = other.path().join("copy");
+    let r = common::envrig_in(
+        other.path(),
+        &["import", file.to_str().unwrap(), "-C", "copy"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let imported = |args: &[&str]| common::envrig_in(&target, args);
+    assert_eq!(vm_sh(&imported, "a", "cat /root/marker"), "a-marker\n");
+    assert_eq!(vm_sh(&imported, "b", "cat /root/marker"), "b-marker\n");
+    let list = imported(&["snapshot", "list", "--json"]).ok().json();
+    assert_eq!(list["snapshots"][0]["name"], "s1");
+    let st = imported(&["status", "--json"]).ok().json();
+    imported(&["destroy", "-f"]).ok();
+    for m in st["machines"].as_array().unwrap() {
+        let name = m["resource_name"].as_str().unwrap().to_string();
+        assert!(!domains().contains(&name));
+        assert!(
+            !std::path::Path::new("/var/lib/libvirt/images/envrig")
+                .join(&name)
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn a_vm_packaged_as_a_box_brings_its_files_without_provisioning() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let name = unique("vmpkg");
+    let text = format!(
+        "[project]\nname = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[[machines.vm.provision]]\nshell = \"echo baked > /opt-baked; echo ran >> /root/count\"\n",
+        guest()
+    );
+    let p = Project::new(&text);
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    run(&["up"]).ok();
+    let r = run(&["package", "vm", "--as", "baked"]).ok();
+    assert!(r.stderr.contains("packaged `vm`"), "{}", r.stderr);
+    let boxes = run(&["box", "list", "--json"]).ok().json();
+    assert_eq!(boxes["boxes"][0]["name"], "baked", "{boxes}");
+    let labels: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(home.path().join("boxes/baked/labels.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        labels["dev.envrig.fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.len() == 16),
+        "{labels}"
+    );
+    run(&["destroy", "-f"]).ok();
+
+    let q = Project::new(&format!(
+        "[project]\nname = \"{name}-b\"\n[boxes.baked]\nlibvirt = \"baked\"\n[machines.vm]\nbox = \"baked\"\nprovider = \"libvirt\"\n"
+    ));
+    let run_q = |args: &[&str]| envrig_home(q.path(), home.path(), args);
+    run_q(&["up"]).ok();
+    assert_eq!(
+        vm_sh(&run_q, "vm", "cat /opt-baked /root/count"),
+        "baked\nran\n"
+    );
+    run_q(&["destroy", "-f"]).ok();
+    run_q(&["box", "remove", "baked"]).ok();
+}

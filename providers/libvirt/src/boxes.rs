@@ -44,13 +44,22 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
+/// A regular file, stored plainly or sparse (GNU tar and the `tar` crate write disk images
+/// as sparse entries).
+fn is_file<R: Read>(entry: &tar::Entry<'_, R>) -> bool {
+    matches!(
+        entry.header().entry_type(),
+        tar::EntryType::Regular | tar::EntryType::GNUSparse
+    )
+}
+
 /// Unpacks a vagrant-libvirt `.box` into `dest` as a box (its `box.img` becomes the disk).
 fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(std::fs::File::open(source)?);
     let mut found = false;
     for entry in archive.entries()? {
         let mut entry = entry?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
+        if !is_file(&entry) {
             continue;
         }
         let path = entry
@@ -79,25 +88,13 @@ fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
 
 /// Adds `source` as box `name` to `store`.
 pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Result<StoredBox> {
-    if !valid_name(name) {
-        return Err(std::io::Error::other(format!(
-            "`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-`"
-        )));
-    }
-    let final_dir = store.join(name);
-    if final_dir.exists() && !force {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!("box `{name}` exists; `--force` replaces it"),
-        ));
-    }
+    check_new(store, name, force)?;
     std::fs::create_dir_all(store)?;
     let tmp = store.join(format!(".adding-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> std::io::Result<StoredBox> {
         let meta = std::fs::metadata(source)?;
-        let mut kernel = false;
         if meta.is_dir() {
             if !source.join("disk.qcow2").is_file() {
                 return Err(std::io::Error::other("a box folder must hold disk.qcow2"));
@@ -106,7 +103,6 @@ pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Res
             for f in KERNEL_FILES {
                 if source.join(f).is_file() {
                     std::fs::copy(source.join(f), tmp.join(f))?;
-                    kernel |= f == "vmlinuz";
                 }
             }
         } else if source.extension().is_some_and(|e| e == "box") {
@@ -115,40 +111,124 @@ pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Res
             // A disk image; `qemu-img info` (run by the caller's first machine) checks it.
             std::fs::copy(source, tmp.join("disk.qcow2"))?;
         }
-        let (sha256, size) = sha256_file(&tmp.join("disk.qcow2"))?;
-        let info = StoredBox {
-            name: name.to_string(),
-            sha256,
-            size,
-            source: source.display().to_string(),
-            added: format!("{:?}", std::time::SystemTime::now()),
-            kernel,
-        };
-        std::fs::write(tmp.join("box.json"), serde_json::to_vec_pretty(&info)?)?;
-        // Readable by the hypervisor's user: boxes are backing files.
-        use std::os::unix::fs::PermissionsExt;
-        for e in std::fs::read_dir(&tmp)? {
-            std::fs::set_permissions(e?.path(), std::fs::Permissions::from_mode(0o644))?;
-        }
-        Ok(info)
+        finish(store, name, &tmp, &source.display().to_string())
     })();
-    match result {
-        Ok(info) => {
-            if final_dir.exists() {
-                let old = store.join(format!(".replaced-{name}-{}", std::process::id()));
-                std::fs::rename(&final_dir, &old)?;
-                std::fs::rename(&tmp, &final_dir)?;
-                let _ = std::fs::remove_dir_all(&old);
-            } else {
-                std::fs::rename(&tmp, &final_dir)?;
-            }
-            Ok(info)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
+    result
+}
+
+/// Refuses a bad name, or an existing box without `force`.
+fn check_new(store: &Path, name: &str, force: bool) -> std::io::Result<()> {
+    if !valid_name(name) {
+        return Err(std::io::Error::other(format!(
+            "`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-`"
+        )));
+    }
+    if store.join(name).exists() && !force {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("box `{name}` exists; `--force` replaces it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes the folder `built` (holding `disk.qcow2` and maybe kernel files) box `name` of
+/// `store`, replacing one of that name; `labels` are kept in its `labels.json`. `built`
+/// must be on the store's filesystem or is copied.
+pub fn adopt(
+    store: &Path,
+    name: &str,
+    built: &Path,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<StoredBox> {
+    check_new(store, name, true)?;
+    std::fs::create_dir_all(store)?;
+    let tmp = store.join(format!(".adding-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> std::io::Result<StoredBox> {
+        for f in std::iter::once("disk.qcow2").chain(KERNEL_FILES) {
+            let from = built.join(f);
+            if from.is_file() && std::fs::rename(&from, tmp.join(f)).is_err() {
+                std::fs::copy(&from, tmp.join(f))?;
+            }
+        }
+        std::fs::write(tmp.join("labels.json"), serde_json::to_vec_pretty(labels)?)?;
+        finish(store, name, &tmp, "package")
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Describes the box built in `tmp` and renames it into place as `store/name`.
+fn finish(store: &Path, name: &str, tmp: &Path, source: &str) -> std::io::Result<StoredBox> {
+    let (sha256, size) = sha256_file(&tmp.join("disk.qcow2"))?;
+    let info = StoredBox {
+        name: name.to_string(),
+        sha256,
+        size,
+        source: source.to_string(),
+        added: format!("{:?}", std::time::SystemTime::now()),
+        kernel: tmp.join("vmlinuz").is_file(),
+    };
+    std::fs::write(tmp.join("box.json"), serde_json::to_vec_pretty(&info)?)?;
+    // Readable by the hypervisor's user: boxes are backing files.
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(tmp)? {
+        std::fs::set_permissions(e?.path(), std::fs::Permissions::from_mode(0o644))?;
+    }
+    let final_dir = store.join(name);
+    if final_dir.exists() {
+        let old = store.join(format!(".replaced-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&final_dir, &old)?;
+        std::fs::rename(tmp, &final_dir)?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, &final_dir)?;
+    }
+    Ok(info)
+}
+
+/// Unpacks a disk export (a tar of `disk.qcow2` and the kernel files) into `dest`, a new
+/// folder. Only those names are taken, as regular files; no path from the tar is joined.
+pub fn unpack_disk_tar(source: &Path, dest: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(source)?);
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !is_file(&entry) {
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().to_string();
+        let Some(name) = std::iter::once("disk.qcow2")
+            .chain(KERNEL_FILES)
+            .find(|n| *n == path)
+        else {
+            continue;
+        };
+        if !seen.insert(name) {
+            return Err(std::io::Error::other(format!(
+                "`{name}` twice in the disk export"
+            )));
+        }
+        let mut out = std::fs::File::create(dest.join(name))?;
+        std::io::copy(&mut entry, &mut out)?;
+    }
+    if !seen.contains("disk.qcow2") {
+        return Err(std::io::Error::other("the disk export holds no disk.qcow2"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dest)? {
+        std::fs::set_permissions(e?.path(), std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
 }
 
 /// Every box in `store` (hidden folders, half-added ones, are not boxes).

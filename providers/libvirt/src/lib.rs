@@ -10,8 +10,11 @@
 //! needs no network. Domains carry the machine's labels in `<metadata>`, so the domain list
 //! is the truth, as Docker's labels are.
 //!
-//! Not yet: private networks between machines, SSH access, snapshots and packaging (they
-//! report "not supported").
+//! Snapshots are libvirt's internal ones, inside the machine's overlay (with memory when it
+//! runs); `export` and `package` read a disk flattened by `qemu-img convert`.
+//!
+//! Not yet: private networks between machines and SSH access (they report "not
+//! supported").
 
 mod boxes;
 mod xml;
@@ -40,6 +43,27 @@ const BOX_LABEL: &str = "dev.envrig.libvirt.box";
 
 /// A metadata label holding the machine's `env` (JSON), given to every command.
 const MACHINE_ENV: &str = "dev.envrig.libvirt.env";
+
+/// A metadata label naming the folder that holds the machine's `vmlinuz`, `initrd.img` and
+/// `cmdline` (the staged box, or the machine's own folder for an imported one).
+const KERNEL_DIR: &str = "dev.envrig.libvirt.kernel";
+
+/// Where a new machine's disk comes from.
+enum Disk {
+    /// A qcow2 overlay on this (staged) box disk: O(1) in the box's size.
+    Overlay(PathBuf),
+    /// A disk of its own, already in the machine's folder (an imported snapshot).
+    Own,
+}
+
+/// What envrig keeps in a domain snapshot's description.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapMeta {
+    labels: BTreeMap<String, String>,
+    spec: MachineSpec,
+    running: bool,
+    created: String,
+}
 
 /// What the libvirt provider can do (known without connecting).
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -250,9 +274,12 @@ impl LibvirtProvider {
     /// its own user, who cannot enter a home folder, so a box is hard-linked (or copied,
     /// across filesystems) once into the images folder, keyed by the disk's identity.
     fn staged_box(&self, dir: &Path) -> Result<PathBuf> {
-        let meta = std::fs::metadata(dir.join("disk.qcow2")).map_err(|e| io("read the box", e))?;
-        use std::os::unix::fs::MetadataExt;
-        let key = format!("{:x}-{:x}-{:x}", meta.dev(), meta.ino(), meta.size());
+        let key = self.staged_key(dir).ok_or_else(|| {
+            io(
+                "read the box",
+                std::io::Error::other(format!("no disk.qcow2 in {}", dir.display())),
+            )
+        })?;
         let staged = self.images.join(".boxes").join(&key);
         if staged.join("disk.qcow2").is_file() {
             return Ok(staged);
@@ -283,7 +310,19 @@ impl LibvirtProvider {
         }
     }
 
-    /// [`choose_accel`], remembered per boot and kernel in the images folder: the probe can
+    /// The name of a box folder's staged copy: its disk's identity.
+    fn staged_key(&self, dir: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.join("disk.qcow2")).ok()?;
+        Some(format!(
+            "{:x}-{:x}-{:x}",
+            meta.dev(),
+            meta.ino(),
+            meta.size()
+        ))
+    }
+
+    /// [`choose_accel`], remembered per boot and kernel (by size) in the images folder: the probe can
     /// take 4 s where KVM hangs, and its answer does not change until the host reboots.
     fn cached_accel(&self, kernel: Option<&Path>) -> &'static str {
         if std::env::var_os("ENVRIG_ACCEL").is_some() {
@@ -293,7 +332,10 @@ impl LibvirtProvider {
         let key = format!(
             "{} {}",
             boot.trim(),
-            kernel.map(|k| k.display().to_string()).unwrap_or_default()
+            kernel
+                .and_then(|k| std::fs::metadata(k).ok())
+                .map(|m| m.len().to_string())
+                .unwrap_or_default()
         );
         let file = self.images.join(".accel");
         if let Ok(text) = std::fs::read_to_string(&file)
@@ -306,6 +348,275 @@ impl LibvirtProvider {
         let _ = std::fs::create_dir_all(&self.images);
         let _ = std::fs::write(&file, format!("{key} {chosen}"));
         chosen
+    }
+
+    /// Defines the domain of `spec`: its disk (`disk`), the kernel files in `kernel_dir`,
+    /// ports, console log and labels (`spec`'s and `extra`).
+    async fn define(
+        &self,
+        spec: &MachineSpec,
+        disk: Disk,
+        kernel_dir: &Path,
+        extra: BTreeMap<String, String>,
+    ) -> Result<MachineInfo> {
+        let mdir = self.machine_dir(&spec.resource_name);
+        std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        let disk_file = mdir.join("disk.qcow2");
+        let backing = match disk {
+            Disk::Overlay(backing) => {
+                // A leftover from a crash is replaced.
+                let _ = std::fs::remove_file(&disk_file);
+                qemu_img(
+                    "create the overlay",
+                    &[
+                        "create".as_ref(),
+                        "-q".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        "-F".as_ref(),
+                        "qcow2".as_ref(),
+                        "-b".as_ref(),
+                        backing.as_os_str(),
+                        disk_file.as_os_str(),
+                    ],
+                )
+                .await?;
+                Some(backing.display().to_string())
+            }
+            Disk::Own => None,
+        };
+        let read = |f: &str| {
+            std::fs::read_to_string(kernel_dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let kernel = kernel_dir.join("vmlinuz");
+        let initrd = kernel_dir.join("initrd.img");
+        let cmdline = read("cmdline").map(|c| format!("{c} hostname={}", spec.hostname));
+        let mut ports = spec.ports.clone();
+        for p in &mut ports {
+            if p.host_port == 0 {
+                p.host_port = std::net::TcpListener::bind((p.host_ip.as_str(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| io("find a free port", e))?;
+            }
+        }
+        let opt = |k: &str| match spec.options.get(k) {
+            Some(OptionValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let kind = match opt("accel").as_deref() {
+            Some("kvm") => "kvm",
+            Some("tcg") => "qemu",
+            _ => {
+                let k = kernel.is_file().then_some(kernel.as_path());
+                self.accel.get_or_init(|| self.cached_accel(k))
+            }
+        };
+        let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
+        let console = mdir.join("console.log");
+        // The machine's environment travels in the metadata: every exec gets it.
+        let mut labels = spec.labels.clone();
+        labels.extend(extra);
+        labels.insert(KERNEL_DIR.to_string(), kernel_dir.display().to_string());
+        if !spec.env.is_empty() {
+            labels.insert(
+                MACHINE_ENV.to_string(),
+                serde_json::to_string(&spec.env).unwrap_or_default(),
+            );
+        }
+        let (kernel_s, initrd_s, disk_s, console_s) = (
+            kernel.display().to_string(),
+            initrd.display().to_string(),
+            disk_file.display().to_string(),
+            console.display().to_string(),
+        );
+        let domain = xml::Domain {
+            name: &spec.resource_name,
+            kind,
+            // Below 128 MiB a Linux guest does not boot: the floor.
+            memory_mib: spec.memory_bytes.map(|b| b >> 20).unwrap_or(256).max(128),
+            vcpus: spec.cpus.unwrap_or(1),
+            machine_type: &machine_type,
+            kernel: kernel.is_file().then_some(kernel_s.as_str()),
+            initrd: initrd.is_file().then_some(initrd_s.as_str()),
+            cmdline: if kernel.is_file() { cmdline } else { None },
+            disk: &disk_s,
+            backing: backing.as_deref(),
+            console_log: &console_s,
+            ports: &ports,
+            labels: &labels,
+        };
+        let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
+        self.blocking(move |c| {
+            let dom = c
+                .define_domain_xml(&text)
+                .map_err(|e| engine("define the domain", e))?;
+            describe(&dom)
+        })
+        .await
+    }
+
+    /// Makes the machine of `spec` from an imported snapshot (`snap.id` is the folder
+    /// [`Provider::snapshot_import`] unpacked it into): the disk and kernel files move into
+    /// the machine's folder, the snapshot is taken again there (so `snapshot list` shows
+    /// it), and the machine starts when it ran when saved.
+    async fn restore_imported(
+        &self,
+        snap: &Snapshot,
+        current: Option<&str>,
+        spec: &MachineSpec,
+    ) -> Result<MachineInfo> {
+        let src = PathBuf::from(&snap.id);
+        if !src.join("disk.qcow2").is_file() {
+            return Err(ProviderError::NotFound {
+                what: format!("the imported disk of `{}`", snap.machine),
+            });
+        }
+        if let Some(cur) = current {
+            self.remove(cur).await?;
+        }
+        let mdir = self.machine_dir(&spec.resource_name);
+        let _ = std::fs::remove_dir_all(&mdir);
+        std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        for f in std::iter::once("disk.qcow2").chain(boxes::KERNEL_FILES) {
+            if src.join(f).is_file() {
+                std::fs::rename(src.join(f), mdir.join(f))
+                    .map_err(|e| io(format!("move {f}"), e))?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&src);
+        let info = self.define(spec, Disk::Own, &mdir, BTreeMap::new()).await?;
+        let mut labels = snap.labels.clone();
+        labels.extend(spec.labels.clone());
+        let mut saved_spec = spec.clone();
+        saved_spec.resource_name = info.resource_name.clone();
+        // Taken while off, it holds the disk; restoring it later boots the machine afresh.
+        self.save_snapshot(
+            &info.id,
+            &snap.name,
+            &saved_spec,
+            &labels,
+            Some(snap.running),
+        )
+        .await?;
+        if snap.running {
+            self.start(&info.id).await?;
+        }
+        self.info(&info.id).await
+    }
+
+    /// Saves internal snapshot `name` of domain `id` (see [`Provider::snapshot_save`]);
+    /// `running` overrides whether a restore starts the machine.
+    async fn save_snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        spec: &MachineSpec,
+        labels: &BTreeMap<String, String>,
+        running: Option<bool>,
+    ) -> Result<Snapshot> {
+        let (id, name) = (id.to_string(), name.to_string());
+        let mut labels = labels.clone();
+        labels.insert(
+            envrig_provider_api::labels::SNAPSHOT.to_string(),
+            name.clone(),
+        );
+        let created = labels
+            .get(envrig_provider_api::labels::CREATED)
+            .cloned()
+            .unwrap_or_default();
+        let spec = spec.clone();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            let running = running.unwrap_or_else(|| dom.is_active().unwrap_or(false));
+            if let Ok(old) = Domain::lookup_snapshot_by_name(&dom, &name, 0) {
+                old.delete(0)
+                    .map_err(|e| engine(format!("replace snapshot `{name}`"), e))?;
+            }
+            let meta = SnapMeta {
+                labels,
+                spec,
+                running,
+                created,
+            };
+            let desc = serde_json::to_string(&meta)
+                .map_err(|e| io("describe the snapshot", std::io::Error::other(e)))?;
+            let text = xml::snapshot(&name, &desc).map_err(|e| io("write the snapshot XML", e))?;
+            dom.create_snapshot_xml(&text, 0)
+                .map_err(|e| engine(format!("save snapshot `{name}`"), e))?;
+            Ok(snapshot_of(&id, &name, meta))
+        })
+        .await
+    }
+
+    /// Every envrig snapshot, of every domain, whose labels match `selector`.
+    async fn list_snapshots(&self, selector: &Selector) -> Result<Vec<Snapshot>> {
+        let selector = selector.clone();
+        self.blocking(move |c| {
+            let doms = c
+                .list_all_domains(0)
+                .map_err(|e| engine("list domains", e))?;
+            let mut out = Vec::new();
+            for d in doms {
+                let Ok(info) = describe(&d) else { continue };
+                if info.labels.is_empty() {
+                    continue;
+                }
+                // A domain that vanished while we looked has no snapshots left.
+                for snap in d.list_all_snapshots(0).unwrap_or_default() {
+                    let (Ok(name), Ok(text)) = (snap.name(), snap.xml_desc(0)) else {
+                        continue;
+                    };
+                    let Some(meta) = xml::snapshot_description(&text)
+                        .and_then(|d| serde_json::from_str::<SnapMeta>(&d).ok())
+                    else {
+                        continue;
+                    };
+                    if selector.matches(&meta.labels) {
+                        out.push(snapshot_of(&info.id, &name, meta));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The boot timeout: `ENVRIG_BOOT_TIMEOUT` seconds, else 180.
+    fn boot_timeout() -> Duration {
+        std::env::var("ENVRIG_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(180))
+    }
+
+    /// A domain's disk file and kernel folder, from its labels.
+    async fn disk_of(&self, id: &str) -> Result<(MachineInfo, PathBuf, Option<PathBuf>)> {
+        let info = self.info(id).await?;
+        let disk = self.machine_dir(&info.resource_name).join("disk.qcow2");
+        let kernel = info.labels.get(KERNEL_DIR).map(PathBuf::from);
+        Ok((info, disk, kernel))
+    }
+
+    /// Writes `disk` flattened (its backing chain folded in; at internal snapshot `snapshot`
+    /// when given) into `out`, a new qcow2 file, with `-U`: the disk may be in use by a
+    /// paused or running domain, whose snapshots never change once taken.
+    async fn flatten(&self, disk: &Path, snapshot: Option<&str>, out: &Path) -> Result<()> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["convert".into(), "-U".into(), "-O".into(), "qcow2".into()];
+        if let Some(s) = snapshot {
+            args.push("-l".into());
+            args.push(format!("snapshot.name={s}").into());
+        }
+        args.push(disk.into());
+        args.push(out.into());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        qemu_img("flatten the disk", &refs).await
     }
 
     fn machine_dir(&self, resource_name: &str) -> PathBuf {
@@ -382,6 +693,36 @@ impl LibvirtProvider {
             describe(&dom)
         })
         .await
+    }
+}
+
+/// A libvirt snapshot as envrig sees it: its id is `DOMAIN-UUID/NAME`.
+fn snapshot_of(domain: &str, name: &str, meta: SnapMeta) -> Snapshot {
+    Snapshot {
+        id: format!("{domain}/{name}"),
+        name: name.to_string(),
+        machine: meta.spec.machine.clone(),
+        created: meta.created,
+        running: meta.running,
+        spec: meta.spec,
+        labels: meta.labels,
+    }
+}
+
+/// Runs `qemu-img` with `args`; its stderr becomes the error.
+async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| io(format!("{what}: run qemu-img"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io(
+            what,
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        ))
     }
 }
 
@@ -484,96 +825,9 @@ impl Provider for LibvirtProvider {
                 what: format!("box `{}`", spec.base),
             })?;
         let dir = self.staged_box(&source_dir)?;
-        let mdir = self.machine_dir(&spec.resource_name);
-        std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
-        let disk = mdir.join("disk.qcow2");
-        let backing = dir.join("disk.qcow2");
-        // An overlay on the box: O(1) in the box's size. A leftover from a crash is replaced.
-        let _ = std::fs::remove_file(&disk);
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&backing)
-            .arg(&disk)
-            .output()
+        let extra = BTreeMap::from([(BOX_LABEL.to_string(), source_dir.display().to_string())]);
+        self.define(spec, Disk::Overlay(dir.join("disk.qcow2")), &dir, extra)
             .await
-            .map_err(|e| io("run qemu-img", e))?;
-        if !out.status.success() {
-            return Err(io(
-                "create the overlay",
-                std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-            ));
-        }
-        let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f))
-                .ok()
-                .map(|s| s.trim().to_string())
-        };
-        let kernel = dir.join("vmlinuz");
-        let initrd = dir.join("initrd.img");
-        let cmdline = read("cmdline").map(|c| format!("{c} hostname={}", spec.hostname));
-        let mut ports = spec.ports.clone();
-        for p in &mut ports {
-            if p.host_port == 0 {
-                p.host_port = std::net::TcpListener::bind((p.host_ip.as_str(), 0))
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-                    .map_err(|e| io("find a free port", e))?;
-            }
-        }
-        let opt = |k: &str| match spec.options.get(k) {
-            Some(OptionValue::Str(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let kind = match opt("accel").as_deref() {
-            Some("kvm") => "kvm",
-            Some("tcg") => "qemu",
-            _ => {
-                let k = kernel.is_file().then_some(kernel.as_path());
-                self.accel.get_or_init(|| self.cached_accel(k))
-            }
-        };
-        let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
-        let console = mdir.join("console.log");
-        // The machine's environment travels in the metadata: every exec gets it.
-        let mut labels = spec.labels.clone();
-        labels.insert(BOX_LABEL.to_string(), source_dir.display().to_string());
-        if !spec.env.is_empty() {
-            labels.insert(
-                MACHINE_ENV.to_string(),
-                serde_json::to_string(&spec.env).unwrap_or_default(),
-            );
-        }
-        let (kernel_s, initrd_s, disk_s, backing_s, console_s) = (
-            kernel.display().to_string(),
-            initrd.display().to_string(),
-            disk.display().to_string(),
-            backing.display().to_string(),
-            console.display().to_string(),
-        );
-        let domain = xml::Domain {
-            name: &spec.resource_name,
-            kind,
-            // Below 128 MiB a Linux guest does not boot: the floor.
-            memory_mib: spec.memory_bytes.map(|b| b >> 20).unwrap_or(256).max(128),
-            vcpus: spec.cpus.unwrap_or(1),
-            machine_type: &machine_type,
-            kernel: kernel.is_file().then_some(kernel_s.as_str()),
-            initrd: initrd.is_file().then_some(initrd_s.as_str()),
-            cmdline: if kernel.is_file() { cmdline } else { None },
-            disk: &disk_s,
-            backing: &backing_s,
-            console_log: &console_s,
-            ports: &ports,
-            labels: &labels,
-        };
-        let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
-        self.blocking(move |c| {
-            let dom = c
-                .define_domain_xml(&text)
-                .map_err(|e| engine("define the domain", e))?;
-            describe(&dom)
-        })
-        .await
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -589,15 +843,10 @@ impl Provider for LibvirtProvider {
             Ok(())
         })
         .await?;
-        let limit = std::env::var("ENVRIG_BOOT_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(180));
         self.wait_agent(
             id,
             &self.machine_dir(&info.resource_name).join("console.log"),
-            limit,
+            Self::boot_timeout(),
         )
         .await
     }
@@ -851,6 +1100,18 @@ impl Provider for LibvirtProvider {
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
+        // What the guest has in its page cache reaches its disk first, so a disk saved while
+        // paused (an export, a package) holds every file written before (bounded: a guest
+        // without an agent is paused anyway).
+        let sync = ExecRequest {
+            argv: vec!["sync".into()],
+            ..ExecRequest::default()
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.exec(id, &sync, &mut |_: OutputStream, _: &[u8]| {}),
+        )
+        .await;
         let id = id.to_string();
         self.blocking(move |c| {
             let dom = c
@@ -874,53 +1135,230 @@ impl Provider for LibvirtProvider {
         .await
     }
 
+    /// One snapshot style for every machine: libvirt's internal snapshots, kept inside the
+    /// machine's qcow2 overlay: disk and memory when the machine runs (or is paused), the
+    /// disk alone when it is off. They go with the domain (`remove` undefines with their
+    /// metadata and deletes the overlay).
     async fn snapshot_save(
         &self,
-        _id: &str,
-        _name: &str,
-        _spec: &MachineSpec,
-        _labels: &BTreeMap<String, String>,
+        id: &str,
+        name: &str,
+        spec: &MachineSpec,
+        labels: &BTreeMap<String, String>,
     ) -> Result<Snapshot> {
-        Err(unsupported("snapshots (not yet)"))
+        self.save_snapshot(id, name, spec, labels, None).await
     }
 
-    async fn snapshot_list(&self, _selector: &Selector) -> Result<Vec<Snapshot>> {
-        Ok(Vec::new())
+    async fn snapshot_list(&self, selector: &Selector) -> Result<Vec<Snapshot>> {
+        self.list_snapshots(selector).await
     }
 
     async fn snapshot_restore(
         &self,
-        _snap: &Snapshot,
-        _current: Option<&str>,
-        _spec: &MachineSpec,
+        snap: &Snapshot,
+        current: Option<&str>,
+        spec: &MachineSpec,
     ) -> Result<MachineInfo> {
-        Err(unsupported("snapshots (not yet)"))
+        if Path::new(&snap.id).is_absolute() {
+            return self.restore_imported(snap, current, spec).await;
+        }
+        let (owner, name) = snap
+            .id
+            .split_once('/')
+            .ok_or_else(|| ProviderError::NotFound {
+                what: format!("snapshot `{}`", snap.id),
+            })?;
+        if current != Some(owner) {
+            return Err(ProviderError::Conflict {
+                message: format!(
+                    "snapshot `{}` lives inside the machine it was taken of, which is gone",
+                    snap.name
+                ),
+            });
+        }
+        let (owner2, name2, running) = (owner.to_string(), name.to_string(), snap.running);
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&owner2)
+                .map_err(|e| engine("look up the domain", e))?;
+            let s = Domain::lookup_snapshot_by_name(&dom, &name2, 0)
+                .map_err(|e| engine(format!("find snapshot `{name2}`"), e))?;
+            let flags = if running {
+                virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
+            } else {
+                0
+            };
+            s.revert(flags)
+                .map_err(|e| engine(format!("revert to snapshot `{name2}`"), e))
+        })
+        .await?;
+        let info = self.info(owner).await?;
+        if running {
+            self.wait_agent(
+                owner,
+                &self.machine_dir(&info.resource_name).join("console.log"),
+                Self::boot_timeout(),
+            )
+            .await?;
+        }
+        self.info(owner).await
     }
 
-    async fn snapshot_delete(&self, _snap: &Snapshot) -> Result<()> {
-        Ok(())
+    async fn snapshot_delete(&self, snap: &Snapshot) -> Result<()> {
+        let Some((owner, name)) = snap
+            .id
+            .split_once('/')
+            .filter(|_| !snap.id.starts_with('/'))
+        else {
+            return Ok(());
+        };
+        let (owner, name) = (owner.to_string(), name.to_string());
+        self.blocking(move |c| {
+            let Ok(dom) = c.lookup_domain_by_uuid_string(&owner) else {
+                return Ok(());
+            };
+            match Domain::lookup_snapshot_by_name(&dom, &name, 0) {
+                Ok(s) => s
+                    .delete(0)
+                    .map_err(|e| engine(format!("delete snapshot `{name}`"), e)),
+                Err(_) => Ok(()),
+            }
+        })
+        .await
     }
 
-    async fn snapshot_export(&self, _snap: &Snapshot, _dest: &Path) -> Result<u64> {
-        Err(unsupported("export (not yet)"))
+    /// A tar holding the disk at the snapshot, flattened (no box needed to use it), and the
+    /// kernel files it boots with.
+    async fn snapshot_export(&self, snap: &Snapshot, dest: &Path) -> Result<u64> {
+        let (owner, name) = snap
+            .id
+            .split_once('/')
+            .filter(|_| !snap.id.starts_with('/'))
+            .ok_or_else(|| ProviderError::NotFound {
+                what: format!("snapshot `{}`", snap.id),
+            })?;
+        let (_, disk, kernel_dir) = self.disk_of(owner).await?;
+        let work = dest.with_extension("flat.qcow2");
+        self.flatten(&disk, Some(name), &work).await?;
+        let (dest2, work2) = (dest.to_path_buf(), work.clone());
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let mut out = tar::Builder::new(std::fs::File::create(&dest2)?);
+            out.append_path_with_name(&work2, "disk.qcow2")?;
+            if let Some(k) = kernel_dir {
+                for f in boxes::KERNEL_FILES {
+                    if k.join(f).is_file() {
+                        out.append_path_with_name(k.join(f), f)?;
+                    }
+                }
+            }
+            out.into_inner()?.sync_all()?;
+            Ok(std::fs::metadata(&dest2)?.len())
+        })
+        .await
+        .map_err(|e| io("write the export", std::io::Error::other(e)))?;
+        let _ = std::fs::remove_file(&work);
+        result.map_err(|e| io("write the export", e))
     }
 
     async fn snapshot_import(
         &self,
-        _src: &Path,
-        _snap: &Snapshot,
-        _labels: &BTreeMap<String, String>,
+        src: &Path,
+        snap: &Snapshot,
+        labels: &BTreeMap<String, String>,
     ) -> Result<Snapshot> {
-        Err(unsupported("import (not yet)"))
+        static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = self.images.join(".imports");
+        // What a crashed import left more than a day ago goes first.
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+                if old {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = root.join(format!("{}-{}-{n}", snap.machine, std::process::id()));
+        let (src2, dir2) = (src.to_path_buf(), dir.clone());
+        tokio::task::spawn_blocking(move || boxes::unpack_disk_tar(&src2, &dir2))
+            .await
+            .map_err(|e| io("unpack the disk", std::io::Error::other(e)))?
+            .map_err(|e| io("unpack the disk", e))?;
+        let mut labels = labels.clone();
+        labels.insert(
+            envrig_provider_api::labels::SNAPSHOT.to_string(),
+            snap.name.clone(),
+        );
+        Ok(Snapshot {
+            id: dir.display().to_string(),
+            labels,
+            ..snap.clone()
+        })
     }
 
+    /// A new box in the store: the machine's disk flattened (paused for the copy when it
+    /// runs, after a `sync` inside), with the kernel files it boots with.
     async fn package(
         &self,
-        _id: &str,
-        _name: &str,
-        _labels: &BTreeMap<String, String>,
+        id: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
     ) -> Result<BaseInfo> {
-        Err(unsupported("package (not yet)"))
+        if !boxes::valid_name(name) {
+            return Err(ProviderError::Conflict {
+                message: format!(
+                    "`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-`"
+                ),
+            });
+        }
+        let (info, disk, kernel_dir) = self.disk_of(id).await?;
+        let tmp = self.images.join(format!(
+            ".package-{}-{}",
+            info.resource_name,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| io("make a work folder", e))?;
+        let paused = info.state == MachineState::Running;
+        if paused {
+            self.pause(id).await?;
+        }
+        let flat = self.flatten(&disk, None, &tmp.join("disk.qcow2")).await;
+        if paused {
+            self.unpause(id).await?;
+        }
+        let result = async {
+            flat?;
+            if let Some(k) = &kernel_dir {
+                for f in boxes::KERNEL_FILES {
+                    if k.join(f).is_file() {
+                        std::fs::copy(k.join(f), tmp.join(f))
+                            .map_err(|e| io(format!("copy {f}"), e))?;
+                    }
+                }
+            }
+            let (store, name2, tmp2, labels2) = (
+                self.boxes.clone(),
+                name.to_string(),
+                tmp.clone(),
+                labels.clone(),
+            );
+            tokio::task::spawn_blocking(move || boxes::adopt(&store, &name2, &tmp2, &labels2))
+                .await
+                .map_err(|e| io("store the box", std::io::Error::other(e)))?
+                .map_err(|e| io("store the box", e))
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let stored = result?;
+        Ok(BaseInfo {
+            id: format!("sha256:{}", stored.sha256),
+        })
     }
 
     async fn box_add(&self, name: &str, source: &Path, force: bool) -> Result<StoredBox> {
@@ -961,8 +1399,22 @@ impl Provider for LibvirtProvider {
                 ),
             });
         }
+        // Its staged copy in the images folder goes too, unless a machine made from the
+        // same disk by another path still boots from it.
+        let staged = self
+            .staged_key(&self.boxes.join(name))
+            .map(|k| self.images.join(".boxes").join(k));
         std::fs::remove_dir_all(self.boxes.join(name))
-            .map_err(|e| io(format!("remove box `{name}`"), e))
+            .map_err(|e| io(format!("remove box `{name}`"), e))?;
+        if let Some(staged) = staged.filter(|s| s.is_dir()) {
+            let users = self
+                .list(&Selector::default().eq(KERNEL_DIR, &staged.display().to_string()))
+                .await?;
+            if users.is_empty() {
+                let _ = std::fs::remove_dir_all(&staged);
+            }
+        }
+        Ok(())
     }
 
     async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {

@@ -23,7 +23,8 @@ pub struct Domain<'a> {
     pub initrd: Option<&'a str>,
     pub cmdline: Option<String>,
     pub disk: &'a str,
-    pub backing: &'a str,
+    /// The box the disk is an overlay on; `None` for a disk of its own (an imported one).
+    pub backing: Option<&'a str>,
     pub console_log: &'a str,
     pub ports: &'a [PortSpec],
     pub labels: &'a BTreeMap<String, String>,
@@ -105,13 +106,15 @@ impl Domain<'_> {
         open(&mut w, "disk", &[("type", "file"), ("device", "disk")])?;
         empty(&mut w, "driver", &[("name", "qemu"), ("type", "qcow2")])?;
         empty(&mut w, "source", &[("file", self.disk)])?;
-        open(&mut w, "backingStore", &[("type", "file")])?;
-        empty(&mut w, "format", &[("type", "qcow2")])?;
-        open(&mut w, "source", &[("file", self.backing)])?;
-        empty(&mut w, "seclabel", &[("model", "dac"), ("relabel", "no")])?;
-        close(&mut w, "source")?;
-        empty(&mut w, "backingStore", &[])?;
-        close(&mut w, "backingStore")?;
+        if let Some(backing) = self.backing {
+            open(&mut w, "backingStore", &[("type", "file")])?;
+            empty(&mut w, "format", &[("type", "qcow2")])?;
+            open(&mut w, "source", &[("file", backing)])?;
+            empty(&mut w, "seclabel", &[("model", "dac"), ("relabel", "no")])?;
+            close(&mut w, "source")?;
+            empty(&mut w, "backingStore", &[])?;
+            close(&mut w, "backingStore")?;
+        }
         empty(&mut w, "target", &[("dev", "vda"), ("bus", "virtio")])?;
         close(&mut w, "disk")?;
         // User-mode networking (passt): no root bridge; ports forwarded from the host.
@@ -164,6 +167,59 @@ impl Domain<'_> {
         close(&mut w, "devices")?;
         close(&mut w, "domain")?;
         String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+    }
+}
+
+/// A domain snapshot's XML: its name, and `description` (envrig keeps JSON there).
+pub fn snapshot(name: &str, description: &str) -> std::io::Result<String> {
+    let mut w = Writer::new(Vec::new());
+    open(&mut w, "domainsnapshot", &[])?;
+    text(&mut w, "name", &[], name)?;
+    text(&mut w, "description", &[], description)?;
+    close(&mut w, "domainsnapshot")?;
+    String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+}
+
+/// The text of the first `<description>` directly inside a domain snapshot's XML.
+pub fn snapshot_description(xml: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    let mut inside = false;
+    let mut out = String::new();
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                inside = depth == 2 && e.local_name().as_ref() == b"description";
+            }
+            Ok(Event::End(_)) => {
+                if inside {
+                    return Some(out);
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Ok(Event::Text(t)) if inside => {
+                out.push_str(&t.decode().ok()?);
+            }
+            Ok(Event::GeneralRef(r)) if inside => {
+                // quick-xml reports entity references apart from the text around them.
+                if let Ok(Some(c)) = r.resolve_char_ref() {
+                    out.push(c);
+                    continue;
+                }
+                let name = String::from_utf8_lossy(&r).into_owned();
+                out.push_str(match name.as_str() {
+                    "lt" => "<",
+                    "gt" => ">",
+                    "amp" => "&",
+                    "quot" => "\"",
+                    "apos" => "'",
+                    _ => return None,
+                });
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
     }
 }
 
@@ -283,7 +339,7 @@ mod tests {
             initrd: None,
             cmdline: Some("console=ttyS0 hostname=web".into()),
             disk: "/d/disk.qcow2",
-            backing: "/b/disk.qcow2",
+            backing: Some("/b/disk.qcow2"),
             console_log: "/d/console.log",
             ports: &ports,
             labels: &labels,
@@ -293,5 +349,18 @@ mod tests {
         assert_eq!(super::labels(&xml), labels);
         assert_eq!(super::ports(&xml), ports);
         assert!(xml.contains("<seclabel model=\"dac\" relabel=\"no\"/>"));
+    }
+
+    #[test]
+    fn snapshot_descriptions_round_trip() {
+        let desc = r#"{"a":"<x> & 'y' \"z\""}"#;
+        let xml = snapshot("s1", desc).unwrap();
+        // libvirt hands the XML back inside a larger document.
+        let back = format!(
+            "<domainsnapshot>\n  <name>s1</name>\n  {}\n  <domain><description>no</description></domain>\n</domainsnapshot>",
+            &xml[xml.find("<description>").unwrap()..xml.find("</domainsnapshot>").unwrap()]
+        );
+        assert_eq!(snapshot_description(&back).as_deref(), Some(desc));
+        assert_eq!(snapshot_description("<domainsnapshot/>"), None);
     }
 }
