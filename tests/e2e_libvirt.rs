@@ -227,6 +227,18 @@ fn boxes_are_added_listed_used_and_removed_only_when_unused() {
     assert!(v["boxes"].as_array().unwrap().is_empty());
 }
 
+fn networks() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "net-list", "--all", "--name"])
+        .output()
+        .expect("ENVRIG_E2E=1 needs virsh; run scripts/host-setup.sh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn vm_sh(run: &dyn Fn(&[&str]) -> common::Run, machine: &str, script: &str) -> String {
     let r = run(&["exec", machine, "--", "sh", "-c", script]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -239,13 +251,26 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
         return;
     }
     let text = format!(
-        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[defaults]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"192MiB\"\n[machines.a]\n[machines.b]\n",
+        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[defaults]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"192MiB\"\n[machines.a]\nhostname = \"alpha\"\n[machines.b]\n",
         unique("vmsnap"),
         guest()
     );
     let p = Project::new(&text);
     let run = |args: &[&str]| p.envrig(args);
     run(&["up"]).ok();
+    // The machines reach each other by name (and hostname) on their private network.
+    vm_sh(&run, "a", "ping -c 1 -W 5 b");
+    vm_sh(&run, "b", "ping -c 1 -W 5 a && ping -c 1 -W 5 alpha");
+    let nets = networks();
+    let env = run(&["status", "--json"]).ok().json()["env_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let net = nets
+        .iter()
+        .find(|n| n.contains(&env[..8]))
+        .unwrap_or_else(|| panic!("no network of {env} in {nets:?}"))
+        .clone();
     vm_sh(&run, "a", "echo a-marker > /root/marker");
     vm_sh(&run, "b", "echo b-marker > /root/marker");
     let before = run(&["status", "--json"]).ok().json();
@@ -290,6 +315,7 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     for m in before["machines"].as_array().unwrap() {
         assert!(!domains().contains(&m["resource_name"].as_str().unwrap().to_string()));
     }
+    assert!(!networks().contains(&net), "destroy removes the network");
     let other = tempfile::tempdir().unwrap();
     let target = other.path().join("copy");
     let r = common::envrig_in(
@@ -302,6 +328,7 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     assert_eq!(vm_sh(&imported, "b", "cat /root/marker"), "b-marker\n");
     let list = imported(&["snapshot", "list", "--json"]).ok().json();
     assert_eq!(list["snapshots"][0]["name"], "s1");
+    vm_sh(&imported, "b", "ping -c 1 -W 5 alpha");
     let st = imported(&["status", "--json"]).ok().json();
     imported(&["destroy", "-f"]).ok();
     for m in st["machines"].as_array().unwrap() {

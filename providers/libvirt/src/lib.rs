@@ -17,6 +17,7 @@
 //! supported").
 
 mod boxes;
+mod net;
 mod xml;
 
 use std::collections::BTreeMap;
@@ -71,7 +72,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     live_synced_folders: false,
     ssh: false,
     interactive: false,
-    private_network: false,
+    private_network: true,
     box_store: true,
 };
 
@@ -120,6 +121,9 @@ pub struct LibvirtProvider {
     boxes: PathBuf,
     /// `qemu` (TCG) or `kvm`, chosen once, at the first machine made.
     accel: Arc<std::sync::OnceLock<&'static str>>,
+    /// Held while a network's host entries are read and changed (machines of one
+    /// environment are made in parallel and must not take the same address).
+    net_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for LibvirtProvider {
@@ -234,6 +238,7 @@ impl LibvirtProvider {
                 images,
                 boxes: home.join("boxes"),
                 accel: Arc::new(std::sync::OnceLock::new()),
+                net_lock: Arc::new(tokio::sync::Mutex::new(())),
             })
         })
         .await
@@ -416,6 +421,17 @@ impl LibvirtProvider {
         };
         let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
         let console = mdir.join("console.log");
+        // Its place on the private network: a fixed MAC, address and names, registered
+        // with the network's DHCP and DNS before the domain exists.
+        let nic = match &spec.network {
+            Some(att) => {
+                let mac = net::mac_for(&spec.resource_name);
+                self.attach(&att.network, &mac, &spec.resource_name, &att.aliases)
+                    .await?;
+                Some((att.network.clone(), mac))
+            }
+            None => None,
+        };
         // The machine's environment travels in the metadata: every exec gets it.
         let mut labels = spec.labels.clone();
         labels.extend(extra);
@@ -447,15 +463,137 @@ impl LibvirtProvider {
             console_log: &console_s,
             ports: &ports,
             labels: &labels,
+            network: nic.as_ref().map(|(n, m)| (n.as_str(), m.as_str())),
         };
         let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
+        let defined = self
+            .blocking(move |c| {
+                let dom = c
+                    .define_domain_xml(&text)
+                    .map_err(|e| engine("define the domain", e))?;
+                describe(&dom)
+            })
+            .await;
+        if defined.is_err()
+            && let Some((n, m)) = &nic
+        {
+            self.detach(n, m).await;
+        }
+        defined
+    }
+
+    /// Registers `mac` on `network`: a fixed address (the first free one) in its DHCP
+    /// section, and `names` for that address in its DNS. An entry left for the same MAC
+    /// (a crash, a domain removed by hand) is replaced; names another machine held (the
+    /// previous generation) move to this one.
+    async fn attach(&self, network: &str, mac: &str, name: &str, names: &[String]) -> Result<()> {
+        let _guard = self.net_lock.lock().await;
+        let (network, mac, name, names) = (
+            network.to_string(),
+            mac.to_string(),
+            name.to_string(),
+            names.to_vec(),
+        );
         self.blocking(move |c| {
-            let dom = c
-                .define_domain_xml(&text)
-                .map_err(|e| engine("define the domain", e))?;
-            describe(&dom)
+            use virt::sys::*;
+            let n = c
+                .lookup_network_by_name(&network)
+                .map_err(|e| engine(format!("find network `{network}`"), e))?;
+            let text = n
+                .xml_desc(0)
+                .map_err(|e| engine("read the network's XML", e))?;
+            let (addr, prefix) = xml::network_ip(&text).ok_or_else(|| ProviderError::Conflict {
+                message: format!("network `{network}` has no IPv4 address"),
+            })?;
+            let subnet = net::Subnet::parse(&format!("{addr}/{prefix}")).ok_or_else(|| {
+                ProviderError::Conflict {
+                    message: format!("network `{network}` has an unusable subnet {addr}/{prefix}"),
+                }
+            })?;
+            let flags = VIR_NETWORK_UPDATE_AFFECT_CONFIG
+                | if n.is_active().unwrap_or(false) {
+                    VIR_NETWORK_UPDATE_AFFECT_LIVE
+                } else {
+                    0
+                };
+            let hosts = xml::dhcp_hosts(&text);
+            for (m, ip) in hosts.iter().filter(|(m, _)| *m == mac) {
+                forget(&n, m, *ip, flags);
+            }
+            let taken: Vec<std::net::Ipv4Addr> = hosts
+                .iter()
+                .filter(|(m, _)| *m != mac)
+                .map(|(_, ip)| *ip)
+                .collect();
+            let (_, _, fixed) = subnet.layout();
+            let ip = fixed
+                .map(|i| subnet.host(i))
+                .find(|ip| !taken.contains(ip))
+                .ok_or_else(|| ProviderError::Conflict {
+                    message: format!("network `{network}` has no free address left"),
+                })?;
+            let entry = xml::dhcp_host(&mac, Some(&name), ip).map_err(|e| io("write XML", e))?;
+            n.update(
+                VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                -1,
+                &entry,
+                flags,
+            )
+            .map_err(|e| engine(format!("register {mac} on `{network}`"), e))?;
+            let dns = xml::dns_host(ip, &names).map_err(|e| io("write XML", e))?;
+            let add = |n: &virt::network::Network| {
+                n.update(
+                    VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                    VIR_NETWORK_SECTION_DNS_HOST,
+                    -1,
+                    &dns,
+                    flags,
+                )
+            };
+            if add(&n).is_err() {
+                // A name is held by another address: it moves here.
+                for other in names.iter() {
+                    if let Ok(x) = xml::dns_host_named(other) {
+                        let _ = n.update(
+                            VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                            VIR_NETWORK_SECTION_DNS_HOST,
+                            -1,
+                            &x,
+                            flags,
+                        );
+                    }
+                }
+                add(&n).map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
+            }
+            Ok(())
         })
         .await
+    }
+
+    /// Removes what [`Self::attach`] registered for `mac` (a network that is gone has
+    /// nothing to remove).
+    async fn detach(&self, network: &str, mac: &str) {
+        let _guard = self.net_lock.lock().await;
+        let (network, mac) = (network.to_string(), mac.to_string());
+        let _ = self
+            .blocking(move |c| {
+                let Ok(n) = c.lookup_network_by_name(&network) else {
+                    return Ok(());
+                };
+                let text = n.xml_desc(0).unwrap_or_default();
+                let flags = virt::sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG
+                    | if n.is_active().unwrap_or(false) {
+                        virt::sys::VIR_NETWORK_UPDATE_AFFECT_LIVE
+                    } else {
+                        0
+                    };
+                for (m, ip) in xml::dhcp_hosts(&text).iter().filter(|(m, _)| *m == mac) {
+                    forget(&n, m, *ip, flags);
+                }
+                Ok(())
+            })
+            .await;
     }
 
     /// Makes the machine of `spec` from an imported snapshot (`snap.id` is the folder
@@ -586,6 +724,58 @@ impl LibvirtProvider {
         .await
     }
 
+    /// Waits (at most 30 s) until the guest holds an IPv4 address on its private-network
+    /// NIC, as the guest agent reports it, so the machines that depend on it find it by
+    /// name. A guest that configures no address there is not an error: it just has none.
+    async fn wait_private_address(&self, id: &str) {
+        let Ok(text) = self.domain_xml(id).await else {
+            return;
+        };
+        let Some((_, mac)) = xml::network_nic(&text) else {
+            return;
+        };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(ifaces) = self
+                .agent(
+                    id,
+                    serde_json::json!({"execute": "guest-network-get-interfaces"}),
+                    5,
+                )
+                .await
+            {
+                let has = ifaces.as_array().into_iter().flatten().any(|i| {
+                    i["hardware-address"]
+                        .as_str()
+                        .map(str::to_lowercase)
+                        .as_deref()
+                        == Some(mac.as_str())
+                        && i["ip-addresses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|a| a["ip-address-type"] == "ipv4")
+                });
+                if has {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!("machine {id}: no address on its private network after 30 s");
+    }
+
+    async fn domain_xml(&self, id: &str) -> Result<String> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            c.lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?
+                .xml_desc(0)
+                .map_err(|e| engine("read the domain's XML", e))
+        })
+        .await
+    }
+
     /// The boot timeout: `ENVRIG_BOOT_TIMEOUT` seconds, else 180.
     fn boot_timeout() -> Duration {
         std::env::var("ENVRIG_BOOT_TIMEOUT")
@@ -693,6 +883,29 @@ impl LibvirtProvider {
             describe(&dom)
         })
         .await
+    }
+}
+
+/// Deletes a machine's DHCP and DNS entries from network `n` (best effort).
+fn forget(n: &virt::network::Network, mac: &str, ip: std::net::Ipv4Addr, flags: u32) {
+    use virt::sys::*;
+    if let Ok(x) = xml::dns_host(ip, &[]) {
+        let _ = n.update(
+            VIR_NETWORK_UPDATE_COMMAND_DELETE,
+            VIR_NETWORK_SECTION_DNS_HOST,
+            -1,
+            &x,
+            flags,
+        );
+    }
+    if let Ok(x) = xml::dhcp_host(mac, None, ip) {
+        let _ = n.update(
+            VIR_NETWORK_UPDATE_COMMAND_DELETE,
+            VIR_NETWORK_SECTION_IP_DHCP_HOST,
+            -1,
+            &x,
+            flags,
+        );
     }
 }
 
@@ -848,7 +1061,9 @@ impl Provider for LibvirtProvider {
             &self.machine_dir(&info.resource_name).join("console.log"),
             Self::boot_timeout(),
         )
-        .await
+        .await?;
+        self.wait_private_address(id).await;
+        Ok(())
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
@@ -898,6 +1113,7 @@ impl Provider for LibvirtProvider {
                     Err(_) => return Ok(None),
                 };
                 let name = dom.name().ok();
+                let nic = dom.xml_desc(0).ok().and_then(|x| xml::network_nic(&x));
                 if dom.is_active().unwrap_or(false) {
                     let _ = dom.destroy();
                 }
@@ -905,12 +1121,20 @@ impl Provider for LibvirtProvider {
                     | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
                     | virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
                 match dom.undefine_flags(flags) {
-                    Ok(()) => Ok(name),
-                    Err(e) if e.to_string().contains("not found") => Ok(name),
+                    Ok(()) => Ok(Some((name, nic))),
+                    Err(e) if e.to_string().contains("not found") => Ok(Some((name, nic))),
                     Err(e) => Err(engine("undefine the domain", e)),
                 }
             })
             .await?;
+        let name = match name {
+            Some((name, Some((network, mac)))) => {
+                self.detach(&network, &mac).await;
+                name
+            }
+            Some((name, None)) => name,
+            None => None,
+        };
         if let Some(name) = name {
             let dir = self.machine_dir(&name);
             match std::fs::remove_dir_all(&dir) {
@@ -954,17 +1178,152 @@ impl Provider for LibvirtProvider {
         .await
     }
 
-    async fn purge(&self, _selector: &Selector) -> Result<Vec<String>> {
-        // Machines' overlays and logs go with them; there are no other resources yet.
-        Ok(Vec::new())
+    async fn purge(&self, selector: &Selector) -> Result<Vec<String>> {
+        // Machines' overlays and logs go with them; networks are the other resources.
+        let selector = selector.clone();
+        self.blocking(move |c| {
+            let mut removed = Vec::new();
+            for n in c
+                .list_all_networks(0)
+                .map_err(|e| engine("list networks", e))?
+            {
+                let labels = xml::labels(&n.xml_desc(0).unwrap_or_default());
+                if labels.is_empty() || !selector.matches(&labels) {
+                    continue;
+                }
+                let name = n.name().unwrap_or_default();
+                if n.is_active().unwrap_or(false) {
+                    n.destroy()
+                        .map_err(|e| engine(format!("stop network `{name}`"), e))?;
+                }
+                if n.is_persistent().unwrap_or(false) {
+                    n.undefine()
+                        .map_err(|e| engine(format!("remove network `{name}`"), e))?;
+                }
+                removed.push(format!("network {name}"));
+            }
+            Ok(removed)
+        })
+        .await
     }
 
-    async fn list_other(&self, _selector: &Selector) -> Result<Vec<OtherResource>> {
-        Ok(Vec::new())
+    async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
+        let selector = selector.clone();
+        self.blocking(move |c| {
+            let mut out = Vec::new();
+            for n in c
+                .list_all_networks(0)
+                .map_err(|e| engine("list networks", e))?
+            {
+                let labels = xml::labels(&n.xml_desc(0).unwrap_or_default());
+                if !labels.is_empty() && selector.matches(&labels) {
+                    out.push(OtherResource {
+                        kind: "network",
+                        name: n.name().unwrap_or_default(),
+                        labels,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    async fn ensure_network(&self, _spec: &NetworkSpec) -> Result<()> {
-        Err(unsupported("a private network between machines (not yet)"))
+    /// An isolated network (no forwarding: nothing leaves the host) on its own bridge,
+    /// persistent (it survives a libvirtd restart, as halted machines do), with DHCP and
+    /// DNS for the machines attached to it; its /24 comes from the Envfile, else from
+    /// `ENVRIG_SUBNET_POOL`, else from 198.19.0.0/16, avoiding every subnet this host
+    /// routes and every libvirt network's.
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
+        let _guard = self.net_lock.lock().await;
+        let spec = spec.clone();
+        self.blocking(move |c| {
+            if let Ok(n) = c.lookup_network_by_name(&spec.name) {
+                let labels = xml::labels(&n.xml_desc(0).unwrap_or_default());
+                if labels.get(envrig_provider_api::labels::ENV)
+                    != spec.labels.get(envrig_provider_api::labels::ENV)
+                {
+                    return Err(ProviderError::Conflict {
+                        message: format!(
+                            "a libvirt network named `{}` exists and is not this environment's",
+                            spec.name
+                        ),
+                    });
+                }
+                if !n.is_active().unwrap_or(false) {
+                    n.create()
+                        .map_err(|e| engine(format!("start network `{}`", spec.name), e))?;
+                }
+                return Ok(());
+            }
+            let fixed = match &spec.subnet {
+                Some(s) => Some(
+                    net::Subnet::parse(s).ok_or_else(|| ProviderError::Conflict {
+                        message: format!("subnet `{s}` is not an IPv4 subnet libvirt can use"),
+                    })?,
+                ),
+                None => None,
+            };
+            let pool_text = spec
+                .subnet_pool
+                .clone()
+                .unwrap_or_else(|| net::DEFAULT_POOL.to_string());
+            let pool = net::Subnet::parse(&pool_text).ok_or_else(|| ProviderError::Conflict {
+                message: format!("subnet pool `{pool_text}` is not an IPv4 subnet"),
+            })?;
+            let bridge = net::bridge_for(&spec.name);
+            let mut last = None;
+            // A subnet another process took between our look and our start: the next one.
+            for attempt in 0..8 {
+                let mut used = net::routed();
+                for n in c.list_all_networks(0).unwrap_or_default() {
+                    if let Some((a, p)) = xml::network_ip(&n.xml_desc(0).unwrap_or_default())
+                        && let Some(s) = net::Subnet::parse(&format!("{a}/{p}"))
+                    {
+                        used.push(s);
+                    }
+                }
+                let subnet = match fixed {
+                    Some(s) => s,
+                    None => {
+                        net::pick(pool, &used, attempt).ok_or_else(|| ProviderError::Conflict {
+                            message: format!("no free /24 left in {pool_text}"),
+                        })?
+                    }
+                };
+                let (address, dhcp, _) = subnet.layout();
+                let text = xml::Network {
+                    name: &spec.name,
+                    bridge: &bridge,
+                    labels: &spec.labels,
+                    address,
+                    prefix: subnet.prefix,
+                    dhcp,
+                }
+                .to_xml()
+                .map_err(|e| io("write the network XML", e))?;
+                let n = c
+                    .define_network_xml(&text)
+                    .map_err(|e| engine(format!("define network `{}`", spec.name), e))?;
+                match n.create() {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        let _ = n.undefine();
+                        last = Some(engine(
+                            format!("start network `{}` on {subnet}", spec.name),
+                            e,
+                        ));
+                        if fixed.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| ProviderError::Conflict {
+                message: "no subnet could be used".into(),
+            }))
+        })
+        .await
     }
 
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {

@@ -28,6 +28,8 @@ pub struct Domain<'a> {
     pub console_log: &'a str,
     pub ports: &'a [PortSpec],
     pub labels: &'a BTreeMap<String, String>,
+    /// The environment's private network and this machine's MAC on it (a second NIC).
+    pub network: Option<(&'a str, &'a str)>,
 }
 
 type W = Writer<Vec<u8>>;
@@ -142,6 +144,14 @@ impl Domain<'_> {
             close(&mut w, "portForward")?;
         }
         close(&mut w, "interface")?;
+        // The private network, second: the first NIC (passt) keeps the default route.
+        if let Some((net, mac)) = self.network {
+            open(&mut w, "interface", &[("type", "network")])?;
+            empty(&mut w, "source", &[("network", net)])?;
+            empty(&mut w, "mac", &[("address", mac)])?;
+            empty(&mut w, "model", &[("type", "virtio")])?;
+            close(&mut w, "interface")?;
+        }
         // The serial console, kept in a file for diagnostics.
         open(&mut w, "serial", &[("type", "file")])?;
         empty(&mut w, "source", &[("path", self.console_log)])?;
@@ -167,6 +177,174 @@ impl Domain<'_> {
         close(&mut w, "devices")?;
         close(&mut w, "domain")?;
         String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+    }
+}
+
+/// An isolated libvirt network (no `<forward>`: nothing leaves the host): a bridge, an
+/// address for the host, DHCP for a range, and envrig's labels in `<metadata>`.
+#[derive(Debug, Clone)]
+pub struct Network<'a> {
+    pub name: &'a str,
+    pub bridge: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub dhcp: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+}
+
+impl Network<'_> {
+    pub fn to_xml(&self) -> std::io::Result<String> {
+        let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+        open(&mut w, "network", &[])?;
+        text(&mut w, "name", &[], self.name)?;
+        open(&mut w, "metadata", &[])?;
+        open(&mut w, "envrig:labels", &[("xmlns:envrig", NS)])?;
+        for (k, v) in self.labels {
+            empty(&mut w, "envrig:label", &[("name", k), ("value", v)])?;
+        }
+        close(&mut w, "envrig:labels")?;
+        close(&mut w, "metadata")?;
+        empty(
+            &mut w,
+            "bridge",
+            &[("name", self.bridge), ("stp", "off"), ("delay", "0")],
+        )?;
+        open(
+            &mut w,
+            "ip",
+            &[
+                ("address", &self.address.to_string()),
+                ("prefix", &self.prefix.to_string()),
+            ],
+        )?;
+        open(&mut w, "dhcp", &[])?;
+        empty(
+            &mut w,
+            "range",
+            &[
+                ("start", &self.dhcp.0.to_string()),
+                ("end", &self.dhcp.1.to_string()),
+            ],
+        )?;
+        close(&mut w, "dhcp")?;
+        close(&mut w, "ip")?;
+        close(&mut w, "network")?;
+        String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+    }
+}
+
+/// A `<host>` of a network's DHCP section: `mac` always gets `ip`.
+pub fn dhcp_host(mac: &str, name: Option<&str>, ip: std::net::Ipv4Addr) -> std::io::Result<String> {
+    let mut w = Writer::new(Vec::new());
+    let ip = ip.to_string();
+    let mut attrs = vec![("mac", mac)];
+    if let Some(n) = name {
+        attrs.push(("name", n));
+    }
+    attrs.push(("ip", &ip));
+    empty(&mut w, "host", &attrs)?;
+    String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+}
+
+/// A `<host>` of a network's DNS section: `names` resolve to `ip`.
+pub fn dns_host(ip: std::net::Ipv4Addr, names: &[String]) -> std::io::Result<String> {
+    let mut w = Writer::new(Vec::new());
+    open(&mut w, "host", &[("ip", &ip.to_string())])?;
+    for n in names {
+        text(&mut w, "hostname", &[], n)?;
+    }
+    close(&mut w, "host")?;
+    String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+}
+
+/// A DNS `<host>` matching by name only (to delete the entry that holds `name`).
+pub fn dns_host_named(name: &str) -> std::io::Result<String> {
+    let mut w = Writer::new(Vec::new());
+    open(&mut w, "host", &[])?;
+    text(&mut w, "hostname", &[], name)?;
+    close(&mut w, "host")?;
+    String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
+}
+
+/// The attribute `key` of an element, unescaped.
+fn attr(e: &BytesStart<'_>, key: &[u8]) -> Option<String> {
+    e.attributes()
+        .flatten()
+        .find(|a| a.key.as_ref() == key)
+        .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+}
+
+/// A network's address and prefix (from `prefix` or `netmask`).
+pub fn network_ip(xml: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) if e.local_name().as_ref() == b"ip" => {
+                let address = attr(&e, b"address")?.parse().ok()?;
+                let prefix = match (attr(&e, b"prefix"), attr(&e, b"netmask")) {
+                    (Some(p), _) => p.parse().ok()?,
+                    (None, Some(m)) => {
+                        u32::from(m.parse::<std::net::Ipv4Addr>().ok()?).count_ones() as u8
+                    }
+                    _ => 24,
+                };
+                return Some((address, prefix));
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// The fixed DHCP hosts of a network: (mac, ip).
+pub fn dhcp_hosts(xml: &str) -> Vec<(String, std::net::Ipv4Addr)> {
+    let mut out = Vec::new();
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut in_dhcp = false;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == b"dhcp" => in_dhcp = true,
+            Ok(Event::End(e)) if e.local_name().as_ref() == b"dhcp" => in_dhcp = false,
+            Ok(Event::Start(e)) | Ok(Event::Empty(e))
+                if in_dhcp && e.local_name().as_ref() == b"host" =>
+            {
+                if let (Some(mac), Some(ip)) = (attr(&e, b"mac"), attr(&e, b"ip"))
+                    && let Ok(ip) = ip.parse()
+                {
+                    out.push((mac.to_lowercase(), ip));
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The network a domain is attached to and its MAC there (its `type='network'` NIC).
+pub fn network_nic(xml: &str) -> Option<(String, String)> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut in_nic = false;
+    let (mut net, mut mac) = (None, None);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == b"interface" => {
+                in_nic = attr(&e, b"type").as_deref() == Some("network");
+            }
+            Ok(Event::End(e)) if e.local_name().as_ref() == b"interface" => {
+                if in_nic && let (Some(n), Some(m)) = (net.take(), mac.take()) {
+                    return Some((n, m));
+                }
+                in_nic = false;
+            }
+            Ok(Event::Empty(e)) | Ok(Event::Start(e)) if in_nic => match e.local_name().as_ref() {
+                b"source" => net = attr(&e, b"network"),
+                b"mac" => mac = attr(&e, b"address").map(|m| m.to_lowercase()),
+                _ => {}
+            },
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
     }
 }
 
@@ -343,8 +521,13 @@ mod tests {
             console_log: "/d/console.log",
             ports: &ports,
             labels: &labels,
+            network: Some(("net-1", "52:54:00:01:02:03")),
         };
         let xml = d.to_xml().unwrap();
+        assert_eq!(
+            network_nic(&xml),
+            Some(("net-1".to_string(), "52:54:00:01:02:03".to_string()))
+        );
         assert!(xml.contains("&lt;b&gt; &amp;"), "{xml}");
         assert_eq!(super::labels(&xml), labels);
         assert_eq!(super::ports(&xml), ports);
@@ -362,5 +545,38 @@ mod tests {
         );
         assert_eq!(snapshot_description(&back).as_deref(), Some(desc));
         assert_eq!(snapshot_description("<domainsnapshot/>"), None);
+    }
+
+    #[test]
+    fn networks_are_written_and_read_back() {
+        let labels = BTreeMap::from([("dev.envrig.env".to_string(), "e1".to_string())]);
+        let n = Network {
+            name: "shop-1234",
+            bridge: "envrig1234abcd",
+            labels: &labels,
+            address: "198.19.7.1".parse().unwrap(),
+            prefix: 24,
+            dhcp: (
+                "198.19.7.100".parse().unwrap(),
+                "198.19.7.200".parse().unwrap(),
+            ),
+        };
+        let xml = n.to_xml().unwrap();
+        assert_eq!(super::labels(&xml), labels);
+        assert_eq!(network_ip(&xml), Some(("198.19.7.1".parse().unwrap(), 24)));
+        assert!(!xml.contains("forward"), "isolated: {xml}");
+        let live = "<network><ip address='10.0.0.1' netmask='255.255.0.0'><dhcp><range start='10.0.0.9' end='10.0.0.20'/><host mac='52:54:00:AA:00:01' name='x' ip='10.0.0.10'/></dhcp></ip></network>";
+        assert_eq!(network_ip(live), Some(("10.0.0.1".parse().unwrap(), 16)));
+        assert_eq!(
+            dhcp_hosts(live),
+            vec![(
+                "52:54:00:aa:00:01".to_string(),
+                "10.0.0.10".parse().unwrap()
+            )]
+        );
+        assert_eq!(
+            dns_host("10.0.0.10".parse().unwrap(), &["a".into(), "b<".into()]).unwrap(),
+            "<host ip=\"10.0.0.10\"><hostname>a</hostname><hostname>b&lt;</hostname></host>"
+        );
     }
 }
