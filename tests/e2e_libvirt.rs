@@ -384,3 +384,126 @@ fn a_vm_packaged_as_a_box_brings_its_files_without_provisioning() {
     run_q(&["destroy", "-f"]).ok();
     run_q(&["box", "remove", "baked"]).ok();
 }
+
+#[test]
+fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nfile = {{ source = \"f.txt\", destination = \"/etc/f.txt\" }}\n",
+        unique("vmssh"),
+        guest()
+    );
+    let mut p = Project::new(&text);
+    p.destroy_on_drop = false;
+    std::fs::write(p.path().join("f.txt"), "by the agent\n").unwrap();
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    run(&["up"]).ok();
+    let r = run(&[
+        "ssh",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "echo $((6*7)) from $(hostname); exit 7",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (7, "42 from vm\n"),
+        "{}",
+        r.stderr
+    );
+
+    let config = run(&["ssh-config", "vm"]).ok().stdout;
+    let field = |k: &str| {
+        config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{k} ")))
+            .unwrap_or_else(|| panic!("no {k} in {config}"))
+            .to_string()
+    };
+    let (port, identity, known) = (
+        field("Port"),
+        field("IdentityFile"),
+        field("UserKnownHostsFile"),
+    );
+    assert!(
+        identity.starts_with(home.path().to_str().unwrap()),
+        "{identity}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&identity).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        std::fs::read_to_string(&known)
+            .unwrap()
+            .starts_with(&format!("[127.0.0.1]:{port} ssh-")),
+        "the host key is pinned at first contact"
+    );
+    // The box's own (insecure) key no longer opens the machine: it was replaced.
+    let ssh = |key: &str, known_hosts: &str| {
+        Command::new("ssh")
+            .args(["-i", key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", &format!("UserKnownHostsFile={known_hosts}")])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+            .args(["-p", &port, "root@127.0.0.1", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ENVRIG_E2E=1 needs OpenSSH's client; run scripts/host-setup.sh")
+    };
+    let box_key = std::path::Path::new(&guest()).join("insecure_key");
+    assert_eq!(
+        ssh(box_key.to_str().unwrap(), &known).status.code(),
+        Some(255)
+    );
+    assert_eq!(ssh(&identity, &known).status.code(), Some(0));
+
+    // Commands and uploads over SSH (as for a guest without an agent): output, exit code,
+    // the machine's env, a file provisioned.
+    std::fs::write(p.path().join("f.txt"), "over SSH\n").unwrap();
+    let over_ssh = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
+            .args(args)
+            .current_dir(p.path())
+            .env("ENVRIG_HOME", home.path())
+            .env("ENVRIG_LIBVIRT_EXEC", "ssh")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        common::Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    let r = over_ssh(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 4",
+    ]);
+    assert_eq!((r.code, r.stdout.as_str()), (4, "out\n"), "{}", r.stderr);
+    assert!(r.stderr.contains("err"), "{}", r.stderr);
+    over_ssh(&["provision"]).ok();
+    let r = over_ssh(&["exec", "vm", "--", "sh", "-c", "echo $ROLE; cat /etc/f.txt"]);
+    assert_eq!(r.stdout, "vm\nover SSH\n", "{}", r.stderr);
+
+    // A host key that is not the pinned one is refused.
+    let pinned = std::fs::read_to_string(&known).unwrap();
+    let other_key = std::fs::read_to_string(format!("{identity}.pub")).unwrap();
+    std::fs::write(&known, format!("[127.0.0.1]:{port} {}", other_key.trim())).unwrap();
+    let r = run(&["ssh", "vm", "--", "true"]);
+    assert_eq!(r.code, 255, "{}", r.stderr);
+    std::fs::write(&known, pinned).unwrap();
+
+    // destroy takes the keys with the last machine.
+    run(&["destroy", "-f"]).ok();
+    assert!(
+        !std::path::Path::new(&identity).exists(),
+        "the environment's key is removed"
+    );
+}

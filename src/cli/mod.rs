@@ -777,6 +777,21 @@ async fn cmd_ssh(
     command: Vec<String>,
 ) -> i32 {
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // A provider with SSH: the system's ssh client, with the environment's key and the
+    // machine's pinned host key (the same settings `ssh-config` prints).
+    match ops::running_machine(ctx, project, machine).await {
+        Ok((p, o)) if p.capabilities().ssh && (tty || !command.is_empty()) => {
+            return match p.ssh_endpoint(&o.id).await {
+                Ok(ep) => run_system_ssh(printer, &ep, &command, tty),
+                Err(e) => fail(
+                    printer,
+                    ops::OpError::provider(format!("cannot reach `{machine}` over SSH"), e),
+                ),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => return fail(printer, e),
+    }
     if !tty {
         if command.is_empty() {
             printer.error(
@@ -816,6 +831,49 @@ async fn cmd_ssh(
     match r {
         Ok(code) => exit_status(code),
         Err(e) => fail(printer, e),
+    }
+}
+
+/// Runs OpenSSH's `ssh` to `ep`, with `command` (quoted for the remote shell) or a login
+/// shell; returns its exit status (ssh's own 255 when it cannot connect).
+fn run_system_ssh(
+    printer: &Printer,
+    ep: &envrig_provider_api::SshEndpoint,
+    command: &[String],
+    tty: bool,
+) -> i32 {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(["-i", &ep.identity_file])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+        .args(["-p", &ep.port.to_string()]);
+    match &ep.known_hosts_file {
+        Some(k) => {
+            cmd.args(["-o", &format!("UserKnownHostsFile={k}")])
+                .args(["-o", "StrictHostKeyChecking=yes"]);
+        }
+        None => {
+            cmd.args(["-o", "StrictHostKeyChecking=no"]);
+        }
+    }
+    cmd.arg(if tty { "-t" } else { "-T" });
+    cmd.arg(format!("{}@{}", ep.user, ep.host));
+    if !command.is_empty() {
+        cmd.arg("--");
+        cmd.args(
+            command
+                .iter()
+                .map(|a| format!("'{}'", a.replace('\'', "'\\''"))),
+        );
+    }
+    match cmd.status() {
+        Ok(st) => st.code().unwrap_or(255),
+        Err(e) => {
+            printer.error(
+                &format!("cannot run ssh: {e}"),
+                Some("install OpenSSH's client (`apt-get install openssh-client`)"),
+            );
+            127
+        }
     }
 }
 

@@ -18,7 +18,30 @@
 
 mod boxes;
 mod net;
+mod ssh;
 mod xml;
+
+/// Vagrant's published insecure key pairs (`keys/`, from hashicorp/vagrant): a vagrant box
+/// is entered with them once, and its key is replaced by the environment's at once.
+mod vagrant {
+    use russh::keys::PrivateKey;
+
+    const ED25519: &str = include_str!("../keys/vagrant.key.ed25519");
+    const RSA: &str = include_str!("../keys/vagrant.key.rsa");
+
+    pub fn keys() -> Vec<PrivateKey> {
+        [ED25519, RSA]
+            .iter()
+            .filter_map(|k| russh::keys::decode_secret_key(k, None).ok())
+            .collect()
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn both_published_keys_load() {
+        assert_eq!(keys().len(), 2);
+    }
+}
 
 use std::collections::BTreeMap;
 use std::mem::ManuallyDrop;
@@ -49,6 +72,9 @@ const MACHINE_ENV: &str = "dev.envrig.libvirt.env";
 /// `cmdline` (the staged box, or the machine's own folder for an imported one).
 const KERNEL_DIR: &str = "dev.envrig.libvirt.kernel";
 
+/// A metadata label holding the host port forwarded to the guest's SSH port (22).
+const SSH_PORT: &str = "dev.envrig.libvirt.ssh";
+
 /// Where a new machine's disk comes from.
 enum Disk {
     /// A qcow2 overlay on this (staged) box disk: O(1) in the box's size.
@@ -70,7 +96,7 @@ struct SnapMeta {
 pub const CAPABILITIES: Capabilities = Capabilities {
     custom_command: false,
     live_synced_folders: false,
-    ssh: false,
+    ssh: true,
     interactive: false,
     private_network: true,
     box_store: true,
@@ -119,6 +145,8 @@ pub struct LibvirtProvider {
     images: PathBuf,
     /// Where named boxes live.
     boxes: PathBuf,
+    /// Where environments' SSH keys live (`ENV/id_ed25519`, `ENV/known_hosts`).
+    keys: PathBuf,
     /// `qemu` (TCG) or `kvm`, chosen once, at the first machine made.
     accel: Arc<std::sync::OnceLock<&'static str>>,
     /// Held while a network's host entries are read and changed (machines of one
@@ -237,6 +265,7 @@ impl LibvirtProvider {
                 conn: Arc::new(ManuallyDrop::new(conn)),
                 images,
                 boxes: home.join("boxes"),
+                keys: home.join("keys"),
                 accel: Arc::new(std::sync::OnceLock::new()),
                 net_lock: Arc::new(tokio::sync::Mutex::new(())),
             })
@@ -407,6 +436,23 @@ impl LibvirtProvider {
                     .map_err(|e| io("find a free port", e))?;
             }
         }
+        // SSH: a free port on 127.0.0.1 forwarded to the guest's 22, and the environment's
+        // key pair, made the first time.
+        let ssh_port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| io("find a free port", e))?;
+        ports.push(envrig_provider_api::PortSpec {
+            host_ip: "127.0.0.1".into(),
+            host_port: ssh_port,
+            guest_port: 22,
+            protocol: envrig_provider_api::Protocol::Tcp,
+        });
+        if let Some(env) = spec.labels.get(envrig_provider_api::labels::ENV) {
+            ssh::EnvKeys::new(&self.keys, env)
+                .ensure()
+                .map_err(|e| io("make the environment's SSH key", e))?;
+        }
         let opt = |k: &str| match spec.options.get(k) {
             Some(OptionValue::Str(s)) => Some(s.clone()),
             _ => None,
@@ -436,6 +482,7 @@ impl LibvirtProvider {
         let mut labels = spec.labels.clone();
         labels.extend(extra);
         labels.insert(KERNEL_DIR.to_string(), kernel_dir.display().to_string());
+        labels.insert(SSH_PORT.to_string(), ssh_port.to_string());
         if !spec.env.is_empty() {
             labels.insert(
                 MACHINE_ENV.to_string(),
@@ -841,37 +888,267 @@ impl LibvirtProvider {
 
     /// Waits (bounded) until the guest agent answers; on timeout, says so with the end of
     /// the console log.
-    async fn wait_agent(&self, id: &str, console: &Path, limit: Duration) -> Result<()> {
+    /// Runs a command through the guest agent (its output arrives when it ends).
+    async fn exec_agent(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
+        let argv = agent_argv(req);
+        let (path, args) = argv.split_first().ok_or_else(|| ProviderError::Conflict {
+            message: "an empty command".into(),
+        })?;
+        let machine_env: BTreeMap<String, String> = self
+            .info(id)
+            .await?
+            .labels
+            .get(MACHINE_ENV)
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let mut all = BTreeMap::from([(
+            "PATH".to_string(),
+            "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        )]);
+        all.extend(machine_env);
+        all.extend(req.env.clone());
+        let env: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let started = self
+            .agent(
+                id,
+                serde_json::json!({"execute": "guest-exec", "arguments": {"path": path, "arg": args, "env": env, "capture-output": true}}),
+                10,
+            )
+            .await?;
+        let pid = started["pid"]
+            .as_i64()
+            .ok_or_else(|| ProviderError::Conflict {
+                message: format!("the guest agent did not start `{path}`"),
+            })?;
+        // Bounded by a day: a command runs as long as it needs, polled gently.
+        let mut delay = Duration::from_millis(20);
+        for _ in 0..(24 * 3600 * 5) {
+            let st = self
+                .agent(
+                    id,
+                    serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+                    10,
+                )
+                .await?;
+            if st["exited"].as_bool() == Some(true) {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                for (key, stream) in [
+                    ("out-data", OutputStream::Stdout),
+                    ("err-data", OutputStream::Stderr),
+                ] {
+                    if let Some(data) = st[key].as_str()
+                        && let Ok(bytes) = b64.decode(data)
+                    {
+                        output(stream, &bytes);
+                    }
+                }
+                return Ok(st["exitcode"].as_i64().unwrap_or_else(|| {
+                    if st["signal"].is_i64() {
+                        128 + st["signal"].as_i64().unwrap_or(0)
+                    } else {
+                        -1
+                    }
+                }));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+        Err(ProviderError::Conflict {
+            message: "the command did not finish within a day".into(),
+        })
+    }
+
+    /// Waits (bounded by `limit`) until the guest agent answers.
+    async fn wait_agent_only(&self, id: &str, limit: Duration) -> bool {
         let t0 = Instant::now();
         while t0.elapsed() < limit {
-            if self
-                .agent(id, serde_json::json!({"execute": "guest-ping"}), 2)
-                .await
-                .is_ok()
-            {
-                return Ok(());
+            if self.agent_answers(id).await {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let log = std::fs::read_to_string(console).unwrap_or_default();
-        let tail: Vec<&str> = log
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        false
+    }
+
+    async fn agent_answers(&self, id: &str) -> bool {
+        self.agent(id, serde_json::json!({"execute": "guest-ping"}), 2)
+            .await
+            .is_ok()
+    }
+
+    /// The environment's keys and the machine's SSH port, from its labels.
+    fn ssh_parts(&self, info: &MachineInfo) -> Option<(u16, ssh::EnvKeys)> {
+        let port = info.labels.get(SSH_PORT)?.parse().ok()?;
+        let env = info.labels.get(envrig_provider_api::labels::ENV)?;
+        Some((port, ssh::EnvKeys::new(&self.keys, env)))
+    }
+
+    /// An SSH session to the machine as `user` with the environment's key, its host key
+    /// checked against the one pinned (pinned now at first contact).
+    async fn ssh_session(
+        &self,
+        info: &MachineInfo,
+        user: &str,
+        limit: Duration,
+    ) -> std::result::Result<ssh::Session, ssh::SshError> {
+        let (port, keys) = self
+            .ssh_parts(info)
+            .ok_or_else(|| ssh::SshError::Protocol {
+                port: 0,
+                message: "the machine has no SSH port".into(),
+            })?;
+        let key = keys.ensure()?;
+        let session = ssh::connect(port, user, &key, keys.pinned(port), limit).await?;
+        if keys.pinned(port).is_none() {
+            keys.pin(port, &session.host_key)?;
+        }
+        Ok(session)
+    }
+
+    /// Waits until the machine is ready: its guest agent or its SSH answers, the
+    /// environment's key is installed (through the agent, or through SSH with Vagrant's
+    /// published insecure key, which it then replaces), and SSH takes that key, its host
+    /// key recorded at this first contact. All within the boot timeout; on timeout the
+    /// error ends with the last lines of the console.
+    async fn wait_ready(&self, id: &str) -> Result<()> {
+        let info = self.info(id).await?;
+        let console = self.machine_dir(&info.resource_name).join("console.log");
+        let limit = Self::boot_timeout();
+        let t0 = Instant::now();
+        let Some((port, keys)) = self.ssh_parts(&info) else {
+            // No SSH (a machine made before SSH existed): the agent is the way in.
+            return if self.wait_agent_only(id, limit).await {
+                Ok(())
+            } else {
+                Err(boot_failed(limit, "the guest agent", &console))
+            };
+        };
+        let user_file = keys.dir.join(format!("{}.user", info.resource_name));
+        // Whichever answers first: the agent, or SSH (with our key: a restart; with the
+        // insecure key: a fresh vagrant box without an agent).
+        let by_ssh = async {
+            let key = keys.ensure().ok()?;
+            let insecure = vagrant::keys();
+            while t0.elapsed() < limit {
+                let step = Duration::from_secs(3);
+                if ssh::connect(port, "root", &key, keys.pinned(port), step)
+                    .await
+                    .is_ok()
+                {
+                    return Some(None);
+                }
+                for k in &insecure {
+                    if let Ok(s) = ssh::connect(port, "vagrant", k, None, step).await {
+                        return Some(Some(s));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None
+        };
+        let installed_by_ssh = tokio::select! {
+            biased;
+            ok = self.wait_agent_only(id, limit) => {
+                if !ok {
+                    return Err(boot_failed(limit, "the guest agent or SSH", &console));
+                }
+                let user = self.install_key_by_agent(id, &keys).await?;
+                let _ = std::fs::write(&user_file, &user);
+                false
+            }
+            found = by_ssh => match found {
+                None => return Err(boot_failed(limit, "the guest agent or SSH", &console)),
+                Some(None) => false,
+                Some(Some(insecure)) => {
+                    let key = keys.ensure().map_err(|e| io("read the environment's key", e))?;
+                    let line = ssh::public_line(key.public_key()).map_err(|e| io("encode the key", e))?;
+                    let mut out = Vec::new();
+                    let code = insecure
+                        .exec(
+                            &format!("sudo -n sh -c {}", sh_quote(&install_script(&line))),
+                            None,
+                            &mut |_, b| out.extend_from_slice(b),
+                        )
+                        .await
+                        .map_err(|e| ssh_err("install the key over SSH", e))?;
+                    // Its host key, seen with the insecure key, is the one to pin.
+                    keys.pin(port, &insecure.host_key).map_err(|e| io("record the host key", e))?;
+                    insecure.close().await;
+                    if code != 0 {
+                        return Err(ProviderError::Conflict {
+                            message: format!(
+                                "installing the environment's SSH key failed ({code}): {}",
+                                String::from_utf8_lossy(&out).trim()
+                            ),
+                        });
+                    }
+                    let user = String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root").to_string();
+                    let _ = std::fs::write(&user_file, &user);
+                    true
+                }
+            }
+        };
+        let _ = installed_by_ssh;
+        // SSH must take the environment's key now.
+        let mut last = None;
+        while t0.elapsed() < limit {
+            match self
+                .ssh_session(&info, "root", Duration::from_secs(3))
+                .await
+            {
+                Ok(s) => {
+                    s.close().await;
+                    return Ok(());
+                }
+                Err(e @ ssh::SshError::HostKeyChanged { .. }) => {
+                    return Err(ssh_err("reach the machine over SSH", e));
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         Err(ProviderError::Conflict {
             message: format!(
-                "the guest did not answer within {}s; the end of its console:\n{}",
-                limit.as_secs(),
-                tail.iter()
-                    .map(|l| format!("    | {l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                "{}; the end of its console:\n{}",
+                last.map(|e| e.to_string())
+                    .unwrap_or_else(|| "SSH did not answer".into()),
+                console_tail(&console)
             ),
         })
+    }
+
+    /// Writes the environment's public key as the only authorized key of root and of
+    /// `vagrant` (when the guest has that user), through the guest agent; returns the user
+    /// `envrig ssh` logs in as (`vagrant` when it exists, else root).
+    async fn install_key_by_agent(&self, id: &str, keys: &ssh::EnvKeys) -> Result<String> {
+        let key = keys
+            .ensure()
+            .map_err(|e| io("read the environment's key", e))?;
+        let line = ssh::public_line(key.public_key()).map_err(|e| io("encode the key", e))?;
+        let req = ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), install_script(&line)],
+            ..ExecRequest::default()
+        };
+        let mut out = Vec::new();
+        let code = self
+            .exec_agent(id, &req, &mut |_: OutputStream, b: &[u8]| {
+                out.extend_from_slice(b)
+            })
+            .await?;
+        if code != 0 {
+            return Err(ProviderError::Conflict {
+                message: format!(
+                    "installing the environment's SSH key failed ({code}): {}",
+                    String::from_utf8_lossy(&out).trim()
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("root")
+            .to_string())
     }
 
     async fn info(&self, id: &str) -> Result<MachineInfo> {
@@ -884,6 +1161,55 @@ impl LibvirtProvider {
         })
         .await
     }
+}
+
+/// `ENVRIG_LIBVIRT_EXEC=ssh`: commands and uploads go over SSH even when the guest has an
+/// agent (their output then streams as it comes).
+fn ssh_preferred() -> bool {
+    std::env::var("ENVRIG_LIBVIRT_EXEC").as_deref() == Ok("ssh")
+}
+
+/// The last lines of a console log, indented, for an error message.
+fn console_tail(console: &Path) -> String {
+    let log = std::fs::read_to_string(console).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..]
+        .iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn boot_failed(limit: Duration, what: &str, console: &Path) -> ProviderError {
+    ProviderError::Conflict {
+        message: format!(
+            "{what} did not answer within {}s; the end of its console:\n{}",
+            limit.as_secs(),
+            console_tail(console)
+        ),
+    }
+}
+
+fn ssh_err(op: &str, e: ssh::SshError) -> ProviderError {
+    ProviderError::Engine {
+        provider: NAME,
+        op: op.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// A shell script that makes `key` the only authorized key of root and of `vagrant`
+/// (when that user exists), and prints the user to log in as.
+fn install_script(key: &str) -> String {
+    format!(
+        r#"k={k}
+for h in /root $(awk -F: '$1=="vagrant"{{print $6}}' /etc/passwd); do
+  u=$(stat -c %U "$h" 2>/dev/null || echo root)
+  mkdir -p "$h/.ssh" && chmod 700 "$h/.ssh" && printf '%s\n' "$k" > "$h/.ssh/authorized_keys" && chmod 600 "$h/.ssh/authorized_keys" && chown -R "$u" "$h/.ssh" || exit 1
+done
+if grep -q '^vagrant:' /etc/passwd; then echo vagrant; else echo root; fi"#,
+        k = sh_quote(key)
+    )
 }
 
 /// Deletes a machine's DHCP and DNS entries from network `n` (best effort).
@@ -965,8 +1291,16 @@ fn describe(dom: &Domain) -> Result<MachineInfo> {
             .name()
             .map_err(|e| engine("read the domain's name", e))?,
         state,
+        ports: {
+            let labels = xml::labels(&xml);
+            let ssh: Option<u16> = labels.get(SSH_PORT).and_then(|p| p.parse().ok());
+            // The SSH port is envrig's way in, not one of the Envfile's ports.
+            xml::ports(&xml)
+                .into_iter()
+                .filter(|p| !(p.guest_port == 22 && Some(p.host_port) == ssh))
+                .collect()
+        },
         labels: xml::labels(&xml),
-        ports: xml::ports(&xml),
     })
 }
 
@@ -1056,12 +1390,8 @@ impl Provider for LibvirtProvider {
             Ok(())
         })
         .await?;
-        self.wait_agent(
-            id,
-            &self.machine_dir(&info.resource_name).join("console.log"),
-            Self::boot_timeout(),
-        )
-        .await?;
+        let _ = info;
+        self.wait_ready(id).await?;
         self.wait_private_address(id).await;
         Ok(())
     }
@@ -1105,6 +1435,13 @@ impl Provider for LibvirtProvider {
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
+        // Its pinned host key and login go with it.
+        if let Ok(info) = self.info(id).await
+            && let Some((port, keys)) = self.ssh_parts(&info)
+        {
+            let _ = keys.unpin(port);
+            let _ = std::fs::remove_file(keys.dir.join(format!("{}.user", info.resource_name)));
+        }
         let id2 = id.to_string();
         let name = self
             .blocking(move |c| {
@@ -1179,10 +1516,34 @@ impl Provider for LibvirtProvider {
     }
 
     async fn purge(&self, selector: &Selector) -> Result<Vec<String>> {
-        // Machines' overlays and logs go with them; networks are the other resources.
+        // Machines' overlays and logs go with them; networks are the other resources, and
+        // the SSH keys of environments that have no machine left.
         let selector = selector.clone();
+        let keys = self.keys.clone();
         self.blocking(move |c| {
+            let envs: std::collections::BTreeSet<String> = c
+                .list_all_domains(0)
+                .map_err(|e| engine("list domains", e))?
+                .iter()
+                .filter_map(|d| d.xml_desc(0).ok())
+                .filter_map(|x| {
+                    xml::labels(&x)
+                        .get(envrig_provider_api::labels::ENV)
+                        .cloned()
+                })
+                .collect();
             let mut removed = Vec::new();
+            for e in std::fs::read_dir(&keys).into_iter().flatten().flatten() {
+                let env = e.file_name().to_string_lossy().to_string();
+                let probe =
+                    BTreeMap::from([(envrig_provider_api::labels::ENV.to_string(), env.clone())]);
+                if !envs.contains(&env)
+                    && selector.matches(&probe)
+                    && std::fs::remove_dir_all(e.path()).is_ok()
+                {
+                    removed.push(format!("SSH keys of {env}"));
+                }
+            }
             for n in c
                 .list_all_networks(0)
                 .map_err(|e| engine("list networks", e))?
@@ -1326,73 +1687,54 @@ impl Provider for LibvirtProvider {
         .await
     }
 
+    /// Through the guest agent when the guest has one (no network needed), else over SSH
+    /// as root with the environment's key (output streamed).
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
-        let argv = agent_argv(req);
-        let (path, args) = argv.split_first().ok_or_else(|| ProviderError::Conflict {
-            message: "an empty command".into(),
-        })?;
-        let machine_env: BTreeMap<String, String> = self
-            .info(id)
-            .await?
+        if !ssh_preferred() && self.agent_answers(id).await {
+            return self.exec_agent(id, req, output).await;
+        }
+        let info = self.info(id).await?;
+        if self.ssh_parts(&info).is_none() {
+            return self.exec_agent(id, req, output).await;
+        }
+        let machine_env: BTreeMap<String, String> = info
             .labels
             .get(MACHINE_ENV)
             .and_then(|j| serde_json::from_str(j).ok())
             .unwrap_or_default();
-        let mut all = BTreeMap::from([(
-            "PATH".to_string(),
-            "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        )]);
-        all.extend(machine_env);
+        let mut all = machine_env;
         all.extend(req.env.clone());
-        let env: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let started = self
-            .agent(
-                id,
-                serde_json::json!({"execute": "guest-exec", "arguments": {"path": path, "arg": args, "env": env, "capture-output": true}}),
-                10,
-            )
-            .await?;
-        let pid = started["pid"]
-            .as_i64()
-            .ok_or_else(|| ProviderError::Conflict {
-                message: format!("the guest agent did not start `{path}`"),
-            })?;
-        // Bounded by a day: a command runs as long as it needs, polled gently.
-        let mut delay = Duration::from_millis(20);
-        for _ in 0..(24 * 3600 * 5) {
-            let st = self
-                .agent(
-                    id,
-                    serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
-                    10,
-                )
-                .await?;
-            if st["exited"].as_bool() == Some(true) {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                for (key, stream) in [
-                    ("out-data", OutputStream::Stdout),
-                    ("err-data", OutputStream::Stderr),
-                ] {
-                    if let Some(data) = st[key].as_str()
-                        && let Ok(bytes) = b64.decode(data)
-                    {
-                        output(stream, &bytes);
-                    }
-                }
-                return Ok(st["exitcode"].as_i64().unwrap_or_else(|| {
-                    if st["signal"].is_i64() {
-                        128 + st["signal"].as_i64().unwrap_or(0)
+        let line = format!(
+            "exec env {} {}",
+            all.iter()
+                .map(|(k, v)| sh_quote(&format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(" "),
+            agent_argv(req)
+                .iter()
+                .map(|a| sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let session = self
+            .ssh_session(&info, "root", Duration::from_secs(30))
+            .await
+            .map_err(|e| ssh_err("reach the machine over SSH", e))?;
+        let code = session
+            .exec(&line, None, &mut |err, b| {
+                output(
+                    if err {
+                        OutputStream::Stderr
                     } else {
-                        -1
-                    }
-                }));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
-        Err(ProviderError::Conflict {
-            message: "the command did not finish within a day".into(),
-        })
+                        OutputStream::Stdout
+                    },
+                    b,
+                )
+            })
+            .await
+            .map_err(|e| ssh_err("run the command over SSH", e));
+        session.close().await;
+        code
     }
 
     async fn exec_interactive(
@@ -1405,6 +1747,34 @@ impl Provider for LibvirtProvider {
     }
 
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
+        if ssh_preferred() || !self.agent_answers(id).await {
+            let info = self.info(id).await?;
+            if self.ssh_parts(&info).is_some() {
+                let session = self
+                    .ssh_session(&info, "root", Duration::from_secs(30))
+                    .await
+                    .map_err(|e| ssh_err("reach the machine over SSH", e))?;
+                let mut err = Vec::new();
+                let code = session
+                    .exec(
+                        &format!("tar -xf - -C {}", sh_quote(dest)),
+                        Some(tar),
+                        &mut |_, b| err.extend_from_slice(b),
+                    )
+                    .await
+                    .map_err(|e| ssh_err("upload over SSH", e));
+                session.close().await;
+                return match code? {
+                    0 => Ok(()),
+                    code => Err(ProviderError::Conflict {
+                        message: format!(
+                            "unpacking into {dest} failed ({code}): {}",
+                            String::from_utf8_lossy(&err).trim()
+                        ),
+                    }),
+                };
+            }
+        }
         static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guest = format!("/tmp/.envrig-upload-{}-{n}.tar", std::process::id());
@@ -1551,14 +1921,8 @@ impl Provider for LibvirtProvider {
                 .map_err(|e| engine(format!("revert to snapshot `{name2}`"), e))
         })
         .await?;
-        let info = self.info(owner).await?;
         if running {
-            self.wait_agent(
-                owner,
-                &self.machine_dir(&info.resource_name).join("console.log"),
-                Self::boot_timeout(),
-            )
-            .await?;
+            self.wait_ready(owner).await?;
         }
         self.info(owner).await
     }
@@ -1776,8 +2140,23 @@ impl Provider for LibvirtProvider {
         Ok(())
     }
 
-    async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {
-        Err(unsupported("ssh-config (SSH access comes next)"))
+    async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint> {
+        let info = self.info(id).await?;
+        let (port, keys) = self
+            .ssh_parts(&info)
+            .ok_or_else(|| unsupported("SSH into a machine made before envrig had SSH"))?;
+        let user = std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name)))
+            .map(|u| u.trim().to_string())
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into());
+        Ok(SshEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            user,
+            identity_file: keys.identity().display().to_string(),
+            known_hosts_file: Some(keys.known_hosts().display().to_string()),
+        })
     }
 }
 
