@@ -507,3 +507,37 @@ fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
         "the environment's key is removed"
     );
 }
+
+#[test]
+fn synced_folders_copied_at_up_and_provision_when_asked_to() {
+    if !e2e() {
+        return;
+    }
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nsynced = [{{ host = \"./app\", guest = \"/srv/app\" }}]\n[machines.vm.libvirt]\nsynced = \"rsync\"\n",
+        unique("vmcopy"),
+        guest()
+    );
+    let dir = Project::new(&text);
+    std::fs::create_dir_all(dir.path().join("app/sub")).unwrap();
+    std::fs::write(dir.path().join("app/sub/a.txt"), "v1\n").unwrap();
+    let run = |args: &[&str]| dir.envrig(args);
+    let r = run(&["up"]).ok();
+    assert!(
+        r.stderr.contains("copied into /srv/app (not live"),
+        "a copy is never silent: {}",
+        r.stderr
+    );
+    let cat = || {
+        run(&["exec", "vm", "--", "cat", "/srv/app/sub/a.txt"])
+            .ok()
+            .stdout
+    };
+    assert_eq!(cat(), "v1\n");
+    std::fs::write(dir.path().join("app/sub/a.txt"), "v2\n").unwrap();
+    assert_eq!(cat(), "v1\n", "a copy is not live");
+    let r = run(&["provision"]).ok();
+    assert!(r.stderr.contains("copied into /srv/app"), "{}", r.stderr);
+    assert_eq!(cat(), "v2\n");
+    run(&["destroy", "-f"]).ok();
+}

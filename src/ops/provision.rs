@@ -518,19 +518,30 @@ pub async fn provision(
             async move {
                 let r = match provider(ctx, &m.provider).await {
                     Ok(p) => {
-                        provision_machine(
-                            ctx,
-                            session,
-                            project,
-                            Target {
-                                provider: &p,
-                                machine: m,
-                                id: &id,
-                                fresh: false,
-                            },
-                            mode,
-                        )
-                        .await
+                        // Synced folders that are copies, not live mounts, are copied again
+                        // first, so the steps see the host's files.
+                        match p.refresh_synced(&id).await {
+                            Ok(lines) => {
+                                for l in lines {
+                                    ctx.reporter
+                                        .event(Some(m.name.as_str()), Phase::Warning, &l);
+                                }
+                                provision_machine(
+                                    ctx,
+                                    session,
+                                    project,
+                                    Target {
+                                        provider: &p,
+                                        machine: m,
+                                        id: &id,
+                                        fresh: false,
+                                    },
+                                    mode,
+                                )
+                                .await
+                            }
+                            Err(e) => Err(format!("cannot copy its synced folders: {e}")),
+                        }
                     }
                     Err(e) => Err(e.to_string()),
                 };

@@ -366,6 +366,16 @@ async fn run_one(
             )
         }
     };
+    if result != "unchanged" && result != "stale" {
+        // Synced folders that are copies, not live mounts, are made now (and said so).
+        let lines = p
+            .refresh_synced(&id)
+            .await
+            .map_err(|e| format!("cannot copy its synced folders: {e}"))?;
+        for l in lines {
+            ctx.reporter.event(Some(&name), Phase::Warning, &l);
+        }
+    }
     let mut steps_run = 0;
     if !no_provision {
         let target = Target {

@@ -486,4 +486,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// How to reach the machine with OpenSSH, when the provider has SSH.
     async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint>;
+
+    /// Brings the machine's synced folders up to date where they are copies rather than
+    /// live mounts (`provision` calls it before the steps); returns one line per folder
+    /// copied, for the user. Live mounts need nothing: the default does nothing.
+    async fn refresh_synced(&self, _id: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }

@@ -30,6 +30,20 @@ pub struct Domain<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// The environment's private network and this machine's MAC on it (a second NIC).
     pub network: Option<(&'a str, &'a str)>,
+    /// Host folders shared live with the guest.
+    pub shares: &'a [Share],
+}
+
+/// A host folder shared with the guest by virtiofs or 9p, mounted by its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// `virtiofs` or `9p`.
+    pub kind: String,
+    pub source: String,
+    pub tag: String,
+    pub read_only: bool,
+    /// virtiofs: the daemon's binary.
+    pub daemon: Option<String>,
 }
 
 type W = Writer<Vec<u8>>;
@@ -79,6 +93,13 @@ impl Domain<'_> {
             &[("unit", "MiB")],
             &self.memory_mib.to_string(),
         )?;
+        if self.shares.iter().any(|s| s.kind == "virtiofs") {
+            // virtiofs needs the guest's memory shared with its daemon.
+            open(&mut w, "memoryBacking", &[])?;
+            empty(&mut w, "source", &[("type", "memfd")])?;
+            empty(&mut w, "access", &[("mode", "shared")])?;
+            close(&mut w, "memoryBacking")?;
+        }
         text(&mut w, "vcpu", &[], &self.vcpus.to_string())?;
         open(&mut w, "os", &[])?;
         text(
@@ -119,6 +140,30 @@ impl Domain<'_> {
         }
         empty(&mut w, "target", &[("dev", "vda"), ("bus", "virtio")])?;
         close(&mut w, "disk")?;
+        for sh in self.shares {
+            let mode = if sh.kind == "virtiofs" {
+                "passthrough"
+            } else {
+                "mapped"
+            };
+            open(
+                &mut w,
+                "filesystem",
+                &[("type", "mount"), ("accessmode", mode)],
+            )?;
+            if sh.kind == "virtiofs" {
+                empty(&mut w, "driver", &[("type", "virtiofs")])?;
+                if let Some(d) = &sh.daemon {
+                    empty(&mut w, "binary", &[("path", d)])?;
+                }
+            }
+            empty(&mut w, "source", &[("dir", &sh.source)])?;
+            empty(&mut w, "target", &[("dir", &sh.tag)])?;
+            if sh.read_only && sh.kind != "virtiofs" {
+                empty(&mut w, "readonly", &[])?;
+            }
+            close(&mut w, "filesystem")?;
+        }
         // User-mode networking (passt): no root bridge; ports forwarded from the host.
         open(&mut w, "interface", &[("type", "user")])?;
         empty(&mut w, "backend", &[("type", "passt")])?;
@@ -522,6 +567,13 @@ mod tests {
             ports: &ports,
             labels: &labels,
             network: Some(("net-1", "52:54:00:01:02:03")),
+            shares: &[Share {
+                kind: "virtiofs".into(),
+                source: "/src/a&b".into(),
+                tag: "envrig0".into(),
+                read_only: true,
+                daemon: Some("/usr/libexec/virtiofsd".into()),
+            }],
         };
         let xml = d.to_xml().unwrap();
         assert_eq!(
@@ -529,6 +581,8 @@ mod tests {
             Some(("net-1".to_string(), "52:54:00:01:02:03".to_string()))
         );
         assert!(xml.contains("&lt;b&gt; &amp;"), "{xml}");
+        assert!(xml.contains("<source dir=\"/src/a&amp;b\"/>"), "{xml}");
+        assert!(xml.contains("<access mode=\"shared\"/>"), "{xml}");
         assert_eq!(super::labels(&xml), labels);
         assert_eq!(super::ports(&xml), ports);
         assert!(xml.contains("<seclabel model=\"dac\" relabel=\"no\"/>"));
