@@ -541,3 +541,159 @@ fn synced_folders_copied_at_up_and_provision_when_asked_to() {
     assert_eq!(cat(), "v2\n");
     run(&["destroy", "-f"]).ok();
 }
+
+/// Serves `body` over HTTP on a loopback port, honouring `Range: bytes=N-`. The first
+/// `broken` responses stop after half the body (a download that breaks off). Returns the
+/// port and the number of body bytes sent, by response.
+fn serve(body: Vec<u8>, broken: usize) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent2 = sent.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().take(8).enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut from = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    from = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+                }
+            }
+            let part = &body[from.min(body.len())..];
+            let head = if from > 0 {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
+                    part.len(),
+                    body.len() - 1,
+                    body.len()
+                )
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    part.len()
+                )
+            };
+            let upto = if n < broken {
+                part.len() / 2
+            } else {
+                part.len()
+            };
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&part[..upto]);
+            sent2.lock().unwrap().push(upto);
+        }
+    });
+    (port, sent)
+}
+
+#[test]
+fn a_box_from_a_url_is_resumed_checked_and_boots() {
+    if !e2e() {
+        return;
+    }
+    // A vagrant-libvirt .box (gzip) of the small guest, carrying its kernel.
+    let work = tempfile::tempdir().unwrap();
+    let g = std::path::PathBuf::from(guest());
+    for (from, to) in [
+        ("disk.qcow2", "box.img"),
+        ("vmlinuz", "vmlinuz"),
+        ("initrd.img", "initrd.img"),
+        ("cmdline", "cmdline"),
+    ] {
+        std::fs::copy(g.join(from), work.path().join(to)).unwrap();
+    }
+    std::fs::write(
+        work.path().join("metadata.json"),
+        r#"{"provider":"libvirt","format":"qcow2","virtual_size":1}"#,
+    )
+    .unwrap();
+    let boxfile = work.path().join("small.box");
+    let st = Command::new("tar")
+        .args(["-czf", boxfile.to_str().unwrap(), "-C"])
+        .arg(work.path())
+        .args([
+            "metadata.json",
+            "box.img",
+            "vmlinuz",
+            "initrd.img",
+            "cmdline",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let body = std::fs::read(&boxfile).unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let (port, sent) = serve(body.clone(), 1);
+    let url = format!("http://127.0.0.1:{port}/boxes/small.box");
+
+    let home = tempfile::tempdir().unwrap();
+    let name = unique("urlbox");
+    let mut p = Project::new(&format!(
+        "[project]\nname = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{name}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n"
+    ));
+    p.destroy_on_drop = false;
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    let checksum = format!("sha256:{sha}");
+    // The first try breaks off half way: nothing is listed, and it says how to go on.
+    let r = run(&["box", "add", &name, &url, "--checksum", &checksum]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("resume"), "{}", r.stderr);
+    assert_eq!(
+        run(&["box", "list", "--json"]).ok().json()["boxes"],
+        serde_json::json!([])
+    );
+    // The second resumes where it stopped and checks the whole.
+    run(&["box", "add", &name, &url, "--checksum", &checksum]).ok();
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0] + sent[1], body.len(), "resumed, not fetched again");
+    let boxes = run(&["box", "list", "--json"]).ok().json();
+    assert_eq!(boxes["boxes"][0]["name"], name.as_str());
+    assert_eq!(boxes["boxes"][0]["kernel"], true);
+
+    // A checksum that does not match adds nothing.
+    let (port2, _) = serve(body, 0);
+    let bad = format!("sha256:{}", "0".repeat(64));
+    let r = run(&[
+        "box",
+        "add",
+        "other",
+        &format!("http://127.0.0.1:{port2}/small.box"),
+        "--checksum",
+        &bad,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("nothing was added"), "{}", r.stderr);
+    assert_eq!(
+        run(&["box", "list", "--json"]).ok().json()["boxes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The box boots.
+    run(&["up"]).ok();
+    assert_eq!(
+        run(&["exec", "vm", "--", "echo", "from the url"])
+            .ok()
+            .stdout,
+        "from the url\n"
+    );
+    run(&["destroy", "-f"]).ok();
+    run(&["box", "remove", &name]).ok();
+}

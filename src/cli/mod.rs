@@ -195,10 +195,14 @@ enum Command {
 enum BoxCommand {
     /// The boxes in the store
     List,
-    /// Add a box from a .qcow2, a vagrant-libvirt .box, or a box folder
+    /// Add a box from a .qcow2, a vagrant-libvirt .box, a box folder, or an http(s) URL of
+    /// one of those files (downloaded with progress, resumed when run again after a break)
     Add {
         name: String,
-        source: PathBuf,
+        source: String,
+        /// The source's sha256 (`sha256:HEX`): a box that differs is not added
+        #[arg(long, value_name = "sha256:HEX")]
+        checksum: Option<String>,
         /// Replace a box of that name
         #[arg(short = 'f', long)]
         force: bool,
@@ -337,10 +341,20 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 BoxCommand::Add {
                     name,
                     source,
+                    checksum,
                     force,
-                } => settle(&ctx, ops::box_add(&ctx, name, &cwd.join(source), *force))
-                    .await
-                    .map(|row| printer.boxes_added(&row)),
+                } => settle(
+                    &ctx,
+                    ops::box_add(
+                        &ctx,
+                        name,
+                        &ops::BoxSource::parse(source, &cwd),
+                        checksum.as_deref(),
+                        *force,
+                    ),
+                )
+                .await
+                .map(|row| printer.boxes_added(&row)),
                 BoxCommand::Remove { name } => ops::box_remove(&ctx, name)
                     .await
                     .map(|()| printer.done(&format!("removed box `{name}`"))),

@@ -30,7 +30,7 @@ use crate::providers::Registry;
 use crate::state::{StateCache, StateDir, StateLock};
 
 pub use archive::{ImportReport, Manifest, export, import};
-pub use boxes::{BoxRow, box_add, box_list, box_remove};
+pub use boxes::{BoxRow, BoxSource, box_add, box_list, box_remove};
 pub use destroy::{DestroySummary, destroy};
 pub use exec::{exec, interactive, running_machine};
 pub use gc::{GcItem, GcReport, gc};

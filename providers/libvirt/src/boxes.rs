@@ -3,7 +3,8 @@
 //!
 //! A box is built in a hidden folder beside the store and renamed into place, so a box is
 //! either all there or not listed. Sources: a `.qcow2`, a vagrant-libvirt `.box` (a tar,
-//! possibly gzip- or zstd-free, holding `box.img` and `metadata.json`), or a folder laid out
+//! plain or gzip-compressed, holding `box.img` and `metadata.json`, and, envrig's extension,
+//! maybe `vmlinuz`, `initrd.img` and `cmdline` for direct kernel boot), or a folder laid out
 //! like a box.
 
 use std::io::Read;
@@ -55,7 +56,15 @@ fn is_file<R: Read>(entry: &tar::Entry<'_, R>) -> bool {
 
 /// Unpacks a vagrant-libvirt `.box` into `dest` as a box (its `box.img` becomes the disk).
 fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
-    let mut archive = tar::Archive::new(std::fs::File::open(source)?);
+    let mut magic = [0u8; 2];
+    let gzip = std::fs::File::open(source)?.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file = std::fs::File::open(source)?;
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
     let mut found = false;
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -70,6 +79,10 @@ fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
         let target = match path.as_str() {
             "box.img" => "disk.qcow2",
             "metadata.json" => "vagrant-metadata.json",
+            // envrig's extension: a box may carry a kernel for direct kernel boot.
+            "vmlinuz" => "vmlinuz",
+            "initrd.img" => "initrd.img",
+            "cmdline" => "cmdline",
             // Nothing else is taken, and no path from the archive is ever joined.
             _ => continue,
         };
