@@ -697,3 +697,46 @@ fn a_box_from_a_url_is_resumed_checked_and_boots() {
     run(&["destroy", "-f"]).ok();
     run(&["box", "remove", &name]).ok();
 }
+
+#[test]
+fn a_guest_that_does_not_boot_fails_up_with_its_console() {
+    if !e2e() {
+        return;
+    }
+    // The small guest's box, told to boot from a disk that does not exist.
+    let bad = tempfile::tempdir().unwrap();
+    let g = std::path::PathBuf::from(guest());
+    for f in ["disk.qcow2", "vmlinuz", "initrd.img"] {
+        std::fs::copy(g.join(f), bad.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        bad.path().join("cmdline"),
+        "console=ttyS0 root=/dev/vdz panic=-1",
+    )
+    .unwrap();
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.bad]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"bad\"\nprovider = \"libvirt\"\n",
+        unique("noboot"),
+        bad.path().display()
+    );
+    let p = Project::new(&text);
+    let t0 = std::time::Instant::now();
+    let r = p.envrig(&["up"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stopped while it booted") && r.stderr.contains("envrig-initramfs:"),
+        "the error shows the end of the console: {}",
+        r.stderr
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(90),
+        "it fails at once"
+    );
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    let name = st["machines"][0]["resource_name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    p.envrig(&["destroy", "-f"]).ok();
+    assert!(name.is_empty() || !domains().contains(&name));
+}

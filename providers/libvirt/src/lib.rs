@@ -1237,8 +1237,28 @@ impl LibvirtProvider {
             }
             None
         };
+        // A guest that powers off or crashes while booting fails at once.
+        let died = async {
+            while t0.elapsed() < limit {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(i) = self.info(id).await
+                    && matches!(i.state, MachineState::Stopped | MachineState::Dead)
+                {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
         let installed_by_ssh = tokio::select! {
             biased;
+            () = died => {
+                return Err(ProviderError::Conflict {
+                    message: format!(
+                        "the machine stopped while it booted; the end of its console:\n{}",
+                        console_tail(&console)
+                    ),
+                });
+            }
             ok = self.wait_agent_only(id, limit) => {
                 if !ok {
                     return Err(boot_failed(limit, "the guest agent or SSH", &console));
