@@ -740,3 +740,59 @@ fn a_guest_that_does_not_boot_fails_up_with_its_console() {
     p.envrig(&["destroy", "-f"]).ok();
     assert!(name.is_empty() || !domains().contains(&name));
 }
+
+#[test]
+fn synced_folders_are_live_through_virtiofs() {
+    if !e2e() {
+        return;
+    }
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nsynced = [{{ host = \"./app\", guest = \"/srv/app\" }}, {{ host = \"./conf\", guest = \"/etc/app\", mode = \"ro\" }}]\n",
+        unique("vmlive"),
+        guest()
+    );
+    let p = Project::new(&text);
+    for d in ["app", "conf"] {
+        std::fs::create_dir_all(p.path().join(d)).unwrap();
+    }
+    std::fs::write(p.path().join("conf/c.txt"), "conf\n").unwrap();
+    let r = p.envrig(&["up"]).ok();
+    assert!(
+        !r.stderr.contains("copied"),
+        "with virtiofsd on the host (scripts/host-setup.sh installs it) folders are live: {}",
+        r.stderr
+    );
+    let sh = |script: &str| p.envrig(&["exec", "vm", "--", "sh", "-c", script]);
+    // Host to guest, at once, without provisioning.
+    std::fs::write(p.path().join("app/h.txt"), "from the host\n").unwrap();
+    assert_eq!(sh("cat /srv/app/h.txt").ok().stdout, "from the host\n");
+    std::fs::write(p.path().join("app/h.txt"), "from the host, longer now\n").unwrap();
+    assert_eq!(
+        sh("cat /srv/app/h.txt").ok().stdout,
+        "from the host, longer now\n"
+    );
+    // Guest to host, at once, readable by others (umask 022).
+    sh("echo from the guest > /srv/app/g.txt").ok();
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("app/g.txt")).unwrap(),
+        "from the guest\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path().join("app/g.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // A read-only folder is read-only, whatever the guest does.
+    assert_eq!(sh("cat /etc/app/c.txt").ok().stdout, "conf\n");
+    let r = sh("mount -o remount,rw /etc/app; echo x > /etc/app/c.txt");
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("conf/c.txt")).unwrap(),
+        "conf\n"
+    );
+    // Mounted again after a restart.
+    p.envrig(&["halt"]).ok();
+    p.envrig(&["up"]).ok();
+    assert_eq!(sh("cat /srv/app/g.txt").ok().stdout, "from the guest\n");
+}

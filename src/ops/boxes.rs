@@ -191,7 +191,9 @@ fn download_inner(
         let mut h = sha2::Sha256::new();
         let mut f = std::fs::File::open(&part).map_err(|e| e.to_string())?;
         loop {
-            let n = f.read(&mut buf).map_err(|e| Download::Failed(e.to_string()))?;
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| Download::Failed(e.to_string()))?;
             if n == 0 {
                 break;
             }

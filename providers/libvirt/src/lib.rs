@@ -1085,8 +1085,9 @@ impl LibvirtProvider {
                     "virtiofs"
                 };
                 let script = format!(
-                    "for m in {module}; do modprobe $m 2>/dev/null; done; mkdir -p {g} && (grep -q \" {g} \" /proc/mounts || mount -t {fstype} -o {opts} {tag} {g})",
+                    "for m in {module}; do modprobe $m 2>/dev/null; done; mkdir -p {g} && (grep -qF {pat} /proc/mounts || mount -t {fstype} -o {opts} {tag} {g})",
                     g = sh_quote(&f.guest),
+                    pat = sh_quote(&format!("{} {} {fstype} ", f.tag, f.guest)),
                     tag = sh_quote(&f.tag),
                 );
                 let (code, err) = self.run_sh(id, &script).await?;
@@ -1520,21 +1521,21 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The argv the guest agent runs for `req`: a user or folder wraps it in `su`/`cd`.
+/// The argv the guest agent runs for `req`: always through `sh` with umask 022 (the agent's
+/// own is 0077, so files a step made would be private, unlike under Docker or SSH); a user
+/// or folder wraps it in `su`/`cd`.
 fn agent_argv(req: &ExecRequest) -> Vec<String> {
     let user = req.user.as_deref().filter(|u| *u != "root" && *u != "0");
-    if user.is_none() && req.workdir.is_none() {
-        return req.argv.clone();
-    }
     let mut line = req
         .argv
         .iter()
         .map(|a| sh_quote(a))
         .collect::<Vec<_>>()
         .join(" ");
-    if let Some(d) = &req.workdir {
-        line = format!("cd {} && exec {line}", sh_quote(d));
-    }
+    line = match &req.workdir {
+        Some(d) => format!("umask 022; cd {} && exec {line}", sh_quote(d)),
+        None => format!("umask 022; exec {line}"),
+    };
     match user {
         Some(u) => vec![
             "su".into(),
@@ -2398,13 +2399,16 @@ mod tests {
                 "/bin/sh",
                 "app",
                 "-c",
-                "cd '/srv/a b' && exec 'echo' 'it'\\''s'"
+                "umask 022; cd '/srv/a b' && exec 'echo' 'it'\\''s'"
             ]
         );
         let plain = ExecRequest {
             argv: vec!["true".into()],
             ..ExecRequest::default()
         };
-        assert_eq!(agent_argv(&plain), ["true"]);
+        assert_eq!(
+            agent_argv(&plain),
+            ["/bin/sh", "-c", "umask 022; exec 'true'"]
+        );
     }
 }

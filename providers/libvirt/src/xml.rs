@@ -154,12 +154,17 @@ impl Domain<'_> {
             if sh.kind == "virtiofs" {
                 empty(&mut w, "driver", &[("type", "virtiofs")])?;
                 if let Some(d) = &sh.daemon {
-                    empty(&mut w, "binary", &[("path", d)])?;
+                    // No caching: a change on the host is seen in the guest at once (with
+                    // the default, an append shows up to a second late).
+                    open(&mut w, "binary", &[("path", d)])?;
+                    empty(&mut w, "cache", &[("mode", "none")])?;
+                    close(&mut w, "binary")?;
                 }
             }
             empty(&mut w, "source", &[("dir", &sh.source)])?;
             empty(&mut w, "target", &[("dir", &sh.tag)])?;
-            if sh.read_only && sh.kind != "virtiofs" {
+            // Enforced by the host (virtiofsd --readonly), not only by the guest's mount.
+            if sh.read_only {
                 empty(&mut w, "readonly", &[])?;
             }
             close(&mut w, "filesystem")?;
