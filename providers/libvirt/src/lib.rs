@@ -437,6 +437,7 @@ impl LibvirtProvider {
             Disk::Overlay(backing) => {
                 // A leftover from a crash is replaced.
                 let _ = std::fs::remove_file(&disk_file);
+                let t0 = Instant::now();
                 qemu_img(
                     "create the overlay",
                     &[
@@ -452,6 +453,12 @@ impl LibvirtProvider {
                     ],
                 )
                 .await?;
+                // Read by bench/bench_vm.py: overlay creation must not grow with the box.
+                tracing::debug!(
+                    overlay_us = t0.elapsed().as_micros() as u64,
+                    "overlay created on {}",
+                    backing.display()
+                );
                 Some(backing.display().to_string())
             }
             Disk::Own => None,
@@ -1157,7 +1164,7 @@ impl LibvirtProvider {
             if self.agent_answers(id).await {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
     }
@@ -1264,7 +1271,9 @@ impl LibvirtProvider {
                 if !ok {
                     return Err(boot_failed(limit, "the guest agent or SSH", &console));
                 }
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "guest agent answered");
                 let user = self.install_key_by_agent(id, &keys).await?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
                 let _ = std::fs::write(&user_file, &user);
                 false
             }
@@ -1309,6 +1318,7 @@ impl LibvirtProvider {
                 .await
             {
                 Ok(s) => {
+                    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "SSH took the key");
                     s.close().await;
                     return Ok(());
                 }
@@ -1317,7 +1327,7 @@ impl LibvirtProvider {
                 }
                 Err(e) => last = Some(e),
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(ProviderError::Conflict {
             message: format!(
