@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod envfile;
 pub mod identity;
+pub mod lock;
 pub mod ops;
 pub mod plan;
 pub mod providers;

@@ -209,6 +209,8 @@ pub struct StatusRow {
     pub generation: Option<u32>,
     pub created: Option<String>,
     pub ports: Vec<String>,
+    /// The fingerprint written on the resource (see `Envfile.lock`), when it has one.
+    pub fingerprint: Option<String>,
 }
 
 /// Status rows for `desired` in order, then orphans (when `with_orphans`).
@@ -226,6 +228,11 @@ pub fn status(desired: &[Desired], observed: &[Observed], with_orphans: bool) ->
         ports: o
             .map(|o| o.ports.iter().map(|p| p.to_string()).collect())
             .unwrap_or_default(),
+        fingerprint: o.and_then(|o| {
+            o.labels
+                .get(envrig_provider_api::labels::FINGERPRINT)
+                .cloned()
+        }),
     };
     for d in desired {
         let (cur, _) = current(d.machine.as_str(), observed);

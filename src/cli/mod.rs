@@ -90,7 +90,13 @@ enum Command {
         /// `envrig gc` destroys machines created now this long after (replaces `ttl`)
         #[arg(long, value_parser = parse_duration, value_name = "D")]
         ttl: Option<Duration>,
+        /// Refuse (exit 2) when Envfile.lock is missing or differs from the Envfile or this
+        /// host (for CI)
+        #[arg(long)]
+        locked: bool,
     },
+    /// Resolve every box to what it is on this host and write Envfile.lock
+    Lock,
     /// For CI: up an environment of its own, run CMD in it, destroy it whatever happened
     Run {
         /// The machine to run in (default: the only one, or the first declared)
@@ -547,6 +553,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             no_provision,
             provision,
             ttl,
+            locked,
         } => {
             project.ttl = ttl;
             let opts = UpOptions {
@@ -555,6 +562,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 parallel: usize::from(parallel),
                 no_provision,
                 force_provision: provision,
+                locked,
             };
             match settle(&ctx, ops::up(&ctx, &project, &opts)).await {
                 Ok(outcomes) => {
@@ -564,6 +572,25 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 Err(e) => fail(&printer, e),
             }
         }
+        Command::Lock => match settle(&ctx, ops::lock(&ctx, &project)).await {
+            Ok(l) => {
+                if printer.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"schema": "envrig.lock/1", "lock": l})
+                    );
+                } else {
+                    printer.done(&format!(
+                        "wrote {} ({} boxes, {} machines)",
+                        crate::lock::FILE_NAME,
+                        l.boxes.len(),
+                        l.machines.len()
+                    ));
+                }
+                0
+            }
+            Err(e) => fail(&printer, e),
+        },
         Command::Provision {
             machines,
             force,
@@ -621,6 +648,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 parallel: 8,
                 no_provision: false,
                 force_provision: false,
+                locked: false,
             };
             match settle(&ctx, ops::up(&ctx, &project, &opts)).await {
                 Ok(outcomes) => {

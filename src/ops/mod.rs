@@ -9,6 +9,7 @@ mod exec;
 mod gc;
 mod halt;
 mod init;
+mod lockfile;
 mod ls;
 mod provision;
 mod run;
@@ -36,6 +37,7 @@ pub use exec::{exec, interactive, running_machine};
 pub use gc::{GcItem, GcReport, gc};
 pub use halt::halt;
 pub use init::{TEMPLATES, Template, init};
+pub use lockfile::lock;
 pub use ls::{EnvRow, ls};
 pub use provision::provision;
 pub use run::{RunOptions, RunOutcome, run};
@@ -58,6 +60,10 @@ pub struct Project {
     pub ttl: Option<std::time::Duration>,
     /// The process owning this environment (`envrig run`): `gc` removes it once it died.
     pub owner: Option<String>,
+    /// Bases pinned by `Envfile.lock` that machines are created from, by machine.
+    pub pins: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Machines' fingerprints (written on their resources), by machine.
+    pub fingerprints: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// How to load a project, beyond its Envfile.
@@ -107,6 +113,8 @@ impl Project {
             warnings,
             ttl: None,
             owner: None,
+            pins: Default::default(),
+            fingerprints: Default::default(),
         })
     }
 

@@ -57,6 +57,7 @@ pub async fn run(
         parallel: opts.parallel,
         no_provision: false,
         force_provision: false,
+        locked: false,
     };
     let made = up(ctx, project, &up_opts).await;
     let result = match made {

@@ -46,6 +46,25 @@ pub fn machine_spec(
     };
     let config = config_hash(&spec);
     spec.labels.insert(labels::CONFIG.to_string(), config);
+    // What Envfile.lock says: the pinned base to create from (the hash above is of the
+    // Envfile's reference, so a pin never makes a machine stale), and the fingerprint.
+    if let Some(pinned) = project
+        .pins
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(machine.name.as_str())
+    {
+        spec.base = pinned.clone();
+    }
+    if let Some(fp) = project
+        .fingerprints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(machine.name.as_str())
+    {
+        spec.labels
+            .insert(labels::FINGERPRINT.to_string(), fp[..16].to_string());
+    }
     if let Some(ttl) = project.ttl.or(machine.ttl)
         && let Ok(t) = humantime::parse_rfc3339(created)
     {

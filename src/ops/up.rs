@@ -28,6 +28,8 @@ pub struct UpOptions {
     pub no_provision: bool,
     /// Run every `once` step again.
     pub force_provision: bool,
+    /// Refuse when `Envfile.lock` is missing or does not match (`--locked`).
+    pub locked: bool,
 }
 
 /// What `up` did to one machine.
@@ -63,6 +65,7 @@ pub async fn up(
             )));
         }
     }
+    let had_lock = super::lockfile::before_up(ctx, project, &selected, opts.locked).await?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let declared: Vec<&str> = project
@@ -208,6 +211,9 @@ pub async fn up(
             total: selected.len(),
             failures: failed,
         });
+    }
+    if !had_lock {
+        super::lockfile::after_up(ctx, project).await?;
     }
     Ok(outcomes)
 }

@@ -312,6 +312,20 @@ pub struct BaseInfo {
     pub id: String,
 }
 
+/// The immutable identity of a base on this host, as a lock file pins it: nothing in it
+/// names a host path or a time, so two hosts holding the same base agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseIdentity {
+    /// `sha256:...`: the docker image ID, the box disk's sha256.
+    pub id: String,
+    /// A pulled image's repository digest (`repo@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The box's size in bytes (libvirt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
 /// Progress while a base is fetched.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PullProgress {
@@ -374,6 +388,10 @@ pub trait Provider: Send + Sync + fmt::Debug {
         reference: &str,
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<BaseInfo>;
+
+    /// The identity `reference` resolves to on this host, without fetching anything;
+    /// `None` when it is not here.
+    async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>>;
 
     /// Creates the machine (not started). Fails with [`ProviderError::NotFound`] when the base
     /// is missing locally; the caller then calls [`Provider::ensure_base`] and tries again.

@@ -26,10 +26,10 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RemoveImageOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use envrig_provider_api::{
-    BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
-    OptionValue, OtherResource, OutputSink, OutputStream, PortSpec, Protocol, Provider,
-    ProviderError, PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
-    labels,
+    BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState,
+    NetworkSpec, OptionValue, OtherResource, OutputSink, OutputStream, PortSpec, Protocol,
+    Provider, ProviderError, PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox,
+    Terminal, labels,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -308,6 +308,36 @@ impl Provider for DockerProvider {
 
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
+    }
+
+    async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(img) => {
+                // The digest of the repository the reference names, when it was pulled.
+                let repo = reference
+                    .split('@')
+                    .next()
+                    .unwrap_or(reference)
+                    .rsplit_once(':')
+                    .filter(|(_, tag)| !tag.contains('/'))
+                    .map(|(r, _)| r)
+                    .unwrap_or(reference);
+                let digests = img.repo_digests.unwrap_or_default();
+                let digest = digests
+                    .iter()
+                    .find(|d| d.split('@').next() == Some(repo))
+                    .cloned();
+                Ok(Some(BaseIdentity {
+                    id: img.id.unwrap_or_default(),
+                    digest,
+                    size: None,
+                }))
+            }
+            Err(e) => match map_err("inspect image", e) {
+                ProviderError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
     }
 
     async fn ensure_base(

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 /// The files a box may hold besides its disk.
 pub const KERNEL_FILES: [&str; 3] = ["vmlinuz", "initrd.img", "cmdline"];
 
-fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -52,9 +52,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine as _;
 use envrig_provider_api::{
-    BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState, NetworkSpec,
-    OptionValue, OtherResource, OutputSink, OutputStream, Provider, ProviderError, PullProgress,
-    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
+    BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, MachineState,
+    NetworkSpec, OptionValue, OtherResource, OutputSink, OutputStream, Provider, ProviderError,
+    PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
 };
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
@@ -1567,6 +1567,53 @@ impl Provider for LibvirtProvider {
 
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
+    }
+
+    /// A box in the store: its recorded sha256 and size. A box folder named by path: its
+    /// disk's sha256, remembered beside the staged copies by the disk's identity (device,
+    /// inode, size, modification time), so it is hashed once.
+    async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>> {
+        let Some(dir) = self.box_dir(reference) else {
+            return Ok(None);
+        };
+        if let Ok(text) = std::fs::read(dir.join("box.json"))
+            && let Ok(b) = serde_json::from_slice::<StoredBox>(&text)
+        {
+            return Ok(Some(BaseIdentity {
+                id: format!("sha256:{}", b.sha256),
+                digest: None,
+                size: Some(b.size),
+            }));
+        }
+        let disk = dir.join("disk.qcow2");
+        let meta = std::fs::metadata(&disk).map_err(|e| io("read the box", e))?;
+        use std::os::unix::fs::MetadataExt;
+        let key = format!(
+            "{:x}-{:x}-{:x}-{:x}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime()
+        );
+        let cache = self.images.join(".hashes").join(&key);
+        let sha = match std::fs::read_to_string(&cache) {
+            Ok(s) if s.len() == 64 => s,
+            _ => {
+                let d2 = disk.clone();
+                let (sha, _) = tokio::task::spawn_blocking(move || boxes::sha256_file(&d2))
+                    .await
+                    .map_err(|e| io("hash the box", std::io::Error::other(e)))?
+                    .map_err(|e| io("hash the box", e))?;
+                let _ = std::fs::create_dir_all(self.images.join(".hashes"));
+                let _ = std::fs::write(&cache, &sha);
+                sha
+            }
+        };
+        Ok(Some(BaseIdentity {
+            id: format!("sha256:{sha}"),
+            digest: None,
+            size: Some(meta.size()),
+        }))
     }
 
     async fn ensure_base(

@@ -1,0 +1,302 @@
+//! `Envfile.lock`: the immutable identity every box resolved to, per provider, and every
+//! machine's fingerprint. It holds no host path and no time, so two hosts with the same
+//! Envfile and the same bases write the same file.
+//!
+//! A machine's fingerprint is the sha256 of its resolved base's identity, the normalised
+//! settings that shape its resource (synced folders by their path relative to the Envfile,
+//! never the checkout's folder) and its provisioning steps' content hashes, in order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use envrig_provider_api::{BaseIdentity, OptionValue, PortSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::envfile::Machine;
+
+/// The file's name, beside the Envfile.
+pub const FILE_NAME: &str = "Envfile.lock";
+
+const HEADER: &str = "# Envfile.lock: the bases and machines the Envfile resolved to. Written by `envrig lock`\n# (and by an `up` that finds none); commit it beside the Envfile. `up --locked` refuses to\n# go on when this host or the Envfile no longer matches it.\n\n";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub version: u32,
+    /// Box name, then provider name.
+    #[serde(default)]
+    pub boxes: BTreeMap<String, BTreeMap<String, BaseIdentity>>,
+    #[serde(default)]
+    pub machines: BTreeMap<String, LockedMachine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedMachine {
+    pub provider: String,
+    #[serde(rename = "box")]
+    pub box_name: String,
+    pub fingerprint: String,
+}
+
+/// Why a lock file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a lock file envrig can read: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// Reads the lock file at `path`; `None` when there is none.
+pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LockError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if lock.version != 1 {
+        return Err(LockError::Parse {
+            path: path.display().to_string(),
+            message: format!("version {} (this envrig writes version 1)", lock.version),
+        });
+    }
+    Ok(Some(lock))
+}
+
+/// The file's text: the header and the TOML, stable (sorted) so two hosts write the same.
+pub fn render(lock: &Lock) -> String {
+    format!(
+        "{HEADER}{}",
+        toml::to_string(lock).unwrap_or_else(|e| format!("# cannot write: {e}\n"))
+    )
+}
+
+/// Writes the lock file atomically.
+pub fn write(path: &Path, lock: &Lock) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, render(lock).as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// What shapes a machine, normalised: no host path, no name of the checkout.
+#[derive(Serialize)]
+struct Shape<'a> {
+    provider: &'a str,
+    base: &'a str,
+    cpus: Option<u32>,
+    memory: Option<u64>,
+    hostname: &'a str,
+    env: &'a BTreeMap<String, String>,
+    command: &'a Option<Vec<String>>,
+    ports: &'a [PortSpec],
+    synced: Vec<(String, &'a str, bool)>,
+    options: BTreeMap<String, OptionValue>,
+    steps: &'a [String],
+}
+
+/// The fingerprint (64 hex digits) of machine `m` on base `base` with steps hashed as
+/// `steps`; `dir` is the Envfile's folder (synced folders count by their path below it).
+pub fn fingerprint(m: &Machine, base: &BaseIdentity, steps: &[String], dir: &Path) -> String {
+    let shape = Shape {
+        provider: &m.provider,
+        base: &base.id,
+        cpus: m.cpus,
+        memory: m.memory,
+        hostname: &m.hostname,
+        env: &m.env,
+        command: &m.command,
+        ports: &m.ports,
+        synced: m
+            .synced
+            .iter()
+            .map(|s| {
+                let rel = s
+                    .host
+                    .strip_prefix(dir)
+                    .map(|r| r.components().collect::<std::path::PathBuf>())
+                    .unwrap_or_else(|_| s.host.clone());
+                (rel.display().to_string(), s.guest.as_str(), s.read_only)
+            })
+            .collect(),
+        options: m.options(),
+        steps,
+    };
+    crate::identity::sha256_hex(&serde_json::to_vec(&shape).unwrap_or_default())
+}
+
+/// The difference between what the lock pins and what this host and Envfile give, one
+/// line per thing, naming the box or machine. Empty when they agree.
+pub fn differences(
+    lock: &Lock,
+    machines: &[(&Machine, Option<&BaseIdentity>, Option<&str>)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut boxes_said = std::collections::BTreeSet::new();
+    for (m, base, fp) in machines {
+        let name = m.name.as_str();
+        let pinned = lock.boxes.get(&m.box_name).and_then(|b| b.get(&m.provider));
+        let box_key = (m.box_name.clone(), m.provider.clone());
+        let box_diff = match (pinned, base) {
+            (None, _) => Some(format!(
+                "box `{}` ({} `{}`) is not in {FILE_NAME}",
+                m.box_name, m.provider, m.base
+            )),
+            (Some(p), None) => Some(format!(
+                "box `{}` ({} `{}`), pinned to {}, is not on this host",
+                m.box_name, m.provider, m.base, p.id
+            )),
+            (Some(p), Some(b)) if p.id != b.id => Some(format!(
+                "box `{}` ({} `{}`) is {} on this host, but {FILE_NAME} pins {}",
+                m.box_name, m.provider, m.base, b.id, p.id
+            )),
+            _ => None,
+        };
+        // Each box is said once, however many machines use it.
+        if let Some(d) = box_diff
+            && boxes_said.insert(box_key)
+        {
+            out.push(d);
+        }
+        match (lock.machines.get(name), fp) {
+            (None, _) => out.push(format!("machine `{name}` is not in {FILE_NAME}")),
+            (Some(l), _) if l.provider != m.provider || l.box_name != m.box_name => {
+                out.push(format!(
+                    "machine `{name}` uses box `{}` on {}, but {FILE_NAME} has box `{}` on {}",
+                    m.box_name, m.provider, l.box_name, l.provider
+                ))
+            }
+            (Some(l), Some(fp)) if l.fingerprint != *fp => out.push(format!(
+                "machine `{name}` differs from {FILE_NAME}: its settings or steps changed (fingerprint {} -> {})",
+                &l.fingerprint[..12.min(l.fingerprint.len())],
+                &fp[..12.min(fp.len())]
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_with(fp: &str, id: &str) -> Lock {
+        Lock {
+            version: 1,
+            boxes: BTreeMap::from([(
+                "bb".to_string(),
+                BTreeMap::from([(
+                    "docker".to_string(),
+                    BaseIdentity {
+                        id: id.to_string(),
+                        digest: None,
+                        size: None,
+                    },
+                )]),
+            )]),
+            machines: BTreeMap::from([(
+                "web".to_string(),
+                LockedMachine {
+                    provider: "docker".into(),
+                    box_name: "bb".into(),
+                    fingerprint: fp.to_string(),
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn the_file_round_trips_and_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        assert_eq!(read(&path).unwrap(), None);
+        let lock = lock_with("ab".repeat(32).as_str(), "sha256:1");
+        write(&path, &lock).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(lock.clone()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# Envfile.lock"), "{text}");
+        assert_eq!(text, render(&lock));
+        std::fs::write(&path, "version = 7\n").unwrap();
+        assert!(read(&path).unwrap_err().to_string().contains("version 7"));
+        std::fs::write(&path, "not toml [").unwrap();
+        assert!(matches!(read(&path), Err(LockError::Parse { .. })));
+    }
+
+    fn load(dir: &Path, src: &str) -> crate::envfile::Envfile {
+        let caps = |n: &str| {
+            (n == "docker").then_some(envrig_provider_api::Capabilities {
+                custom_command: true,
+                live_synced_folders: true,
+                ssh: false,
+                interactive: true,
+                private_network: true,
+                box_store: false,
+            })
+        };
+        let opts = crate::envfile::LoadOptions {
+            env: &|_| None,
+            provider_override: None,
+            capabilities: &caps,
+        };
+        crate::envfile::parse(src, &dir.join("Envfile"), "Envfile", &opts)
+            .map(|(e, _)| e)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn differences_name_the_box_or_the_machine() {
+        let src = "[boxes.bb]\ndocker = \"x:1\"\n[machines.web]\nbox = \"bb\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Envfile"), src).unwrap();
+        let env = load(dir.path(), src);
+        let m = &env.machines[0];
+        let base = BaseIdentity {
+            id: "sha256:1".into(),
+            digest: None,
+            size: None,
+        };
+        let fp = fingerprint(m, &base, &[], dir.path());
+        let lock = lock_with(&fp, "sha256:1");
+        assert!(differences(&lock, &[(m, Some(&base), Some(&fp))]).is_empty());
+        // A retagged image: the box is named.
+        let other = BaseIdentity {
+            id: "sha256:2".into(),
+            ..base.clone()
+        };
+        let fp2 = fingerprint(m, &other, &[], dir.path());
+        let d = differences(&lock, &[(m, Some(&other), Some(&fp2))]);
+        assert!(
+            d[0].contains("box `bb`") && d[0].contains("sha256:2"),
+            "{d:?}"
+        );
+        assert!(d[1].contains("machine `web`"), "{d:?}");
+        // Missing here.
+        let d = differences(&lock, &[(m, None, None)]);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].contains("is not on this host"), "{d:?}");
+        // A changed step changes the fingerprint; the folder does not.
+        let fp3 = fingerprint(m, &base, &["h1".into()], dir.path());
+        assert_ne!(fp, fp3);
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("Envfile"), src).unwrap();
+        let env2 = load(elsewhere.path(), src);
+        assert_eq!(
+            fingerprint(&env2.machines[0], &base, &[], elsewhere.path()),
+            fp
+        );
+    }
+}
