@@ -1210,6 +1210,12 @@ impl LibvirtProvider {
     /// key recorded at this first contact. All within the boot timeout; on timeout the
     /// error ends with the last lines of the console.
     async fn wait_ready(&self, id: &str) -> Result<()> {
+        self.wait_ready_with(id, true).await
+    }
+
+    /// [`Self::wait_ready`]; without `install`, the key is taken as already in the guest
+    /// (a revert to a snapshot taken after it was installed).
+    async fn wait_ready_with(&self, id: &str, install: bool) -> Result<()> {
         let info = self.info(id).await?;
         let console = self.machine_dir(&info.resource_name).join("console.log");
         let limit = Self::boot_timeout();
@@ -1272,9 +1278,11 @@ impl LibvirtProvider {
                     return Err(boot_failed(limit, "the guest agent or SSH", &console));
                 }
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "guest agent answered");
-                let user = self.install_key_by_agent(id, &keys).await?;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
-                let _ = std::fs::write(&user_file, &user);
+                if install || !user_file.exists() {
+                    let user = self.install_key_by_agent(id, &keys).await?;
+                    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
+                    let _ = std::fs::write(&user_file, &user);
+                }
                 false
             }
             found = by_ssh => match found {
@@ -2194,7 +2202,8 @@ impl Provider for LibvirtProvider {
         })
         .await?;
         if running {
-            self.wait_ready(owner).await?;
+            // The snapshot holds the environment's key already.
+            self.wait_ready_with(owner, false).await?;
         }
         self.info(owner).await
     }
