@@ -68,7 +68,7 @@ done
 
 HASH=$( {
   cat "${BASH_SOURCE[0]}"
-  for f in $(cd "$GUEST_SRC" && find . -type f | LC_ALL=C sort); do
+  for f in $(cd "$GUEST_SRC" && find . -maxdepth 1 -type f | LC_ALL=C sort); do
     printf '\n--- %s\n' "$f"; cat "$GUEST_SRC/$f"
   done
   for p in $(printf '%s\n' "${PKGS[@]}" | LC_ALL=C sort -u); do printf '%s=%s\n' "$p" "${VER[$p]}"; done

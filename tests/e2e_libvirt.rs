@@ -796,3 +796,72 @@ fn synced_folders_are_live_through_virtiofs() {
     p.envrig(&["up"]).ok();
     assert_eq!(sh("cat /srv/app/g.txt").ok().stdout, "from the guest\n");
 }
+
+#[test]
+fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
+    if !e2e() {
+        return;
+    }
+    let dir = std::env::var("ENVRIG_TEST_DEBIAN_BOX")
+        .unwrap_or_else(|_| "/var/cache/envrig-test/boxes/debian-latest".into());
+    let boxfile = std::path::Path::new(&dir).join("debian.box");
+    assert!(
+        boxfile.is_file(),
+        "ENVRIG_E2E=1 but {} is missing; run scripts/host-setup.sh",
+        boxfile.display()
+    );
+    let home = tempfile::tempdir().unwrap();
+    let name = unique("deb");
+    let mut p = Project::new(&format!(
+        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n"
+    ));
+    p.destroy_on_drop = false;
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    run(&["box", "add", &name, boxfile.to_str().unwrap()]).ok();
+    let boxes = run(&["box", "list", "--json"]).ok().json();
+    assert_eq!(
+        boxes["boxes"][0]["kernel"], true,
+        "the box carries its kernel"
+    );
+    run(&["up"]).ok();
+    // systemd came up whole; the machine's name is set.
+    let r = run(&["exec", "vm", "--", "sh", "-c", "cat /root/state; hostname"]).ok();
+    assert_eq!(r.stdout, "running\nvm\n", "{}", r.stderr);
+    // SSH as vagrant, with the environment's key: Vagrant's insecure key was replaced.
+    let config = run(&["ssh-config", "vm"]).ok().stdout;
+    assert!(config.contains("User vagrant"), "{config}");
+    let r = run(&["ssh", "vm", "--", "sudo", "-n", "id", "-u"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "0\n"), "{}", r.stderr);
+    let port = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Port "))
+        .unwrap()
+        .to_string();
+    let insecure = p.path().join("vagrant-insecure");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/providers/libvirt/keys/vagrant.key.ed25519"
+        ),
+        &insecure,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&insecure, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = Command::new("ssh")
+        .args(["-i", insecure.to_str().unwrap(), "-o", "IdentitiesOnly=yes"])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .args(["-p", &port, "vagrant@127.0.0.1", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(255), "the insecure key is refused");
+    run(&["destroy", "-f"]).ok();
+    run(&["box", "remove", &name]).ok();
+}

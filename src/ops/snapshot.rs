@@ -121,11 +121,12 @@ pub(super) async fn save_locked(
         )));
     }
 
-    // One moment for all: pause every running machine, save each, resume all.
+    // One moment for all: pause every running machine, save each, resume all. A single
+    // machine is saved consistently by its provider alone (one pause fewer).
     let mut paused = Vec::new();
     let mut result: Result<Vec<Snapshot>, OpError> = Ok(Vec::new());
     for (m, o) in &work {
-        if o.state.can_exec() {
+        if work.len() > 1 && o.state.can_exec() {
             let p = provider(ctx, &o.provider).await?;
             match p.pause(&o.id).await {
                 Ok(()) => paused.push((p, o.id.clone())),

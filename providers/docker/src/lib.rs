@@ -867,8 +867,8 @@ impl Provider for DockerProvider {
             container: Some(id.to_string()),
             repo: Some(repo.to_string()),
             tag: Some(tag.to_string()),
-            // The caller froze every machine of the environment at one moment.
-            pause: false,
+            // Frozen while committed (a machine the caller already paused stays paused).
+            pause: true,
             ..CommitContainerOptions::default()
         };
         let config = ContainerConfig {

@@ -799,6 +799,22 @@ impl LibvirtProvider {
         labels: &BTreeMap<String, String>,
         running: Option<bool>,
     ) -> Result<Snapshot> {
+        // A running machine (not paused by the caller) flushes its page cache first, so
+        // its disk alone (an export) holds every file; the snapshot itself is atomic.
+        if running.is_none()
+            && let Ok(info) = self.info(id).await
+            && info.state == MachineState::Running
+        {
+            let sync = ExecRequest {
+                argv: vec!["sync".into()],
+                ..ExecRequest::default()
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.exec(id, &sync, &mut |_: OutputStream, _: &[u8]| {}),
+            )
+            .await;
+        }
         let (id, name) = (id.to_string(), name.to_string());
         let mut labels = labels.clone();
         labels.insert(
