@@ -1033,8 +1033,9 @@ impl LibvirtProvider {
             .ok_or_else(|| ProviderError::Conflict {
                 message: format!("the guest agent did not start `{path}`"),
             })?;
-        // Bounded by a day: a command runs as long as it needs, polled gently.
-        let mut delay = Duration::from_millis(20);
+        // Bounded by a day: a command runs as long as it needs, polled soon at first (most
+        // end within milliseconds), then gently.
+        let mut delay = Duration::from_millis(2);
         for _ in 0..(24 * 3600 * 5) {
             let st = self
                 .agent(
@@ -1294,11 +1295,13 @@ impl LibvirtProvider {
                     return Err(boot_failed(limit, "the guest agent or SSH", &console));
                 }
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "guest agent answered");
-                if install || !user_file.exists() {
-                    let user = self.install_key_by_agent(id, &keys).await?;
-                    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
-                    let _ = std::fs::write(&user_file, &user);
+                if !install && user_file.exists() {
+                    // A revert: the machine is where it was when SSH worked.
+                    return Ok(());
                 }
+                let user = self.install_key_by_agent(id, &keys).await?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
+                let _ = std::fs::write(&user_file, &user);
                 false
             }
             found = by_ssh => match found {
