@@ -10,7 +10,7 @@
 # What it does:
 #   - adds /etc/apt/sources.list.d/backports.sources when no bookworm-backports suite is set up;
 #   - installs libvirt 11 + QEMU 10 from bookworm-backports and passt, dnsmasq-base and
-#     openssh-client from bookworm (apt is skipped when everything is installed already);
+#     openssh-client and genisoimage (NoCloud seeds) from bookworm (apt is skipped when everything is installed already);
 #   - starts virtlogd and libvirtd in the background and waits until qemu:///system answers;
 #   - keeps libvirt's `default` network (192.168.122.0/24) from being autostarted: envrig's
 #     traffic stays on this machine, on subnets inside 198.18.0.0/15.
@@ -29,7 +29,7 @@ BPO_PKGS=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver
   libvirt-daemon-driver-storage libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config)
 # pkg-config has no backport: apt takes bookworm's with -t bookworm-backports too.
 BPO_REQUIRED=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils libvirt-dev)
-MAIN_PKGS=(passt dnsmasq-base openssh-client)
+MAIN_PKGS=(passt dnsmasq-base openssh-client genisoimage)
 
 installed_version() {
   { dpkg-query -W -f='${Status}|${Version}' "$1" 2>/dev/null || true; } |

@@ -538,11 +538,23 @@ impl LibvirtProvider {
                 daemon: daemon.clone(),
             })
             .collect();
-        if let Some(env) = spec.labels.get(envrig_provider_api::labels::ENV) {
-            ssh::EnvKeys::new(&self.keys, env)
-                .ensure()
-                .map_err(|e| io("make the environment's SSH key", e))?;
-        }
+        let key = match spec.labels.get(envrig_provider_api::labels::ENV) {
+            Some(env) => Some(
+                ssh::EnvKeys::new(&self.keys, env)
+                    .ensure()
+                    .map_err(|e| io("make the environment's SSH key", e))?,
+            ),
+            None => None,
+        };
+        // A stock cloud image learns the key (and its name) from a NoCloud seed; a guest
+        // without cloud-init ignores the extra disk.
+        let seed = match &key {
+            Some(k) => {
+                let line = ssh::public_line(k.public_key()).map_err(|e| io("encode the key", e))?;
+                write_seed(&mdir, &spec.resource_name, &spec.hostname, &line).await
+            }
+            None => None,
+        };
         let opt = |k: &str| match spec.options.get(k) {
             Some(OptionValue::Str(s)) => Some(s.clone()),
             _ => None,
@@ -608,6 +620,7 @@ impl LibvirtProvider {
             labels: &labels,
             network: nic.as_ref().map(|(n, m)| (n.as_str(), m.as_str())),
             shares: &shares,
+            seed: seed.as_deref(),
         };
         let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
         let defined = self
@@ -1409,6 +1422,59 @@ impl LibvirtProvider {
             describe(&dom)
         })
         .await
+    }
+}
+
+/// Writes a NoCloud seed for a machine into its folder (`seed.iso`, an ISO 9660 volume
+/// labelled `cidata` holding `meta-data` and `user-data`, made by `genisoimage`): the
+/// environment's key for root and the default user, and the hostname. `None` (and a debug
+/// line) when the host has no `genisoimage`: boxes with an agent or Vagrant's key do not need
+/// it.
+async fn write_seed(mdir: &Path, instance: &str, hostname: &str, key: &str) -> Option<String> {
+    let dir = mdir.join("seed");
+    let iso = mdir.join("seed.iso");
+    let made = async {
+        std::fs::create_dir_all(&dir)?;
+        // Values are validated names and an OpenSSH key line: quoted as YAML strings anyway.
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        std::fs::write(
+            dir.join("meta-data"),
+            format!(
+                "instance-id: {}\nlocal-hostname: {}\n",
+                q(instance),
+                q(hostname)
+            ),
+        )?;
+        std::fs::write(
+            dir.join("user-data"),
+            format!(
+                "#cloud-config\ndisable_root: false\nssh_authorized_keys:\n  - {}\n",
+                q(key)
+            ),
+        )?;
+        let out = tokio::process::Command::new("genisoimage")
+            .args(["-quiet", "-output"])
+            .arg(&iso)
+            .args(["-volid", "cidata", "-joliet", "-rock"])
+            .arg(dir.join("user-data"))
+            .arg(dir.join("meta-data"))
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match made {
+        Ok(()) => Some(iso.display().to_string()),
+        Err(e) => {
+            tracing::debug!("no NoCloud seed for {instance}: {e}");
+            None
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Domain<'a> {
     pub network: Option<(&'a str, &'a str)>,
     /// Host folders shared live with the guest.
     pub shares: &'a [Share],
+    /// A NoCloud seed (an ISO labelled `cidata`) attached read-only as a second disk.
+    pub seed: Option<&'a str>,
 }
 
 /// A host folder shared with the guest by virtiofs or 9p, mounted by its tag.
@@ -140,6 +142,14 @@ impl Domain<'_> {
         }
         empty(&mut w, "target", &[("dev", "vda"), ("bus", "virtio")])?;
         close(&mut w, "disk")?;
+        if let Some(seed) = self.seed {
+            open(&mut w, "disk", &[("type", "file"), ("device", "disk")])?;
+            empty(&mut w, "driver", &[("name", "qemu"), ("type", "raw")])?;
+            empty(&mut w, "source", &[("file", seed)])?;
+            empty(&mut w, "target", &[("dev", "vdb"), ("bus", "virtio")])?;
+            empty(&mut w, "readonly", &[])?;
+            close(&mut w, "disk")?;
+        }
         for sh in self.shares {
             let mode = if sh.kind == "virtiofs" {
                 "passthrough"
@@ -579,6 +589,7 @@ mod tests {
                 read_only: true,
                 daemon: Some("/usr/libexec/virtiofsd".into()),
             }],
+            seed: Some("/d/seed.iso"),
         };
         let xml = d.to_xml().unwrap();
         assert_eq!(
@@ -588,6 +599,7 @@ mod tests {
         assert!(xml.contains("&lt;b&gt; &amp;"), "{xml}");
         assert!(xml.contains("<source dir=\"/src/a&amp;b\"/>"), "{xml}");
         assert!(xml.contains("<access mode=\"shared\"/>"), "{xml}");
+        assert!(xml.contains("<source file=\"/d/seed.iso\"/>"), "{xml}");
         assert_eq!(super::labels(&xml), labels);
         assert_eq!(super::ports(&xml), ports);
         assert!(xml.contains("<seclabel model=\"dac\" relabel=\"no\"/>"));
