@@ -44,8 +44,9 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
         return;
     }
     let name = unique("mixed");
+    let port = common::free_port();
     let text = format!(
-        "[project]\nname = \"{name}\"\n\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nshell = \"echo provisioned > /root/p\"\n[[machines.vm.provision]]\nfile = {{ source = \"conf.txt\", destination = \"/etc/envrig-conf.txt\" }}\n\n[machines.box]\nbox = \"tiny\"\n",
+        "[project]\nname = \"{name}\"\n\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\nports = [\"127.0.0.1:{port}:8080\"]\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nshell = \"echo provisioned > /root/p; mkdir -p /srv/www; echo served by the vm > /srv/www/index.html; busybox httpd -p 8080 -h /srv/www\"\n[[machines.vm.provision]]\nfile = {{ source = \"conf.txt\", destination = \"/etc/envrig-conf.txt\" }}\n\n[machines.box]\nbox = \"tiny\"\n",
         guest()
     );
     let p = Project::new(&text);
@@ -75,6 +76,21 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
     );
     let vm_name = row("vm")["resource_name"].as_str().unwrap().to_string();
     assert!(domains().contains(&vm_name));
+    // The forwarded port answers on 127.0.0.1 (an HTTP server the step started).
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        assert!(body.contains("served by the vm"), "{body}");
+    }
+    assert_eq!(
+        row("vm")["ports"],
+        serde_json::json!([format!("127.0.0.1:{port}->8080/tcp")])
+    );
 
     // exec: output and exit code; the machine's env, hostname, provisioning and file step.
     let r = p.envrig(&[
