@@ -7,6 +7,11 @@
 #                                             as the last line of stdout
 #   scripts/build-debian-box.sh --verify      also boot-check a box that was already cached
 #   scripts/build-debian-box.sh --no-verify   build without the boot check (not recommended)
+#   ENVRIG_BOX_FLAVOR=cloud scripts/build-debian-box.sh
+#                                             the same Debian as a stock cloud image instead:
+#                                             cloud-init (NoCloud only), no guest agent, no
+#                                             vagrant user, no key; boxes/cloud-<HASH>/,
+#                                             cloud-latest (checked by envrig's e2e test)
 #
 # Environment: ENVRIG_TEST_CACHE (default /var/cache/envrig-test), ENVRIG_BOX_VERIFY_TIMEOUT
 # (seconds for each boot-check wait, default 240). Needs root, debootstrap (installed with
@@ -90,6 +95,16 @@ done
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, file owners in the image)"
 
+# ENVRIG_BOX_FLAVOR=cloud builds a "stock cloud image" instead: cloud-init reading a NoCloud
+# seed, no guest agent, no vagrant user, no key at all (the seed brings one). Its boot check
+# is envrig's end-to-end test, not this script's (which logs in with Vagrant's key).
+FLAVOR=${ENVRIG_BOX_FLAVOR:-vagrant}
+case "$FLAVOR" in
+  vagrant) PREFIX=debian ;;
+  cloud) PREFIX=cloud; VERIFY=never ;;
+  *) die "ENVRIG_BOX_FLAVOR must be vagrant or cloud, not $FLAVOR" ;;
+esac
+
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 SRC=$HERE/guest/debian-box
@@ -142,6 +157,9 @@ SECURITY=$(uri_of_suite "$SUITE-security")
 
 list_of() { grep -v '^[[:space:]]*\(#\|$\)' "$SRC/$1"; }
 mapfile -t PKGS < <(list_of packages)
+if [ "$FLAVOR" = cloud ]; then
+  mapfile -t PKGS < <(printf '%s\n' "${PKGS[@]}" | grep -vx -e qemu-guest-agent -e sudo; echo cloud-init)
+fi
 mapfile -t MASKS < <(list_of mask-units)
 
 HASH=$( {
@@ -151,16 +169,17 @@ HASH=$( {
   done
   printf '\n--- keys\n'; cat "$KEYS/vagrant.pub"
   printf '\n--- mirror %s %s %s\n' "$SUITE" "$MIRROR" "$SECURITY"
+  [ "$FLAVOR" = vagrant ] || printf '\n--- flavor %s\n' "$FLAVOR"
 } | sha256sum | cut -c1-16)
-NAME=debian-$HASH
+NAME=$PREFIX-$HASH
 DEST=$BOXES/$NAME
 
 mkdir -p "$BOXES" "$DEBCACHE"
 chmod 755 "$CACHE" "$BOXES"
 
 publish_latest() {
-  ln -sfn "$NAME" "$BOXES/.debian-latest.$$"
-  mv -Tf "$BOXES/.debian-latest.$$" "$BOXES/debian-latest"
+  ln -sfn "$NAME" "$BOXES/.$PREFIX-latest.$$"
+  mv -Tf "$BOXES/.$PREFIX-latest.$$" "$BOXES/$PREFIX-latest"
 }
 
 # --- Clean-up (domain, network, mounts, temporary folders), bounded ---------------------------
@@ -384,7 +403,7 @@ EOF
 }
 
 if [ -f "$DEST/debian.box" ]; then
-  [ "$(readlink "$BOXES/debian-latest" 2>/dev/null)" = "$NAME" ] || publish_latest
+  [ "$(readlink "$BOXES/$PREFIX-latest" 2>/dev/null)" = "$NAME" ] || publish_latest
   [ "$VERIFY" = always ] && verify_box "$DEST"
   echo "$DEST"
   exit 0
@@ -477,14 +496,25 @@ step apt-install in_root "${APT[@]}" --no-install-recommends install "${PKGS[@]}
 # --- Configuration ---------------------------------------------------------------------------------
 install -m 644 "$SRC/initramfs-modules" "$ROOT/etc/initramfs-tools/modules"
 
-in_root useradd --create-home --shell /bin/bash --user-group --uid 1000 vagrant
-in_root usermod -p '*' vagrant
 in_root usermod -p '*' root
-install -d -m 700 -o 1000 -g 1000 "$ROOT/home/vagrant/.ssh"
-install -m 600 -o 1000 -g 1000 "$KEYS/vagrant.pub" "$ROOT/home/vagrant/.ssh/authorized_keys"
-echo 'vagrant ALL=(ALL) NOPASSWD:ALL' >"$ROOT/etc/sudoers.d/vagrant"
-chmod 440 "$ROOT/etc/sudoers.d/vagrant"
-in_root visudo -cq -f /etc/sudoers.d/vagrant || die "/etc/sudoers.d/vagrant does not parse"
+if [ "$FLAVOR" = vagrant ]; then
+  in_root useradd --create-home --shell /bin/bash --user-group --uid 1000 vagrant
+  in_root usermod -p '*' vagrant
+  install -d -m 700 -o 1000 -g 1000 "$ROOT/home/vagrant/.ssh"
+  install -m 600 -o 1000 -g 1000 "$KEYS/vagrant.pub" "$ROOT/home/vagrant/.ssh/authorized_keys"
+  echo 'vagrant ALL=(ALL) NOPASSWD:ALL' >"$ROOT/etc/sudoers.d/vagrant"
+  chmod 440 "$ROOT/etc/sudoers.d/vagrant"
+  in_root visudo -cq -f /etc/sudoers.d/vagrant || die "/etc/sudoers.d/vagrant does not parse"
+else
+  # NoCloud only; networkd keeps its own files; host keys: the box's first-boot unit makes
+  # ed25519/ecdsa ones (cloud-init would delete them and make an RSA key: 10 s under TCG).
+  cat >"$ROOT/etc/cloud/cloud.cfg.d/90-envrig.cfg" <<'CFG'
+datasource_list: [ NoCloud, None ]
+network: {config: disabled}
+ssh_deletekeys: false
+ssh_genkeytypes: []
+CFG
+fi
 
 install -m 644 "$SRC/10-first-nic.network" "$SRC/20-other-nics.network" "$ROOT/etc/systemd/network/"
 install -m 644 "$SRC/sshd.conf" "$ROOT/etc/ssh/sshd_config.d/10-envrig.conf"
@@ -498,10 +528,12 @@ in_root systemctl enable -q systemd-networkd.service systemd-resolved.service en
 for u in "${MASKS[@]}"; do ln -sfn /dev/null "$ROOT/etc/systemd/system/$u"; done
 ln -sfn ../run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
 
-[ -f "$ROOT/usr/lib/systemd/system/qemu-guest-agent.service" ] ||
-  [ -f "$ROOT/lib/systemd/system/qemu-guest-agent.service" ] || die "no qemu-guest-agent.service"
-grep -rqs 'org.qemu.guest_agent.0' "$ROOT"/usr/lib/udev/rules.d/ "$ROOT"/lib/udev/rules.d/ ||
-  die "no udev rule starting qemu-guest-agent on org.qemu.guest_agent.0"
+if [ "$FLAVOR" = vagrant ]; then
+  [ -f "$ROOT/usr/lib/systemd/system/qemu-guest-agent.service" ] ||
+    [ -f "$ROOT/lib/systemd/system/qemu-guest-agent.service" ] || die "no qemu-guest-agent.service"
+  grep -rqs 'org.qemu.guest_agent.0' "$ROOT"/usr/lib/udev/rules.d/ "$ROOT"/lib/udev/rules.d/ ||
+    die "no udev rule starting qemu-guest-agent on org.qemu.guest_agent.0"
+fi
 
 mapfile -t KVERS < <(ls "$ROOT/lib/modules")
 [ ${#KVERS[@]} = 1 ] || die "expected one kernel in the image, found: ${KVERS[*]}"

@@ -128,7 +128,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 guest=$("$here/build-test-guest.sh" | tail -n 1)
 # A real Debian 12 vagrant-libvirt box (systemd, sshd, vagrant user): built once, cached.
 debian_box=$("$here/build-debian-box.sh" | tail -n 1)
+# The same Debian as a "stock cloud image" (cloud-init, no agent, no key): NoCloud seeds.
+cloud_box=$(ENVRIG_BOX_FLAVOR=cloud "$here/build-debian-box.sh" | tail -n 1)
 # virtiofsd (live synced folders on libvirt): Debian 12 has no package; built once, cached.
 virtiofsd=$("$here/build-virtiofsd.sh" | tail -n 1)
 
-log "ready: docker, image $TEST_IMAGE_REPO:latest, registry $REGISTRY_ADDR, libvirt, guest $guest, box $debian_box, $virtiofsd"
+log "ready: docker, image $TEST_IMAGE_REPO:latest, registry $REGISTRY_ADDR, libvirt, guest $guest, box $debian_box, cloud box $cloud_box, $virtiofsd"

@@ -881,3 +881,42 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     run(&["destroy", "-f"]).ok();
     run(&["box", "remove", &name]).ok();
 }
+
+#[test]
+fn a_cloud_image_gets_the_key_from_a_nocloud_seed() {
+    if !e2e() {
+        return;
+    }
+    let dir = std::env::var("ENVRIG_TEST_CLOUD_BOX")
+        .unwrap_or_else(|_| "/var/cache/envrig-test/boxes/cloud-latest".into());
+    let dir = std::fs::canonicalize(&dir).unwrap_or_else(|e| {
+        panic!("ENVRIG_E2E=1 but the cloud box {dir} is missing ({e}); run scripts/host-setup.sh")
+    });
+    // A box with cloud-init, no guest agent and no key of its own: only the seed lets us in.
+    let text = format!(
+        "[project]\nname = \"{}\"\n[boxes.cloud]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"cloud\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"echo provisioned over ssh > /root/p\"\n",
+        unique("cloud"),
+        dir.display()
+    );
+    let p = Project::new(&text);
+    p.envrig(&["up"]).ok();
+    let r = p.envrig(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "hostname; cat /root/p; exit 6",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (6, "vm\nprovisioned over ssh\n"),
+        "{}",
+        r.stderr
+    );
+    let config = p.envrig(&["ssh-config", "vm"]).ok().stdout;
+    assert!(config.contains("User root"), "{config}");
+    let r = p.envrig(&["ssh", "vm", "--", "id", "-u"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "0\n"), "{}", r.stderr);
+    p.envrig(&["destroy", "-f"]).ok();
+}
