@@ -158,6 +158,8 @@ class Workspace:
         lines = [
             "[project]",
             'name = "bench"',
+            # Provisioning is measured here, not baked layers (bench_bake.py measures those).
+            "bake = false",
             "[boxes.bb]",
             f'docker = "{IMAGE}"',
             "[defaults]",

@@ -300,3 +300,127 @@ mod tests {
         );
     }
 }
+
+/// What a machine is made of, readably: the inputs of its fingerprint, each as a short
+/// value (long ones hashed), keyed by what a user would call them (`box`, `memory`,
+/// ``step `setup.sh` ``). Written on the resource (`dev.envrig.inputs`) so that a later
+/// `up` can say what changed.
+pub fn inputs(
+    m: &Machine,
+    base: &BaseIdentity,
+    steps: &[(String, String)],
+    dir: &Path,
+) -> BTreeMap<String, String> {
+    let short = |v: &str| crate::identity::sha256_hex(v.as_bytes())[..8].to_string();
+    let json = |v: &dyn erased::Json| short(&v.json());
+    let mut out = BTreeMap::new();
+    out.insert("box".to_string(), base.id.chars().take(19).collect());
+    out.insert("provider".to_string(), m.provider.clone());
+    out.insert(
+        "cpus".to_string(),
+        m.cpus
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "default".into()),
+    );
+    out.insert(
+        "memory".to_string(),
+        m.memory
+            .map(crate::envfile::values::format_size)
+            .unwrap_or_else(|| "default".into()),
+    );
+    out.insert("hostname".to_string(), m.hostname.clone());
+    out.insert("env".to_string(), json(&m.env));
+    out.insert("command".to_string(), json(&m.command));
+    out.insert("ports".to_string(), json(&m.ports));
+    let synced: Vec<(String, String, bool)> = m
+        .synced
+        .iter()
+        .map(|s| {
+            let rel = s
+                .host
+                .strip_prefix(dir)
+                .map(|r| r.display().to_string())
+                .unwrap_or_else(|_| s.host.display().to_string());
+            (rel, s.guest.clone(), s.read_only)
+        })
+        .collect();
+    out.insert("synced".to_string(), json(&synced));
+    out.insert("options".to_string(), json(&m.options()));
+    for (label, hash) in steps {
+        out.insert(label.clone(), hash.chars().take(8).collect());
+    }
+    out
+}
+
+/// The inputs that are not steps (steps are keyed by their label).
+const SETTINGS: &[&str] = &[
+    "box", "provider", "cpus", "memory", "hostname", "env", "command", "ports", "synced", "options",
+];
+
+mod erased {
+    /// Anything serialisable, as JSON text (for hashing).
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
+/// Why a machine made from `old` inputs is out of date with `new` ones, one phrase per
+/// input: "box changed", "memory 512MiB -> 1GiB", "step `setup.sh` changed", "step `x`
+/// added". Empty when nothing readable differs.
+pub fn reasons(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in new {
+        match old.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(match k.as_str() {
+                "cpus" | "memory" | "hostname" | "provider" => format!("{k} {o} -> {v}"),
+                _ => format!("{k} changed"),
+            }),
+            None if !SETTINGS.contains(&k.as_str()) => out.push(format!("{k} added")),
+            None => out.push(format!("{k} changed")),
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) && !SETTINGS.contains(&k.as_str()) {
+            out.push(format!("{k} removed"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_name_each_changed_input() {
+        let old = BTreeMap::from([
+            ("box".to_string(), "sha256:aaa".to_string()),
+            ("memory".to_string(), "512MiB".to_string()),
+            ("step `setup.sh`".to_string(), "11111111".to_string()),
+            ("step `old`".to_string(), "22222222".to_string()),
+        ]);
+        let new = BTreeMap::from([
+            ("box".to_string(), "sha256:bbb".to_string()),
+            ("memory".to_string(), "1GiB".to_string()),
+            ("step `setup.sh`".to_string(), "33333333".to_string()),
+            ("step `new`".to_string(), "44444444".to_string()),
+        ]);
+        assert_eq!(
+            reasons(&old, &new),
+            [
+                "box changed",
+                "memory 512MiB -> 1GiB",
+                "step `new` added",
+                "step `setup.sh` changed",
+                "step `old` removed"
+            ]
+        );
+        assert!(reasons(&new, &new).is_empty());
+    }
+}

@@ -15,6 +15,10 @@ pub struct Desired {
     pub provider: String,
     /// Hash of the settings that shape the resource.
     pub config: String,
+    /// The machine's fingerprint (16 hex), when its base is known.
+    pub fingerprint: Option<String>,
+    /// Its fingerprint's inputs, readable (`lock::inputs`), to say what changed.
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// A machine resource as an engine reports it, decoded from its labels.
@@ -86,6 +90,9 @@ pub struct MachinePlan {
     pub duplicates: Vec<String>,
     /// The generation the machine has, or gets.
     pub generation: u32,
+    /// Why the machine's resource is out of date with the Envfile (its fingerprint's inputs
+    /// changed), when it is kept all the same (not immutable, no `--recreate`).
+    pub outdated: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,15 +102,21 @@ pub struct Plan {
     pub orphans: Vec<Observed>,
 }
 
-/// How a machine's current resource ranks: running beats stopped beats the rest; then newer.
-fn rank(o: &Observed) -> (u32, u8, &str) {
+/// How a machine's resources rank for "current": a running one (the generation that serves)
+/// beats the others; then the newest generation; then the best state; then the newest.
+fn rank(o: &Observed) -> (bool, u32, u8, &str) {
     let s = match o.state {
         MachineState::Running => 3,
         MachineState::Stopped | MachineState::Created | MachineState::Paused => 2,
         MachineState::Transitioning => 1,
         MachineState::Dead | MachineState::Removing => 0,
     };
-    (o.generation, s, o.created.as_str())
+    (
+        o.state == MachineState::Running,
+        o.generation,
+        s,
+        o.created.as_str(),
+    )
 }
 
 /// The current resource of each machine (the highest generation, best state) and the
@@ -112,7 +125,10 @@ pub fn current<'a>(
     machine: &str,
     observed: &'a [Observed],
 ) -> (Option<&'a Observed>, Vec<&'a Observed>) {
-    let mut mine: Vec<&Observed> = observed.iter().filter(|o| o.machine == machine).collect();
+    let mut mine: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| o.machine == machine && !o.labels.contains_key(labels::CANDIDATE))
+        .collect();
     mine.sort_by(|a, b| rank(b).cmp(&rank(a)));
     let Some(best) = mine.first().copied() else {
         return (None, Vec::new());
@@ -126,58 +142,99 @@ pub fn current<'a>(
 }
 
 /// Plans `up` for `desired` (already narrowed to the machines asked for); `declared` are all
-/// the Envfile's machines (anything else is an orphan).
+/// the Envfile's machines (anything else is an orphan). With `rebuild` (an immutable
+/// environment, or `up --recreate`), a machine whose settings or fingerprint changed is
+/// replaced by a new generation; without, changed settings leave it `stale` and changed steps
+/// are run in place (by provisioning).
 pub fn plan_up(
     desired: &[Desired],
     declared: &[&str],
     observed: &[Observed],
-    recreate_stale: bool,
+    rebuild: bool,
 ) -> Plan {
     let mut machines = Vec::new();
     for d in desired {
         let (cur, dups) = current(d.machine.as_str(), observed);
+        let mut outdated = Vec::new();
         let (action, generation) = match cur {
             None => (Action::Create, 1),
             Some(o) => {
                 let id = o.id.clone();
+                let config_changed = o.config != d.config || o.provider != d.provider;
+                let fp_changed = match (o.labels.get(labels::FINGERPRINT), &d.fingerprint) {
+                    (Some(old), Some(new)) => old != new,
+                    _ => false,
+                };
+                let why = || {
+                    let old: BTreeMap<String, String> = o
+                        .labels
+                        .get(labels::INPUTS)
+                        .and_then(|j| serde_json::from_str(j).ok())
+                        .unwrap_or_default();
+                    let r = crate::lock::reasons(&old, &d.inputs);
+                    if r.is_empty() {
+                        vec!["its settings changed".to_string()]
+                    } else {
+                        r
+                    }
+                };
                 let action = if o.state == MachineState::Dead {
                     Action::Recreate {
                         id,
                         reason: "its engine reports it dead".to_string(),
                     }
-                } else if o.config != d.config || o.provider != d.provider {
-                    if recreate_stale {
-                        Action::Recreate {
-                            id,
-                            reason: "its settings changed".to_string(),
-                        }
-                    } else {
-                        Action::Stale {
-                            id,
-                            start: o.state.can_start(),
-                        }
+                } else if (config_changed || fp_changed) && rebuild {
+                    Action::Recreate {
+                        id,
+                        reason: why().join(", "),
                     }
-                } else if o.state.can_start() {
-                    Action::Start { id }
-                } else if o.state == MachineState::Paused {
-                    Action::Resume { id }
+                } else if config_changed {
+                    Action::Stale {
+                        id,
+                        start: o.state.can_start(),
+                    }
                 } else {
-                    Action::Keep { id }
+                    if fp_changed {
+                        outdated = why();
+                    }
+                    if o.state.can_start() {
+                        Action::Start { id }
+                    } else if o.state == MachineState::Paused {
+                        Action::Resume { id }
+                    } else {
+                        Action::Keep { id }
+                    }
                 };
-                // A replacement is a new generation, made beside the old one.
+                // A replacement is a new generation, made beside the old one: above every
+                // generation kept.
                 let generation = if matches!(action, Action::Recreate { .. }) {
-                    o.generation + 1
+                    observed
+                        .iter()
+                        .filter(|x| x.machine == d.machine.as_str())
+                        .map(|x| x.generation)
+                        .max()
+                        .unwrap_or(o.generation)
+                        + 1
                 } else {
                     o.generation
                 };
                 (action, generation)
             }
         };
+        // A new generation's build left by a crash goes too.
+        let candidates = observed.iter().filter(|o| {
+            o.machine == d.machine.as_str() && o.labels.contains_key(labels::CANDIDATE)
+        });
         machines.push(MachinePlan {
             machine: d.machine.clone(),
             action,
-            duplicates: dups.into_iter().map(|o| o.id.clone()).collect(),
+            duplicates: dups
+                .into_iter()
+                .chain(candidates)
+                .map(|o| o.id.clone())
+                .collect(),
             generation,
+            outdated,
         });
     }
     Plan {
@@ -286,6 +343,8 @@ mod tests {
             machine: Name::parse(name).unwrap(),
             provider: "docker".into(),
             config: config.into(),
+            fingerprint: None,
+            inputs: BTreeMap::new(),
         }
     }
 
@@ -342,6 +401,47 @@ mod tests {
                 reason: "its settings changed".into()
             }
         );
+    }
+
+    #[test]
+    fn changed_fingerprints_rebuild_or_say_why() {
+        let mut want = d("web", "c");
+        want.fingerprint = Some("f2".into());
+        want.inputs = BTreeMap::from([("step `s`".to_string(), "22".to_string())]);
+        let mut g1 = o("web", "g1", MachineState::Stopped, "c", "t1");
+        let mut g2 = o("web", "g2", MachineState::Running, "c", "t2");
+        g2.generation = 2;
+        for (x, fp) in [(&mut g1, "f0"), (&mut g2, "f1")] {
+            x.labels.insert(labels::FINGERPRINT.into(), fp.into());
+            x.labels
+                .insert(labels::INPUTS.into(), r#"{"step `s`":"11"}"#.into());
+        }
+        let mut build = o("web", "b3", MachineState::Running, "c", "t3");
+        build.generation = 3;
+        build.labels.insert(labels::CANDIDATE.into(), "1".into());
+        let observed = [g1.clone(), g2.clone(), build];
+        // Immutable: generation 3 beside 2 (the running one), the crashed build removed.
+        let p = plan_up(std::slice::from_ref(&want), &["web"], &observed, true);
+        assert_eq!(
+            p.machines[0].action,
+            Action::Recreate {
+                id: "g2".into(),
+                reason: "step `s` changed".into()
+            }
+        );
+        assert_eq!(
+            p.machines[0].generation, 4,
+            "above every generation there is"
+        );
+        assert_eq!(p.machines[0].duplicates, ["b3"]);
+        // Not immutable: kept, with the reason.
+        let p = plan_up(std::slice::from_ref(&want), &["web"], &observed, false);
+        assert_eq!(p.machines[0].action, Action::Keep { id: "g2".into() });
+        assert_eq!(p.machines[0].outdated, ["step `s` changed"]);
+        // After a rollback the older generation runs: it is the current one.
+        g1.state = MachineState::Running;
+        g2.state = MachineState::Stopped;
+        assert_eq!(current("web", &[g1, g2]).0.unwrap().id, "g1");
     }
 
     #[test]

@@ -271,14 +271,17 @@ fn changed_settings_make_a_machine_stale_until_reload() {
             .unwrap()
             .ends_with("-app-2")
     );
-    assert_eq!(
-        containers(&format!(
-            "dev.envrig.env={}",
-            st["env_id"].as_str().unwrap()
-        ))
-        .len(),
-        1
-    );
+    // The previous generation is kept, stopped, for `envrig rollback` (keep = 2).
+    let all = containers(&format!(
+        "dev.envrig.env={}",
+        st["env_id"].as_str().unwrap()
+    ));
+    assert_eq!(all.len(), 2);
+    let running: Vec<&String> = all
+        .iter()
+        .filter(|id| common::container_state(id) == "running")
+        .collect();
+    assert_eq!(running.len(), 1);
 }
 
 #[test]

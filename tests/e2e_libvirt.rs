@@ -46,7 +46,7 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
     let name = unique("mixed");
     let port = common::free_port();
     let text = format!(
-        "[project]\nname = \"{name}\"\n\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\nports = [\"127.0.0.1:{port}:8080\"]\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nshell = \"echo provisioned > /root/p; mkdir -p /srv/www; echo served by the vm > /srv/www/index.html; busybox httpd -p 8080 -h /srv/www\"\n[[machines.vm.provision]]\nfile = {{ source = \"conf.txt\", destination = \"/etc/envrig-conf.txt\" }}\n\n[machines.box]\nbox = \"tiny\"\n",
+        "[project]\nname = \"{name}\"\nbake = false\n\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\nports = [\"127.0.0.1:{port}:8080\"]\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nshell = \"echo provisioned > /root/p; mkdir -p /srv/www; echo served by the vm > /srv/www/index.html; busybox httpd -p 8080 -h /srv/www\"\n[[machines.vm.provision]]\nfile = {{ source = \"conf.txt\", destination = \"/etc/envrig-conf.txt\" }}\n\n[machines.box]\nbox = \"tiny\"\n",
         guest()
     );
     let p = Project::new(&text);
@@ -919,4 +919,156 @@ fn a_cloud_image_gets_the_key_from_a_nocloud_seed() {
     let r = p.envrig(&["ssh", "vm", "--", "id", "-u"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "0\n"), "{}", r.stderr);
     p.envrig(&["destroy", "-f"]).ok();
+}
+
+#[test]
+fn a_baked_vm_layer_is_backed_by_its_box_and_skips_once_steps() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let tag = unique("vmbake");
+    let text = format!(
+        "[project]\nname = \"vmbake\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[[machines.vm.provision]]\nname = \"setup\"\nshell = \"echo {tag} >> /root/count; echo baked > /opt-baked\"\n",
+        guest()
+    );
+    let a = Project::new(&text);
+    let run_a = |args: &[&str]| envrig_home(a.path(), home.path(), args);
+    let r = run_a(&["up"]).ok();
+    assert!(r.stderr.contains("baked layer"), "{}", r.stderr);
+    let fp = run_a(&["status", "--json"]).ok().json()["machines"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer = home.path().join(format!("boxes/envrig-baked-{fp}"));
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layer.join("labels.json")).unwrap()).unwrap();
+    assert!(
+        labels["dev.envrig.baked"]
+            .as_str()
+            .is_some_and(|f| f.starts_with(&fp)),
+        "{labels}"
+    );
+    // A layer, not a copy: backed by the box, small.
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(layer.join("disk.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info["backing-filename"].is_string(), "{info}");
+    let box_size = std::fs::metadata(std::path::Path::new(&guest()).join("disk.qcow2"))
+        .unwrap()
+        .len();
+    assert!(
+        std::fs::metadata(layer.join("disk.qcow2")).unwrap().len() < box_size / 2,
+        "the layer holds only what the steps changed"
+    );
+
+    let b = Project::new(&text);
+    let run_b = |args: &[&str]| envrig_home(b.path(), home.path(), args);
+    let r = run_b(&["up"]).ok();
+    assert!(
+        r.stderr
+            .contains(&format!("using baked layer {}, 1 step skipped", &fp[..6])),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("running step"), "{}", r.stderr);
+    assert_eq!(
+        vm_sh(&run_b, "vm", "cat /opt-baked /root/count"),
+        format!("baked\n{tag}\n")
+    );
+    run_b(&["destroy", "-f"]).ok();
+    run_a(&["destroy", "-f"]).ok();
+}
+
+#[test]
+fn vm_drift_lists_what_changed_inside_since_provisioning() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[project]\nname = \"{}\"\nbake = false\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[[machines.vm.provision]]\nshell = \"mkdir -p /opt/app && echo one > /opt/app/conf && echo keep > /opt/app/keep\"\n",
+        unique("vmdrift"),
+        guest()
+    );
+    let p = Project::new(&text);
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    run(&["up"]).ok();
+    let drift = || {
+        let j = run(&["drift", "vm", "--json"]).ok().json();
+        let mut v: Vec<(String, String)> = j["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["kind"].as_str().unwrap().to_string(),
+                    c["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(drift(), vec![], "a fresh machine has no drift");
+    assert_eq!(run(&["drift", "vm", "--exit-code"]).code, 0);
+    vm_sh(
+        &run,
+        "vm",
+        "echo new > /opt/new; echo two-and-longer > /opt/app/conf; rm /opt/app/keep; echo x > /tmp/t; mkdir -p /var/log; echo x > /var/log/l",
+    );
+    assert_eq!(
+        drift(),
+        vec![
+            ("added".to_string(), "/opt/new".to_string()),
+            ("changed".to_string(), "/opt/app/conf".to_string()),
+            ("deleted".to_string(), "/opt/app/keep".to_string()),
+        ]
+    );
+    assert_eq!(run(&["drift", "vm", "--exit-code"]).code, 3);
+    run(&["destroy", "-f"]).ok();
+}
+
+#[test]
+fn vm_generations_switch_and_roll_back_on_the_same_port() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let tag = unique("vmgen");
+    let port = common::free_port();
+    let text = |v: &str| {
+        format!(
+            "[project]\nname = \"vmgen\"\nimmutable = true\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nports = [\"127.0.0.1:{port}:8080\"]\n[machines.vm.ready]\ncommand = \"wget -qO- http://127.0.0.1:8080/ | grep -q {v}\"\ntimeout = \"30s\"\n[[machines.vm.provision]]\nname = \"page\"\nshell = \"mkdir -p /www && echo {v}-{tag} > /www/index.html && (grep -q httpd /etc/inittab || echo '::respawn:/bin/busybox httpd -f -p 8080 -h /www' >> /etc/inittab) && kill -HUP 1\"\n",
+            guest()
+        )
+    };
+    let get = || common::http_get(port);
+    let p = Project::new(&text("v1"));
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    run(&["up"]).ok();
+    assert_eq!(get(), format!("v1-{tag}"));
+    p.write(&text("v2"));
+    let r = run(&["up"]).ok();
+    assert!(
+        r.stderr
+            .contains("out of date (step `page` changed): generation 2"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("switched to generation 2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(get(), format!("v2-{tag}"));
+    let st = run(&["status", "--json"]).ok().json();
+    assert_eq!(st["machines"][0]["generation"], 2, "{st}");
+    let r = run(&["rollback"]).ok();
+    assert!(r.stderr.contains("generation 2 -> 1"), "{}", r.stderr);
+    assert_eq!(get(), format!("v1-{tag}"));
+    run(&["destroy", "-f"]).ok();
 }

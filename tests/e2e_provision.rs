@@ -7,7 +7,7 @@ use common::{Project, TEST_IMAGE, containers, e2e, unique};
 
 fn head(project: &str) -> String {
     format!(
-        "[project]\nname = \"{project}\"\n\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n\n[defaults]\nbox = \"bb\"\nmemory = \"64MiB\"\n\n"
+        "[project]\nname = \"{project}\"\nbake = false\n\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n\n[defaults]\nbox = \"bb\"\nmemory = \"64MiB\"\n\n"
     )
 }
 

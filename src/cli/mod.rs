@@ -94,9 +94,22 @@ enum Command {
         /// host (for CI)
         #[arg(long)]
         locked: bool,
+        /// Ignore baked layers: machines created now run all their steps
+        #[arg(long)]
+        fresh: bool,
     },
     /// Resolve every box to what it is on this host and write Envfile.lock
     Lock,
+    /// Switch machines back to their previous kept generation
+    Rollback { machines: Vec<String> },
+    /// What changed inside a running machine since it was provisioned (added, changed,
+    /// deleted paths)
+    Drift {
+        machine: String,
+        /// Exit 3 when there is drift (for CI)
+        #[arg(long)]
+        exit_code: bool,
+    },
     /// For CI: up an environment of its own, run CMD in it, destroy it whatever happened
     Run {
         /// The machine to run in (default: the only one, or the first declared)
@@ -554,6 +567,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             provision,
             ttl,
             locked,
+            fresh,
         } => {
             project.ttl = ttl;
             let opts = UpOptions {
@@ -563,6 +577,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 no_provision,
                 force_provision: provision,
                 locked,
+                fresh,
             };
             match settle(&ctx, ops::up(&ctx, &project, &opts)).await {
                 Ok(outcomes) => {
@@ -591,6 +606,60 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             }
             Err(e) => fail(&printer, e),
         },
+        Command::Rollback { machines } => {
+            match settle(&ctx, ops::rollback(&ctx, &project, &machines)).await {
+                Ok(done) => {
+                    if printer.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"schema": "envrig.rollback/1", "machines": done})
+                        );
+                    } else {
+                        for r in &done {
+                            printer.done(&format!(
+                                "`{}` rolled back: generation {} -> {}",
+                                r.machine, r.from, r.to
+                            ));
+                        }
+                    }
+                    0
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
+        Command::Drift { machine, exit_code } => {
+            match settle(&ctx, ops::drift(&ctx, &project, &machine)).await {
+                Ok(r) => {
+                    if printer.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "schema": "envrig.drift/1",
+                                "machine": r.machine,
+                                "drifted": !r.changes.is_empty(),
+                                "changes": r.changes,
+                                "ignored": r.ignored,
+                            })
+                        );
+                    } else if r.changes.is_empty() {
+                        printer.done(&format!(
+                            "no drift in `{}` since it was provisioned",
+                            r.machine
+                        ));
+                    } else {
+                        for c in &r.changes {
+                            println!("{} {}", c.kind.letter(), c.path);
+                        }
+                    }
+                    if exit_code && !r.changes.is_empty() {
+                        3
+                    } else {
+                        0
+                    }
+                }
+                Err(e) => fail(&printer, e),
+            }
+        }
         Command::Provision {
             machines,
             force,
@@ -649,6 +718,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 no_provision: false,
                 force_provision: false,
                 locked: false,
+                fresh: false,
             };
             match settle(&ctx, ops::up(&ctx, &project, &opts)).await {
                 Ok(outcomes) => {

@@ -159,7 +159,8 @@ pub async fn export(
         }
         None => {
             let made =
-                super::snapshot::save_locked(ctx, project, &temp_name, machines, false).await?;
+                super::snapshot::save_locked(ctx, project, &temp_name, machines, false, true)
+                    .await?;
             let made = made
                 .into_iter()
                 .map(|s| {

@@ -3,7 +3,7 @@
 //! `envrig run` process died. Safe from cron and CI post-steps, also concurrently: an
 //! environment busy with another envrig is skipped, and removing what is gone succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use envrig_provider_api::{Selector, labels};
@@ -85,6 +85,42 @@ fn env_gone(labels: &BTreeMap<String, String>) -> Option<String> {
         return Some(format!("its `envrig run` (pid {pid}) is gone"));
     }
     None
+}
+
+/// The fingerprints (16 hex) that the lock files envrig knows of pin: those it wrote (the
+/// registry) and those beside the Envfiles of `folders`.
+fn locked_fingerprints<'a>(folders: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
+    let registry = std::fs::read_to_string(super::lockfile::registry()).unwrap_or_default();
+    let mut paths: BTreeSet<PathBuf> = registry.lines().map(PathBuf::from).collect();
+    paths.extend(
+        folders
+            .filter(|f| Path::new(f).is_absolute())
+            .map(|f| Path::new(f).join(crate::lock::FILE_NAME)),
+    );
+    let mut out = BTreeSet::new();
+    for p in paths {
+        if let Ok(Some(l)) = crate::lock::read(&p) {
+            out.extend(
+                l.machines
+                    .values()
+                    .map(|m| m.fingerprint.chars().take(16).collect::<String>()),
+            );
+        }
+    }
+    out
+}
+
+/// Whether a layer baked at `created` is younger than the grace period (`up` may be about
+/// to create a machine from it): `ENVRIG_GC_LAYER_GRACE` seconds, default 600.
+fn too_young(created: &str, now: std::time::SystemTime) -> bool {
+    let grace = std::env::var("ENVRIG_GC_LAYER_GRACE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(600);
+    humantime::parse_rfc3339(created)
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .is_none_or(|age| age.as_secs() < grace)
 }
 
 pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
@@ -201,6 +237,47 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                     }
                 }
             }
+        }
+
+        // Baked layers nobody references: no machine of any generation made from it or
+        // provisioned to its fingerprint, and no lock file pinning that fingerprint.
+        let mut refs: BTreeSet<String> = machines
+            .iter()
+            .flat_map(|m| {
+                [
+                    m.labels.get(labels::FINGERPRINT),
+                    m.labels.get(labels::LAYER),
+                ]
+            })
+            .flatten()
+            .cloned()
+            .collect();
+        refs.extend(locked_fingerprints(
+            machines
+                .iter()
+                .filter_map(|m| m.labels.get(labels::FOLDER).map(String::as_str)),
+        ));
+        for layer in p.baked_layers().await.unwrap_or_default() {
+            let short: String = layer.fingerprint.chars().take(16).collect();
+            if refs.contains(&short) || too_young(&layer.created, now) {
+                continue;
+            }
+            let item = GcItem {
+                env_id: String::new(),
+                project: String::new(),
+                folder: String::new(),
+                resource: format!("layer {}", layer.name),
+                provider: name.to_string(),
+                reason: "no machine, kept generation or lock file uses it".to_string(),
+            };
+            if !dry_run && let Err(e) = p.remove_baked(&layer.name).await {
+                report.failed.push(GcItem {
+                    reason: e.to_string(),
+                    ..item
+                });
+                continue;
+            }
+            report.removed.push(item);
         }
     }
     Ok(report)

@@ -17,6 +17,8 @@ pub struct Resolved {
     pub fingerprint: Option<String>,
     /// Its steps' content hashes, in order.
     pub steps: Vec<String>,
+    /// Its fingerprint's inputs, readable (when the base is known).
+    pub inputs: Option<BTreeMap<String, String>>,
 }
 
 /// Resolves `machines`' bases (fetching the missing ones when `fetch`) and fingerprints
@@ -56,23 +58,29 @@ pub async fn resolve(
             bases.insert(key.clone(), found);
         }
         let base = bases[&key].clone();
-        let steps: Vec<String> = crate::provision::hash_steps(&project.envfile.dir, &m.provision)
-            .map_err(|e| OpError::Io {
-                context: format!("cannot read the steps of `{}`", m.name),
-                source: e,
-            })?
-            .into_iter()
-            .map(|h| h.hash)
-            .collect();
+        let hashed: Vec<(String, String)> =
+            crate::provision::hash_steps(&project.envfile.dir, &m.provision)
+                .map_err(|e| OpError::Io {
+                    context: format!("cannot read the steps of `{}`", m.name),
+                    source: e,
+                })?
+                .into_iter()
+                .map(|h| (h.label, h.hash))
+                .collect();
+        let steps: Vec<String> = hashed.iter().map(|(_, h)| h.clone()).collect();
         let fingerprint = base
             .as_ref()
             .map(|b| lock::fingerprint(m, b, &steps, &project.envfile.dir));
+        let inputs = base
+            .as_ref()
+            .map(|b| lock::inputs(m, b, &hashed, &project.envfile.dir));
         out.insert(
             m.name.to_string(),
             Resolved {
                 base,
                 fingerprint,
                 steps,
+                inputs,
             },
         );
     }
@@ -108,6 +116,32 @@ fn lock_path(project: &Project) -> std::path::PathBuf {
     project.envfile.dir.join(lock::FILE_NAME)
 }
 
+/// The list of lock files envrig wrote on this host (`$ENVRIG_HOME/locks`, one path per
+/// line): `gc` keeps the baked layers they reference.
+pub fn registry() -> std::path::PathBuf {
+    super::home_dir().join("locks")
+}
+
+/// Adds `path` to the [`registry`] (best effort: a lock that is not listed only loses its
+/// layers to `gc` sooner).
+fn register(path: &std::path::Path) {
+    let file = registry();
+    let line = path.display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    if text.lines().any(|l| l == line) {
+        return;
+    }
+    let _ = std::fs::create_dir_all(super::home_dir());
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 fn read(project: &Project) -> Result<Option<Lock>, OpError> {
     lock::read(&lock_path(project)).map_err(|e| OpError::Usage(e.to_string()))
 }
@@ -122,6 +156,7 @@ pub async fn lock(ctx: &Context, project: &Project) -> Result<Lock, OpError> {
         context: format!("cannot write {}", lock_path(project).display()),
         source: e,
     })?;
+    register(&lock_path(project));
     Ok(l)
 }
 
@@ -181,6 +216,9 @@ pub async fn before_up(
                 if let Some(r) = resolved.get_mut(m.name.as_str()) {
                     r.fingerprint =
                         Some(lock::fingerprint(m, pinned, &r.steps, &project.envfile.dir));
+                    if let Some(i) = &mut r.inputs {
+                        i.insert("box".into(), pinned.id.chars().take(19).collect());
+                    }
                 }
                 format!(
                     "box `{}` ({}) now resolves to {}; using {} as {} pins it (`envrig lock` moves the pin)",
@@ -212,9 +250,13 @@ pub async fn before_up(
         .fingerprints
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    let mut inputs = project.inputs.lock().unwrap_or_else(|e| e.into_inner());
     for (name, r) in &resolved {
         if let Some(f) = &r.fingerprint {
             fps.insert(name.clone(), f.clone());
+        }
+        if let Some(i) = &r.inputs {
+            inputs.insert(name.clone(), i.clone());
         }
     }
     Ok(existing.is_some())
@@ -233,6 +275,7 @@ pub async fn after_up(ctx: &Context, project: &Project) -> Result<(), OpError> {
             context: format!("cannot write {}", lock_path(project).display()),
             source: e,
         })?;
+        register(&lock_path(project));
         ctx.reporter.event(
             None,
             Phase::Done,

@@ -3,8 +3,10 @@
 //! to print. Nothing here knows clap, colours or exit codes.
 
 mod archive;
+mod bake;
 mod boxes;
 mod destroy;
+mod drift;
 mod exec;
 mod gc;
 mod halt;
@@ -12,6 +14,7 @@ mod init;
 mod lockfile;
 mod ls;
 mod provision;
+mod rollback;
 mod run;
 mod snapshot;
 mod spec;
@@ -33,6 +36,7 @@ use crate::state::{StateCache, StateDir, StateLock};
 pub use archive::{ImportReport, Manifest, export, import};
 pub use boxes::{BoxRow, BoxSource, box_add, box_list, box_remove};
 pub use destroy::{DestroySummary, destroy};
+pub use drift::{DriftReport, drift};
 pub use exec::{exec, interactive, running_machine};
 pub use gc::{GcItem, GcReport, gc};
 pub use halt::halt;
@@ -40,6 +44,7 @@ pub use init::{TEMPLATES, Template, init};
 pub use lockfile::lock;
 pub use ls::{EnvRow, ls};
 pub use provision::provision;
+pub use rollback::{RolledBack, rollback};
 pub use run::{RunOptions, RunOutcome, run};
 pub use snapshot::{
     SnapshotRow, package, snapshot_delete, snapshot_list, snapshot_restore, snapshot_save,
@@ -47,6 +52,21 @@ pub use snapshot::{
 pub use spec::{config_hash, machine_spec};
 pub use status::{StatusReport, status};
 pub use up::{UpOptions, UpOutcome, up};
+
+/// envrig's own folder on this host: `$ENVRIG_HOME`, else `$XDG_DATA_HOME/envrig`, else
+/// `~/.local/share/envrig` (the libvirt box store and keys live there too).
+pub fn home_dir() -> std::path::PathBuf {
+    if let Some(h) = std::env::var_os("ENVRIG_HOME") {
+        return std::path::PathBuf::from(h);
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("/tmp"))
+        .join("envrig")
+}
 
 /// A loaded environment: its Envfile, identity and state folder.
 #[derive(Debug)]
@@ -64,6 +84,10 @@ pub struct Project {
     pub pins: std::sync::Mutex<BTreeMap<String, String>>,
     /// Machines' fingerprints (written on their resources), by machine.
     pub fingerprints: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Baked layers that machines created now start from, by machine.
+    pub layers: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Machines' fingerprint inputs (written on their resources), by machine.
+    pub inputs: std::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 /// How to load a project, beyond its Envfile.
@@ -115,6 +139,8 @@ impl Project {
             owner: None,
             pins: Default::default(),
             fingerprints: Default::default(),
+            layers: Default::default(),
+            inputs: Default::default(),
         })
     }
 
@@ -231,6 +257,19 @@ impl Project {
                 machine: m.name.clone(),
                 provider: m.provider.clone(),
                 config: config_hash(&machine_spec(self, m, 1, "")),
+                fingerprint: self
+                    .fingerprints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(m.name.as_str())
+                    .map(|f| f[..16.min(f.len())].to_string()),
+                inputs: self
+                    .inputs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(m.name.as_str())
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect()
     }

@@ -539,11 +539,28 @@ pub async fn provision(
                                     mode,
                                 )
                                 .await
+                                .map(|n| (n, p))
                             }
                             Err(e) => Err(format!("cannot copy its synced folders: {e}")),
                         }
                     }
                     Err(e) => Err(e.to_string()),
+                };
+                // Provisioned again on purpose: what `drift` compares with from now on.
+                let r = match r {
+                    Ok((n, p)) => {
+                        if n > 0
+                            && let Err(e) = p.mark_baseline(&id).await
+                        {
+                            ctx.reporter.event(
+                                Some(m.name.as_str()),
+                                Phase::Warning,
+                                &format!("cannot record its files for `envrig drift`: {e}"),
+                            );
+                        }
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
                 };
                 (m.name.to_string(), r)
             }

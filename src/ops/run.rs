@@ -58,6 +58,7 @@ pub async fn run(
         no_provision: false,
         force_provision: false,
         locked: false,
+        fresh: false,
     };
     let made = up(ctx, project, &up_opts).await;
     let result = match made {

@@ -71,20 +71,25 @@ pub async fn snapshot_save(
 ) -> Result<Vec<String>, OpError> {
     check_name(name)?;
     let _session = Session::open(ctx, project).await?;
-    Ok(save_locked(ctx, project, name, machines, force)
+    Ok(save_locked(ctx, project, name, machines, force, false)
         .await?
         .into_iter()
         .map(|s| s.machine)
         .collect())
 }
 
-/// Saves with the project's lock already held; returns the snapshots made.
+/// Saves with the project's lock already held; returns the snapshots made. With `flush`,
+/// running machines first write what they hold in memory to their disks (so a disk alone
+/// holds every file: an export made now), and the snapshots say so (`dev.envrig.flushed`);
+/// without, the moment is taken at once (memory included where the engine keeps it), and
+/// an export of it later does what is needed.
 pub(super) async fn save_locked(
     ctx: &Context,
     project: &Project,
     name: &str,
     machines: &[String],
     force: bool,
+    flush: bool,
 ) -> Result<Vec<Snapshot>, OpError> {
     let (selected, observed) = targets(ctx, project, machines).await?;
     let mut work = Vec::new();
@@ -105,7 +110,20 @@ pub(super) async fn save_locked(
             "no machine of this environment exists: `envrig up` first".into(),
         ));
     }
-    let existing = snapshots(ctx, project).await?;
+    // Running machines flush their files to disk while the snapshots are listed.
+    let flushes = work
+        .iter()
+        .filter(|(_, o)| flush && o.state.can_exec())
+        .map(|(_, o)| async move {
+            if let Ok(p) = provider(ctx, &o.provider).await {
+                let _ = p.flush(&o.id).await;
+            }
+        });
+    let (existing, _) = tokio::join!(
+        snapshots(ctx, project),
+        futures_util::future::join_all(flushes)
+    );
+    let existing = existing?;
     let clash: Vec<&(String, Snapshot)> = existing
         .iter()
         .filter(|(_, s)| s.name == name && work.iter().any(|(m, _)| m.name.as_str() == s.machine))
@@ -151,6 +169,9 @@ pub(super) async fn save_locked(
                 let spec = spec_of(project, m, o);
                 let mut l = project.identity.labels(&m.name, o.generation, &created);
                 l.insert(labels::PROVIDER.to_string(), o.provider.clone());
+                if flush {
+                    l.insert(labels::FLUSHED.to_string(), "1".to_string());
+                }
                 p.snapshot_save(&o.id, name, &spec, &l)
                     .await
                     .map_err(|e| OpError::provider(format!("cannot save `{}`", m.name), e))
@@ -364,6 +385,9 @@ pub async fn package(
         Phase::Create,
         &format!("packaging as `{as_box}`"),
     );
+    if o.state.can_exec() {
+        let _ = p.flush(&o.id).await;
+    }
     let base = p
         .package(&o.id, as_box, &l)
         .await

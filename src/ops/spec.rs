@@ -65,6 +65,27 @@ pub fn machine_spec(
         spec.labels
             .insert(labels::FINGERPRINT.to_string(), fp[..16].to_string());
     }
+    if let Some(inputs) = project
+        .inputs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(machine.name.as_str())
+        && let Ok(j) = serde_json::to_string(inputs)
+    {
+        spec.labels.insert(labels::INPUTS.to_string(), j);
+    }
+    // A baked layer of the same fingerprint replaces the base (see `ops::bake`).
+    if let Some(layer) = project
+        .layers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(machine.name.as_str())
+    {
+        spec.base = layer.clone();
+        if let Some(fp) = spec.labels.get(labels::FINGERPRINT).cloned() {
+            spec.labels.insert(labels::LAYER.to_string(), fp);
+        }
+    }
     if let Some(ttl) = project.ttl.or(machine.ttl)
         && let Ok(t) = humantime::parse_rfc3339(created)
     {

@@ -30,6 +30,8 @@ pub struct UpOptions {
     pub force_provision: bool,
     /// Refuse when `Envfile.lock` is missing or does not match (`--locked`).
     pub locked: bool,
+    /// Ignore baked layers: machines created now run every step (`--fresh`).
+    pub fresh: bool,
 }
 
 /// What `up` did to one machine.
@@ -78,7 +80,7 @@ pub async fn up(
         &project.desired(&selected),
         &declared,
         &observed,
-        opts.recreate,
+        opts.recreate || project.envfile.project.immutable,
     );
     for o in &plan.orphans {
         ctx.reporter.event(
@@ -88,6 +90,19 @@ pub async fn up(
         );
     }
     check_ports(&selected, &plan)?;
+    if !opts.fresh && !opts.no_provision {
+        let creating: Vec<&Machine> = selected
+            .iter()
+            .filter(|m| {
+                plan.machines.iter().any(|p| {
+                    p.machine == m.name
+                        && matches!(p.action, Action::Create | Action::Recreate { .. })
+                })
+            })
+            .copied()
+            .collect();
+        super::bake::choose_layers(ctx, project, &creating).await?;
+    }
     if plan
         .machines
         .iter()
@@ -186,6 +201,9 @@ pub async fn up(
         }
     }
 
+    if outcomes.iter().any(|o| o.result == "recreated") {
+        prune_generations(ctx, project, &selected).await;
+    }
     let changed = outcomes
         .iter()
         .any(|o| o.result != "unchanged" && o.result != "stale");
@@ -216,6 +234,50 @@ pub async fn up(
         super::lockfile::after_up(ctx, project).await?;
     }
     Ok(outcomes)
+}
+
+/// Keeps `keep` generations of each machine (the current one and the newest others);
+/// removes the older ones. Best effort: what cannot be removed now is said and left for the
+/// next `up` or `destroy`.
+async fn prune_generations(ctx: &Context, project: &Project, selected: &[&Machine]) {
+    let Ok(observed) = observe(ctx, project).await else {
+        return;
+    };
+    let keep = project.envfile.project.keep.max(1) as usize;
+    for m in selected {
+        let name = m.name.as_str();
+        let Some(cur) = crate::plan::current(name, &observed).0 else {
+            continue;
+        };
+        let mut others: Vec<&crate::plan::Observed> = observed
+            .iter()
+            .filter(|o| {
+                o.machine == name
+                    && o.id != cur.id
+                    && !o
+                        .labels
+                        .contains_key(envrig_provider_api::labels::CANDIDATE)
+            })
+            .collect();
+        others.sort_by_key(|o| std::cmp::Reverse(o.generation));
+        for old in others.into_iter().skip(keep - 1) {
+            let Ok(p) = provider(ctx, &old.provider).await else {
+                continue;
+            };
+            match p.remove(&old.id).await {
+                Ok(()) => ctx.reporter.event(
+                    Some(name),
+                    Phase::Remove,
+                    &format!("removed generation {} (keep = {keep})", old.generation),
+                ),
+                Err(e) => ctx.reporter.event(
+                    Some(name),
+                    Phase::Warning,
+                    &format!("cannot remove generation {}: {e}", old.generation),
+                ),
+            }
+        }
+    }
 }
 
 /// A machine's failure message (or why it was not started).
@@ -363,15 +425,30 @@ async fn run_one(
             true,
         ),
         Action::Recreate { id, reason } => {
-            ctx.reporter
-                .event(Some(&name), Phase::Create, &format!("recreating: {reason}"));
+            ctx.reporter.event(
+                Some(&name),
+                Phase::Create,
+                &format!("out of date ({reason}): generation {}", mp.generation),
+            );
+            let dead = reason.contains("dead");
             (
                 "recreated",
-                replace(ctx, project, &p, m, id, mp.generation).await?,
+                switch(ctx, session, project, &p, m, id, dead, mp.generation).await?,
                 true,
             )
         }
     };
+    if !mp.outdated.is_empty() {
+        ctx.reporter.event(
+            Some(&name),
+            Phase::Warning,
+            &format!(
+                "out of date ({}): changed steps run in place; `envrig up --recreate` builds it anew as generation {} (or set `immutable = true`)",
+                mp.outdated.join(", "),
+                mp.generation + 1
+            ),
+        );
+    }
     if result != "unchanged" && result != "stale" {
         // Synced folders that are copies, not live mounts, are made now (and said so).
         let lines = p
@@ -384,15 +461,45 @@ async fn run_one(
     }
     let mut steps_run = 0;
     if !no_provision {
+        // Made from a baked layer: the record of what ran is inside it.
+        let layer = fresh.then(|| super::bake::layer_of(project, m)).flatten();
+        if let Some(layer) = &layer {
+            let n = super::bake::baked_steps(m);
+            ctx.reporter.event(
+                Some(&name),
+                Phase::Provision,
+                &format!(
+                    "using baked layer {}, {n} step{} skipped",
+                    layer
+                        .trim_start_matches("envrig-baked-")
+                        .get(..6)
+                        .unwrap_or(layer),
+                    if n == 1 { "" } else { "s" }
+                ),
+            );
+        }
         let target = Target {
             provider: &p,
             machine: m,
             id: &id,
-            fresh,
+            fresh: fresh && layer.is_none(),
         };
         steps_run = provision_machine(ctx, session, project, target, mode).await?;
         if let Some(ready) = &m.ready {
             wait_ready(ctx, p.as_ref(), &name, &id, ready).await?;
+        }
+        if steps_run > 0 && layer.is_none() {
+            super::bake::bake(ctx, project, &p, m, &id).await;
+        }
+        if fresh || steps_run > 0 {
+            // What the machine holds now is what `drift` compares with.
+            if let Err(e) = p.mark_baseline(&id).await {
+                ctx.reporter.event(
+                    Some(&name),
+                    Phase::Warning,
+                    &format!("cannot record its files for `envrig drift`: {e}"),
+                );
+            }
         }
     }
     if result != "unchanged" && result != "stale" || steps_run > 0 {
@@ -414,9 +521,22 @@ async fn create(
     p: &Arc<dyn Provider>,
     m: &Machine,
     generation: u32,
+    candidate: bool,
 ) -> Result<envrig_provider_api::MachineInfo, String> {
     let name = m.name.as_str();
-    let spec = machine_spec(project, m, generation, &super::now_rfc3339());
+    let mut spec = machine_spec(project, m, generation, &super::now_rfc3339());
+    if candidate {
+        // Beside the generation that serves: no host ports, no names on the network.
+        spec.resource_name.push_str("-next");
+        spec.ports.clear();
+        if let Some(n) = &mut spec.network {
+            n.aliases.clear();
+        }
+        spec.labels.insert(
+            envrig_provider_api::labels::CANDIDATE.to_string(),
+            "1".to_string(),
+        );
+    }
     ctx.reporter.event(Some(name), Phase::Create, "creating");
     match p.create(&spec).await {
         Ok(info) => Ok(info),
@@ -444,7 +564,7 @@ async fn create_and_start(
     m: &Machine,
     generation: u32,
 ) -> Result<String, String> {
-    let info = create(ctx, project, p, m, generation).await?;
+    let info = create(ctx, project, p, m, generation, false).await?;
     ctx.reporter
         .event(Some(m.name.as_str()), Phase::Start, "starting");
     p.start(&info.id)
@@ -453,39 +573,141 @@ async fn create_and_start(
     Ok(info.id)
 }
 
-/// Replaces `old` by a new generation: the new one is created beside it, then the old one
-/// stopped (freeing its ports and names) and the new one started; only then is the old one
-/// removed. When the new one cannot start, the old one is started again and kept.
-async fn replace(
+/// Replaces `old` by generation `generation`, never patching it: when the new generation's
+/// provisioned state is not baked yet, it is built beside `old` (which keeps serving) as a
+/// candidate with no host ports and no names, provisioned, checked for readiness and baked,
+/// then removed. The new generation is created from that layer with the names and ports,
+/// and the switch is made: `old` stopped (kept for `rollback`), the new one started. When it
+/// cannot start, `old` is started again and kept. A dead `old` is removed.
+#[allow(clippy::too_many_arguments)]
+async fn switch(
     ctx: &Context,
+    session: &Session,
     project: &Project,
     p: &Arc<dyn Provider>,
     m: &Machine,
     old: &str,
+    dead: bool,
     generation: u32,
 ) -> Result<String, String> {
     let name = m.name.as_str();
-    let new = create(ctx, project, p, m, generation).await?;
-    ctx.reporter
-        .event(Some(name), Phase::Stop, "stopping the previous generation");
-    if let Err(e) = p.stop(old, std::time::Duration::from_secs(30)).await {
+    if !dead
+        && super::bake::layer_of(project, m).is_none()
+        && super::bake::baked_steps(m) > 0
+        && project.envfile.project.bake
+    {
+        build_beside(ctx, session, project, p, m, generation).await?;
+    }
+    let new = create(ctx, project, p, m, generation, false).await?;
+    if dead {
+        let _ = p.remove(old).await;
+    } else {
+        ctx.reporter.event(
+            Some(name),
+            Phase::Stop,
+            &format!("switching: stopping generation {}", generation - 1),
+        );
+    }
+    let t0 = std::time::Instant::now();
+    if !dead && let Err(e) = p.stop(old, std::time::Duration::from_secs(30)).await {
         let _ = p.remove(&new.id).await;
         return Err(format!("cannot stop the previous generation: {e}"));
     }
-    ctx.reporter.event(Some(name), Phase::Start, "starting");
     if let Err(e) = p.start(&new.id).await {
         let _ = p.remove(&new.id).await;
-        let back = p.start(old).await;
+        let back = if dead { Ok(()) } else { p.start(old).await };
         return Err(format!(
             "the new generation cannot start ({e}); {}",
             match back {
+                Ok(()) if dead => "nothing runs".to_string(),
                 Ok(()) => "the previous one runs again".to_string(),
                 Err(b) => format!("and the previous one cannot start again either: {b}"),
             }
         ));
     }
-    p.remove(old)
-        .await
-        .map_err(|e| format!("cannot remove the previous generation: {e}"))?;
+    ctx.reporter.event(
+        Some(name),
+        Phase::Start,
+        &format!(
+            "switched to generation {generation} in {} ms{}",
+            t0.elapsed().as_millis(),
+            if dead {
+                String::new()
+            } else {
+                format!(
+                    " (generation {} stopped, kept for `envrig rollback`)",
+                    generation - 1
+                )
+            }
+        ),
+    );
     Ok(new.id)
+}
+
+/// Builds the provisioned state of `m`'s generation `generation` beside the one that serves:
+/// a candidate machine without host ports or names, provisioned, checked and baked into the
+/// layer of its fingerprint, then removed; later machines of that fingerprint start from it.
+async fn build_beside(
+    ctx: &Context,
+    session: &Session,
+    project: &Project,
+    p: &Arc<dyn Provider>,
+    m: &Machine,
+    generation: u32,
+) -> Result<(), String> {
+    let name = m.name.as_str();
+    ctx.reporter.event(
+        Some(name),
+        Phase::Create,
+        &format!(
+            "building generation {generation} beside generation {} (which keeps serving)",
+            generation - 1
+        ),
+    );
+    let info = create(ctx, project, p, m, generation, true).await?;
+    let id = info.id.clone();
+    let built = async {
+        p.start(&id)
+            .await
+            .map_err(|e| format!("cannot start the new generation's build: {e}"))?;
+        for l in p
+            .refresh_synced(&id)
+            .await
+            .map_err(|e| format!("cannot copy its synced folders: {e}"))?
+        {
+            ctx.reporter.event(Some(name), Phase::Warning, &l);
+        }
+        let target = Target {
+            provider: p,
+            machine: m,
+            id: &id,
+            fresh: true,
+        };
+        provision_machine(ctx, session, project, target, &Mode::Pending).await?;
+        if let Some(ready) = &m.ready {
+            wait_ready(ctx, p.as_ref(), name, &id, ready).await?;
+        }
+        super::bake::bake(ctx, project, p, m, &id).await;
+        Ok::<(), String>(())
+    }
+    .await;
+    let _ = p.remove(&id).await;
+    built?;
+    let fp = project
+        .fingerprints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    if let Some(fp) = fp {
+        let layer = super::bake::layer_name(&fp);
+        if let Ok(Some(_)) = p.resolve_base(&layer).await {
+            project
+                .layers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), layer);
+        }
+    }
+    Ok(())
 }

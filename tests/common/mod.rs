@@ -235,3 +235,27 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The body of `GET /` on 127.0.0.1:`port` (bounded: 100 tries over about 10 s).
+pub fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..100 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if let Some((_, body)) = out.split_once("\r\n\r\n") {
+                    return body.trim().to_string();
+                }
+                last = out;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("nothing answers on 127.0.0.1:{port}: {last}");
+}

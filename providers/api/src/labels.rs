@@ -33,6 +33,18 @@ pub const EXPIRES: &str = "dev.envrig.expires";
 pub const SNAPSHOT: &str = "dev.envrig.snapshot";
 /// On a packaged base: the fingerprint of what it was made from (config and steps).
 pub const FINGERPRINT: &str = "dev.envrig.fingerprint";
+/// On a snapshot: the machine wrote its files to disk first (its disk alone holds them).
+pub const FLUSHED: &str = "dev.envrig.flushed";
+/// On a machine: its fingerprint's inputs, readable (JSON), so a later `up` can say what
+/// changed.
+pub const INPUTS: &str = "dev.envrig.inputs";
+/// On a new generation's build (provisioned beside the generation that serves, then baked
+/// and removed): never a machine's current resource.
+pub const CANDIDATE: &str = "dev.envrig.candidate";
+/// On a baked layer: the full fingerprint of the machine whose provisioned state it holds.
+pub const BAKED: &str = "dev.envrig.baked";
+/// On a machine made from a baked layer: that layer's fingerprint (16 hex digits).
+pub const LAYER: &str = "dev.envrig.layer";
 /// Where the resource was made from: the machine id and the mount and pid namespaces of
 /// the envrig that made it. `gc` judges "folder gone" and "process gone" only for its own.
 pub const HOST: &str = "dev.envrig.host";

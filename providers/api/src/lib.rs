@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod drift;
 pub mod labels;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -296,6 +297,17 @@ pub struct Snapshot {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A baked layer on this host: a machine's provisioned state kept as a base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BakedLayer {
+    /// Its base name (usable as [`MachineSpec::base`]).
+    pub name: String,
+    /// The full fingerprint of the machines it serves.
+    pub fingerprint: String,
+    /// When it was baked (RFC 3339), when known.
+    pub created: String,
+}
+
 /// A resource that is not a machine (a network, a volume), as `gc` and `ls` see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OtherResource {
@@ -512,4 +524,34 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn refresh_synced(&self, _id: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+
+    /// Asks a running machine to write what it holds in memory for its files to its disk,
+    /// best effort, so that a snapshot's disk alone (an export) holds every file written
+    /// before it. `snapshot save` calls it on every running machine while it does its own
+    /// bookkeeping, before the moment is taken. Engines whose snapshot is the file system
+    /// itself need nothing: the default does nothing.
+    async fn flush(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every baked layer on this host (labelled [`labels::BAKED`]); none by default.
+    async fn baked_layers(&self) -> Result<Vec<BakedLayer>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes baked layer `name`; refused (`Conflict`) while a machine is made from it.
+    async fn remove_baked(&self, name: &str) -> Result<()> {
+        Err(ProviderError::NotFound {
+            what: format!("baked layer `{name}`"),
+        })
+    }
+
+    /// Takes the machine's file system as it is now as the baseline [`Provider::drift`]
+    /// compares with; called once its generation is provisioned (and after `provision`).
+    async fn mark_baseline(&self, id: &str) -> Result<()>;
+
+    /// The paths added, changed and deleted inside running machine `id` since its
+    /// baseline, envrig's own records ([`drift::ENVRIG_DIR`]) left out; the core leaves out
+    /// volatile and ignored paths.
+    async fn drift(&self, id: &str) -> Result<Vec<drift::PathChange>>;
 }

@@ -34,6 +34,8 @@ use envrig_provider_api::{
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+mod drift;
+
 const NAME: &str = "docker";
 
 /// What the Docker provider can do (known without connecting).
@@ -1104,6 +1106,52 @@ impl Provider for DockerProvider {
 
     async fn box_list(&self) -> Result<Vec<StoredBox>> {
         Ok(Vec::new())
+    }
+
+    async fn mark_baseline(&self, id: &str) -> Result<()> {
+        self.mark_baseline_impl(id).await
+    }
+
+    async fn baked_layers(&self) -> Result<Vec<envrig_provider_api::BakedLayer>> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![labels::BAKED.to_string()]);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..ListImagesOptions::default()
+            }))
+            .await
+            .map_err(|e| map_err("list images", e))?;
+        Ok(images
+            .into_iter()
+            .filter_map(|i| {
+                let name = i
+                    .repo_tags
+                    .iter()
+                    .find(|t| t.starts_with("envrig-baked-"))?
+                    .trim_end_matches(":latest")
+                    .to_string();
+                let label = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
+                Some(envrig_provider_api::BakedLayer {
+                    name,
+                    fingerprint: label(labels::BAKED),
+                    created: label(labels::CREATED),
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_baked(&self, name: &str) -> Result<()> {
+        self.docker
+            .remove_image(name, None::<RemoveImageOptions>, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(format!("remove image {name}"), e))
+    }
+
+    async fn drift(&self, id: &str) -> Result<Vec<envrig_provider_api::drift::PathChange>> {
+        self.drift_impl(id).await
     }
 
     async fn box_remove(&self, _name: &str) -> Result<()> {

@@ -385,11 +385,13 @@ impl LibvirtProvider {
     fn staged_key(&self, dir: &Path) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(dir.join("disk.qcow2")).ok()?;
+        // The modification time too: a deleted box's inode number comes back.
         Some(format!(
-            "{:x}-{:x}-{:x}",
+            "{:x}-{:x}-{:x}-{:x}",
             meta.dev(),
             meta.ino(),
-            meta.size()
+            meta.size(),
+            meta.mtime_nsec() ^ (meta.mtime() << 30)
         ))
     }
 
@@ -459,9 +461,18 @@ impl LibvirtProvider {
                     "overlay created on {}",
                     backing.display()
                 );
-                Some(backing.display().to_string())
+                // The box may itself be a layer on another box: the whole chain.
+                let mut chain = vec![backing.display().to_string()];
+                let mut next = backing.clone();
+                while chain.len() < 16
+                    && let Some(b) = backing_of(&next).await?
+                {
+                    chain.push(b.display().to_string());
+                    next = b;
+                }
+                chain
             }
-            Disk::Own => None,
+            Disk::Own => Vec::new(),
         };
         let read = |f: &str| {
             std::fs::read_to_string(kernel_dir.join(f))
@@ -614,7 +625,7 @@ impl LibvirtProvider {
             initrd: initrd.is_file().then_some(initrd_s.as_str()),
             cmdline: if kernel.is_file() { cmdline } else { None },
             disk: &disk_s,
-            backing: backing.as_deref(),
+            backing: &backing,
             console_log: &console_s,
             ports: &ports,
             labels: &labels,
@@ -812,22 +823,6 @@ impl LibvirtProvider {
         labels: &BTreeMap<String, String>,
         running: Option<bool>,
     ) -> Result<Snapshot> {
-        // A running machine (not paused by the caller) flushes its page cache first, so
-        // its disk alone (an export) holds every file; the snapshot itself is atomic.
-        if running.is_none()
-            && let Ok(info) = self.info(id).await
-            && info.state == MachineState::Running
-        {
-            let sync = ExecRequest {
-                argv: vec!["sync".into()],
-                ..ExecRequest::default()
-            };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.exec(id, &sync, &mut |_: OutputStream, _: &[u8]| {}),
-            )
-            .await;
-        }
         let (id, name) = (id.to_string(), name.to_string());
         let mut labels = labels.clone();
         labels.insert(
@@ -980,6 +975,114 @@ impl LibvirtProvider {
         args.push(out.into());
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         qemu_img("flatten the disk", &refs).await
+    }
+
+    /// Every file of the guest's root file system, listed inside it (`drift::LIST_SCRIPT`).
+    async fn list_files(&self, id: &str) -> Result<String> {
+        let req = ExecRequest {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                envrig_provider_api::drift::LIST_SCRIPT.into(),
+            ],
+            ..ExecRequest::default()
+        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = {
+            let mut sink = |s: OutputStream, b: &[u8]| match s {
+                OutputStream::Stdout => out.extend_from_slice(b),
+                OutputStream::Stderr => err.extend_from_slice(b),
+            };
+            self.exec(id, &req, &mut sink).await?
+        };
+        if code != 0 && out.is_empty() {
+            return Err(io(
+                "list the guest's files",
+                std::io::Error::other(format!(
+                    "exit {code}: {}",
+                    String::from_utf8_lossy(&err).trim()
+                )),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Reverts domain `id` to its snapshot `name` (`flags`: `VIR_DOMAIN_SNAPSHOT_REVERT_*`).
+    async fn revert(&self, id: &str, name: &str, flags: u32) -> Result<()> {
+        let (id, name) = (id.to_string(), name.to_string());
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            let s = Domain::lookup_snapshot_by_name(&dom, &name, 0)
+                .map_err(|e| engine(format!("find snapshot `{name}`"), e))?;
+            s.revert(flags)
+                .map_err(|e| engine(format!("revert to snapshot `{name}`"), e))
+        })
+        .await
+    }
+
+    /// Writes the disk of snapshot `name` of running domain `id` (a snapshot taken with its
+    /// memory, whose page cache may hold files its disk does not) into `out`, flattened,
+    /// with every file on it: the machine goes back to the snapshot, writes its files to
+    /// disk, is paused and copied, then returns to where it was (kept in a snapshot of its
+    /// own meanwhile, deleted after).
+    async fn flatten_flushed(&self, id: &str, name: &str, disk: &Path, out: &Path) -> Result<()> {
+        let here = format!("envrig-export-{}", std::process::id());
+        let (id2, here2) = (id.to_string(), here.clone());
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id2)
+                .map_err(|e| engine("look up the domain", e))?;
+            let text = xml::snapshot(&here2, "").map_err(|e| io("write the snapshot XML", e))?;
+            dom.create_snapshot_xml(&text, 0)
+                .map_err(|e| engine("keep the machine's state during the export", e))
+                .map(|_| ())
+        })
+        .await?;
+        let copied = async {
+            self.revert(id, name, virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
+                .await?;
+            self.wait_ready_with(id, false).await?;
+            self.flush(id).await?;
+            self.pause(id).await?;
+            self.flatten(disk, None, out).await
+        }
+        .await;
+        // Back where it was, whatever happened.
+        let back = self.revert(id, &here, 0).await;
+        let (id2, here2) = (id.to_string(), here.clone());
+        let _ = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                if let Ok(s) = Domain::lookup_snapshot_by_name(&dom, &here2, 0) {
+                    let _ = s.delete(0);
+                }
+                Ok(())
+            })
+            .await;
+        copied.and(back)
+    }
+
+    /// Writes into `out` what `disk` holds beyond `backing` (one of its backing files), as a
+    /// new qcow2 backed by `backing`.
+    async fn layer(&self, disk: &Path, backing: &Path, out: &Path) -> Result<()> {
+        let args: [&std::ffi::OsStr; 10] = [
+            "convert".as_ref(),
+            "-U".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            "-B".as_ref(),
+            backing.as_os_str(),
+            "-F".as_ref(),
+            "qcow2".as_ref(),
+            disk.as_os_str(),
+            out.as_os_str(),
+        ];
+        qemu_img("write the layer", &args).await
     }
 
     fn machine_dir(&self, resource_name: &str) -> PathBuf {
@@ -1578,6 +1681,31 @@ async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
             std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
         ))
     }
+}
+
+/// The guest's file listing taken at the baseline, in the machine's folder.
+const DRIFT_BASELINE: &str = "drift-baseline.tsv";
+
+/// The backing file `disk` was made on (its first), if any.
+async fn backing_of(disk: &Path) -> Result<Option<PathBuf>> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(disk)
+        .output()
+        .await
+        .map_err(|e| io("read the disk's backing file: run qemu-img", e))?;
+    if !out.status.success() {
+        return Err(io(
+            "read the disk's backing file",
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| io("read the disk's backing file", std::io::Error::other(e)))?;
+    Ok(v["full-backing-filename"]
+        .as_str()
+        .or(v["backing-filename"].as_str())
+        .map(PathBuf::from))
 }
 
 fn describe(dom: &Domain) -> Result<MachineInfo> {
@@ -2247,6 +2375,39 @@ impl Provider for LibvirtProvider {
         self.list_snapshots(selector).await
     }
 
+    async fn mark_baseline(&self, id: &str) -> Result<()> {
+        let listing = self.list_files(id).await?;
+        let info = self.info(id).await?;
+        let file = self.machine_dir(&info.resource_name).join(DRIFT_BASELINE);
+        std::fs::write(&file, listing).map_err(|e| io(format!("write {}", file.display()), e))
+    }
+
+    /// The guest's files listed now against the listing taken at the baseline (kept in the
+    /// machine's folder on the host); no baseline yet: everything counts as added.
+    async fn drift(&self, id: &str) -> Result<Vec<envrig_provider_api::drift::PathChange>> {
+        use envrig_provider_api::drift;
+        let info = self.info(id).await?;
+        let file = self.machine_dir(&info.resource_name).join(DRIFT_BASELINE);
+        let base = std::fs::read_to_string(&file).unwrap_or_default();
+        let now = self.list_files(id).await?;
+        Ok(drift::compare(&drift::parse(&base), &drift::parse(&now)))
+    }
+
+    /// `sync` inside the guest (through the agent, else SSH), bounded to 10 s; a guest that
+    /// cannot answer is saved as it is (its memory, in the snapshot, still holds the files).
+    async fn flush(&self, id: &str) -> Result<()> {
+        let sync = ExecRequest {
+            argv: vec!["sync".into()],
+            ..ExecRequest::default()
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.exec(id, &sync, &mut |_: OutputStream, _: &[u8]| {}),
+        )
+        .await;
+        Ok(())
+    }
+
     async fn snapshot_restore(
         &self,
         snap: &Snapshot,
@@ -2328,7 +2489,15 @@ impl Provider for LibvirtProvider {
             })?;
         let (_, disk, kernel_dir) = self.disk_of(owner).await?;
         let work = dest.with_extension("flat.qcow2");
-        self.flatten(&disk, Some(name), &work).await?;
+        if snap.running
+            && !snap
+                .labels
+                .contains_key(envrig_provider_api::labels::FLUSHED)
+        {
+            self.flatten_flushed(owner, name, &disk, &work).await?;
+        } else {
+            self.flatten(&disk, Some(name), &work).await?;
+        }
         let (dest2, work2) = (dest.to_path_buf(), work.clone());
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
             let mut out = tar::Builder::new(std::fs::File::create(&dest2)?);
@@ -2417,7 +2586,17 @@ impl Provider for LibvirtProvider {
         if paused {
             self.pause(id).await?;
         }
-        let flat = self.flatten(&disk, None, &tmp.join("disk.qcow2")).await;
+        // A baked layer keeps the box as its backing file (only what the steps changed is
+        // copied); a packaged box stands alone.
+        let flat = if labels.contains_key(envrig_provider_api::labels::BAKED) {
+            match backing_of(&disk).await {
+                Ok(Some(backing)) => self.layer(&disk, &backing, &tmp.join("disk.qcow2")).await,
+                Ok(None) => self.flatten(&disk, None, &tmp.join("disk.qcow2")).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            self.flatten(&disk, None, &tmp.join("disk.qcow2")).await
+        };
         if paused {
             self.unpause(id).await?;
         }
@@ -2465,6 +2644,31 @@ impl Provider for LibvirtProvider {
 
     async fn box_list(&self) -> Result<Vec<StoredBox>> {
         boxes::list(&self.boxes).map_err(|e| io("list the boxes", e))
+    }
+
+    async fn baked_layers(&self) -> Result<Vec<envrig_provider_api::BakedLayer>> {
+        let mut out = Vec::new();
+        for b in boxes::list(&self.boxes).map_err(|e| io("list the boxes", e))? {
+            let Ok(text) = std::fs::read(self.boxes.join(&b.name).join("labels.json")) else {
+                continue;
+            };
+            let l: BTreeMap<String, String> = serde_json::from_slice(&text).unwrap_or_default();
+            if let Some(fp) = l.get(envrig_provider_api::labels::BAKED) {
+                out.push(envrig_provider_api::BakedLayer {
+                    name: b.name.clone(),
+                    fingerprint: fp.clone(),
+                    created: l
+                        .get(envrig_provider_api::labels::CREATED)
+                        .cloned()
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_baked(&self, name: &str) -> Result<()> {
+        self.box_remove(name).await
     }
 
     async fn box_remove(&self, name: &str) -> Result<()> {

@@ -23,8 +23,9 @@ pub struct Domain<'a> {
     pub initrd: Option<&'a str>,
     pub cmdline: Option<String>,
     pub disk: &'a str,
-    /// The box the disk is an overlay on; `None` for a disk of its own (an imported one).
-    pub backing: Option<&'a str>,
+    /// The box the disk is an overlay on, then that box's own backing files (a baked layer
+    /// is backed by its box), nearest first; empty for a disk of its own (an imported one).
+    pub backing: &'a [String],
     pub console_log: &'a str,
     pub ports: &'a [PortSpec],
     pub labels: &'a BTreeMap<String, String>,
@@ -131,13 +132,18 @@ impl Domain<'_> {
         open(&mut w, "disk", &[("type", "file"), ("device", "disk")])?;
         empty(&mut w, "driver", &[("name", "qemu"), ("type", "qcow2")])?;
         empty(&mut w, "source", &[("file", self.disk)])?;
-        if let Some(backing) = self.backing {
+        // The whole chain is written: libvirt takes an empty <backingStore/> as its end.
+        for backing in self.backing {
             open(&mut w, "backingStore", &[("type", "file")])?;
             empty(&mut w, "format", &[("type", "qcow2")])?;
             open(&mut w, "source", &[("file", backing)])?;
             empty(&mut w, "seclabel", &[("model", "dac"), ("relabel", "no")])?;
             close(&mut w, "source")?;
+        }
+        if !self.backing.is_empty() {
             empty(&mut w, "backingStore", &[])?;
+        }
+        for _ in self.backing {
             close(&mut w, "backingStore")?;
         }
         empty(&mut w, "target", &[("dev", "vda"), ("bus", "virtio")])?;
@@ -561,6 +567,7 @@ mod tests {
                 "/tmp/a <b> & \"c\"".to_string(),
             ),
         ]);
+        let backing = ["/l/disk.qcow2".to_string(), "/b/disk.qcow2".to_string()];
         let ports = [PortSpec {
             host_ip: "127.0.0.1".into(),
             host_port: 8080,
@@ -577,7 +584,7 @@ mod tests {
             initrd: None,
             cmdline: Some("console=ttyS0 hostname=web".into()),
             disk: "/d/disk.qcow2",
-            backing: Some("/b/disk.qcow2"),
+            backing: &backing,
             console_log: "/d/console.log",
             ports: &ports,
             labels: &labels,
@@ -603,6 +610,16 @@ mod tests {
         assert_eq!(super::labels(&xml), labels);
         assert_eq!(super::ports(&xml), ports);
         assert!(xml.contains("<seclabel model=\"dac\" relabel=\"no\"/>"));
+        // The whole backing chain, nested, ended by an empty backingStore.
+        let chain = xml.find("/l/disk.qcow2").unwrap();
+        let next = xml.find("/b/disk.qcow2").unwrap();
+        assert!(chain < next, "{xml}");
+        assert_eq!(
+            xml.matches("<backingStore type=\"file\">").count(),
+            2,
+            "{xml}"
+        );
+        assert_eq!(xml.matches("<backingStore/>").count(), 1, "{xml}");
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! Baked layers: a machine's provisioned state kept on this host as a base, keyed by the
+//! machine's fingerprint, so that a later `up` of the same fingerprint (another checkout,
+//! a CI job, a recreate) starts from it and runs no `once` step.
+//!
+//! A layer is made with the provider's `package` (docker: a committed image; libvirt: a
+//! qcow2 layer in the box store backed by the box) under the name [`layer_name`], and found
+//! again with `resolve_base`: the core needs nothing else from a provider.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envrig_provider_api::{Provider, labels};
+
+use super::{Context, OpError, Phase, Project, provider};
+use crate::envfile::{Machine, RunPolicy};
+
+/// The base name of the layer of fingerprint `fp`, the same on every provider (a valid
+/// docker image name and a valid box name).
+pub fn layer_name(fp: &str) -> String {
+    format!("envrig-baked-{}", short(fp))
+}
+
+/// The 16 hex digits of a fingerprint written on resources and layers' names.
+fn short(fp: &str) -> &str {
+    &fp[..fp.len().min(16)]
+}
+
+/// How many of `m`'s steps a layer holds: its `once` steps.
+pub fn baked_steps(m: &Machine) -> usize {
+    m.provision
+        .iter()
+        .filter(|s| s.run == RunPolicy::Once)
+        .count()
+}
+
+/// Whether `m` takes part in baking at all.
+fn bakes(project: &Project, m: &Machine) -> bool {
+    project.envfile.project.bake && baked_steps(m) > 0
+}
+
+fn fingerprint(project: &Project, m: &Machine) -> Option<String> {
+    project
+        .fingerprints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(m.name.as_str())
+        .cloned()
+}
+
+/// Before machines are created: records, for each of `machines` whose layer is on this
+/// host, that it starts from it (`Project::layers`, read by `machine_spec`).
+pub async fn choose_layers(
+    ctx: &Context,
+    project: &Project,
+    machines: &[&Machine],
+) -> Result<(), OpError> {
+    let mut found = BTreeMap::new();
+    for m in machines {
+        if !bakes(project, m) {
+            continue;
+        }
+        let Some(fp) = fingerprint(project, m) else {
+            continue;
+        };
+        let p = provider(ctx, &m.provider).await?;
+        let name = layer_name(&fp);
+        if let Ok(Some(_)) = p.resolve_base(&name).await {
+            found.insert(m.name.to_string(), name);
+        }
+    }
+    project
+        .layers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(found);
+    Ok(())
+}
+
+/// The layer `m` is created from in this `up`, if any.
+pub fn layer_of(project: &Project, m: &Machine) -> Option<String> {
+    project
+        .layers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(m.name.as_str())
+        .cloned()
+}
+
+/// After `m`'s steps ran in machine `id`: bakes its state into the layer of its fingerprint
+/// unless that layer exists already. A failure to bake is said, never fatal: the machine is
+/// provisioned either way.
+pub async fn bake(ctx: &Context, project: &Project, p: &Arc<dyn Provider>, m: &Machine, id: &str) {
+    if !bakes(project, m) {
+        return;
+    }
+    let Some(fp) = fingerprint(project, m) else {
+        return;
+    };
+    let name = layer_name(&fp);
+    if let Ok(Some(_)) = p.resolve_base(&name).await {
+        return;
+    }
+    let machine = m.name.as_str();
+    let started = std::time::Instant::now();
+    let mut l = BTreeMap::new();
+    l.insert(labels::BAKED.to_string(), fp.clone());
+    l.insert(labels::FINGERPRINT.to_string(), short(&fp).to_string());
+    l.insert(labels::CREATED.to_string(), super::now_rfc3339());
+    // What is in memory goes to disk first, so the layer holds every file the steps wrote.
+    let _ = p.flush(id).await;
+    match p.package(id, &name, &l).await {
+        Ok(_) => ctx.reporter.event(
+            Some(machine),
+            Phase::Done,
+            &format!(
+                "baked layer {} in {:.1}s (the next `up` of this fingerprint skips its {} step{})",
+                &fp[..6],
+                started.elapsed().as_secs_f64(),
+                baked_steps(m),
+                if baked_steps(m) == 1 { "" } else { "s" }
+            ),
+        ),
+        Err(e) => ctx.reporter.event(
+            Some(machine),
+            Phase::Warning,
+            &format!("cannot bake its layer ({e}); the next `up` provisions it again"),
+        ),
+    }
+}

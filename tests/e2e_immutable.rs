@@ -1,0 +1,441 @@
+//! Immutable environments on the real Docker engine (`ENVRIG_E2E=1`): baked layers keyed by
+//! fingerprint.
+
+mod common;
+
+use common::{Project, TEST_IMAGE, docker, e2e, http_get, unique};
+
+/// The machine's fingerprint (16 hex) from `status --json`.
+fn fingerprint(p: &Project, machine: &str) -> String {
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    st["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == machine)
+        .and_then(|m| m["fingerprint"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn exec(p: &Project, machine: &str, cmd: &str) -> String {
+    p.envrig(&["exec", machine, "--", "sh", "-c", cmd])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// Removes the layer image when the test ends, whatever happened.
+struct Layer(String);
+
+impl Drop for Layer {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn a_baked_layer_skips_once_steps_in_another_checkout() {
+    if !e2e() {
+        return;
+    }
+    // The step's text is this test's own, so its fingerprint (and layer) is too.
+    let tag = unique("bake");
+    let text = format!(
+        r#"[project]
+name = "bake"
+[boxes.bb]
+docker = "{TEST_IMAGE}"
+[machines.web]
+box = "bb"
+[[machines.web.provision]]
+name = "setup"
+shell = "echo {tag} >> /once.count && mkdir -p /srv && echo baked > /srv/app"
+[[machines.web.provision]]
+name = "every time"
+run = "always"
+shell = "echo x >> /always.count"
+"#
+    );
+    let a = Project::new(&text);
+    let r = a.envrig(&["up"]).ok();
+    assert!(r.stderr.contains("baked layer"), "{}", r.stderr);
+    let fp = fingerprint(&a, "web");
+    assert_eq!(fp.len(), 16, "{fp}");
+    let layer = Layer(format!("envrig-baked-{fp}"));
+    let label = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"dev.envrig.baked\"}}",
+        &layer.0,
+    ])
+    .ok();
+    assert!(
+        label.stdout.trim().starts_with(&fp),
+        "the layer carries the full fingerprint: {}",
+        label.stdout
+    );
+    assert_eq!(exec(&a, "web", "wc -l < /once.count"), "1");
+
+    // Another checkout of the same Envfile: the once step does not run, the always step does.
+    let b = Project::new(&text);
+    let r = b.envrig(&["up"]).ok();
+    assert!(
+        r.stderr
+            .contains(&format!("using baked layer {}, 1 step skipped", &fp[..6])),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("running step `setup`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("running step `every time`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fingerprint(&b, "web"), fp, "same Envfile, same fingerprint");
+    assert_eq!(
+        exec(&b, "web", "wc -l < /once.count"),
+        "1",
+        "the once step ran only in the first checkout"
+    );
+    assert_eq!(exec(&b, "web", "cat /srv/app"), "baked");
+    let st = b.envrig(&["status", "--json"]).ok().json();
+    let id = st["machines"][0]["id"].as_str().unwrap().to_string();
+    let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &id]).ok();
+    let labels: serde_json::Value = serde_json::from_str(labels.stdout.trim()).unwrap();
+    assert_eq!(labels["dev.envrig.layer"], fp.as_str(), "{labels}");
+    assert_eq!(
+        labels["dev.envrig.folder"],
+        b.path().canonicalize().unwrap().to_str().unwrap(),
+        "the layer's labels do not leak into the machine: {labels}"
+    );
+    // A second `up` runs the always step only, and bakes nothing.
+    let r = b.envrig(&["up"]).ok();
+    assert!(!r.stderr.contains("running step `setup`"), "{}", r.stderr);
+    assert!(!r.stderr.contains("baked"), "{}", r.stderr);
+
+    // --fresh ignores the layer: the once step runs again.
+    let c = Project::new(&text);
+    let r = c.envrig(&["up", "--fresh"]).ok();
+    assert!(!r.stderr.contains("using baked layer"), "{}", r.stderr);
+    assert!(r.stderr.contains("running step `setup`"), "{}", r.stderr);
+    assert_eq!(exec(&c, "web", "wc -l < /once.count"), "1");
+    assert_eq!(exec(&c, "web", "cat /once.count"), tag);
+}
+
+#[test]
+fn bake_false_makes_no_layer() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("nobake");
+    let text = format!(
+        "[project]\nname = \"nobake\"\nbake = false\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.web]\nbox = \"bb\"\n[[machines.web.provision]]\nshell = \"echo {tag} > /once\"\n"
+    );
+    let a = Project::new(&text);
+    let r = a.envrig(&["up"]).ok();
+    assert!(!r.stderr.contains("baked"), "{}", r.stderr);
+    let fp = fingerprint(&a, "web");
+    let _layer = Layer(format!("envrig-baked-{fp}"));
+    let inspect = docker(&["image", "inspect", &format!("envrig-baked-{fp}")]);
+    assert_ne!(inspect.code, 0, "no layer image: {}", inspect.stdout);
+    let b = Project::new(&text);
+    let r = b.envrig(&["up"]).ok();
+    assert!(r.stderr.contains("running"), "{}", r.stderr);
+}
+
+/// `drift --json`'s changes as (kind, path), sorted.
+fn drift_of(p: &Project, machine: &str) -> Vec<(String, String)> {
+    let j = p.envrig(&["drift", machine, "--json"]).ok().json();
+    assert_eq!(j["schema"], "envrig.drift/1", "{j}");
+    let mut out: Vec<(String, String)> = j["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_string(),
+                c["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn drift_lists_exactly_what_changed_since_provisioning() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("drift");
+    let text = format!(
+        r#"[project]
+name = "drift"
+[boxes.bb]
+docker = "{TEST_IMAGE}"
+[machines.web]
+box = "bb"
+drift_ignore = ["/srv/cache/**"]
+[[machines.web.provision]]
+shell = "mkdir -p /srv/app /srv/cache && echo {tag} > /srv/app/conf && echo keep > /srv/app/keep"
+"#
+    );
+    let p = Project::new(&text);
+    p.envrig(&["up"]).ok();
+    assert_eq!(drift_of(&p, "web"), vec![], "a fresh machine has no drift");
+    let r = p.envrig(&["drift", "web", "--exit-code"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("no drift"), "{}", r.stderr);
+
+    // One file added, one changed (written by provisioning), one deleted (from the image);
+    // and writes to volatile and ignored paths.
+    p.envrig(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo new > /srv/new && echo changed-by-hand-longer > /srv/app/conf && rm /etc/group \
+         && echo x > /tmp/t && mkdir -p /var/log /var/cache && echo x > /var/log/l \
+         && echo x > /var/cache/c && echo x > /srv/cache/ignored",
+    ])
+    .ok();
+    assert_eq!(
+        drift_of(&p, "web"),
+        vec![
+            ("added".to_string(), "/srv/new".to_string()),
+            ("changed".to_string(), "/srv/app/conf".to_string()),
+            ("deleted".to_string(), "/etc/group".to_string()),
+        ]
+    );
+    let r = p.envrig(&["drift", "web", "--exit-code"]);
+    assert_eq!(r.code, 3, "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("A /srv/new"), "{}", r.stdout);
+    let r = p.envrig(&["drift", "web"]);
+    assert_eq!(r.code, 0, "without --exit-code drift is not an error");
+
+    // A provisioned file deleted by hand is drift too; `provision` takes a new baseline.
+    p.envrig(&["exec", "web", "--", "rm", "/srv/app/keep"]).ok();
+    assert!(drift_of(&p, "web").contains(&("deleted".to_string(), "/srv/app/keep".to_string())));
+    p.envrig(&["provision", "--force"]).ok();
+    assert_eq!(
+        drift_of(&p, "web"),
+        vec![],
+        "provisioned again: the new baseline"
+    );
+
+    // A halted machine has no drift to read.
+    p.envrig(&["halt"]).ok();
+    let r = p.envrig(&["drift", "web"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("web"), "{}", r.stderr);
+}
+
+/// (generation, state) of every container of `machine` in project `p`, by generation.
+fn generations(p: &Project, machine: &str) -> Vec<(u32, String)> {
+    let folder = p.path().canonicalize().unwrap();
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=dev.envrig.folder={}", folder.display()),
+        "--filter",
+        &format!("label=dev.envrig.machine={machine}"),
+        "--format",
+        "{{.Label \"dev.envrig.generation\"}} {{.State}} {{.Names}}",
+    ])
+    .ok();
+    let mut v: Vec<(u32, String)> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn web_envfile(tag: &str, port: u16, version: &str, immutable: bool) -> String {
+    format!(
+        r#"[project]
+name = "gens"
+immutable = {immutable}
+keep = 2
+[boxes.bb]
+docker = "{TEST_IMAGE}"
+[machines.web]
+box = "bb"
+command = ["sh", "-c", "mkdir -p /www; exec httpd -f -p 80 -h /www"]
+ports = ["127.0.0.1:{port}:80"]
+[machines.web.ready]
+command = "wget -qO- http://127.0.0.1/ | grep -q {version}"
+timeout = "20s"
+[[machines.web.provision]]
+name = "page"
+shell = "mkdir -p /www && echo {version}-{tag} > /www/index.html"
+"#
+    )
+}
+
+#[test]
+fn generations_switch_roll_back_and_are_kept_to_keep() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("gen");
+    let port = common::free_port();
+    let p = Project::new(&web_envfile(&tag, port, "v1", true));
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+    assert_eq!(generations(&p, "web"), [(1, "running".to_string())]);
+
+    // A changed step: generation 2 is built beside 1, then takes the port.
+    p.write(&web_envfile(&tag, port, "v2", true));
+    let r = p.envrig(&["up"]).ok();
+    assert!(
+        r.stderr
+            .contains("out of date (step `page` changed): generation 2"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("beside generation 1"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("switched to generation 2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(http_get(port), format!("v2-{tag}"));
+    assert_eq!(
+        generations(&p, "web"),
+        [(1, "exited".to_string()), (2, "running".to_string())]
+    );
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(st["machines"][0]["generation"], 2, "{st}");
+    // A second up changes nothing.
+    let r = p.envrig(&["up"]).ok();
+    assert!(!r.stderr.contains("generation"), "{}", r.stderr);
+
+    // Rollback: generation 1 answers on the same port again.
+    let r = p.envrig(&["rollback"]).ok();
+    assert!(r.stderr.contains("generation 2 -> 1"), "{}", r.stderr);
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+    assert_eq!(generations(&p, "web"), [(1, "running".to_string())]);
+    let r = p.envrig(&["rollback"]);
+    assert_eq!(r.code, 2, "nothing older to roll back to: {}", r.stderr);
+
+    // Three more versions with keep = 2: exactly two generations remain.
+    for v in ["v3", "v4", "v5"] {
+        p.write(&web_envfile(&tag, port, v, true));
+        p.envrig(&["up"]).ok();
+        assert_eq!(http_get(port), format!("{v}-{tag}"));
+    }
+    let gens = generations(&p, "web");
+    assert_eq!(gens.len(), 2, "{gens:?}");
+    assert_eq!(gens[1].1, "running");
+    assert_eq!(gens[0].1, "exited");
+    p.envrig(&["destroy", "-f"]).ok();
+    assert!(generations(&p, "web").is_empty());
+}
+
+#[test]
+fn without_immutable_up_says_why_and_recreate_builds_a_generation() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("mut");
+    let port = common::free_port();
+    let p = Project::new(&web_envfile(&tag, port, "v1", false));
+    p.envrig(&["up"]).ok();
+    p.write(&web_envfile(&tag, port, "v2", false));
+    let r = p.envrig(&["up", "--no-provision"]).ok();
+    assert!(
+        r.stderr.contains("out of date (step `page` changed)") && r.stderr.contains("--recreate"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(generations(&p, "web"), [(1, "running".to_string())]);
+    let r = p.envrig(&["up", "--recreate"]).ok();
+    assert!(
+        r.stderr.contains("switched to generation 2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(http_get(port), format!("v2-{tag}"));
+    assert_eq!(
+        generations(&p, "web"),
+        [(1, "exited".to_string()), (2, "running".to_string())]
+    );
+}
+
+#[test]
+fn gc_removes_unreferenced_layers_and_keeps_what_a_lock_or_machine_uses() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let run = |p: &Project, args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_envrig"))
+            .args(args)
+            .current_dir(p.path())
+            .env("ENVRIG_HOME", home.path())
+            .env("ENVRIG_GC_LAYER_GRACE", "0")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let r = common::Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        r.ok()
+    };
+    let text = |tag: &str| {
+        format!(
+            "[project]\nname = \"gclayers\"\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.web]\nbox = \"bb\"\n[[machines.web.provision]]\nshell = \"echo {tag} > /x\"\n"
+        )
+    };
+    let (ta, tb, tc) = (unique("gca"), unique("gcb"), unique("gcc"));
+    let (a, b, c) = (
+        Project::new(&text(&ta)),
+        Project::new(&text(&tb)),
+        Project::new(&text(&tc)),
+    );
+    let mut layers = Vec::new();
+    for p in [&a, &b, &c] {
+        run(p, &["up"]);
+        layers.push(Layer(format!("envrig-baked-{}", fingerprint(p, "web"))));
+    }
+    // a keeps running; b is destroyed but its Envfile.lock stays; c is gone with its lock.
+    run(&b, &["destroy", "-f"]);
+    run(&c, &["destroy", "-f"]);
+    std::fs::remove_file(c.path().join("Envfile.lock")).unwrap();
+    let report = run(&a, &["gc", "--json"]).json();
+    let removed: Vec<String> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["resource"].as_str().unwrap().to_string())
+        .collect();
+    let exists = |l: &Layer| docker(&["image", "inspect", &l.0]).code == 0;
+    assert!(
+        removed.contains(&format!("layer {}", layers[2].0)),
+        "{report}"
+    );
+    assert!(!exists(&layers[2]), "c's layer is gone");
+    assert!(exists(&layers[0]), "a's machine uses its layer");
+    assert!(exists(&layers[1]), "b's lock pins its layer");
+    assert!(
+        !removed
+            .iter()
+            .any(|r| r.contains(&layers[0].0) || r.contains(&layers[1].0))
+    );
+}
