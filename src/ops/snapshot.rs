@@ -91,7 +91,10 @@ pub(super) async fn save_locked(
     force: bool,
     flush: bool,
 ) -> Result<Vec<Snapshot>, OpError> {
-    let (selected, observed) = targets(ctx, project, machines).await?;
+    // What exists and which snapshots exist, asked at once.
+    let (targets, existing) =
+        tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
+    let (selected, observed) = targets?;
     let mut work = Vec::new();
     for m in &selected {
         match current(m.name.as_str(), &observed).0 {
@@ -110,7 +113,8 @@ pub(super) async fn save_locked(
             "no machine of this environment exists: `envrig up` first".into(),
         ));
     }
-    // Running machines flush their files to disk while the snapshots are listed.
+    let existing = existing?;
+    // Running machines flush their files to disk first, all at once.
     let flushes = work
         .iter()
         .filter(|(_, o)| flush && o.state.can_exec())
@@ -119,11 +123,7 @@ pub(super) async fn save_locked(
                 let _ = p.flush(&o.id).await;
             }
         });
-    let (existing, _) = tokio::join!(
-        snapshots(ctx, project),
-        futures_util::future::join_all(flushes)
-    );
-    let existing = existing?;
+    futures_util::future::join_all(flushes).await;
     let clash: Vec<&(String, Snapshot)> = existing
         .iter()
         .filter(|(_, s)| s.name == name && work.iter().any(|(m, _)| m.name.as_str() == s.machine))
@@ -172,9 +172,15 @@ pub(super) async fn save_locked(
                 if flush {
                     l.insert(labels::FLUSHED.to_string(), "1".to_string());
                 }
-                p.snapshot_save(&o.id, name, &spec, &l)
-                    .await
-                    .map_err(|e| OpError::provider(format!("cannot save `{}`", m.name), e))
+                p.snapshot_save(
+                    &o.id,
+                    name,
+                    &spec,
+                    &l,
+                    o.state.can_exec() || o.state == envrig_provider_api::MachineState::Paused,
+                )
+                .await
+                .map_err(|e| OpError::provider(format!("cannot save `{}`", m.name), e))
             }
         });
         result = futures_util::future::join_all(saves)

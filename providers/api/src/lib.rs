@@ -455,16 +455,19 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn unpause(&self, id: &str) -> Result<()>;
 
     /// Saves machine `id` as snapshot `name`; `spec` is the machine's spec, `labels` are
-    /// written on the snapshot (they carry the environment's identity). A running machine
-    /// is saved consistently by the provider itself (frozen while saved, its filesystems
-    /// flushed); to save several at one moment the caller pauses them all first. Saving
-    /// over an existing name is the caller's decision: the provider replaces it.
+    /// written on the snapshot (they carry the environment's identity), `running` says
+    /// whether the machine runs (or is paused by the caller), as the caller just saw it: a
+    /// restore leaves it that way. A running machine is saved consistently by the provider
+    /// itself (frozen while saved); to save several at one moment the caller pauses them
+    /// all first. Saving over an existing name is the caller's decision: the provider
+    /// replaces it.
     async fn snapshot_save(
         &self,
         id: &str,
         name: &str,
         spec: &MachineSpec,
         labels: &BTreeMap<String, String>,
+        running: bool,
     ) -> Result<Snapshot>;
 
     /// Every snapshot whose labels match `selector`.

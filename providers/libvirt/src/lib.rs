@@ -2367,7 +2367,9 @@ impl Provider for LibvirtProvider {
         name: &str,
         spec: &MachineSpec,
         labels: &BTreeMap<String, String>,
+        _running: bool,
     ) -> Result<Snapshot> {
+        // Whether memory is saved follows the domain itself, read at the moment of saving.
         self.save_snapshot(id, name, spec, labels, None).await
     }
 
