@@ -118,16 +118,18 @@ def web_envfile(tag: str, port: int, version: int) -> str:
 
 
 def probe_gap(port: int, stop: threading.Event, out: dict):
-    """GET / every 5 ms until stopped; records the longest run without an answer (ms) and
-    the versions seen."""
+    """GET / every 5 ms until stopped (connect timeout 50 ms, read timeout 200 ms); records
+    the longest time between two answers (ms) and the versions seen."""
     last_ok = time.perf_counter()
     worst = 0.0
     seen = []
     while not stop.is_set():
         t = time.perf_counter()
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.settimeout(0.5)
+            # Short timeouts: a connection attempt that hangs (a SYN dropped while the
+            # engine rewires the port) must not hide the moment the port answers again.
+            with socket.create_connection(("127.0.0.1", port), timeout=0.05) as s:
+                s.settimeout(0.2)
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 data = b""
                 while True:
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
             try:
                 _, p = bench.timed(envrig(exe, d, "up"))
             finally:
-                time.sleep(0.3)
+                time.sleep(1.5)
                 stop.set()
                 th.join()
             if "switched to generation" not in p.stderr:
