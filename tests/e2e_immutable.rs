@@ -382,21 +382,13 @@ fn gc_removes_unreferenced_layers_and_keeps_what_a_lock_or_machine_uses() {
     }
     let home = tempfile::tempdir().unwrap();
     let run = |p: &Project, args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_envrig"))
-            .args(args)
-            .current_dir(p.path())
-            .env("ENVRIG_HOME", home.path())
-            .env("ENVRIG_GC_LAYER_GRACE", "0")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let r = common::Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        };
-        r.ok()
+        common::envrig_home_env(
+            p.path(),
+            home.path(),
+            &[("ENVRIG_GC_LAYER_GRACE", "0")],
+            args,
+        )
+        .ok()
     };
     let text = |tag: &str| {
         format!(

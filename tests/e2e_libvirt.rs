@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Project, TEST_IMAGE, e2e, unique};
+use common::{Project, TEST_IMAGE, e2e, envrig_home, unique};
 
 /// The test guest built by `scripts/build-test-guest.sh`, as a box path.
 fn guest() -> String {
@@ -174,23 +174,6 @@ fn a_domain_destroyed_by_hand_is_recreated() {
         p.envrig(&["exec", "vm", "--", "echo", "back"]).ok().stdout,
         "back\n"
     );
-}
-
-/// Runs envrig in `dir` with its own `ENVRIG_HOME`.
-fn envrig_home(dir: &std::path::Path, home: &std::path::Path, args: &[&str]) -> common::Run {
-    let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
-        .args(args)
-        .current_dir(dir)
-        .env("ENVRIG_HOME", home)
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    common::Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
 }
 
 #[test]

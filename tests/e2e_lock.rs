@@ -4,23 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Project, TEST_IMAGE, docker, e2e, unique};
-
-fn envrig_home(dir: &std::path::Path, home: &std::path::Path, args: &[&str]) -> common::Run {
-    let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
-        .args(args)
-        .current_dir(dir)
-        .env("ENVRIG_HOME", home)
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    common::Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
+use common::{Project, TEST_IMAGE, docker, e2e, envrig_home, unique};
 
 fn fingerprints(run: &dyn Fn(&[&str]) -> common::Run) -> Vec<(String, String)> {
     let st = run(&["status", "--json"]).ok().json();

@@ -145,6 +145,26 @@ impl Drop for Project {
     }
 }
 
+/// Runs the real binary in `dir` with its own `ENVRIG_HOME` (box store, keys, lock
+/// registry) and the extra environment `env`, with no stdin.
+pub fn envrig_home_env(dir: &Path, home: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
+        .args(args)
+        .current_dir(dir)
+        .env("ENVRIG_HOME", home)
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envrig");
+    Run::from(o)
+}
+
+/// Runs the real binary in `dir` with its own `ENVRIG_HOME`.
+pub fn envrig_home(dir: &Path, home: &Path, args: &[&str]) -> Run {
+    envrig_home_env(dir, home, &[], args)
+}
+
 /// Runs the real binary in `dir` with no stdin.
 pub fn envrig_in(dir: &Path, args: &[&str]) -> Run {
     let o = Command::new(env!("CARGO_BIN_EXE_envrig"))
