@@ -1055,3 +1055,54 @@ fn vm_generations_switch_and_roll_back_on_the_same_port() {
     assert_eq!(get(), format!("v1-{tag}"));
     run(&["destroy", "-f"]).ok();
 }
+
+#[test]
+fn a_vm_generation_takes_the_machine_name_and_gives_it_back_on_rollback() {
+    if !e2e() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let name = unique("vmnames");
+    let text = |v: &str| {
+        format!(
+            "[project]\nname = \"{name}\"\nimmutable = true\n[boxes.tiny]\nlibvirt = \"{}\"\n[defaults]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"192MiB\"\n[machines.a]\n[[machines.a.provision]]\nname = \"version\"\nshell = \"echo {v} > /root/version\"\n[machines.b]\n",
+            guest()
+        )
+    };
+    let p = Project::new(&text("v1"));
+    let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
+    run(&["up"]).ok();
+    // b reaches a by name; the address behind the name is a's current generation.
+    let addr_of_a = || {
+        let out = vm_sh(&run, "b", "ping -c 1 -W 3 a | head -1");
+        out.split(['(', ')']).nth(1).unwrap_or("").to_string()
+    };
+    let ip_of = |m: &str| {
+        vm_sh(
+            &run,
+            m,
+            "ip -4 -o addr show | grep -v ' lo ' | awk '{print $4}' | cut -d/ -f1 | tail -1",
+        )
+        .trim()
+        .to_string()
+    };
+    let first = addr_of_a();
+    assert_eq!(first, ip_of("a"));
+    p.write(&text("v2"));
+    let r = run(&["up"]).ok();
+    assert!(
+        r.stderr.contains("switched to generation 2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(vm_sh(&run, "a", "cat /root/version"), "v2\n");
+    assert_eq!(
+        addr_of_a(),
+        ip_of("a"),
+        "the name follows the new generation"
+    );
+    run(&["rollback", "a"]).ok();
+    assert_eq!(vm_sh(&run, "a", "cat /root/version"), "v1\n");
+    assert_eq!(addr_of_a(), ip_of("a"), "and comes back on rollback");
+    run(&["destroy", "-f"]).ok();
+}

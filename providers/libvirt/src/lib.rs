@@ -594,6 +594,9 @@ impl LibvirtProvider {
         // The machine's environment travels in the metadata: every exec gets it.
         let mut labels = spec.labels.clone();
         labels.extend(extra);
+        if let Some(att) = spec.network.as_ref().filter(|a| !a.aliases.is_empty()) {
+            labels.insert(NAMES.to_string(), att.aliases.join(","));
+        }
         labels.insert(KERNEL_DIR.to_string(), kernel_dir.display().to_string());
         labels.insert(SSH_PORT.to_string(), ssh_port.to_string());
         if !folders.is_empty() {
@@ -688,11 +691,15 @@ impl LibvirtProvider {
             for (m, ip) in hosts.iter().filter(|(m, _)| *m == mac) {
                 forget(&n, m, *ip, flags);
             }
-            let taken: Vec<std::net::Ipv4Addr> = hosts
+            // Taken: registered to another MAC, or still leased to one (a removed
+            // generation's build keeps its lease for an hour; dnsmasq would not give the
+            // address to a new MAC and hand out a dynamic one instead).
+            let mut taken: Vec<std::net::Ipv4Addr> = hosts
                 .iter()
                 .filter(|(m, _)| *m != mac)
                 .map(|(_, ip)| *ip)
                 .collect();
+            taken.extend(leased_elsewhere(&text, &mac));
             let (_, _, fixed) = subnet.layout();
             let ip = fixed
                 .map(|i| subnet.host(i))
@@ -709,6 +716,10 @@ impl LibvirtProvider {
                 flags,
             )
             .map_err(|e| engine(format!("register {mac} on `{network}`"), e))?;
+            // A new generation's build has no names (the serving generation keeps them).
+            if names.is_empty() {
+                return Ok(());
+            }
             let dns = xml::dns_host(ip, &names).map_err(|e| io("write XML", e))?;
             let add = |n: &virt::network::Network| {
                 n.update(
@@ -734,6 +745,73 @@ impl LibvirtProvider {
                 }
                 add(&n).map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Points `names` on `network`'s DNS at the fixed address of `mac` (registered by
+    /// [`Self::attach`]), taking them from whichever address holds them; the DHCP entry is
+    /// left as it is.
+    async fn claim_names(&self, network: &str, mac: &str, names: &[String]) -> Result<()> {
+        let _guard = self.net_lock.lock().await;
+        let (network, mac, names) = (network.to_string(), mac.to_string(), names.to_vec());
+        self.blocking(move |c| {
+            use virt::sys::*;
+            let Ok(n) = c.lookup_network_by_name(&network) else {
+                return Ok(());
+            };
+            let text = n
+                .xml_desc(0)
+                .map_err(|e| engine("read the network's XML", e))?;
+            let Some(ip) = xml::dhcp_hosts(&text)
+                .into_iter()
+                .find(|(m, _)| *m == mac)
+                .map(|(_, ip)| ip)
+            else {
+                return Ok(());
+            };
+            let flags = VIR_NETWORK_UPDATE_AFFECT_CONFIG
+                | if n.is_active().unwrap_or(false) {
+                    VIR_NETWORK_UPDATE_AFFECT_LIVE
+                } else {
+                    0
+                };
+            let dns = xml::dns_host(ip, &names).map_err(|e| io("write XML", e))?;
+            let add = |n: &virt::network::Network| {
+                n.update(
+                    VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                    VIR_NETWORK_SECTION_DNS_HOST,
+                    -1,
+                    &dns,
+                    flags,
+                )
+            };
+            if add(&n).is_ok() {
+                return Ok(());
+            }
+            // Held by another address, or by this one already: set anew.
+            if let Ok(x) = xml::dns_host(ip, &[]) {
+                let _ = n.update(
+                    VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                    VIR_NETWORK_SECTION_DNS_HOST,
+                    -1,
+                    &x,
+                    flags,
+                );
+            }
+            for other in &names {
+                if let Ok(x) = xml::dns_host_named(other) {
+                    let _ = n.update(
+                        VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                        VIR_NETWORK_SECTION_DNS_HOST,
+                        -1,
+                        &x,
+                        flags,
+                    );
+                }
+            }
+            add(&n).map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
             Ok(())
         })
         .await
@@ -1683,8 +1761,45 @@ async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
     }
 }
 
+/// The machine's names on the private network (comma-separated), registered again at
+/// every start.
+const NAMES: &str = "dev.envrig.libvirt.names";
+
 /// The guest's file listing taken at the baseline, in the machine's folder.
 const DRIFT_BASELINE: &str = "drift-baseline.tsv";
+
+/// Addresses dnsmasq has leased, unexpired, to MACs other than `mac` on the network whose
+/// XML is `net_xml` (from libvirt's lease status file for its bridge; none when it cannot
+/// be read).
+fn leased_elsewhere(net_xml: &str, mac: &str) -> Vec<std::net::Ipv4Addr> {
+    let Some(bridge) = net_xml
+        .split("<bridge name=")
+        .nth(1)
+        .and_then(|r| r.get(1..))
+        .and_then(|r| r.split(['\'', '"']).next())
+    else {
+        return Vec::new();
+    };
+    let file = Path::new("/var/lib/libvirt/dnsmasq").join(format!("{bridge}.status"));
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let leases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    leases
+        .iter()
+        .filter(|l| {
+            l["mac-address"]
+                .as_str()
+                .is_some_and(|m| !m.eq_ignore_ascii_case(mac))
+                && l["expiry-time"].as_u64().is_none_or(|t| t > now)
+        })
+        .filter_map(|l| l["ip-address"].as_str()?.parse().ok())
+        .collect()
+}
 
 /// The backing file `disk` was made on (its first), if any.
 async fn backing_of(disk: &Path) -> Result<Option<PathBuf>> {
@@ -1870,6 +1985,22 @@ impl Provider for LibvirtProvider {
     async fn start(&self, id: &str) -> Result<()> {
         let info = self.info(id).await?;
         let id2 = id.to_string();
+        let (active, nic) = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                let text = dom.xml_desc(0).unwrap_or_default();
+                Ok((dom.is_active().unwrap_or(false), xml::network_nic(&text)))
+            })
+            .await?;
+        // Its names on the private network come back to it (a generation rolled back to
+        // takes them from the one it replaces).
+        if !active && let (Some((network, mac)), Some(names)) = (nic, info.labels.get(NAMES)) {
+            let names: Vec<String> = names.split(',').map(str::to_string).collect();
+            self.claim_names(&network, &mac, &names).await?;
+        }
+        let id2 = id.to_string();
         self.blocking(move |c| {
             let dom = c
                 .lookup_domain_by_uuid_string(&id2)
@@ -1880,7 +2011,6 @@ impl Provider for LibvirtProvider {
             Ok(())
         })
         .await?;
-        let _ = info;
         self.wait_ready(id).await?;
         self.wait_private_address(id).await;
         // Live folders are mounted at every boot; copies (and the folders a guest cannot
