@@ -431,3 +431,38 @@ fn gc_removes_unreferenced_layers_and_keeps_what_a_lock_or_machine_uses() {
             .any(|r| r.contains(&layers[0].0) || r.contains(&layers[1].0))
     );
 }
+
+#[test]
+fn gc_removes_generations_beyond_keep() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("gcgen");
+    let port = common::free_port();
+    let with_keep = |v: &str, keep: u32| {
+        web_envfile(&tag, port, v, true).replace("keep = 2", &format!("keep = {keep}"))
+    };
+    let p = Project::new(&with_keep("v1", 3));
+    for v in ["v1", "v2", "v3"] {
+        p.write(&with_keep(v, 3));
+        p.envrig(&["up"]).ok();
+    }
+    assert_eq!(generations(&p, "web").len(), 3, "keep = 3");
+    // The Envfile now keeps one: gc removes the two stopped generations.
+    p.write(&with_keep("v3", 1));
+    let report = p.envrig(&["gc", "--json"]).ok().json();
+    let removed: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["folder"] == p.path().canonicalize().unwrap().to_str().unwrap())
+        .map(|i| i["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed.len(), 2, "{report}");
+    assert!(
+        removed.iter().all(|r| r.contains("older than the 1 kept")),
+        "{removed:?}"
+    );
+    assert_eq!(generations(&p, "web"), [(3, "running".to_string())]);
+    assert_eq!(http_get(port), format!("v3-{tag}"));
+}

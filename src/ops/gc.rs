@@ -123,6 +123,68 @@ fn too_young(created: &str, now: std::time::SystemTime) -> bool {
         .is_none_or(|age| age.as_secs() < grace)
 }
 
+/// `keep` from the `[project]` table of the Envfile at `path` (default 2; 2 when it cannot
+/// be read: gc never removes more than an Envfile it cannot read would).
+fn keep_of(path: &str) -> usize {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("project")?.get("keep")?.as_integer())
+        .filter(|k| (1..=100).contains(k))
+        .map(|k| k as usize)
+        .unwrap_or(2)
+}
+
+/// An environment's generations beyond its Envfile's `keep` (the current one and the
+/// newest others are kept), and builds of new generations a crashed `up` left behind.
+fn surplus_generations<'a>(
+    mine: &[&'a Observed],
+    env_labels: &BTreeMap<String, String>,
+) -> Vec<(&'a Observed, String)> {
+    let keep = env_labels
+        .get(labels::ENVFILE)
+        .map(|p| keep_of(p))
+        .unwrap_or(2)
+        .max(1);
+    let mut out = Vec::new();
+    let names: BTreeSet<&str> = mine.iter().map(|m| m.machine.as_str()).collect();
+    for name in names {
+        let all: Vec<&Observed> = mine.iter().copied().filter(|m| m.machine == name).collect();
+        for c in all
+            .iter()
+            .filter(|m| m.labels.contains_key(labels::CANDIDATE))
+        {
+            out.push((
+                *c,
+                "a new generation's build left by an interrupted `up`".to_string(),
+            ));
+        }
+        let Some(cur) =
+            crate::plan::current(name, &all.iter().map(|m| (*m).clone()).collect::<Vec<_>>())
+                .0
+                .map(|c| c.id.clone())
+        else {
+            continue;
+        };
+        let mut others: Vec<&Observed> = all
+            .iter()
+            .copied()
+            .filter(|m| m.id != cur && !m.labels.contains_key(labels::CANDIDATE))
+            .collect();
+        others.sort_by_key(|m| std::cmp::Reverse(m.generation));
+        for old in others.into_iter().skip(keep - 1) {
+            out.push((
+                old,
+                format!(
+                    "generation {} is older than the {keep} kept",
+                    old.generation
+                ),
+            ));
+        }
+    }
+    out
+}
+
 pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
     let mut report = GcReport {
         dry_run,
@@ -172,13 +234,20 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 .filter(|m| m.labels.get(labels::ENV) == Some(&env_id))
                 .collect();
             let whole = if foreign { None } else { env_gone(&l) };
-            let doomed: Vec<(&Observed, String)> = match &whole {
+            let mut doomed: Vec<(&Observed, String)> = match &whole {
                 Some(reason) => mine.iter().map(|m| (*m, reason.clone())).collect(),
                 None => mine
                     .iter()
                     .filter_map(|m| expired(&m.labels, now).map(|r| (*m, r)))
                     .collect(),
             };
+            if whole.is_none() {
+                for (m, reason) in surplus_generations(&mine, &l) {
+                    if !doomed.iter().any(|(d, _)| d.id == m.id) {
+                        doomed.push((m, reason));
+                    }
+                }
+            }
             if doomed.is_empty() && whole.is_none() {
                 continue;
             }
