@@ -591,14 +591,22 @@ async fn switch(
     generation: u32,
 ) -> Result<String, String> {
     let name = m.name.as_str();
-    if !dead
+    let candidate = if !dead
         && super::bake::layer_of(project, m).is_none()
         && super::bake::baked_steps(m) > 0
         && project.envfile.project.bake
     {
-        build_beside(ctx, session, project, p, m, generation).await?;
+        Some(build_beside(ctx, session, project, p, m, generation).await?)
+    } else {
+        None
+    };
+    // The build goes once the new generation exists: until then it holds the layer's
+    // fingerprint, so a `gc` meanwhile keeps the layer.
+    let new = create(ctx, project, p, m, generation, false).await;
+    if let Some(c) = &candidate {
+        let _ = p.remove(c).await;
     }
-    let new = create(ctx, project, p, m, generation, false).await?;
+    let new = new?;
     if dead {
         let _ = p.remove(old).await;
     } else {
@@ -646,7 +654,8 @@ async fn switch(
 
 /// Builds the provisioned state of `m`'s generation `generation` beside the one that serves:
 /// a candidate machine without host ports or names, provisioned, checked and baked into the
-/// layer of its fingerprint, then removed; later machines of that fingerprint start from it.
+/// layer of its fingerprint; later machines of that fingerprint start from it. Returns the
+/// candidate, for the caller to remove (it is removed here when the build fails).
 async fn build_beside(
     ctx: &Context,
     session: &Session,
@@ -654,7 +663,7 @@ async fn build_beside(
     p: &Arc<dyn Provider>,
     m: &Machine,
     generation: u32,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let name = m.name.as_str();
     ctx.reporter.event(
         Some(name),
@@ -691,8 +700,10 @@ async fn build_beside(
         Ok::<(), String>(())
     }
     .await;
-    let _ = p.remove(&id).await;
-    built?;
+    if let Err(e) = built {
+        let _ = p.remove(&id).await;
+        return Err(e);
+    }
     let fp = project
         .fingerprints
         .lock()
@@ -709,5 +720,5 @@ async fn build_beside(
                 .insert(name.to_string(), layer);
         }
     }
-    Ok(())
+    Ok(id)
 }
