@@ -108,6 +108,22 @@ struct Shape<'a> {
     steps: &'a [String],
 }
 
+/// `m`'s synced folders as (host path relative to the Envfile's folder `dir`, guest path,
+/// read-only): never the checkout's own folder, so two checkouts agree.
+fn synced_relative<'a>(m: &'a Machine, dir: &Path) -> Vec<(String, &'a str, bool)> {
+    m.synced
+        .iter()
+        .map(|s| {
+            let rel = s
+                .host
+                .strip_prefix(dir)
+                .map(|r| r.components().collect::<std::path::PathBuf>())
+                .unwrap_or_else(|_| s.host.clone());
+            (rel.display().to_string(), s.guest.as_str(), s.read_only)
+        })
+        .collect()
+}
+
 /// The fingerprint (64 hex digits) of machine `m` on base `base` with steps hashed as
 /// `steps`; `dir` is the Envfile's folder (synced folders count by their path below it).
 pub fn fingerprint(m: &Machine, base: &BaseIdentity, steps: &[String], dir: &Path) -> String {
@@ -120,18 +136,7 @@ pub fn fingerprint(m: &Machine, base: &BaseIdentity, steps: &[String], dir: &Pat
         env: &m.env,
         command: &m.command,
         ports: &m.ports,
-        synced: m
-            .synced
-            .iter()
-            .map(|s| {
-                let rel = s
-                    .host
-                    .strip_prefix(dir)
-                    .map(|r| r.components().collect::<std::path::PathBuf>())
-                    .unwrap_or_else(|_| s.host.clone());
-                (rel.display().to_string(), s.guest.as_str(), s.read_only)
-            })
-            .collect(),
+        synced: synced_relative(m, dir),
         options: m.options(),
         steps,
     };
@@ -332,19 +337,7 @@ pub fn inputs(
     out.insert("env".to_string(), json(&m.env));
     out.insert("command".to_string(), json(&m.command));
     out.insert("ports".to_string(), json(&m.ports));
-    let synced: Vec<(String, String, bool)> = m
-        .synced
-        .iter()
-        .map(|s| {
-            let rel = s
-                .host
-                .strip_prefix(dir)
-                .map(|r| r.display().to_string())
-                .unwrap_or_else(|_| s.host.display().to_string());
-            (rel, s.guest.clone(), s.read_only)
-        })
-        .collect();
-    out.insert("synced".to_string(), json(&synced));
+    out.insert("synced".to_string(), json(&synced_relative(m, dir)));
     out.insert("options".to_string(), json(&m.options()));
     for (label, hash) in steps {
         out.insert(label.clone(), hash.chars().take(8).collect());

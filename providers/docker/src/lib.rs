@@ -172,6 +172,20 @@ impl DockerProvider {
         Ok(DockerProvider { docker })
     }
 
+    /// The images the daemon lists for `filters`.
+    async fn images(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<bollard::models::ImageSummary>> {
+        self.docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..ListImagesOptions::default()
+            }))
+            .await
+            .map_err(|e| map_err("list images", e))
+    }
+
     fn container_body(spec: &MachineSpec) -> ContainerCreateBody {
         let mut port_bindings: PortMap = HashMap::new();
         let mut exposed = Vec::new();
@@ -715,14 +729,7 @@ impl Provider for DockerProvider {
         // them) go with their environment.
         let mut filters = label_filters(selector);
         filters.insert("dangling".to_string(), vec!["true".to_string()]);
-        let images = self
-            .docker
-            .list_images(Some(ListImagesOptions {
-                filters: Some(filters),
-                ..ListImagesOptions::default()
-            }))
-            .await
-            .map_err(|e| map_err("list images", e))?;
+        let images = self.images(filters).await?;
         for img in images {
             if self
                 .docker
@@ -948,15 +955,9 @@ impl Provider for DockerProvider {
         let selector = selector.clone().has(labels::SNAPSHOT);
         let mut filters = label_filters(&selector);
         filters.insert("dangling".to_string(), vec!["false".to_string()]);
-        let images = self
-            .docker
-            .list_images(Some(ListImagesOptions {
-                filters: Some(filters),
-                ..ListImagesOptions::default()
-            }))
-            .await
-            .map_err(|e| map_err("list images", e))?;
-        Ok(images
+        Ok(self
+            .images(filters)
+            .await?
             .into_iter()
             .filter_map(|i| snapshot_from_labels(Some(i.id), i.labels.into_iter().collect()))
             .collect())
@@ -1164,17 +1165,10 @@ impl Provider for DockerProvider {
     }
 
     async fn baked_layers(&self) -> Result<Vec<envrig_provider_api::BakedLayer>> {
-        let mut filters = HashMap::new();
-        filters.insert("label".to_string(), vec![labels::BAKED.to_string()]);
-        let images = self
-            .docker
-            .list_images(Some(ListImagesOptions {
-                filters: Some(filters),
-                ..ListImagesOptions::default()
-            }))
-            .await
-            .map_err(|e| map_err("list images", e))?;
-        Ok(images
+        let filters = HashMap::from([("label".to_string(), vec![labels::BAKED.to_string()])]);
+        Ok(self
+            .images(filters)
+            .await?
             .into_iter()
             .filter_map(|i| {
                 let name = i

@@ -720,31 +720,8 @@ impl LibvirtProvider {
             if names.is_empty() {
                 return Ok(());
             }
-            let dns = xml::dns_host(ip, &names).map_err(|e| io("write XML", e))?;
-            let add = |n: &virt::network::Network| {
-                n.update(
-                    VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                    VIR_NETWORK_SECTION_DNS_HOST,
-                    -1,
-                    &dns,
-                    flags,
-                )
-            };
-            if add(&n).is_err() {
-                // A name is held by another address: it moves here.
-                for other in names.iter() {
-                    if let Ok(x) = xml::dns_host_named(other) {
-                        let _ = n.update(
-                            VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                            VIR_NETWORK_SECTION_DNS_HOST,
-                            -1,
-                            &x,
-                            flags,
-                        );
-                    }
-                }
-                add(&n).map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
-            }
+            name_address(&n, ip, &names, flags)
+                .map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
             Ok(())
         })
         .await
@@ -777,41 +754,8 @@ impl LibvirtProvider {
                 } else {
                     0
                 };
-            let dns = xml::dns_host(ip, &names).map_err(|e| io("write XML", e))?;
-            let add = |n: &virt::network::Network| {
-                n.update(
-                    VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                    VIR_NETWORK_SECTION_DNS_HOST,
-                    -1,
-                    &dns,
-                    flags,
-                )
-            };
-            if add(&n).is_ok() {
-                return Ok(());
-            }
-            // Held by another address, or by this one already: set anew.
-            if let Ok(x) = xml::dns_host(ip, &[]) {
-                let _ = n.update(
-                    VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                    VIR_NETWORK_SECTION_DNS_HOST,
-                    -1,
-                    &x,
-                    flags,
-                );
-            }
-            for other in &names {
-                if let Ok(x) = xml::dns_host_named(other) {
-                    let _ = n.update(
-                        VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                        VIR_NETWORK_SECTION_DNS_HOST,
-                        -1,
-                        &x,
-                        flags,
-                    );
-                }
-            }
-            add(&n).map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
+            name_address(&n, ip, &names, flags)
+                .map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
             Ok(())
         })
         .await
@@ -1759,6 +1703,33 @@ async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
             std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
         ))
     }
+}
+
+/// Makes `names` resolve to `ip` on network `n`'s DNS: an entry is added, and when a name is
+/// held by another address (or this address has an entry already), those entries go first.
+fn name_address(
+    n: &virt::network::Network,
+    ip: std::net::Ipv4Addr,
+    names: &[String],
+    flags: u32,
+) -> std::result::Result<(), virt::error::Error> {
+    use virt::sys::*;
+    let update = |cmd, x: &str| n.update(cmd, VIR_NETWORK_SECTION_DNS_HOST, -1, x, flags);
+    let Ok(dns) = xml::dns_host(ip, names) else {
+        return Ok(());
+    };
+    if update(VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, &dns).is_ok() {
+        return Ok(());
+    }
+    if let Ok(x) = xml::dns_host(ip, &[]) {
+        let _ = update(VIR_NETWORK_UPDATE_COMMAND_DELETE, &x);
+    }
+    for other in names {
+        if let Ok(x) = xml::dns_host_named(other) {
+            let _ = update(VIR_NETWORK_UPDATE_COMMAND_DELETE, &x);
+        }
+    }
+    update(VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, &dns).map(|_| ())
 }
 
 /// The machine's names on the private network (comma-separated), registered again at
