@@ -235,7 +235,8 @@ shell = "mkdir -p /srv/app /srv/cache && echo {tag} > /srv/app/conf && echo keep
 }
 
 /// (generation, state) of every container of `machine` in project `p`, by generation.
-fn generations(p: &Project, machine: &str) -> Vec<(u32, String)> {
+/// `machine`'s containers: `(holder hash or "-", generation or "-", state)`.
+fn containers(p: &Project, machine: &str) -> Vec<(String, String, String)> {
     let folder = p.path().canonicalize().unwrap();
     let out = docker(&[
         "ps",
@@ -245,19 +246,32 @@ fn generations(p: &Project, machine: &str) -> Vec<(u32, String)> {
         "--filter",
         &format!("label=dev.envrig.machine={machine}"),
         "--format",
-        "{{.Label \"dev.envrig.generation\"}} {{.State}} {{.Names}}",
+        "{{or (.Label \"dev.envrig.holder\") \"-\"}} {{or (.Label \"dev.envrig.generation\") \"-\"}} {{.State}}",
     ])
     .ok();
-    let mut v: Vec<(u32, String)> = out
-        .stdout
+    out.stdout
         .lines()
         .map(|l| {
-            let mut f = l.split_whitespace();
-            (
-                f.next().unwrap().parse().unwrap(),
-                f.next().unwrap().to_string(),
-            )
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string(), f[2].to_string())
         })
+        .collect()
+}
+
+/// The states of `machine`'s network holders (the containers that keep its host ports).
+fn holders(p: &Project, machine: &str) -> Vec<String> {
+    containers(p, machine)
+        .into_iter()
+        .filter(|(h, _, _)| h != "-")
+        .map(|(_, _, state)| state)
+        .collect()
+}
+
+fn generations(p: &Project, machine: &str) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = containers(p, machine)
+        .into_iter()
+        .filter(|(h, _, _)| h == "-")
+        .map(|(_, generation, state)| (generation.parse().unwrap(), state))
         .collect();
     v.sort();
     v
@@ -296,6 +310,14 @@ fn generations_switch_roll_back_and_are_kept_to_keep() {
     p.envrig(&["up"]).ok();
     assert_eq!(http_get(port), format!("v1-{tag}"));
     assert_eq!(generations(&p, "web"), [(1, "running".to_string())]);
+    // The host port is held by the machine's network holder, which outlives generations.
+    assert_eq!(holders(&p, "web"), ["running"]);
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(
+        st["machines"][0]["ports"][0],
+        format!("127.0.0.1:{port}->80/tcp"),
+        "a generation shows its holder's ports: {st}"
+    );
 
     // A changed step: generation 2 is built beside 1, then takes the port.
     p.write(&web_envfile(&tag, port, "v2", true));
@@ -317,6 +339,7 @@ fn generations_switch_roll_back_and_are_kept_to_keep() {
         generations(&p, "web"),
         [(1, "exited".to_string()), (2, "running".to_string())]
     );
+    assert_eq!(holders(&p, "web"), ["running"], "one holder for both");
     let st = p.envrig(&["status", "--json"]).ok().json();
     assert_eq!(st["machines"][0]["generation"], 2, "{st}");
     // A second up changes nothing.
@@ -341,8 +364,64 @@ fn generations_switch_roll_back_and_are_kept_to_keep() {
     assert_eq!(gens.len(), 2, "{gens:?}");
     assert_eq!(gens[1].1, "running");
     assert_eq!(gens[0].1, "exited");
+
+    // `halt` frees the host port (the holder stops with the last running generation);
+    // `up` publishes it again.
+    p.envrig(&["halt"]).ok();
+    assert_eq!(holders(&p, "web"), ["exited"]);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still answers after halt"
+    );
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v5-{tag}"));
+
     p.envrig(&["destroy", "-f"]).ok();
-    assert!(generations(&p, "web").is_empty());
+    assert!(
+        containers(&p, "web").is_empty(),
+        "{:?}",
+        containers(&p, "web")
+    );
+}
+
+#[test]
+fn a_network_holder_removed_by_hand_makes_the_machine_dead_and_up_mends_it() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("hold");
+    let port = common::free_port();
+    let p = Project::new(&web_envfile(&tag, port, "v1", true));
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+    let folder = p.path().canonicalize().unwrap();
+    let holder = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.envrig.folder={}", folder.display()),
+        "--filter",
+        "label=dev.envrig.holder",
+    ])
+    .ok()
+    .stdout;
+    assert_eq!(holder.lines().count(), 1, "{holder}");
+    docker(&["rm", "-f", holder.trim()]).ok();
+
+    // The generation lost its ports and names with it: the engine's truth is "dead".
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(st["machines"][0]["state"], "dead", "{st}");
+    // `up` replaces it; the new generation has a new holder and serves on the port.
+    let r = p.envrig(&["up"]).ok();
+    assert!(r.stderr.contains("dead"), "{}", r.stderr);
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+    assert_eq!(holders(&p, "web"), ["running"]);
+    p.envrig(&["destroy", "-f"]).ok();
+    assert!(
+        containers(&p, "web").is_empty(),
+        "{:?}",
+        containers(&p, "web")
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub async fn rollback(
             ),
         );
         let t0 = std::time::Instant::now();
-        if let Err(e) = p.stop(&cur.id, Duration::from_secs(30)).await {
+        if let Err(e) = p.stop_for_handover(&cur.id, Duration::from_secs(30)).await {
             failures.push((
                 name.to_string(),
                 format!("cannot stop generation {}: {e}", cur.generation),

@@ -43,6 +43,7 @@ pub fn machine_spec(
             }
             NetworkAttachment { network, aliases }
         }),
+        handover: project.envfile.project.immutable,
     };
     let config = config_hash(&spec);
     spec.labels.insert(labels::CONFIG.to_string(), config);
@@ -106,6 +107,8 @@ pub fn config_hash(spec: &MachineSpec) -> String {
     let mut shaping = spec.clone();
     shaping.resource_name.clear();
     shaping.labels.clear();
+    // How a provider carries ports and names over generations does not shape the machine.
+    shaping.handover = false;
     let json = serde_json::to_vec(&shaping).unwrap_or_default();
     sha256_hex(&json)[..12].to_string()
 }

@@ -528,6 +528,7 @@ async fn create(
     if candidate {
         // Beside the generation that serves: no host ports, no names on the network.
         spec.resource_name.push_str("-next");
+        spec.handover = false;
         spec.ports.clear();
         if let Some(n) = &mut spec.network {
             n.aliases.clear();
@@ -617,7 +618,11 @@ async fn switch(
         );
     }
     let t0 = std::time::Instant::now();
-    if !dead && let Err(e) = p.stop(old, std::time::Duration::from_secs(30)).await {
+    if !dead
+        && let Err(e) = p
+            .stop_for_handover(old, std::time::Duration::from_secs(30))
+            .await
+    {
         let _ = p.remove(&new.id).await;
         return Err(format!("cannot stop the previous generation: {e}"));
     }

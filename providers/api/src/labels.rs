@@ -45,6 +45,9 @@ pub const CANDIDATE: &str = "dev.envrig.candidate";
 pub const BAKED: &str = "dev.envrig.baked";
 /// On a machine made from a baked layer: that layer's fingerprint (16 hex digits).
 pub const LAYER: &str = "dev.envrig.layer";
+/// On a network holder (a provider's resource that keeps a machine's host ports and names
+/// while its generations come and go): the hash of what it holds. Never a machine.
+pub const HOLDER: &str = "dev.envrig.holder";
 /// Where the resource was made from: the machine id and the mount and pid namespaces of
 /// the envrig that made it. `gc` judges "folder gone" and "process gone" only for its own.
 pub const HOST: &str = "dev.envrig.host";

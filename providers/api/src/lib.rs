@@ -233,6 +233,13 @@ pub struct MachineSpec {
     pub options: BTreeMap<String, OptionValue>,
     /// The environment's private network, when it has one.
     pub network: Option<NetworkAttachment>,
+    /// Generations of this machine replace one another (`immutable`): its host ports and
+    /// names should survive from one generation to the next, so that a switch
+    /// ([`Provider::stop_for_handover`] of one, [`Provider::start`] of the next) leaves as
+    /// short a gap as it can. A provider may keep them on a resource of its own that
+    /// outlives generations. Not part of the settings that shape the machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
 }
 
 /// A machine's place on its environment's private network.
@@ -413,6 +420,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Stops gracefully, then hard after `timeout`. Stopping a stopped machine succeeds.
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()>;
+
+    /// Stops a generation that another generation of the same machine replaces at once
+    /// (started right after): what the machine holds beyond its own resource (host ports,
+    /// names) stays for the next one. The default is [`Provider::stop`].
+    async fn stop_for_handover(&self, id: &str, timeout: Duration) -> Result<()> {
+        self.stop(id, timeout).await
+    }
 
     /// Removes the machine and everything created only for it. Removing a missing one succeeds.
     async fn remove(&self, id: &str) -> Result<()>;

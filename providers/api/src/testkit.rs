@@ -67,6 +67,7 @@ pub fn spec(base: &str, env_id: &str, machine: &str) -> MachineSpec {
         labels,
         options: BTreeMap::new(),
         network: None,
+        handover: false,
     }
 }
 

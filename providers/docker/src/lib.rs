@@ -35,6 +35,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 mod drift;
+mod holder;
 
 const NAME: &str = "docker";
 
@@ -186,7 +187,8 @@ impl DockerProvider {
             .map_err(|e| map_err("list images", e))
     }
 
-    fn container_body(spec: &MachineSpec) -> ContainerCreateBody {
+    /// The ports `spec` publishes: the exposed keys and their host bindings.
+    fn published(spec: &MachineSpec) -> (Vec<String>, PortMap) {
         let mut port_bindings: PortMap = HashMap::new();
         let mut exposed = Vec::new();
         for p in &spec.ports {
@@ -206,6 +208,29 @@ impl DockerProvider {
                     }),
                 });
         }
+        (exposed, port_bindings)
+    }
+
+    /// `spec`'s endpoint on its private network: the names others reach it by.
+    fn endpoint(spec: &MachineSpec) -> Option<NetworkingConfig> {
+        spec.network.as_ref().map(|n| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                n.network.clone(),
+                EndpointSettings {
+                    aliases: Some(n.aliases.clone()),
+                    ..EndpointSettings::default()
+                },
+            )])),
+        })
+    }
+
+    /// The container for `spec`; joined to `holder`'s network namespace when it has one
+    /// (which then owns the ports, hostname and names: see `holder`).
+    fn container_body(spec: &MachineSpec, holder: Option<&str>) -> ContainerCreateBody {
+        let (exposed, port_bindings) = match holder {
+            Some(_) => Default::default(),
+            None => Self::published(spec),
+        };
         let binds: Vec<String> = spec
             .synced
             .iter()
@@ -228,7 +253,7 @@ impl DockerProvider {
         };
         ContainerCreateBody {
             image: Some(spec.base.clone()),
-            hostname: Some(spec.hostname.clone()),
+            hostname: holder.is_none().then(|| spec.hostname.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(spec.labels.clone().into_iter().collect()),
             // The entrypoint is the whole main process: the image's entrypoint and command
@@ -236,17 +261,12 @@ impl DockerProvider {
             entrypoint: Some(entrypoint),
             cmd: Some(Vec::new()),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
-            networking_config: spec.network.as_ref().map(|n| NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    n.network.clone(),
-                    EndpointSettings {
-                        aliases: Some(n.aliases.clone()),
-                        ..EndpointSettings::default()
-                    },
-                )])),
-            }),
+            networking_config: holder.is_none().then(|| Self::endpoint(spec)).flatten(),
             host_config: Some(HostConfig {
-                network_mode: spec.network.as_ref().map(|n| n.network.clone()),
+                network_mode: match holder {
+                    Some(h) => Some(format!("container:{h}")),
+                    None => spec.network.as_ref().map(|n| n.network.clone()),
+                },
                 init: Some(bool_opt("init").unwrap_or(true)),
                 privileged: bool_opt("privileged"),
                 nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
@@ -290,6 +310,60 @@ impl DockerProvider {
 }
 
 impl DockerProvider {
+    /// The engine's whole answer about container `id`.
+    async fn inspect_raw(&self, id: &str) -> Result<bollard::models::ContainerInspectResponse> {
+        self.docker.inspect_container(id, None).await.map_err(|e| {
+            match map_err(format!("inspect container {id}"), e) {
+                ProviderError::NotFound { .. } => ProviderError::NotFound {
+                    what: format!("container `{id}`"),
+                },
+                other => other,
+            }
+        })
+    }
+
+    /// The network holders (see `holder`) that `selector` selects.
+    async fn holders(&self, selector: &Selector) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let selector = selector.clone().has(labels::HOLDER);
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filters(&selector)),
+                ..ListContainersOptions::default()
+            }))
+            .await
+            .map_err(|e| map_err("list containers", e))
+    }
+
+    /// The host ports a network holder publishes (none when it is stopped); `None` when
+    /// the holder is gone.
+    async fn holder_ports(&self, holder: &str) -> Option<Vec<PortSpec>> {
+        match self.docker.inspect_container(holder, None).await {
+            Ok(h) => Some(Self::ports_from_map(
+                h.network_settings.as_ref().and_then(|n| n.ports.as_ref()),
+            )),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => None,
+            Err(_) => Some(Vec::new()),
+        }
+    }
+
+    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
+        let options = StopContainerOptions {
+            t: Some(timeout.as_secs().min(i32::MAX as u64) as i32),
+            ..StopContainerOptions::default()
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(format!("stop container {id}"), e)),
+        }
+    }
+
     /// The first /24 of `pool` that no docker network uses.
     async fn free_subnet(&self, pool: &str) -> Result<String> {
         let bad = || ProviderError::Conflict {
@@ -462,13 +536,18 @@ impl Provider for DockerProvider {
     }
 
     async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        let holder = if holder::wants_holder(spec) {
+            Some(self.ensure_holder(spec).await?)
+        } else {
+            None
+        };
         let options = CreateContainerOptions {
             name: Some(spec.resource_name.clone()),
             ..CreateContainerOptions::default()
         };
         let created = self
             .docker
-            .create_container(Some(options), Self::container_body(spec))
+            .create_container(Some(options), Self::container_body(spec, holder.as_deref()))
             .await
             .map_err(
                 |e| match map_err(format!("create container {}", spec.resource_name), e) {
@@ -477,7 +556,18 @@ impl Provider for DockerProvider {
                     },
                     other => other,
                 },
-            )?;
+            );
+        let created = match (created, &holder) {
+            (Ok(c), _) => c,
+            (Err(e), Some(h)) => {
+                // A holder made for nothing goes again (kept when a generation uses it).
+                if let Ok(h_info) = self.docker.inspect_container(h, None).await {
+                    let _ = self.settle_holder(&h_info, h, true).await;
+                }
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         Ok(MachineInfo {
             id: created.id,
             resource_name: spec.resource_name.clone(),
@@ -488,6 +578,10 @@ impl Provider for DockerProvider {
     }
 
     async fn start(&self, id: &str) -> Result<()> {
+        let c = self.inspect_raw(id).await?;
+        if let Some(h) = holder::joined_holder(&c) {
+            self.wake_holder(&c, &h).await?;
+        }
         self.docker
             .start_container(id, None)
             .await
@@ -495,46 +589,52 @@ impl Provider for DockerProvider {
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
-        let options = StopContainerOptions {
-            t: Some(timeout.as_secs().min(i32::MAX as u64) as i32),
-            ..StopContainerOptions::default()
+        let c = match self.inspect_raw(id).await {
+            Ok(c) => c,
+            Err(ProviderError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
         };
-        match self.docker.stop_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            // 304: already stopped.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
-            Err(e) => Err(map_err(format!("stop container {id}"), e)),
+        self.stop_container(id, timeout).await?;
+        if let Some(h) = holder::joined_holder(&c) {
+            self.settle_holder(&c, &h, false).await?;
         }
+        Ok(())
+    }
+
+    async fn stop_for_handover(&self, id: &str, timeout: Duration) -> Result<()> {
+        self.stop_container(id, timeout).await
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
+        let c = match self.inspect_raw(id).await {
+            Ok(c) => Some(c),
+            Err(ProviderError::NotFound { .. }) => return Ok(()),
+            Err(_) => None,
+        };
         let options = RemoveContainerOptions {
             force: true,
             v: true,
             ..RemoveContainerOptions::default()
         };
         match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(e) => match map_err(format!("remove container {id}"), e) {
-                ProviderError::NotFound { .. } => Ok(()),
+                ProviderError::NotFound { .. } => {}
                 // "removal already in progress": another destroy is on it.
-                ProviderError::Conflict { message } if message.contains("in progress") => Ok(()),
-                other => Err(other),
+                ProviderError::Conflict { message } if message.contains("in progress") => {}
+                other => return Err(other),
             },
         }
+        if let Some(c) = &c
+            && let Some(h) = holder::joined_holder(c)
+        {
+            self.settle_holder(c, &h, true).await?;
+        }
+        Ok(())
     }
 
     async fn inspect(&self, id: &str) -> Result<MachineInfo> {
-        let c = self.docker.inspect_container(id, None).await.map_err(|e| {
-            match map_err(format!("inspect container {id}"), e) {
-                ProviderError::NotFound { .. } => ProviderError::NotFound {
-                    what: format!("container `{id}`"),
-                },
-                other => other,
-            }
-        })?;
+        let c = self.inspect_raw(id).await?;
         let labels = c
             .config
             .as_ref()
@@ -542,8 +642,17 @@ impl Provider for DockerProvider {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let ports =
+        let mut state = state_from_inspect(c.state.as_ref().and_then(|s| s.status));
+        let mut ports =
             Self::ports_from_map(c.network_settings.as_ref().and_then(|n| n.ports.as_ref()));
+        if let Some(h) = holder::joined_holder(&c) {
+            match self.holder_ports(&h).await {
+                Some(p) if state == MachineState::Running => ports = p,
+                Some(_) => {}
+                // Its holder was removed by hand: it cannot serve or start again.
+                None => state = MachineState::Dead,
+            }
+        }
         Ok(MachineInfo {
             id: c.id.unwrap_or_default(),
             resource_name: c
@@ -551,7 +660,7 @@ impl Provider for DockerProvider {
                 .unwrap_or_default()
                 .trim_start_matches('/')
                 .to_string(),
-            state: state_from_inspect(c.state.and_then(|s| s.status)),
+            state,
             labels,
             ports,
         })
@@ -559,6 +668,20 @@ impl Provider for DockerProvider {
 
     async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
         let mut out = Vec::new();
+        for h in self.holders(selector).await? {
+            out.push(OtherResource {
+                kind: "container",
+                name: h
+                    .names
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                labels: h.labels.unwrap_or_default().into_iter().collect(),
+            });
+        }
         let networks = self
             .docker
             .list_networks(Some(ListNetworksOptions {
@@ -662,45 +785,102 @@ impl Provider for DockerProvider {
             .list_containers(Some(options))
             .await
             .map_err(|e| map_err("list containers", e))?;
-        Ok(containers
-            .into_iter()
-            .map(|c| {
-                let mut ports: Vec<PortSpec> = c
-                    .ports
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|p| {
-                        Some(PortSpec {
-                            host_ip: p.ip.clone().unwrap_or_default(),
-                            host_port: p.public_port?,
-                            guest_port: p.private_port,
-                            protocol: match p.typ.map(|t| t.to_string()).as_deref() {
-                                Some("udp") => Protocol::Udp,
-                                _ => Protocol::Tcp,
-                            },
-                        })
+        let summary_ports = |c: &bollard::models::ContainerSummary| {
+            let mut ports: Vec<PortSpec> = c
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some(PortSpec {
+                        host_ip: p.ip.clone().unwrap_or_default(),
+                        host_port: p.public_port?,
+                        guest_port: p.private_port,
+                        protocol: match p.typ.map(|t| t.to_string()).as_deref() {
+                            Some("udp") => Protocol::Udp,
+                            _ => Protocol::Tcp,
+                        },
                     })
-                    .collect();
-                ports.sort();
-                ports.dedup();
-                MachineInfo {
-                    id: c.id.unwrap_or_default(),
-                    resource_name: c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_string(),
-                    state: state_from_summary(c.state),
-                    labels: c.labels.unwrap_or_default().into_iter().collect(),
-                    ports,
+                })
+                .collect();
+            ports.sort();
+            ports.dedup();
+            ports
+        };
+        let is_holder = |c: &bollard::models::ContainerSummary| {
+            c.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(labels::HOLDER))
+        };
+        // Holders are no machines; a running generation joined to one shows its ports.
+        let holders: HashMap<String, Vec<PortSpec>> = containers
+            .iter()
+            .filter(|c| is_holder(c))
+            .filter_map(|c| Some((c.id.clone()?, summary_ports(c))))
+            .collect();
+        let mut out = Vec::new();
+        for c in containers.iter().filter(|c| !is_holder(c)) {
+            let state = state_from_summary(c.state);
+            let joined = c
+                .host_config
+                .as_ref()
+                .and_then(|h| h.network_mode.as_deref())
+                .and_then(|m| m.strip_prefix("container:"));
+            let (state, ports) = match joined {
+                Some(h) => {
+                    let held = match holders.get(h) {
+                        Some(p) => Some(p.clone()),
+                        None => self.holder_ports(h).await,
+                    };
+                    match held {
+                        Some(p) if state == MachineState::Running => (state, p),
+                        Some(_) => (state, Vec::new()),
+                        // Its holder was removed by hand: it cannot serve or start again.
+                        None => (MachineState::Dead, Vec::new()),
+                    }
                 }
-            })
-            .collect())
+                None => (state, summary_ports(c)),
+            };
+            out.push(MachineInfo {
+                id: c.id.clone().unwrap_or_default(),
+                resource_name: c
+                    .names
+                    .iter()
+                    .flatten()
+                    .next()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                state,
+                labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
+                ports,
+            });
+        }
+        Ok(out)
     }
 
     async fn purge(&self, selector: &Selector) -> Result<Vec<String>> {
         let mut removed = Vec::new();
+        // Network holders a generation's removal did not take (an interrupted destroy):
+        // before the networks they are attached to.
+        for h in self.holders(selector).await? {
+            let Some(id) = h.id else { continue };
+            let options = RemoveContainerOptions {
+                force: true,
+                ..RemoveContainerOptions::default()
+            };
+            let name = h
+                .names
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_else(|| id.clone());
+            match self.docker.remove_container(&id, Some(options)).await {
+                Ok(()) => removed.push(format!("container {}", name.trim_start_matches('/'))),
+                Err(e) => match map_err(format!("remove container {name}"), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other => return Err(other),
+                },
+            }
+        }
         let networks = self
             .docker
             .list_networks(Some(ListNetworksOptions {
