@@ -181,11 +181,37 @@ box = "bb"
 drift_ignore = ["/srv/cache/**"]
 [[machines.web.provision]]
 shell = "mkdir -p /srv/app /srv/cache && echo {tag} > /srv/app/conf && echo keep > /srv/app/keep"
+# Provisioning that changes more paths than one command line holds, and deletes one.
+[machines.big]
+box = "bb"
+[[machines.big.provision]]
+shell = "mkdir -p /srv/many && cd /srv/many && i=0 && while [ $i -lt 2000 ]; do echo $i > provisioned-file-with-a-long-name-to-fill-the-argument-list-$i; i=$((i+1)); done && rm -f /etc/group"
 "#
     );
     let p = Project::new(&text);
     p.envrig(&["up"]).ok();
     assert_eq!(drift_of(&p, "web"), vec![], "a fresh machine has no drift");
+    assert_eq!(
+        drift_of(&p, "big"),
+        vec![],
+        "nor one with many provisioned paths"
+    );
+    p.envrig(&[
+        "exec",
+        "big",
+        "--",
+        "sh",
+        "-c",
+        "echo by-hand > /srv/many/provisioned-file-with-a-long-name-to-fill-the-argument-list-7",
+    ])
+    .ok();
+    assert_eq!(
+        drift_of(&p, "big"),
+        vec![(
+            "changed".to_string(),
+            "/srv/many/provisioned-file-with-a-long-name-to-fill-the-argument-list-7".to_string()
+        )]
+    );
     let r = p.envrig(&["drift", "web", "--exit-code"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("no drift"), "{}", r.stderr);

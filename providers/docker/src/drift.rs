@@ -16,8 +16,20 @@ use serde::{Deserialize, Serialize};
 
 use super::{DockerProvider, map_err};
 
-/// Where the baseline lives inside the container.
-pub const BASELINE: &str = "/var/lib/envrig/drift-baseline.json";
+/// Where the baseline lives inside the container: a line `D<TAB>path` for each path deleted
+/// against the image, then the `stat` line ([`STAT_FORMAT`]) of each path added or changed.
+pub const BASELINE: &str = "/var/lib/envrig/drift-baseline.tsv";
+
+/// The baseline's earlier form (JSON), still read in containers that have it.
+const BASELINE_JSON: &str = "/var/lib/envrig/drift-baseline.json";
+
+/// Writes [`BASELINE`] inside the container:
+/// `sh -c WRITE_BASELINE sh STAT_FORMAT N DELETED(N)... PRESENT...`.
+const WRITE_BASELINE: &str = r#"fmt=$1; n=$2; shift 2; f=/var/lib/envrig/drift-baseline.tsv
+mkdir -p /var/lib/envrig || exit 1
+{ while [ "$n" -gt 0 ]; do printf 'D\t%s\n' "$1"; shift; n=$((n-1)); done
+  [ $# -eq 0 ] || stat -c "$fmt" -- "$@"; } > "$f.tmp"
+mv -f "$f.tmp" "$f""#;
 
 /// The baseline: the container's changes at that moment, with the `stat` line of each path
 /// still there.
@@ -27,7 +39,25 @@ struct Baseline {
     deleted: BTreeSet<String>,
 }
 
+impl Baseline {
+    fn parse(text: &str) -> Baseline {
+        let mut base = Baseline::default();
+        for line in text.lines() {
+            if let Some(path) = line.strip_prefix("D\t") {
+                base.deleted.insert(path.to_string());
+            } else if let Some((path, _)) = line.split_once('\t') {
+                base.changed.insert(path.to_string(), line.to_string());
+            }
+        }
+        base
+    }
+}
+
 const STAT_FORMAT: &str = "%n\t%F\t%s\t%Y\t%a";
+
+/// What the engine itself makes in a container's own layer: the mount point of Docker's
+/// init (machines run with `init` unless it is turned off).
+const ENGINE_PATHS: &[&str] = &["/sbin/docker-init"];
 
 impl DockerProvider {
     /// The container's changes against its image, parents of changes and envrig's own
@@ -50,7 +80,21 @@ impl DockerProvider {
                 },
             })
             .collect();
+        let changes: Vec<PathChange> = changes;
+        // The engine's own mount points (and the directory their making changed) are no
+        // one's work.
+        let engine_dirs: Vec<&str> = ENGINE_PATHS
+            .iter()
+            .filter(|p| changes.iter().any(|c| c.path == **p))
+            .filter_map(|p| p.rsplit_once('/').map(|(dir, _)| dir))
+            .collect();
+        let changes = changes
+            .into_iter()
+            .filter(|c| !ENGINE_PATHS.contains(&c.path.as_str()))
+            .collect();
         let mut changes = drift::without_parents(changes);
+        changes
+            .retain(|c| c.kind != ChangeKind::Changed || !engine_dirs.contains(&c.path.as_str()));
         let own = format!("{ENVRIG_DIR}/");
         changes.retain(|c| c.path != ENVRIG_DIR && !c.path.starts_with(&own));
         // `/var/lib` is a parent of envrig's records only: it is not drift either.
@@ -104,8 +148,25 @@ impl DockerProvider {
 
     /// Reads the baseline through the archive API (no exec); none yet: empty.
     async fn read_baseline(&self, id: &str) -> Result<Baseline> {
+        Ok(self.read_baseline_file(id).await?.unwrap_or_default())
+    }
+
+    /// The baseline, `None` when the container has none.
+    async fn read_baseline_file(&self, id: &str) -> Result<Option<Baseline>> {
+        if let Some(text) = self.read_file(id, BASELINE).await? {
+            return Ok(Some(Baseline::parse(&text)));
+        }
+        Ok(self
+            .read_file(id, BASELINE_JSON)
+            .await?
+            .map(|text| serde_json::from_str(&text).unwrap_or_default()))
+    }
+
+    /// A small file inside the container, through the archive API (no exec); `None` when
+    /// it is not there.
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<String>> {
         let options = bollard::query_parameters::DownloadFromContainerOptions {
-            path: BASELINE.to_string(),
+            path: path.to_string(),
         };
         let mut stream = self.docker.download_from_container(id, Some(options));
         let mut tar_bytes = Vec::new();
@@ -113,8 +174,8 @@ impl DockerProvider {
             match chunk {
                 Ok(b) => tar_bytes.extend_from_slice(&b),
                 Err(e) => {
-                    return match map_err(format!("read {BASELINE} in {id}"), e) {
-                        ProviderError::NotFound { .. } => Ok(Baseline::default()),
+                    return match map_err(format!("read {path} in {id}"), e) {
+                        ProviderError::NotFound { .. } => Ok(None),
                         other => Err(other),
                     };
                 }
@@ -123,47 +184,78 @@ impl DockerProvider {
         let mut archive = tar::Archive::new(&tar_bytes[..]);
         let entries = archive
             .entries()
-            .map_err(|e| io_err(format!("read {BASELINE}"), e))?;
+            .map_err(|e| io_err(format!("read {path}"), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| io_err(format!("read {BASELINE}"), e))?;
+            let mut entry = entry.map_err(|e| io_err(format!("read {path}"), e))?;
             if entry.header().entry_type().is_file() {
-                return Ok(serde_json::from_reader(entry).unwrap_or_default());
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text)
+                    .map_err(|e| io_err(format!("read {path}"), e))?;
+                return Ok(Some(text));
             }
         }
-        Ok(Baseline::default())
+        Ok(None)
     }
 
     pub(crate) async fn mark_baseline_impl(&self, id: &str) -> Result<()> {
         let changes = self.changes(id).await?;
-        let mut base = Baseline::default();
+        // Nothing changed against the image, and no earlier baseline to replace: the image
+        // is the baseline (no exec, no write; most of a plain `up`'s machines).
+        if changes.is_empty() && self.read_baseline_file(id).await?.is_none() {
+            return Ok(());
+        }
+        let deleted: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Deleted)
+            .map(|c| c.path.as_str())
+            .collect();
         let present: Vec<String> = changes
             .iter()
             .filter(|c| c.kind != ChangeKind::Deleted)
             .map(|c| c.path.clone())
             .collect();
+        // One exec writes it: the deleted paths, then `stat` of the others, into the file
+        // (an exec and an upload each cost ~40 ms; a provisioned `up` pays this per machine).
+        let bytes: usize = changes.iter().map(|c| c.path.len() + 1).sum();
+        if bytes <= 96 * 1024 {
+            let mut argv = vec![
+                "sh".to_string(),
+                "-c".into(),
+                WRITE_BASELINE.into(),
+                "sh".into(),
+                STAT_FORMAT.into(),
+                deleted.len().to_string(),
+            ];
+            argv.extend(deleted.iter().map(|p| p.to_string()));
+            argv.extend(present.iter().cloned());
+            let req = ExecRequest {
+                argv,
+                ..ExecRequest::default()
+            };
+            if matches!(self.exec(id, &req, &mut |_, _| {}).await, Ok(0)) {
+                return Ok(());
+            }
+        }
+        // Many paths, or no shell in the image: `stat` in batches, and an upload.
         let stats = if present.is_empty() {
             BTreeMap::new()
         } else {
             self.stat(id, &present).await?
         };
-        for c in changes {
-            if c.kind == ChangeKind::Deleted {
-                base.deleted.insert(c.path);
-            } else {
-                let line = stats
-                    .get(&c.path)
-                    .map(|e| line_of(&c.path, e))
-                    .unwrap_or_default();
-                base.changed.insert(c.path, line);
-            }
+        let mut body = String::new();
+        for p in &deleted {
+            body.push_str(&format!("D\t{p}\n"));
         }
-        let body = serde_json::to_vec(&base).map_err(|e| io_err("write the baseline", e))?;
+        for (path, e) in &stats {
+            body.push_str(&line_of(path, e));
+            body.push('\n');
+        }
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, BASELINE.trim_start_matches('/'), &body[..])
+        b.append_data(&mut h, BASELINE.trim_start_matches('/'), body.as_bytes())
             .map_err(|e| io_err("write the baseline", e))?;
         let tar = b
             .into_inner()
@@ -251,5 +343,26 @@ fn io_err(
         provider: super::NAME,
         op: op.into(),
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_baseline_file_holds_deleted_paths_and_stat_lines() {
+        let b = Baseline::parse(
+            "D\t/etc/group\n/srv/a\tregular file\t3\t1796218800\t644\n\n/srv\tdirectory\t4096\t1\t755\n",
+        );
+        assert_eq!(b.deleted.iter().collect::<Vec<_>>(), ["/etc/group"]);
+        assert_eq!(b.changed.len(), 2);
+        assert_eq!(
+            b.changed["/srv/a"],
+            "/srv/a\tregular file\t3\t1796218800\t644"
+        );
+        // What `drift` compares: the stat line parses back into the same entry.
+        let e = &drift::parse(&b.changed["/srv/a"])["/srv/a"];
+        assert_eq!(line_of("/srv/a", e), b.changed["/srv/a"]);
     }
 }

@@ -31,8 +31,7 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions,
 };
 use envrig_provider_api::{MachineSpec, ProviderError, Result, labels};
 use futures_util::StreamExt;
@@ -350,19 +349,12 @@ impl DockerProvider {
     }
 
     async fn stop_holder(&self, id: &str) -> Result<()> {
-        let options = StopContainerOptions {
-            t: Some(2),
-            ..StopContainerOptions::default()
-        };
-        match self.docker.stop_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
-            Err(e) => match map_err(format!("stop the network holder {id}"), e) {
-                ProviderError::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
+        match self
+            .stop_container(id, std::time::Duration::from_secs(2))
+            .await
+        {
+            Err(ProviderError::NotFound { .. }) => Ok(()),
+            other => other,
         }
     }
 
@@ -387,20 +379,7 @@ impl DockerProvider {
             })
             .collect();
         if removed && joined.is_empty() {
-            let options = RemoveContainerOptions {
-                force: true,
-                ..RemoveContainerOptions::default()
-            };
-            return match self.docker.remove_container(holder, Some(options)).await {
-                Ok(()) => Ok(()),
-                Err(e) => match map_err(format!("remove the network holder {holder}"), e) {
-                    ProviderError::NotFound { .. } => Ok(()),
-                    ProviderError::Conflict { message } if message.contains("in progress") => {
-                        Ok(())
-                    }
-                    other => Err(other),
-                },
-            };
+            return self.remove_container(holder).await.map(|_| ());
         }
         let running = joined.iter().any(|g| {
             g.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) && g.id != c.id

@@ -349,6 +349,24 @@ impl DockerProvider {
         }
     }
 
+    /// Removes container `id` with its anonymous volumes, by force; `false` when it was
+    /// already gone or another removal (a concurrent destroy) is taking it.
+    async fn remove_container(&self, id: &str) -> Result<bool> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..RemoveContainerOptions::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(e) => match map_err(format!("remove container {id}"), e) {
+                ProviderError::NotFound { .. } => Ok(false),
+                ProviderError::Conflict { message } if message.contains("in progress") => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
     async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
         let options = StopContainerOptions {
             t: Some(timeout.as_secs().min(i32::MAX as u64) as i32),
@@ -611,20 +629,7 @@ impl Provider for DockerProvider {
             Err(ProviderError::NotFound { .. }) => return Ok(()),
             Err(_) => None,
         };
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..RemoveContainerOptions::default()
-        };
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => {}
-            Err(e) => match map_err(format!("remove container {id}"), e) {
-                ProviderError::NotFound { .. } => {}
-                // "removal already in progress": another destroy is on it.
-                ProviderError::Conflict { message } if message.contains("in progress") => {}
-                other => return Err(other),
-            },
-        }
+        self.remove_container(id).await?;
         if let Some(c) = &c
             && let Some(h) = holder::joined_holder(c)
         {
@@ -863,22 +868,9 @@ impl Provider for DockerProvider {
         // before the networks they are attached to.
         for h in self.holders(selector).await? {
             let Some(id) = h.id else { continue };
-            let options = RemoveContainerOptions {
-                force: true,
-                ..RemoveContainerOptions::default()
-            };
-            let name = h
-                .names
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or_else(|| id.clone());
-            match self.docker.remove_container(&id, Some(options)).await {
-                Ok(()) => removed.push(format!("container {}", name.trim_start_matches('/'))),
-                Err(e) => match map_err(format!("remove container {name}"), e) {
-                    ProviderError::NotFound { .. } => {}
-                    other => return Err(other),
-                },
+            if self.remove_container(&id).await? {
+                let name = h.names.into_iter().flatten().next().unwrap_or(id);
+                removed.push(format!("container {}", name.trim_start_matches('/')));
             }
         }
         let networks = self
