@@ -152,6 +152,13 @@ fn joins(mode: Option<&str>, id: &str) -> bool {
 impl DockerProvider {
     /// The holder image, imported when missing; `None` when the engine is not x86-64.
     async fn holder_image(&self) -> Result<Option<String>> {
+        self.holder_image
+            .get_or_try_init(|| self.find_or_import_holder_image())
+            .await
+            .cloned()
+    }
+
+    async fn find_or_import_holder_image(&self) -> Result<Option<String>> {
         let rootfs = holder_rootfs().map_err(|e| ProviderError::Engine {
             provider: super::NAME,
             op: "make the holder image".into(),

@@ -141,6 +141,9 @@ fn unavailable(message: String) -> ProviderError {
 #[derive(Debug, Clone)]
 pub struct DockerProvider {
     docker: Docker,
+    /// The network holders' image, once known (see `holder`): machines created at once
+    /// import it once.
+    holder_image: std::sync::Arc<tokio::sync::OnceCell<Option<String>>>,
 }
 
 impl DockerProvider {
@@ -163,14 +166,21 @@ impl DockerProvider {
             };
             let docker = Docker::connect_with_unix(&path, 120, &version)
                 .map_err(|e| unavailable(e.to_string()))?;
-            return Ok(DockerProvider { docker });
+            return Ok(DockerProvider::with(docker));
         }
         let docker = Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
         let docker = docker
             .negotiate_version()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        Ok(DockerProvider { docker })
+        Ok(DockerProvider::with(docker))
+    }
+
+    fn with(docker: Docker) -> Self {
+        DockerProvider {
+            docker,
+            holder_image: Default::default(),
+        }
     }
 
     /// The images the daemon lists for `filters`.
