@@ -169,8 +169,8 @@ fn tar_bytes(name: &str, body: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
 
 /// Reads the record kept inside the machine (when the cache does not know).
 async fn read_machine_record(p: &dyn Provider, id: &str) -> Record {
-    match run_quiet(p, id, &["cat", provision::RECORD_PATH]).await {
-        Ok((0, text)) => serde_json::from_str(&text).unwrap_or_default(),
+    match p.read_file(id, provision::RECORD_PATH).await {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
         _ => Record::default(),
     }
 }

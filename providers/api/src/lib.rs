@@ -462,6 +462,23 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// entry needs that do not exist are created (mode 0755, root); existing ones are kept.
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()>;
 
+    /// The content of the small file `path` inside a running machine; `None` when there is
+    /// no such file. The default runs `cat` in the machine.
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let req = ExecRequest {
+            argv: vec!["cat".to_string(), "--".to_string(), path.to_string()],
+            ..ExecRequest::default()
+        };
+        let mut out = Vec::new();
+        let mut sink = |s: OutputStream, b: &[u8]| {
+            if s == OutputStream::Stdout {
+                out.extend_from_slice(b)
+            }
+        };
+        let code = self.exec(id, &req, &mut sink).await?;
+        Ok((code == 0).then_some(out))
+    }
+
     /// Freezes a running machine's processes (for a consistent multi-machine snapshot).
     async fn pause(&self, id: &str) -> Result<()>;
 

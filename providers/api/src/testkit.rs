@@ -206,6 +206,19 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
         c.stdout, "deep\n1777\n",
         "parents are created, existing folders kept"
     );
+    // Reading a small file back, and a missing one.
+    assert_eq!(
+        p.read_file(&created.id, "/var/lib/conformance/deep/x.txt")
+            .await
+            .expect("read_file"),
+        Some(b"deep\n".to_vec())
+    );
+    assert_eq!(
+        p.read_file(&created.id, "/var/lib/conformance/missing")
+            .await
+            .expect("read_file of a missing file"),
+        None
+    );
 
     // Stop is graceful and quick, and idempotent.
     let t0 = std::time::Instant::now();

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use bollard::models::ChangeType;
 use envrig_provider_api::drift::{self, ChangeKind, ENVRIG_DIR, Entry, PathChange};
 use envrig_provider_api::{ExecRequest, OutputStream, Provider, ProviderError, Result};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{DockerProvider, map_err};
@@ -153,48 +152,13 @@ impl DockerProvider {
 
     /// The baseline, `None` when the container has none.
     async fn read_baseline_file(&self, id: &str) -> Result<Option<Baseline>> {
-        if let Some(text) = self.read_file(id, BASELINE).await? {
-            return Ok(Some(Baseline::parse(&text)));
+        if let Some(bytes) = self.archive_file(id, BASELINE).await? {
+            return Ok(Some(Baseline::parse(&String::from_utf8_lossy(&bytes))));
         }
         Ok(self
-            .read_file(id, BASELINE_JSON)
+            .archive_file(id, BASELINE_JSON)
             .await?
-            .map(|text| serde_json::from_str(&text).unwrap_or_default()))
-    }
-
-    /// A small file inside the container, through the archive API (no exec); `None` when
-    /// it is not there.
-    async fn read_file(&self, id: &str, path: &str) -> Result<Option<String>> {
-        let options = bollard::query_parameters::DownloadFromContainerOptions {
-            path: path.to_string(),
-        };
-        let mut stream = self.docker.download_from_container(id, Some(options));
-        let mut tar_bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => tar_bytes.extend_from_slice(&b),
-                Err(e) => {
-                    return match map_err(format!("read {path} in {id}"), e) {
-                        ProviderError::NotFound { .. } => Ok(None),
-                        other => Err(other),
-                    };
-                }
-            }
-        }
-        let mut archive = tar::Archive::new(&tar_bytes[..]);
-        let entries = archive
-            .entries()
-            .map_err(|e| io_err(format!("read {path}"), e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| io_err(format!("read {path}"), e))?;
-            if entry.header().entry_type().is_file() {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut entry, &mut text)
-                    .map_err(|e| io_err(format!("read {path}"), e))?;
-                return Ok(Some(text));
-            }
-        }
-        Ok(None)
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap_or_default()))
     }
 
     pub(crate) async fn mark_baseline_impl(&self, id: &str) -> Result<()> {

@@ -332,6 +332,42 @@ impl DockerProvider {
         })
     }
 
+    /// A small file inside the container, through the archive API (no exec); `None` when
+    /// it is not there.
+    pub(crate) async fn archive_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let options = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self.docker.download_from_container(id, Some(options));
+        let mut tar_bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => tar_bytes.extend_from_slice(&b),
+                Err(e) => {
+                    return match map_err(format!("read {path} in {id}"), e) {
+                        ProviderError::NotFound { .. } => Ok(None),
+                        other => Err(other),
+                    };
+                }
+            }
+        }
+        let io = |e: std::io::Error| ProviderError::Engine {
+            provider: NAME,
+            op: format!("read {path} in {id}"),
+            source: Box::new(e),
+        };
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        for entry in archive.entries().map_err(io)? {
+            let mut entry = entry.map_err(io)?;
+            if entry.header().entry_type().is_file() {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(io)?;
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+
     /// The network holders (see `holder`) that `selector` selects.
     async fn holders(&self, selector: &Selector) -> Result<Vec<bollard::models::ContainerSummary>> {
         let selector = selector.clone().has(labels::HOLDER);
@@ -1059,6 +1095,10 @@ impl Provider for DockerProvider {
             .upload_to_container(id, Some(options), bollard::body_full(tar.into()))
             .await
             .map_err(|e| map_err(format!("upload to {id}:{dest}"), e))
+    }
+
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        self.archive_file(id, path).await
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
