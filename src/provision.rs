@@ -165,6 +165,16 @@ impl Record {
         self.steps.iter().any(|s| s.hash == hash)
     }
 
+    /// The record a baked layer holds: it was baked right after every `once` and `always`
+    /// step of its fingerprint (whose hashes are `steps`) ran.
+    pub fn baked(steps: &[HashedStep<'_>]) -> Record {
+        let mut r = Record::default();
+        for s in steps.iter().filter(|s| s.step.run != RunPolicy::Never) {
+            r.ran(s, steps);
+        }
+        r
+    }
+
     /// Notes that a step ran. `current` are the machine's steps now: an older entry at the
     /// same index is dropped only when no current step has its hash (it was changed, not
     /// moved), so inserting a step never makes others run again.
@@ -443,6 +453,40 @@ mod tests {
             ["new step", "run = \"always\""],
             "moved steps are recognised by content"
         );
+    }
+
+    #[test]
+    fn a_baked_record_leaves_only_always_steps_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let steps = vec![
+            step(
+                0,
+                StepKind::Shell("echo once".into()),
+                RunPolicy::Once,
+                None,
+            ),
+            step(
+                1,
+                StepKind::Shell("echo always".into()),
+                RunPolicy::Always,
+                None,
+            ),
+            step(
+                2,
+                StepKind::Shell("echo never".into()),
+                RunPolicy::Never,
+                None,
+            ),
+        ];
+        let hashed = hash_steps(dir.path(), &steps).unwrap();
+        let record = Record::baked(&hashed);
+        assert!(record.has(&hashed[0].hash) && record.has(&hashed[1].hash));
+        assert!(!record.has(&hashed[2].hash), "a `never` step was not baked");
+        let chosen: Vec<usize> = choose(&hashed, &record, &Mode::Pending)
+            .iter()
+            .map(|t| t.step.step.index)
+            .collect();
+        assert_eq!(chosen, [1]);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::envfile::{Diagnostic, Report, line_col};
 use crate::ops::{
-    self, DestroySummary, EnvRow, GcReport, Phase, Project, Reporter, RunOutcome, StatusReport,
-    UpOutcome,
+    self, DestroySummary, EnvRow, GcItem, GcReport, Phase, Project, Reporter, RunOutcome,
+    StatusReport, UpOutcome,
 };
 
 pub const SCHEMA_STATUS: &str = "envrig.status/1";
@@ -427,19 +427,23 @@ impl Printer {
             return;
         }
         let verb = if r.dry_run { "would remove" } else { "removed" };
+        // Baked layers belong to no environment: no project or folder to name.
+        let whose = |i: &GcItem| {
+            if i.project.is_empty() && i.folder.is_empty() {
+                String::new()
+            } else {
+                format!(" of `{}` ({})", i.project, i.folder)
+            }
+        };
         for i in &r.removed {
-            out(&format!(
-                "{verb} {} of `{}` ({}): {}",
-                i.resource, i.project, i.folder, i.reason
-            ));
+            out(&format!("{verb} {}{}: {}", i.resource, whose(i), i.reason));
         }
         for f in &r.failed {
             eprintln!(
-                "{} cannot remove {} of `{}` ({}): {}",
+                "{} cannot remove {}{}: {}",
                 self.paint("1;33", "warning:"),
                 f.resource,
-                f.project,
-                f.folder,
+                whose(f),
                 f.reason
             );
         }

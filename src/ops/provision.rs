@@ -276,6 +276,9 @@ pub struct Target<'a> {
     pub id: &'a str,
     /// Just created: nothing has run on it, no need to look.
     pub fresh: bool,
+    /// Just created from the baked layer of its fingerprint: what ran is known without
+    /// looking (see [`Record::baked`]).
+    pub from_layer: bool,
 }
 
 pub async fn provision_machine(
@@ -290,6 +293,7 @@ pub async fn provision_machine(
         machine: m,
         id,
         fresh,
+        from_layer,
     } = target;
     if m.provision.is_empty() {
         return Ok(0);
@@ -299,6 +303,8 @@ pub async fn provision_machine(
         .map_err(|e| format!("cannot read a step's files: {e}"))?;
     let mut record = if fresh {
         Some(Record::default())
+    } else if from_layer {
+        Some(Record::baked(&hashed))
     } else {
         session.provisioned(machine, id)
     };
@@ -535,6 +541,7 @@ pub async fn provision(
                                         machine: m,
                                         id: &id,
                                         fresh: false,
+                                        from_layer: false,
                                     },
                                     mode,
                                 )

@@ -483,6 +483,7 @@ async fn run_one(
             machine: m,
             id: &id,
             fresh: fresh && layer.is_none(),
+            from_layer: fresh && layer.is_some(),
         };
         steps_run = provision_machine(ctx, session, project, target, mode).await?;
         if let Some(ready) = &m.ready {
@@ -696,6 +697,7 @@ async fn build_beside(
             machine: m,
             id: &id,
             fresh: true,
+            from_layer: false,
         };
         provision_machine(ctx, session, project, target, &Mode::Pending).await?;
         if let Some(ready) = &m.ready {
