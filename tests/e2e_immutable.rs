@@ -451,6 +451,49 @@ fn a_network_holder_removed_by_hand_makes_the_machine_dead_and_up_mends_it() {
 }
 
 #[test]
+fn a_generation_stopped_behind_its_holder_starts_and_ports_move_off_holders() {
+    if !e2e() {
+        return;
+    }
+    let tag = unique("behind");
+    let port = common::free_port();
+    let p = Project::new(&web_envfile(&tag, port, "v1", true));
+    p.envrig(&["up"]).ok();
+    // The generation stops by itself (here: by hand); its holder still has the port.
+    let gen1 = containers(&p, "web");
+    assert_eq!(gen1.len(), 2, "{gen1:?}");
+    let folder = p.path().canonicalize().unwrap();
+    let id = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=dev.envrig.folder={}", folder.display()),
+        "--filter",
+        "label=dev.envrig.generation=1",
+    ])
+    .ok()
+    .stdout;
+    docker(&["stop", "-t", "1", id.trim()]).ok();
+    assert_eq!(holders(&p, "web"), ["running"]);
+    // `up` starts it again: the port is its own, not busy.
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+
+    // No longer immutable: `--recreate` makes a generation that publishes the port itself,
+    // so the holder that had it is stopped first.
+    p.write(&web_envfile(&tag, port, "v2", false));
+    p.envrig(&["up", "--recreate"]).ok();
+    assert_eq!(http_get(port), format!("v2-{tag}"));
+    assert_eq!(holders(&p, "web"), ["exited"]);
+    p.envrig(&["destroy", "-f"]).ok();
+    assert!(
+        containers(&p, "web").is_empty(),
+        "{:?}",
+        containers(&p, "web")
+    );
+}
+
+#[test]
 fn without_immutable_up_says_why_and_recreate_builds_a_generation() {
     if !e2e() {
         return;

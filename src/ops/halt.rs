@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use envrig_provider_api::MachineState;
+
 use super::{Context, OpError, Phase, Project, Session, observe, provider};
 use crate::plan::current;
 
@@ -17,10 +19,13 @@ pub async fn halt(
     let selected = project.select(machines, false)?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
+    // A stopped machine of an immutable environment is stopped again: its provider may
+    // still hold its ports and names for it (a generation that exited by itself).
+    let immutable = project.envfile.project.immutable;
     let running: Vec<_> = selected
         .iter()
         .filter_map(|m| current(m.name.as_str(), &observed).0)
-        .filter(|o| o.state.can_exec())
+        .filter(|o| o.state.can_exec() || (immutable && o.state == MachineState::Stopped))
         .collect();
     // Dependants stop before what they depend on; each wave in parallel.
     let mut stopped = Vec::new();

@@ -89,7 +89,7 @@ pub async fn up(
             "is no longer in the Envfile; `envrig destroy` removes it",
         );
     }
-    check_ports(&selected, &plan)?;
+    check_ports(&selected, &plan, project.envfile.project.immutable)?;
     if !opts.fresh && !opts.no_provision {
         let creating: Vec<&Machine> = selected
             .iter()
@@ -296,15 +296,23 @@ impl From<&str> for Skipped {
 }
 
 /// Every published port must be free before anything is created. Ports of machines that
-/// keep running (or are replaced, freeing theirs) are theirs already.
-fn check_ports(selected: &[&Machine], plan: &crate::plan::Plan) -> Result<(), OpError> {
+/// keep running (or are replaced, freeing theirs) are theirs already; so are those of a
+/// stopped machine of an immutable environment, which its provider may still hold for it
+/// (see `MachineSpec::handover`): its start says so if another holds them.
+fn check_ports(
+    selected: &[&Machine],
+    plan: &crate::plan::Plan,
+    immutable: bool,
+) -> Result<(), OpError> {
     let mut busy = Vec::new();
     for m in selected {
         let Some(mp) = plan.machines.iter().find(|p| p.machine == m.name) else {
             continue;
         };
-        if !matches!(mp.action, Action::Create | Action::Start { .. }) {
-            continue;
+        match mp.action {
+            Action::Create => {}
+            Action::Start { .. } if !immutable => {}
+            _ => continue,
         }
         for port in &m.ports {
             let addr = (port.host_ip.as_str(), port.host_port);

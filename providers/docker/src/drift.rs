@@ -56,7 +56,8 @@ const STAT_FORMAT: &str = "%n\t%F\t%s\t%Y\t%a";
 
 /// What the engine itself makes in a container's own layer: the mount point of Docker's
 /// init (machines run with `init` unless it is turned off).
-const ENGINE_PATHS: &[&str] = &["/sbin/docker-init"];
+/// (`/usr/sbin` in images whose `/sbin` is a link to it).
+const ENGINE_PATHS: &[&str] = &["/sbin/docker-init", "/usr/sbin/docker-init"];
 
 impl DockerProvider {
     /// The container's changes against its image, parents of changes and envrig's own
@@ -145,9 +146,18 @@ impl DockerProvider {
         Ok(drift::parse(&out))
     }
 
-    /// Reads the baseline through the archive API (no exec); none yet: empty.
+    /// Reads the baseline through the archive API (no exec); none yet: empty. The engine's
+    /// own paths, which `changes` leaves out, are left out of it too (a baseline written
+    /// before they were is still right).
     async fn read_baseline(&self, id: &str) -> Result<Baseline> {
-        Ok(self.read_baseline_file(id).await?.unwrap_or_default())
+        let mut base = self.read_baseline_file(id).await?.unwrap_or_default();
+        for p in ENGINE_PATHS {
+            base.changed.remove(*p);
+            if let Some((dir, _)) = p.rsplit_once('/') {
+                base.changed.remove(dir);
+            }
+        }
+        Ok(base)
     }
 
     /// The baseline, `None` when the container has none.

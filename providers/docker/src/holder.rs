@@ -143,6 +143,13 @@ pub(crate) fn wants_holder(spec: &MachineSpec) -> bool {
     spec.handover && (!spec.ports.is_empty() || spec.network.is_some())
 }
 
+/// Whether a container's processes live (running, paused or restarting): a holder it
+/// joined must keep running.
+fn in_use(c: &bollard::models::ContainerSummary) -> bool {
+    use bollard::models::ContainerSummaryStateEnum as S;
+    matches!(c.state, Some(S::RUNNING | S::PAUSED | S::RESTARTING))
+}
+
 /// Whether `mode` (a container's network mode) joins the container `id`.
 fn joins(mode: Option<&str>, id: &str) -> bool {
     mode.and_then(|m| m.strip_prefix("container:"))
@@ -321,10 +328,21 @@ impl DockerProvider {
         if h.state.as_ref().and_then(|s| s.running) == Some(true) {
             return Ok(());
         }
+        self.free_unused_holders(c, Some(holder)).await?;
+        self.docker
+            .start_container(holder, None)
+            .await
+            .map_err(|e| map_err(format!("start the network holder {holder}"), e))
+    }
+
+    /// Stops the holders of `c`'s machine (but `keep`) that no generation uses any more, so
+    /// that the ports they publish are free for the generation about to start.
+    pub(crate) async fn free_unused_holders(
+        &self,
+        c: &ContainerInspectResponse,
+        keep: Option<&str>,
+    ) -> Result<()> {
         let all = self.machine_containers(c).await?;
-        let running = |s: &bollard::models::ContainerSummary| {
-            s.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
-        };
         for other in &all {
             let Some(id) = other.id.as_deref() else {
                 continue;
@@ -333,11 +351,11 @@ impl DockerProvider {
                 .labels
                 .as_ref()
                 .is_some_and(|l| l.contains_key(labels::HOLDER));
-            if !is_holder || !running(other) || id.starts_with(holder) {
+            if !is_holder || !in_use(other) || keep.is_some_and(|k| id.starts_with(k)) {
                 continue;
             }
             let used = all.iter().any(|g| {
-                running(g)
+                in_use(g)
                     && joins(
                         g.host_config
                             .as_ref()
@@ -349,10 +367,7 @@ impl DockerProvider {
                 self.stop_holder(id).await?;
             }
         }
-        self.docker
-            .start_container(holder, None)
-            .await
-            .map_err(|e| map_err(format!("start the network holder {holder}"), e))
+        Ok(())
     }
 
     async fn stop_holder(&self, id: &str) -> Result<()> {
@@ -388,9 +403,7 @@ impl DockerProvider {
         if removed && joined.is_empty() {
             return self.remove_container(holder).await.map(|_| ());
         }
-        let running = joined.iter().any(|g| {
-            g.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) && g.id != c.id
-        });
+        let running = joined.iter().any(|g| in_use(g) && g.id != c.id);
         if !running {
             self.stop_holder(holder).await?;
         }

@@ -643,8 +643,19 @@ impl Provider for DockerProvider {
 
     async fn start(&self, id: &str) -> Result<()> {
         let c = self.inspect_raw(id).await?;
-        if let Some(h) = holder::joined_holder(&c) {
-            self.wake_holder(&c, &h).await?;
+        match holder::joined_holder(&c) {
+            Some(h) => self.wake_holder(&c, &h).await?,
+            // Publishing its own ports (a generation from before holders, or one that does
+            // not hand over): a holder of the same machine must not hold them.
+            None if c
+                .host_config
+                .as_ref()
+                .and_then(|h| h.port_bindings.as_ref())
+                .is_some_and(|p| !p.is_empty()) =>
+            {
+                self.free_unused_holders(&c, None).await?
+            }
+            None => {}
         }
         self.docker
             .start_container(id, None)
@@ -659,8 +670,12 @@ impl Provider for DockerProvider {
             Err(e) => return Err(e),
         };
         self.stop_container(id, timeout).await?;
-        if let Some(h) = holder::joined_holder(&c) {
-            self.settle_holder(&c, &h, false).await?;
+        if let Some(h) = holder::joined_holder(&c)
+            && let Err(e) = self.settle_holder(&c, &h, false).await
+        {
+            // The machine is stopped; its holder is left running (the next start or
+            // `destroy` sees to it).
+            tracing::warn!("cannot stop the network holder of {id}: {e}");
         }
         Ok(())
     }
@@ -678,8 +693,10 @@ impl Provider for DockerProvider {
         self.remove_container(id).await?;
         if let Some(c) = &c
             && let Some(h) = holder::joined_holder(c)
+            && let Err(e) = self.settle_holder(c, &h, true).await
         {
-            self.settle_holder(c, &h, true).await?;
+            // The machine is gone; a holder left over goes with `destroy`'s purge or `gc`.
+            tracing::warn!("cannot remove the network holder of {id}: {e}");
         }
         Ok(())
     }
