@@ -167,6 +167,20 @@ fn tar_bytes(name: &str, body: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
     b.into_inner()
 }
 
+/// Whether the steps hashed now are those the machine's fingerprint was made of (at the
+/// start of `up`): a file edited since then is not in its baked layer.
+fn same_steps_as_fingerprint(project: &Project, machine: &str, hashed: &[HashedStep<'_>]) -> bool {
+    let inputs = project.inputs.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(inputs) = inputs.get(machine) else {
+        return false;
+    };
+    hashed.iter().all(|h| {
+        inputs
+            .get(&h.label)
+            .is_some_and(|v| h.hash.starts_with(v.as_str()))
+    })
+}
+
 /// Reads the record kept inside the machine (when the cache does not know).
 async fn read_machine_record(p: &dyn Provider, id: &str) -> Record {
     match p.read_file(id, provision::RECORD_PATH).await {
@@ -303,7 +317,7 @@ pub async fn provision_machine(
         .map_err(|e| format!("cannot read a step's files: {e}"))?;
     let mut record = if fresh {
         Some(Record::default())
-    } else if from_layer {
+    } else if from_layer && same_steps_as_fingerprint(project, machine, &hashed) {
         Some(Record::baked(&hashed))
     } else {
         session.provisioned(machine, id)
