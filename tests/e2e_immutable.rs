@@ -303,6 +303,31 @@ fn generations(p: &Project, machine: &str) -> Vec<(u32, String)> {
     v
 }
 
+/// Ids of project `p`'s containers (holders too) that have the label condition `label`.
+fn ids(p: &Project, label: &str) -> Vec<String> {
+    let folder = p.path().canonicalize().unwrap();
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.envrig.folder={}", folder.display()),
+        "--filter",
+        &format!("label={label}"),
+    ])
+    .ok()
+    .stdout
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// `destroy -f` leaves no container of `machine`, holder or generation.
+fn destroy_leaves_nothing(p: &Project, machine: &str) {
+    p.envrig(&["destroy", "-f"]).ok();
+    let left = containers(p, machine);
+    assert!(left.is_empty(), "{left:?}");
+}
+
 fn web_envfile(tag: &str, port: u16, version: &str, immutable: bool) -> String {
     format!(
         r#"[project]
@@ -402,12 +427,7 @@ fn generations_switch_roll_back_and_are_kept_to_keep() {
     p.envrig(&["up"]).ok();
     assert_eq!(http_get(port), format!("v5-{tag}"));
 
-    p.envrig(&["destroy", "-f"]).ok();
-    assert!(
-        containers(&p, "web").is_empty(),
-        "{:?}",
-        containers(&p, "web")
-    );
+    destroy_leaves_nothing(&p, "web");
 }
 
 #[test]
@@ -420,19 +440,9 @@ fn a_network_holder_removed_by_hand_makes_the_machine_dead_and_up_mends_it() {
     let p = Project::new(&web_envfile(&tag, port, "v1", true));
     p.envrig(&["up"]).ok();
     assert_eq!(http_get(port), format!("v1-{tag}"));
-    let folder = p.path().canonicalize().unwrap();
-    let holder = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=dev.envrig.folder={}", folder.display()),
-        "--filter",
-        "label=dev.envrig.holder",
-    ])
-    .ok()
-    .stdout;
-    assert_eq!(holder.lines().count(), 1, "{holder}");
-    docker(&["rm", "-f", holder.trim()]).ok();
+    let holder = ids(&p, "dev.envrig.holder");
+    assert_eq!(holder.len(), 1, "{holder:?}");
+    docker(&["rm", "-f", &holder[0]]).ok();
 
     // The generation lost its ports and names with it: the engine's truth is "dead".
     let st = p.envrig(&["status", "--json"]).ok().json();
@@ -442,12 +452,7 @@ fn a_network_holder_removed_by_hand_makes_the_machine_dead_and_up_mends_it() {
     assert!(r.stderr.contains("dead"), "{}", r.stderr);
     assert_eq!(http_get(port), format!("v1-{tag}"));
     assert_eq!(holders(&p, "web"), ["running"]);
-    p.envrig(&["destroy", "-f"]).ok();
-    assert!(
-        containers(&p, "web").is_empty(),
-        "{:?}",
-        containers(&p, "web")
-    );
+    destroy_leaves_nothing(&p, "web");
 }
 
 #[test]
@@ -462,18 +467,8 @@ fn a_generation_stopped_behind_its_holder_starts_and_ports_move_off_holders() {
     // The generation stops by itself (here: by hand); its holder still has the port.
     let gen1 = containers(&p, "web");
     assert_eq!(gen1.len(), 2, "{gen1:?}");
-    let folder = p.path().canonicalize().unwrap();
-    let id = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=dev.envrig.folder={}", folder.display()),
-        "--filter",
-        "label=dev.envrig.generation=1",
-    ])
-    .ok()
-    .stdout;
-    docker(&["stop", "-t", "1", id.trim()]).ok();
+    let id = ids(&p, "dev.envrig.generation=1");
+    docker(&["stop", "-t", "1", &id[0]]).ok();
     assert_eq!(holders(&p, "web"), ["running"]);
     // `up` starts it again: the port is its own, not busy.
     p.envrig(&["up"]).ok();
@@ -485,12 +480,7 @@ fn a_generation_stopped_behind_its_holder_starts_and_ports_move_off_holders() {
     p.envrig(&["up", "--recreate"]).ok();
     assert_eq!(http_get(port), format!("v2-{tag}"));
     assert_eq!(holders(&p, "web"), ["exited"]);
-    p.envrig(&["destroy", "-f"]).ok();
-    assert!(
-        containers(&p, "web").is_empty(),
-        "{:?}",
-        containers(&p, "web")
-    );
+    destroy_leaves_nothing(&p, "web");
 }
 
 #[test]

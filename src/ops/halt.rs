@@ -21,7 +21,7 @@ pub async fn halt(
     let observed = observe(ctx, project).await?;
     // A stopped machine of an immutable environment is stopped again: its provider may
     // still hold its ports and names for it (a generation that exited by itself).
-    let immutable = project.envfile.project.immutable;
+    let immutable = project.hands_over();
     let running: Vec<_> = selected
         .iter()
         .filter_map(|m| current(m.name.as_str(), &observed).0)

@@ -219,6 +219,13 @@ impl Project {
         self.envfile.machines.len() > 1 || self.envfile.network.subnet.is_some()
     }
 
+    /// Whether its machines' generations hand over to one another (`immutable`): a
+    /// provider may then hold their ports and names beyond a stopped generation
+    /// (`MachineSpec::handover`).
+    pub fn hands_over(&self) -> bool {
+        self.envfile.project.immutable
+    }
+
     /// The private network's engine-side name, when the environment has one.
     pub fn network_name(&self) -> Option<String> {
         self.uses_network()

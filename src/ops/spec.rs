@@ -43,7 +43,7 @@ pub fn machine_spec(
             }
             NetworkAttachment { network, aliases }
         }),
-        handover: project.envfile.project.immutable,
+        handover: project.hands_over(),
     };
     let config = config_hash(&spec);
     spec.labels.insert(labels::CONFIG.to_string(), config);

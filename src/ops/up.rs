@@ -89,7 +89,7 @@ pub async fn up(
             "is no longer in the Envfile; `envrig destroy` removes it",
         );
     }
-    check_ports(&selected, &plan, project.envfile.project.immutable)?;
+    check_ports(&selected, &plan, project.hands_over())?;
     if !opts.fresh && !opts.no_provision {
         let creating: Vec<&Machine> = selected
             .iter()

@@ -311,20 +311,15 @@ impl DockerProvider {
         c: &ContainerInspectResponse,
         holder: &str,
     ) -> Result<()> {
-        let h = match self.docker.inspect_container(holder, None).await {
-            Ok(h) => h,
-            Err(e) => {
-                return Err(match map_err(format!("inspect container {holder}"), e) {
-                    ProviderError::NotFound { .. } => ProviderError::Conflict {
-                        message: format!(
-                            "its network holder (the container that keeps its host ports and names, {}) is gone; `envrig up` replaces this generation with one that has a new holder",
-                            &holder[..holder.len().min(12)]
-                        ),
-                    },
-                    other => other,
-                });
-            }
-        };
+        let h = self.inspect_raw(holder).await.map_err(|e| match e {
+            ProviderError::NotFound { .. } => ProviderError::Conflict {
+                message: format!(
+                    "its network holder (the container that keeps its host ports and names, {}) is gone; `envrig up` replaces this generation with one that has a new holder",
+                    &holder[..holder.len().min(12)]
+                ),
+            },
+            other => other,
+        })?;
         if h.state.as_ref().and_then(|s| s.running) == Some(true) {
             return Ok(());
         }
