@@ -154,10 +154,21 @@ fn boot_id() -> Option<String> {
 
 /// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
 fn start_time(pid: &str) -> Option<String> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// The state letter (field 3) and start time (field 22) of a process, from `/proc/PID/stat`.
+fn proc_stat(pid: &str) -> Option<(char, String)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<(char, String)> {
     // The command name (field 2) is in parentheses and may hold spaces: skip past it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19).map(str::to_string)
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.to_string()))
 }
 
 /// This process, as `BOOT_ID:PID:START_TIME`: survives PID reuse and reboots.
@@ -186,8 +197,11 @@ pub fn owner_alive(token: &str) -> bool {
     {
         return false;
     }
-    match start_time(pid) {
-        Some(t) => start.is_empty() || t == start,
+    // A zombie (`Z`) or dying (`X`) process is dead, though its entry lingers until its parent
+    // (or a slow PID 1) reaps it.
+    match proc_stat(pid) {
+        Some((state, _)) if matches!(state, 'Z' | 'X' | 'x') => false,
+        Some((_, t)) => start.is_empty() || t == start,
         None => false,
     }
 }
@@ -228,6 +242,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_lines_give_state_and_start_even_with_odd_command_names() {
+        let line =
+            "4242 (envrig (run) x) Z 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        assert_eq!(parse_stat(line), Some(('Z', "987654".to_string())));
+        assert_eq!(parse_stat("1 (a) S 0"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
 
     #[test]
     fn same_name_in_two_folders_gives_two_identities() {

@@ -1,5 +1,5 @@
 //! End to end against a real Docker engine, through the real binary. Enabled by
-//! `ENVRIG_E2E=1` (the README's test command sets it); then a missing engine FAILS.
+//! ignored unless run by `scripts/test.sh`; then a missing engine FAILS.
 //! What exists is checked with the docker CLI, independently of envrig's own code.
 
 mod common;
@@ -31,10 +31,9 @@ fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn two_machines_live_halt_come_back_and_leave_nothing_behind() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let p = Project::new(&envfile(&unique("life"), &["db", "web"], ""));
     let up = p.envrig(&["up"]).ok();
     assert!(up.stderr.contains("2 created"), "{}", up.stderr);
@@ -147,10 +146,9 @@ fn two_machines_live_halt_come_back_and_leave_nothing_behind() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn two_checkouts_of_one_project_never_touch_each_other() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let name = unique("twin");
     let a = Project::new(&envfile(&name, &["app"], ""));
     let b = Project::new(&envfile(&name, &["app"], ""));
@@ -187,10 +185,9 @@ fn two_checkouts_of_one_project_never_touch_each_other() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_missing_image_is_pulled_from_a_registry() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let registry =
         std::env::var("ENVRIG_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
     let tag = unique("pull");
@@ -199,7 +196,7 @@ fn a_missing_image_is_pulled_from_a_registry() {
     let pushed = docker(&["push", &remote]);
     assert_eq!(
         pushed.code, 0,
-        "ENVRIG_E2E=1 needs the loopback registry (scripts/host-setup.sh): {}",
+        "end-to-end tests need the loopback registry (scripts/host-setup.sh): {}",
         pushed.stderr
     );
     docker(&["rmi", &remote]).ok();
@@ -230,10 +227,9 @@ fn a_missing_image_is_pulled_from_a_registry() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn changed_settings_make_a_machine_stale_until_reload() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let name = unique("stale");
     let p = Project::new(&envfile(&name, &["app"], ""));
     p.envrig(&["up"]).ok();
@@ -285,10 +281,9 @@ fn changed_settings_make_a_machine_stale_until_reload() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn ports_command_and_synced_folders_reach_the_container() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let port = common::free_port();
     let host_dir = tempfile::tempdir().unwrap();
     std::fs::write(host_dir.path().join("index.html"), "hello from the host\n").unwrap();
@@ -343,10 +338,9 @@ fn ports_command_and_synced_folders_reach_the_container() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn up_of_one_machine_brings_its_dependencies_and_destroy_of_one_keeps_the_rest() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let extra = "[machines.web]\ndepends_on = [\"db\"]\n\n[machines.db]\n\n[machines.other]\n";
     let p = Project::new(&envfile(&unique("deps"), &[], extra));
     p.envrig(&["up", "web"]).ok();
@@ -362,10 +356,9 @@ fn up_of_one_machine_brings_its_dependencies_and_destroy_of_one_keeps_the_rest()
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn ls_and_status_print_aligned_tables() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let p = Project::new(&envfile(
         &unique("table"),
         &["one"],

@@ -1,4 +1,4 @@
-//! Immutable environments on the real Docker engine (`ENVRIG_E2E=1`): baked layers keyed by
+//! Immutable environments on the real Docker engine (ignored unless run with `--run-ignored all`, as `scripts/test.sh` does): baked layers keyed by
 //! fingerprint.
 
 mod common;
@@ -36,10 +36,9 @@ impl Drop for Layer {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_baked_layer_skips_once_steps_in_another_checkout() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     // The step's text is this test's own, so its fingerprint (and layer) is too.
     let tag = unique("bake");
     let text = format!(
@@ -126,10 +125,9 @@ shell = "echo x >> /always.count"
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn bake_false_makes_no_layer() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("nobake");
     let text = format!(
         "[project]\nname = \"nobake\"\nbake = false\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.web]\nbox = \"bb\"\n[[machines.web.provision]]\nshell = \"echo {tag} > /once\"\n"
@@ -166,10 +164,9 @@ fn drift_of(p: &Project, machine: &str) -> Vec<(String, String)> {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn drift_lists_exactly_what_changed_since_provisioning() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("drift");
     let text = format!(
         r#"[project]
@@ -351,10 +348,9 @@ shell = "mkdir -p /www && echo {version}-{tag} > /www/index.html"
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn generations_switch_roll_back_and_are_kept_to_keep() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("gen");
     let port = common::free_port();
     let p = Project::new(&web_envfile(&tag, port, "v1", true));
@@ -431,10 +427,9 @@ fn generations_switch_roll_back_and_are_kept_to_keep() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_network_holder_removed_by_hand_makes_the_machine_dead_and_up_mends_it() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("hold");
     let port = common::free_port();
     let p = Project::new(&web_envfile(&tag, port, "v1", true));
@@ -456,10 +451,9 @@ fn a_network_holder_removed_by_hand_makes_the_machine_dead_and_up_mends_it() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_generation_stopped_behind_its_holder_starts_and_ports_move_off_holders() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("behind");
     let port = common::free_port();
     let p = Project::new(&web_envfile(&tag, port, "v1", true));
@@ -484,10 +478,9 @@ fn a_generation_stopped_behind_its_holder_starts_and_ports_move_off_holders() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn without_immutable_up_says_why_and_recreate_builds_a_generation() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("mut");
     let port = common::free_port();
     let p = Project::new(&web_envfile(&tag, port, "v1", false));
@@ -514,10 +507,9 @@ fn without_immutable_up_says_why_and_recreate_builds_a_generation() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn gc_removes_unreferenced_layers_and_keeps_what_a_lock_or_machine_uses() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let run = |p: &Project, args: &[&str]| {
         common::envrig_home_env(
@@ -571,10 +563,9 @@ fn gc_removes_unreferenced_layers_and_keeps_what_a_lock_or_machine_uses() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn gc_removes_generations_beyond_keep() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let tag = unique("gcgen");
     let port = common::free_port();
     let with_keep = |v: &str, keep: u32| {

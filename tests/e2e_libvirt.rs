@@ -1,5 +1,5 @@
 //! The libvirt provider through the real binary, against the real libvirtd, booting the small
-//! test guest (`ENVRIG_E2E=1`; a missing libvirtd or guest fails).
+//! test guest (ignored unless run by `scripts/test.sh`; a missing libvirtd or guest fails).
 
 mod common;
 
@@ -13,9 +13,7 @@ fn guest() -> String {
         .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
     std::fs::canonicalize(&g)
         .unwrap_or_else(|e| {
-            panic!(
-                "ENVRIG_E2E=1 but the test guest {g} is missing ({e}); run scripts/host-setup.sh"
-            )
+            panic!("the test guest {g} is missing ({e}); run scripts/host-setup.sh")
         })
         .display()
         .to_string()
@@ -25,7 +23,7 @@ fn domains() -> Vec<String> {
     let out = Command::new("virsh")
         .args(["-c", "qemu:///system", "list", "--all", "--name"])
         .output()
-        .expect("ENVRIG_E2E=1 needs virsh; run scripts/host-setup.sh");
+        .expect("end-to-end tests need virsh; run scripts/host-setup.sh");
     assert!(
         out.status.success(),
         "virsh: {}",
@@ -39,10 +37,9 @@ fn domains() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_vm_and_a_container_live_and_die_as_one_environment() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let name = unique("mixed");
     let port = common::free_port();
     let text = format!(
@@ -142,10 +139,9 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_domain_destroyed_by_hand_is_recreated() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n",
         unique("byhand"),
@@ -177,10 +173,9 @@ fn a_domain_destroyed_by_hand_is_recreated() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn boxes_are_added_listed_used_and_removed_only_when_unused() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let name = unique("tiny");
     let text = format!(
@@ -230,7 +225,7 @@ fn networks() -> Vec<String> {
     let out = Command::new("virsh")
         .args(["-c", "qemu:///system", "net-list", "--all", "--name"])
         .output()
-        .expect("ENVRIG_E2E=1 needs virsh; run scripts/host-setup.sh");
+        .expect("end-to-end tests need virsh; run scripts/host-setup.sh");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.is_empty())
@@ -245,10 +240,9 @@ fn vm_sh(run: &dyn Fn(&[&str]) -> common::Run, machine: &str, script: &str) -> S
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[defaults]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"192MiB\"\n[machines.a]\nhostname = \"alpha\"\n[machines.b]\n",
         unique("vmsnap"),
@@ -342,10 +336,9 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_vm_packaged_as_a_box_brings_its_files_without_provisioning() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let name = unique("vmpkg");
     let text = format!(
@@ -385,10 +378,9 @@ fn a_vm_packaged_as_a_box_brings_its_files_without_provisioning() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let text = format!(
         "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nenv = {{ ROLE = \"vm\" }}\n[[machines.vm.provision]]\nfile = {{ source = \"f.txt\", destination = \"/etc/f.txt\" }}\n",
@@ -450,7 +442,7 @@ fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
             .args(["-p", &port, "root@127.0.0.1", "true"])
             .stdin(std::process::Stdio::null())
             .output()
-            .expect("ENVRIG_E2E=1 needs OpenSSH's client; run scripts/host-setup.sh")
+            .expect("end-to-end tests need OpenSSH's client; run scripts/host-setup.sh")
     };
     let box_key = std::path::Path::new(&guest()).join("insecure_key");
     assert_eq!(
@@ -508,10 +500,9 @@ fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn synced_folders_copied_at_up_and_provision_when_asked_to() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nsynced = [{{ host = \"./app\", guest = \"/srv/app\" }}]\n[machines.vm.libvirt]\nsynced = \"rsync\"\n",
         unique("vmcopy"),
@@ -594,10 +585,9 @@ fn serve(body: Vec<u8>, broken: usize) -> (u16, std::sync::Arc<std::sync::Mutex<
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_box_from_a_url_is_resumed_checked_and_boots() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     // A vagrant-libvirt .box (gzip) of the small guest, carrying its kernel.
     let work = tempfile::tempdir().unwrap();
     let g = std::path::PathBuf::from(guest());
@@ -698,10 +688,9 @@ fn a_box_from_a_url_is_resumed_checked_and_boots() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_guest_that_does_not_boot_fails_up_with_its_console() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     // The small guest's box, told to boot from a disk that does not exist.
     let bad = tempfile::tempdir().unwrap();
     let g = std::path::PathBuf::from(guest());
@@ -741,10 +730,9 @@ fn a_guest_that_does_not_boot_fails_up_with_its_console() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn synced_folders_are_live_through_virtiofs() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "[project]\nname = \"{}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nsynced = [{{ host = \"./app\", guest = \"/srv/app\" }}, {{ host = \"./conf\", guest = \"/etc/app\", mode = \"ro\" }}]\n",
         unique("vmlive"),
@@ -797,16 +785,15 @@ fn synced_folders_are_live_through_virtiofs() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let dir = std::env::var("ENVRIG_TEST_DEBIAN_BOX")
         .unwrap_or_else(|_| "/var/cache/envrig-test/boxes/debian-latest".into());
     let boxfile = std::path::Path::new(&dir).join("debian.box");
     assert!(
         boxfile.is_file(),
-        "ENVRIG_E2E=1 but {} is missing; run scripts/host-setup.sh",
+        "{} is missing; run scripts/host-setup.sh",
         boxfile.display()
     );
     let home = tempfile::tempdir().unwrap();
@@ -866,14 +853,13 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_cloud_image_gets_the_key_from_a_nocloud_seed() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let dir = std::env::var("ENVRIG_TEST_CLOUD_BOX")
         .unwrap_or_else(|_| "/var/cache/envrig-test/boxes/cloud-latest".into());
     let dir = std::fs::canonicalize(&dir).unwrap_or_else(|e| {
-        panic!("ENVRIG_E2E=1 but the cloud box {dir} is missing ({e}); run scripts/host-setup.sh")
+        panic!("the cloud box {dir} is missing ({e}); run scripts/host-setup.sh")
     });
     // A box with cloud-init, no guest agent and no key of its own: only the seed lets us in.
     let text = format!(
@@ -905,10 +891,9 @@ fn a_cloud_image_gets_the_key_from_a_nocloud_seed() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_baked_vm_layer_is_backed_by_its_box_and_skips_once_steps() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let tag = unique("vmbake");
     let text = format!(
@@ -967,10 +952,9 @@ fn a_baked_vm_layer_is_backed_by_its_box_and_skips_once_steps() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn vm_drift_lists_what_changed_inside_since_provisioning() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let text = format!(
         "[project]\nname = \"{}\"\nbake = false\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[[machines.vm.provision]]\nshell = \"mkdir -p /opt/app && echo one > /opt/app/conf && echo keep > /opt/app/keep\"\n",
@@ -1016,10 +1000,9 @@ fn vm_drift_lists_what_changed_inside_since_provisioning() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn vm_generations_switch_and_roll_back_on_the_same_port() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let tag = unique("vmgen");
     let port = common::free_port();
@@ -1057,10 +1040,9 @@ fn vm_generations_switch_and_roll_back_on_the_same_port() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_vm_generation_takes_the_machine_name_and_gives_it_back_on_rollback() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let home = tempfile::tempdir().unwrap();
     let name = unique("vmnames");
     let text = |v: &str| {

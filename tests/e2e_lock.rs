@@ -1,4 +1,4 @@
-//! Envfile.lock and fingerprints on the real engines (`ENVRIG_E2E=1`).
+//! Envfile.lock and fingerprints on the real engines (ignored unless run with `--run-ignored all`, as `scripts/test.sh` does).
 
 mod common;
 
@@ -22,10 +22,9 @@ fn fingerprints(run: &dyn Fn(&[&str]) -> common::Run) -> Vec<(String, String)> {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn the_lock_pins_images_and_fingerprints_across_checkouts() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     // An image of this test's own, so that moving and retagging it disturbs no other test.
     let image = format!("envrig-test/{}:1", unique("lockimg"));
     docker(&["tag", TEST_IMAGE, &image]).ok();
@@ -102,10 +101,9 @@ fn the_lock_pins_images_and_fingerprints_across_checkouts() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_libvirt_box_is_locked_by_its_sha256() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let guest = std::env::var("ENVRIG_TEST_GUEST")
         .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
     let home = tempfile::tempdir().unwrap();
@@ -131,7 +129,7 @@ fn a_libvirt_box_is_locked_by_its_sha256() {
         .arg(&other)
         .arg("16M")
         .status()
-        .expect("ENVRIG_E2E=1 needs qemu-img; run scripts/host-setup.sh");
+        .expect("end-to-end tests need qemu-img; run scripts/host-setup.sh");
     assert!(st.success());
     run(&["box", "add", &name, other.to_str().unwrap(), "--force"]).ok();
     let r = run(&["up", "--locked"]);

@@ -1,5 +1,5 @@
 //! Provisioning, readiness and multi-machine orchestration, end to end on the real Docker
-//! engine (`ENVRIG_E2E=1`; a missing engine fails).
+//! engine (ignored unless run by `scripts/test.sh`; a missing engine fails).
 
 mod common;
 
@@ -19,10 +19,9 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn three_machines_come_up_in_dependency_order_and_talk_by_name() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let secret = unique("secret");
     let text = format!(
         "{}
@@ -102,10 +101,9 @@ command = \"wget -qO- http://127.0.0.1/value\"
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn once_steps_run_once_until_they_change_and_always_steps_every_time() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "{}
 [machines.one]
@@ -196,10 +194,9 @@ run = \"never\"
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_failing_step_names_machine_step_and_status_and_others_finish() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "{}
 [machines.bad]
@@ -256,10 +253,9 @@ shell = \"sleep 1; echo fine > /root/ok\"
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_readiness_timeout_fails_naming_the_machine_and_the_check() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "{}\n[machines.slow]\n[machines.slow.ready]\ncommand = \"test -f /never\"\ntimeout = \"1s\"\ninterval = \"100ms\"\n",
         head(&unique("ready"))
@@ -283,10 +279,9 @@ fn a_readiness_timeout_fails_naming_the_machine_and_the_check() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_busy_host_port_is_reported_before_anything_is_created() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let text = format!(
@@ -313,10 +308,9 @@ fn a_busy_host_port_is_reported_before_anything_is_created() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn json_up_emits_events_and_a_summary() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let text = format!(
         "{}\n[machines.j]\n[[machines.j.provision]]\nshell = \"echo hello-json\"\n",
         head(&unique("json"))

@@ -1,4 +1,4 @@
-//! Snapshots, export/import and package on the real Docker engine (`ENVRIG_E2E=1`).
+//! Snapshots, export/import and package on the real Docker engine (ignored unless run with `--run-ignored all`, as `scripts/test.sh` does).
 
 mod common;
 
@@ -18,10 +18,9 @@ fn sh(p: &Project, machine: &str, script: &str) -> String {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn snapshots_restore_files_in_place_for_one_machine_or_all() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let p = Project::new(&envfile(&unique("snap")));
     p.envrig(&["up"]).ok();
     sh(&p, "web", "echo marker > /root/marker");
@@ -80,10 +79,9 @@ fn snapshots_restore_files_in_place_for_one_machine_or_all() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn an_exported_snapshot_is_imported_elsewhere_exactly() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let p = Project::new(&envfile(&unique("export")));
     p.envrig(&["up"]).ok();
     sh(&p, "web", "echo exported > /root/marker");
@@ -143,10 +141,9 @@ fn an_exported_snapshot_is_imported_elsewhere_exactly() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn an_export_of_the_machines_as_they_are_needs_no_snapshot() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let p = Project::new(&envfile(&unique("now")));
     p.envrig(&["up", "db"]).ok();
     sh(&p, "db", "echo now > /root/now");
@@ -170,10 +167,9 @@ fn an_export_of_the_machines_as_they_are_needs_no_snapshot() {
 }
 
 #[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn a_packaged_box_brings_the_provisioned_files_without_provisioning() {
-    if !e2e() {
-        return;
-    }
+    e2e();
     let name = unique("pkg");
     let text = format!(
         "[project]\nname = \"{name}\"\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.app]\nbox = \"bb\"\n[[machines.app.provision]]\nshell = \"echo baked > /opt-baked; echo ran >> /root/count\"\n"
