@@ -200,7 +200,7 @@ pub fn owner_alive(token: &str) -> bool {
     // A zombie (`Z`) or dying (`X`) process is dead, though its entry lingers until its parent
     // (or a slow PID 1) reaps it.
     match proc_stat(pid) {
-        Some((state, _)) if matches!(state, 'Z' | 'X' | 'x') => false,
+        Some(('Z' | 'X' | 'x', _)) => false,
         Some((_, t)) => start.is_empty() || t == start,
         None => false,
     }

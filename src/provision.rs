@@ -165,11 +165,11 @@ impl Record {
         self.steps.iter().any(|s| s.hash == hash)
     }
 
-    /// The record a baked layer holds: it was baked right after every `once` and `always`
-    /// step of its fingerprint (whose hashes are `steps`) ran.
+    /// The record a baked layer holds: it was baked right after every `once` step of its
+    /// fingerprint (whose hashes are `steps`) ran, before any `always` step.
     pub fn baked(steps: &[HashedStep<'_>]) -> Record {
         let mut r = Record::default();
-        for s in steps.iter().filter(|s| s.step.run != RunPolicy::Never) {
+        for s in steps.iter().filter(|s| s.step.run == RunPolicy::Once) {
             r.ran(s, steps);
         }
         r
@@ -208,6 +208,17 @@ pub enum Mode {
 pub struct ToRun<'a> {
     pub step: HashedStep<'a>,
     pub reason: String,
+}
+
+/// Puts the `once` steps of `to_run` before its other steps, each group in its own order,
+/// and returns where the others begin: a machine baked at that point holds what its `once`
+/// steps made and nothing an `always` step did.
+pub fn once_steps_first(to_run: &mut [ToRun<'_>]) -> usize {
+    to_run.sort_by_key(|t| t.step.step.run != RunPolicy::Once);
+    to_run
+        .iter()
+        .take_while(|t| t.step.step.run == RunPolicy::Once)
+        .count()
 }
 
 /// Chooses the steps to run, in order, each with the reason shown to people.
@@ -480,13 +491,38 @@ mod tests {
         ];
         let hashed = hash_steps(dir.path(), &steps).unwrap();
         let record = Record::baked(&hashed);
-        assert!(record.has(&hashed[0].hash) && record.has(&hashed[1].hash));
+        assert!(record.has(&hashed[0].hash));
+        assert!(
+            !record.has(&hashed[1].hash),
+            "a layer is baked before `always` steps"
+        );
         assert!(!record.has(&hashed[2].hash), "a `never` step was not baked");
         let chosen: Vec<usize> = choose(&hashed, &record, &Mode::Pending)
             .iter()
             .map(|t| t.step.step.index)
             .collect();
         assert_eq!(chosen, [1]);
+    }
+
+    #[test]
+    fn once_steps_go_first_for_baking_each_group_in_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = [
+            RunPolicy::Always,
+            RunPolicy::Once,
+            RunPolicy::Always,
+            RunPolicy::Once,
+        ];
+        let steps: Vec<_> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| step(i, StepKind::Shell(format!("echo {i}")), *p, None))
+            .collect();
+        let hashed = hash_steps(dir.path(), &steps).unwrap();
+        let mut to_run = choose(&hashed, &Record::default(), &Mode::Pending);
+        let at = once_steps_first(&mut to_run);
+        let order: Vec<usize> = to_run.iter().map(|t| t.step.step.index).collect();
+        assert_eq!((order, at), (vec![1, 3, 0, 2], 2));
     }
 
     #[test]

@@ -100,6 +100,11 @@ shell = "echo x >> /always.count"
         "the once step ran only in the first checkout"
     );
     assert_eq!(exec(&b, "web", "cat /srv/app"), "baked");
+    assert_eq!(
+        exec(&b, "web", "wc -l < /always.count"),
+        "1",
+        "a layer holds what the once steps made, not what an always step did"
+    );
     let st = b.envrig(&["status", "--json"]).ok().json();
     let id = st["machines"][0]["id"].as_str().unwrap().to_string();
     let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &id]).ok();
@@ -114,6 +119,7 @@ shell = "echo x >> /always.count"
     let r = b.envrig(&["up"]).ok();
     assert!(!r.stderr.contains("running step `setup`"), "{}", r.stderr);
     assert!(!r.stderr.contains("baked"), "{}", r.stderr);
+    assert_eq!(exec(&b, "web", "wc -l < /always.count"), "2");
 
     // --fresh ignores the layer: the once step runs again.
     let c = Project::new(&text);
@@ -594,4 +600,81 @@ fn gc_removes_generations_beyond_keep() {
     );
     assert_eq!(generations(&p, "web"), [(3, "running".to_string())]);
     assert_eq!(http_get(port), format!("v3-{tag}"));
+}
+
+/// A machine without an init system whose server an `always` step starts; its readiness
+/// check names the version, so each generation has its own.
+fn served_by_always_step(tag: &str, port: u16, version: &str) -> String {
+    format!(
+        r#"[project]
+name = "rb"
+immutable = true
+keep = 2
+[boxes.bb]
+docker = "{TEST_IMAGE}"
+[machines.web]
+box = "bb"
+command = ["sleep", "1000000"]
+ports = ["127.0.0.1:{port}:80"]
+[machines.web.ready]
+command = "wget -qO- http://127.0.0.1/ | grep -q {version}"
+timeout = "5s"
+[[machines.web.provision]]
+name = "page"
+shell = "mkdir -p /www && echo {version}-{tag} > /www/index.html"
+[[machines.web.provision]]
+name = "serve"
+run = "always"
+shell = "httpd -p 80 -h /www"
+"#
+    )
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn rollback_starts_the_generation_as_it_was_made_and_checks_it() {
+    e2e();
+    let tag = unique("rb");
+    let port = common::free_port();
+    let p = Project::new(&served_by_always_step(&tag, port, "v1"));
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+    p.write(&served_by_always_step(&tag, port, "v2"));
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v2-{tag}"));
+
+    // Generation 1 is started with its own `always` step and checked with its own readiness
+    // check (the Envfile's names v2).
+    let r = p.envrig(&["rollback"]).ok();
+    assert!(r.stderr.contains("running step `serve`"), "{}", r.stderr);
+    assert!(r.stderr.contains("ready after"), "{}", r.stderr);
+    assert_eq!(http_get(port), format!("v1-{tag}"));
+
+    // Back to v2 (a new generation 2), then spoil generation 1 while it is stopped: the rollback
+    // fails its readiness check, says so and what to do, and generation 2 serves again.
+    p.envrig(&["up"]).ok();
+    assert_eq!(http_get(port), format!("v2-{tag}"));
+    let gens = generations(&p, "web");
+    assert_eq!(
+        gens,
+        [(1, "exited".to_string()), (2, "running".to_string())],
+        "{gens:?}"
+    );
+    let first = ids(&p, "dev.envrig.generation=1");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let spoiled = tempfile::tempdir().unwrap();
+    std::fs::write(spoiled.path().join("index.html"), "broken\n").unwrap();
+    docker(&[
+        "cp",
+        spoiled.path().join("index.html").to_str().unwrap(),
+        &format!("{}:/www/index.html", first[0]),
+    ])
+    .ok();
+    let r = p.envrig(&["rollback"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is not ready"), "{}", r.stderr);
+    assert!(r.stderr.contains("generation 2 runs again"), "{}", r.stderr);
+    assert!(r.stderr.contains("envrig rollback web"), "{}", r.stderr);
+    assert_eq!(http_get(port), format!("v2-{tag}"));
+    destroy_leaves_nothing(&p, "web");
 }

@@ -18,6 +18,7 @@ mod rollback;
 mod run;
 mod snapshot;
 mod spec;
+mod start;
 mod status;
 mod up;
 

@@ -203,7 +203,7 @@ async fn write_machine_record(p: &dyn Provider, id: &str, record: &Record) -> Re
 /// Runs one step; `Err` carries the message for the user.
 async fn run_step(
     ctx: &Context,
-    project: &Project,
+    dir: &Path,
     p: &dyn Provider,
     m: &Machine,
     id: &str,
@@ -223,7 +223,7 @@ async fn run_step(
             String::from_utf8_lossy(&provision::normalise(text.as_bytes())).into_owned(),
         ],
         StepKind::Script { path, args } => {
-            let host = project.envfile.dir.join(path);
+            let host = dir.join(path);
             let body =
                 std::fs::read(&host).map_err(|e| format!("cannot read {}: {e}", host.display()))?;
             let body = provision::normalise(&body);
@@ -243,12 +243,8 @@ async fn run_step(
             source,
             destination,
         } => {
-            let tar = tar_of(
-                &project.envfile.dir.join(source),
-                destination.trim_matches('/'),
-                false,
-            )
-            .map_err(|e| format!("cannot read {source}: {e}"))?;
+            let tar = tar_of(&dir.join(source), destination.trim_matches('/'), false)
+                .map_err(|e| format!("cannot read {source}: {e}"))?;
             p.upload(id, "/", tar)
                 .await
                 .map_err(|e| format!("cannot copy {source} to {destination}: {e}"))?;
@@ -293,6 +289,10 @@ pub struct Target<'a> {
     /// Just created from the baked layer of its fingerprint: what ran is known without
     /// looking (see [`Record::baked`]).
     pub from_layer: bool,
+    /// Bake the machine into the layer of its fingerprint once its `once` steps ran: they
+    /// run first, then the layer is made, then the `always` steps run, so a layer never holds
+    /// what an `always` step did (it runs again on every machine made from the layer).
+    pub bake: bool,
 }
 
 pub async fn provision_machine(
@@ -308,6 +308,7 @@ pub async fn provision_machine(
         id,
         fresh,
         from_layer,
+        bake,
     } = target;
     if m.provision.is_empty() {
         return Ok(0);
@@ -333,7 +334,12 @@ pub async fn provision_machine(
         Some(r) => r,
         None => read_machine_record(p.as_ref(), id).await,
     };
-    let to_run = provision::choose(&hashed, &record, mode);
+    let mut to_run = provision::choose(&hashed, &record, mode);
+    let bake_at = if bake {
+        Some(provision::once_steps_first(&mut to_run))
+    } else {
+        None
+    };
     if to_run.is_empty() {
         session
             .set_provisioned(machine, &m.provider, id, Some(record))
@@ -346,7 +352,10 @@ pub async fn provision_machine(
         .set_provisioned(machine, &m.provider, id, None)
         .map_err(|e| e.to_string())?;
     let mut ran = 0;
-    for t in &to_run {
+    for (i, t) in to_run.iter().enumerate() {
+        if bake_at == Some(i) && i > 0 {
+            super::bake::bake(ctx, project, p, m, id).await;
+        }
         if ctx.cancelled() {
             let _ = session.set_provisioned(machine, &m.provider, id, Some(record));
             return Err(format!("interrupted before {}", t.step.label));
@@ -357,7 +366,7 @@ pub async fn provision_machine(
             &format!("running {} ({})", t.step.label, t.reason),
         );
         let started = Instant::now();
-        if let Err(e) = run_step(ctx, project, p.as_ref(), m, id, &t.step).await {
+        if let Err(e) = run_step(ctx, &project.envfile.dir, p.as_ref(), m, id, &t.step).await {
             let _ = session.set_provisioned(machine, &m.provider, id, Some(record));
             return Err(e);
         }
@@ -374,10 +383,41 @@ pub async fn provision_machine(
             ),
         );
     }
+    if bake_at == Some(to_run.len()) && ran > 0 {
+        super::bake::bake(ctx, project, p, m, id).await;
+    }
     session
         .set_provisioned(machine, &m.provider, id, Some(record))
         .map_err(|e| e.to_string())?;
     Ok(ran)
+}
+
+/// Runs `steps` (a generation's `always` steps, whose files are under `dir`) in order, with
+/// no record: what `rollback` does when it starts an older generation. Stops at the first
+/// failure.
+pub async fn run_always(
+    ctx: &Context,
+    p: &dyn Provider,
+    m: &Machine,
+    id: &str,
+    dir: &Path,
+    steps: &[crate::envfile::Step],
+) -> Result<usize, String> {
+    let hashed = provision::hash_steps(dir, steps)
+        .map_err(|e| format!("cannot read a step's files: {e}"))?;
+    let machine = m.name.as_str();
+    for s in &hashed {
+        if ctx.cancelled() {
+            return Err(format!("interrupted before {}", s.label));
+        }
+        ctx.reporter.event(
+            Some(machine),
+            Phase::Provision,
+            &format!("running {} (run = \"always\")", s.label),
+        );
+        run_step(ctx, dir, p, m, id, s).await?;
+    }
+    Ok(hashed.len())
 }
 
 /// Runs the readiness check until it passes or its timeout is over.
@@ -556,6 +596,7 @@ pub async fn provision(
                                         id: &id,
                                         fresh: false,
                                         from_layer: false,
+                                        bake: false,
                                     },
                                     mode,
                                 )

@@ -3,13 +3,17 @@
 //! immutable environment builds it again (from its baked layer, quickly); to stay on the
 //! older one, change the Envfile back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use envrig_provider_api::labels;
+use envrig_provider_api::{Provider, labels};
 use serde::Serialize;
 
+use super::provision::{run_always, wait_ready};
+use super::start::StartRecipe;
 use super::{Context, OpError, Phase, Project, Session, observe, provider};
-use crate::plan::current;
+use crate::envfile::Machine;
+use crate::plan::{Observed, current};
 
 /// One machine switched back.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +54,7 @@ pub async fn rollback(
             })
             .max_by_key(|o| o.generation);
         match prev {
-            Some(prev) => work.push((name, cur.clone(), prev.clone())),
+            Some(prev) => work.push((*m, cur.clone(), prev.clone())),
             None if machines.is_empty() => {}
             None => {
                 return Err(OpError::Usage(format!(
@@ -67,7 +71,8 @@ pub async fn rollback(
     }
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    for (name, cur, prev) in work {
+    for (m, cur, prev) in work {
+        let name = m.name.as_str();
         let p = provider(ctx, &cur.provider).await?;
         ctx.reporter.event(
             Some(name),
@@ -86,17 +91,24 @@ pub async fn rollback(
             continue;
         }
         if let Err(e) = p.start(&prev.id).await {
-            let back = p.start(&cur.id).await;
+            let back = start_again(ctx, project, &p, m, &cur).await;
+            failures.push((
+                name.to_string(),
+                format!("generation {} cannot start ({e}); {back}", prev.generation),
+            ));
+            continue;
+        }
+        let switched = t0.elapsed();
+        // A rollback is a start: the generation's `always` steps and readiness check run as
+        // they did when it was made.
+        if let Err(e) = start_as_made(ctx, project, &p, m, &prev).await {
+            let _ = p.stop_for_handover(&prev.id, Duration::from_secs(30)).await;
+            let back = start_again(ctx, project, &p, m, &cur).await;
             failures.push((
                 name.to_string(),
                 format!(
-                    "generation {} cannot start ({e}); {}",
+                    "generation {} {e}; {back}; fix what it needs and run `envrig rollback {name}` again",
                     prev.generation,
-                    if back.is_ok() {
-                        format!("generation {} runs again", cur.generation)
-                    } else {
-                        "and the newer one cannot start again either".to_string()
-                    }
                 ),
             ));
             continue;
@@ -107,7 +119,7 @@ pub async fn rollback(
             &format!(
                 "generation {} runs again (switched in {} ms)",
                 prev.generation,
-                t0.elapsed().as_millis()
+                switched.as_millis()
             ),
         );
         if let Err(e) = p.remove(&cur.id).await {
@@ -132,4 +144,65 @@ pub async fn rollback(
         });
     }
     Ok(done)
+}
+
+/// Starts the generation a failed rollback left, as it was made; says how that went.
+async fn start_again(
+    ctx: &Context,
+    project: &Project,
+    p: &Arc<dyn Provider>,
+    m: &Machine,
+    cur: &Observed,
+) -> String {
+    let back = match p.start(&cur.id).await {
+        Ok(()) => start_as_made(ctx, project, p, m, cur).await,
+        Err(e) => Err(format!("cannot start: {e}")),
+    };
+    match back {
+        Ok(()) => format!("generation {} runs again", cur.generation),
+        Err(e) => format!("and generation {} {e}", cur.generation),
+    }
+}
+
+/// Runs the `always` steps and the readiness check that `prev` was made with (its
+/// [`StartRecipe`]); a generation made before recipes were written uses the Envfile's.
+async fn start_as_made(
+    ctx: &Context,
+    project: &Project,
+    p: &Arc<dyn Provider>,
+    m: &Machine,
+    prev: &Observed,
+) -> Result<(), String> {
+    let name = m.name.as_str();
+    let recipe = StartRecipe::from_labels(&prev.labels).unwrap_or_else(|| {
+        ctx.reporter.event(
+            Some(name),
+            Phase::Warning,
+            "this generation does not say how it was started: running the Envfile's `always` steps and readiness check",
+        );
+        StartRecipe::of(&project.envfile.dir, m).unwrap_or(StartRecipe {
+            always: Vec::new(),
+            ready: m.ready.clone().map(|r| super::start::ReadyCheck {
+                command: r.command,
+                timeout_ms: u64::try_from(r.timeout.as_millis()).unwrap_or(u64::MAX),
+                interval_ms: u64::try_from(r.interval.as_millis()).unwrap_or(u64::MAX),
+            }),
+        })
+    });
+    if !recipe.always.is_empty() {
+        let dir =
+            tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
+        let steps = recipe
+            .steps(dir.path())
+            .map_err(|e| format!("cannot prepare its `always` steps: {e}"))?;
+        run_always(ctx, p.as_ref(), m, &prev.id, dir.path(), &steps)
+            .await
+            .map_err(|e| format!("failed its `always` steps: {e}"))?;
+    }
+    if let Some(ready) = recipe.ready() {
+        wait_ready(ctx, p.as_ref(), name, &prev.id, &ready)
+            .await
+            .map_err(|e| format!("is not ready: {e}"))?;
+    }
+    Ok(())
 }

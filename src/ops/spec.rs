@@ -75,6 +75,12 @@ pub fn machine_spec(
     {
         spec.labels.insert(labels::INPUTS.to_string(), j);
     }
+    if let Some(start) = super::start::StartRecipe::of(&project.envfile.dir, machine)
+        .filter(|r| !r.always.is_empty() || r.ready.is_some())
+        .and_then(|r| r.to_label())
+    {
+        spec.labels.insert(labels::START.to_string(), start);
+    }
     // A baked layer of the same fingerprint replaces the base (see `ops::bake`).
     if let Some(layer) = project
         .layers

@@ -486,19 +486,19 @@ async fn run_one(
                 ),
             );
         }
+        // Only a machine provisioned from nothing is baked: one provisioned before holds
+        // what its `always` steps and its users did.
         let target = Target {
             provider: &p,
             machine: m,
             id: &id,
             fresh: fresh && layer.is_none(),
             from_layer: fresh && layer.is_some(),
+            bake: fresh && layer.is_none(),
         };
         steps_run = provision_machine(ctx, session, project, target, mode).await?;
         if let Some(ready) = &m.ready {
             wait_ready(ctx, p.as_ref(), &name, &id, ready).await?;
-        }
-        if steps_run > 0 && layer.is_none() {
-            super::bake::bake(ctx, project, &p, m, &id).await;
         }
         if fresh || steps_run > 0 {
             // What the machine holds now is what `drift` compares with.
@@ -706,12 +706,12 @@ async fn build_beside(
             id: &id,
             fresh: true,
             from_layer: false,
+            bake: true,
         };
         provision_machine(ctx, session, project, target, &Mode::Pending).await?;
         if let Some(ready) = &m.ready {
             wait_ready(ctx, p.as_ref(), name, &id, ready).await?;
         }
-        super::bake::bake(ctx, project, p, m, &id).await;
         Ok::<(), String>(())
     }
     .await;

@@ -38,6 +38,9 @@ pub const FLUSHED: &str = "dev.envrig.flushed";
 /// On a machine: its fingerprint's inputs, readable (JSON), so a later `up` can say what
 /// changed.
 pub const INPUTS: &str = "dev.envrig.inputs";
+/// What starting the generation means (its `always` steps and readiness check as the Envfile
+/// said when it was made), as JSON: `rollback` starts an older generation with it.
+pub const START: &str = "dev.envrig.start";
 /// On a new generation's build (provisioned beside the generation that serves, then baked
 /// and removed): never a machine's current resource.
 pub const CANDIDATE: &str = "dev.envrig.candidate";
