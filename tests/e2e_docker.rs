@@ -391,3 +391,87 @@ fn ls_and_status_print_aligned_tables() {
     );
     assert!(st.lines().nth(1).unwrap().starts_with("one "), "{st}");
 }
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn up_makes_a_removed_network_again_and_the_machines_find_each_other() {
+    e2e();
+    // Plain machines, and immutable ones (whose names live on network holders).
+    for immutable in [false, true] {
+        let p = Project::new(&envfile(
+            &unique("netgone"),
+            &["a", "b"],
+            if immutable {
+                "[machines.a.ready]\ncommand = \"true\"\n"
+            } else {
+                ""
+            },
+        ));
+        if immutable {
+            let text = std::fs::read_to_string(p.path().join("Envfile")).unwrap();
+            p.write(&text.replacen("[project]\n", "[project]\nimmutable = true\n", 1));
+        }
+        let label = format!(
+            "dev.envrig.folder={}",
+            p.path().canonicalize().unwrap().display()
+        );
+        p.envrig(&["up"]).ok();
+        p.envrig(&["halt"]).ok();
+        // What `docker network prune` does to a halted environment.
+        let nets = networks(&label);
+        assert_eq!(nets.len(), 1, "{nets:?}");
+        docker(&["network", "rm", &nets[0]]).ok();
+        let r = p.envrig(&["up"]).ok();
+        assert!(r.stderr.contains("is up"), "{}", r.stderr);
+        assert_eq!(networks(&label).len(), 1);
+        for (from, to) in [("a", "b"), ("b", "a")] {
+            let r = p.envrig(&["exec", from, "--", "ping", "-c1", "-W3", to]);
+            assert_eq!(r.code, 0, "immutable={immutable}: {}{}", r.stdout, r.stderr);
+        }
+        p.envrig(&["destroy", "-f"]).ok();
+        assert!(containers(&label).is_empty());
+        assert!(networks(&label).is_empty());
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn a_network_the_engine_will_not_remove_is_reported_by_destroy_and_collected_by_gc() {
+    e2e();
+    let p = Project::new(&envfile(&unique("stuck"), &["a", "b"], ""));
+    let label = format!(
+        "dev.envrig.folder={}",
+        p.path().canonicalize().unwrap().display()
+    );
+    p.envrig(&["up"]).ok();
+    let nets = networks(&label);
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    // A container that is not envrig's holds an endpoint on the network: Docker refuses to
+    // remove it ("has active endpoints"), as after its endpoint leak.
+    let stranger = format!("{}-stranger", unique("x"));
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &stranger,
+        "--network",
+        &nets[0],
+        TEST_IMAGE,
+        "sleep",
+        "600",
+    ])
+    .ok();
+    let r = p.envrig(&["destroy", "-f"]);
+    let _ = docker(&["rm", "-f", &stranger]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("every machine of"), "{}", r.stderr);
+    assert!(r.stderr.contains("active endpoints"), "{}", r.stderr);
+    assert!(r.stderr.contains("envrig gc"), "{}", r.stderr);
+    assert!(containers(&label).is_empty());
+    assert_eq!(networks(&label).len(), 1, "the network is left");
+    // Once nothing holds it, gc removes it: no machine of its environment is left.
+    let gc = p.envrig(&["gc", "--json"]).ok().json();
+    let removed = gc["removed"].to_string();
+    assert!(removed.contains("no machine of it is left"), "{gc}");
+    assert!(networks(&label).is_empty());
+}

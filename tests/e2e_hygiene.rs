@@ -527,8 +527,14 @@ fn gc_leaves_another_hosts_environment_alone() {
         &label("env", &env),
         &label("machine", "a"),
         &label("project", "foreign"),
-        &label("folder", "/nonexistent/foreign"),
-        &label("envfile", "/nonexistent/foreign/Envfile"),
+        &label(
+            "folder",
+            &format!("{}/foreign", common::gc_scope().display()),
+        ),
+        &label(
+            "envfile",
+            &format!("{}/foreign/Envfile", common::gc_scope().display()),
+        ),
         &label("host", "another-machine/1/2"),
         TEST_IMAGE,
         "sleep",

@@ -264,6 +264,30 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
         .find(|n| n.contains(&env[..8]))
         .unwrap_or_else(|| panic!("no network of {env} in {nets:?}"))
         .clone();
+    // The network left inactive (a host restart), then removed by hand: `up` starts it or
+    // makes it again, and the machines find each other by name as before.
+    let virsh = |args: &[&str]| {
+        let o = Command::new("virsh")
+            .args(["-c", "qemu:///system"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    for undefine in [false, true] {
+        run(&["halt"]).ok();
+        virsh(&["net-destroy", &net]);
+        if undefine {
+            virsh(&["net-undefine", &net]);
+        }
+        run(&["up"]).ok();
+        vm_sh(&run, "a", "ping -c 1 -W 5 b");
+        vm_sh(&run, "b", "ping -c 1 -W 5 alpha");
+    }
     vm_sh(&run, "a", "echo a-marker > /root/marker");
     vm_sh(&run, "b", "echo b-marker > /root/marker");
     let before = run(&["status", "--json"]).ok().json();
@@ -798,8 +822,11 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     );
     let home = tempfile::tempdir().unwrap();
     let name = unique("deb");
+    // `vm` (systemd-resolved) does not depend on `db` (the small guest), yet finds it by
+    // its bare name while it provisions: the network hands out a DNS search domain.
     let mut p = Project::new(&format!(
-        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n"
+        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.db]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"160MiB\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n[[machines.vm.provision]]\nshell = \"for i in $(seq 1 40); do getent hosts db && break; sleep 0.5; done; getent hosts db > /root/db-at-provisioning\"\n",
+        guest()
     ));
     p.destroy_on_drop = false;
     let run = |args: &[&str]| envrig_home(p.path(), home.path(), args);
@@ -811,8 +838,59 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     );
     run(&["up"]).ok();
     // systemd came up whole; the machine's name is set.
-    let r = run(&["exec", "vm", "--", "sh", "-c", "cat /root/state; hostname"]).ok();
-    assert_eq!(r.stdout, "running\nvm\n", "{}", r.stderr);
+    let r = run(&[
+        "exec",
+        "vm",
+        "--user",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        "cat /root/state; hostname; cat /root/db-at-provisioning",
+    ])
+    .ok();
+    assert!(r.stdout.starts_with("running\nvm\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.trim_end().ends_with(" db"),
+        "`db` resolved while `vm` provisioned: {}",
+        r.stdout
+    );
+    // Bare and fully qualified names resolve through systemd-resolved, and answer.
+    let r = run(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "getent hosts db.{name}.envrig.internal && ping -c1 -W5 db >/dev/null && echo pinged"
+        ),
+    ])
+    .ok();
+    assert!(r.stdout.contains("pinged"), "{}{}", r.stdout, r.stderr);
+    // `exec` runs as the login user `ssh` uses, with a login environment, in their home.
+    let r = run(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "echo ~; id -un; pwd; echo $USER $LOGNAME; test -n \"$LANG\" && echo lang",
+    ])
+    .ok();
+    assert_eq!(
+        r.stdout, "/home/vagrant\nvagrant\n/home/vagrant\nvagrant vagrant\nlang\n",
+        "{}",
+        r.stderr
+    );
+    let r = run(&["exec", "vm", "--", "sh", "-c", "touch ~/a.txt && ls ~"]).ok();
+    assert!(r.stdout.contains("a.txt"), "{}", r.stdout);
+    let r = run(&["ssh", "vm", "--", "sh", "-c", "echo ~; id -un; pwd"]).ok();
+    assert_eq!(
+        r.stdout, "/home/vagrant\nvagrant\n/home/vagrant\n",
+        "ssh and exec agree: {}",
+        r.stderr
+    );
     // SSH as vagrant, with the environment's key: Vagrant's insecure key was replaced.
     let config = run(&["ssh-config", "vm"]).ok().stdout;
     assert!(config.contains("User vagrant"), "{config}");

@@ -148,6 +148,9 @@ enum Command {
     Ls,
     /// Run a command in a machine; its output and exit code are the command's
     Exec {
+        /// Run as this user (name or uid) instead of the machine's login user
+        #[arg(long, short = 'u')]
+        user: Option<String>,
         machine: String,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -683,12 +686,14 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             }
             Err(e) => fail(&printer, e),
         },
-        Command::Exec { machine, command } => {
-            match ops::exec(&ctx, &project, &machine, command).await {
-                Ok(code) => exit_status(code),
-                Err(e) => fail(&printer, e),
-            }
-        }
+        Command::Exec {
+            machine,
+            command,
+            user,
+        } => match ops::exec(&ctx, &project, &machine, command, user).await {
+            Ok(code) => exit_status(code),
+            Err(e) => fail(&printer, e),
+        },
         Command::Ssh { machine, command } => {
             cmd_ssh(&ctx, &printer, &project, &machine, command).await
         }
@@ -912,7 +917,7 @@ async fn cmd_ssh(
             );
             return 2;
         }
-        return match ops::exec(ctx, project, machine, command).await {
+        return match ops::exec(ctx, project, machine, command, None).await {
             Ok(code) => exit_status(code),
             Err(e) => fail(printer, e),
         };

@@ -84,6 +84,9 @@ pub async fn destroy(
         let gone = super::snapshot::delete_snapshots_of(ctx, project, machines).await?;
         summary.resources.extend(gone);
     }
+    // What the engine would not remove once every machine was gone (Docker 20.10 now and
+    // then keeps an endpoint on a network after many containers went at once).
+    let mut stuck = None;
     if machines.is_empty() && failures.is_empty() {
         let selector = Selector::env(&project.identity.env_id);
         for name in project.provider_names() {
@@ -91,10 +94,10 @@ pub async fn destroy(
                 continue;
             }
             let p = provider(ctx, &name).await?;
-            let removed = p.purge(&selector).await.map_err(|e| {
-                OpError::provider("cannot remove the environment's networks and volumes", e)
-            })?;
-            summary.resources.extend(removed);
+            match p.purge(&selector).await {
+                Ok(removed) => summary.resources.extend(removed),
+                Err(e) => stuck = Some(e),
+            }
         }
     }
     let left = if failures.is_empty() && machines.is_empty() {
@@ -103,6 +106,15 @@ pub async fn destroy(
         observe(ctx, project).await?
     };
     session.refresh(&left)?;
+    if let Some(e) = stuck {
+        return Err(OpError::provider(
+            format!(
+                "every machine of `{}` is removed, but not all of its networks and volumes; `envrig gc` removes them once nothing holds them (a Docker network that \"has active endpoints\" while no container uses it is a Docker 20.10 leak that only a restart of dockerd clears)",
+                project.envfile.project.name
+            ),
+            e,
+        ));
+    }
     if project.identity.instance.is_some() && machines.is_empty() && failures.is_empty() {
         // A run's environment is gone whole: so is its state folder.
         drop(session);

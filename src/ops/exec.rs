@@ -40,15 +40,20 @@ pub async fn running_machine(
 
 /// Runs `argv` in `machine`, streaming its output to this process's stdout and stderr;
 /// returns its exit code.
+/// Runs as `user`, else as the machine's login user, with a login environment (see
+/// [`ExecRequest::login`]).
 pub async fn exec(
     ctx: &Context,
     project: &Project,
     machine: &str,
     argv: Vec<String>,
+    user: Option<String>,
 ) -> Result<i64, OpError> {
     let (p, o) = running_machine(ctx, project, machine).await?;
     let req = ExecRequest {
         argv,
+        user,
+        login: true,
         ..ExecRequest::default()
     };
     let mut sink = |s: OutputStream, b: &[u8]| {
@@ -77,6 +82,7 @@ pub async fn interactive(
     let (p, o) = running_machine(ctx, project, machine).await?;
     let req = ExecRequest {
         argv,
+        login: true,
         ..ExecRequest::default()
     };
     p.exec_interactive(&o.id, &req, terminal)

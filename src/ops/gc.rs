@@ -216,7 +216,19 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 envs.entry(id.clone()).or_insert_with(|| l.clone());
             }
         }
+        // `ENVRIG_GC_SCOPE`: only environments whose folder is under it (a CI job's
+        // workspace; a test's own folders).
+        let scope = std::env::var_os("ENVRIG_GC_SCOPE")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
         for (env_id, l) in envs {
+            if let Some(scope) = &scope
+                && !l
+                    .get(labels::FOLDER)
+                    .is_some_and(|f| Path::new(f).starts_with(scope))
+            {
+                continue;
+            }
             let label = |k: &str| l.get(k).cloned().unwrap_or_default();
             let item = |resource: String, reason: String| GcItem {
                 env_id: env_id.clone(),
@@ -233,7 +245,17 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                 .iter()
                 .filter(|m| m.labels.get(labels::ENV) == Some(&env_id))
                 .collect();
-            let whole = if foreign { None } else { env_gone(&l) };
+            // Nothing but networks and volumes left (a `destroy` the engine refused a network
+            // to, or one interrupted after its machines went): nothing uses them. An `up`
+            // making them right now holds the environment's lock, and is skipped below.
+            let whole = if foreign {
+                None
+            } else {
+                env_gone(&l).or_else(|| {
+                    mine.is_empty()
+                        .then(|| "no machine of it is left".to_string())
+                })
+            };
             let mut doomed: Vec<(&Observed, String)> = match &whole {
                 Some(reason) => mine.iter().map(|m| (*m, reason.clone())).collect(),
                 None => mine

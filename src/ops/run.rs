@@ -71,7 +71,7 @@ pub async fn run(
                 &format!("running `{}`", opts.command.join(" ")),
             );
             tokio::select! {
-                r = exec(ctx, project, &machine, opts.command.clone()) => r.map(Some),
+                r = exec(ctx, project, &machine, opts.command.clone(), None) => r.map(Some),
                 _ = ctx.interrupted() => Err(interrupted()),
             }
         }

@@ -103,11 +103,15 @@ pub async fn up(
             .collect();
         super::bake::choose_layers(ctx, project, &creating).await?;
     }
-    if plan
-        .machines
-        .iter()
-        .any(|m| matches!(m.action, Action::Create | Action::Recreate { .. }))
-    {
+    // Machines about to be made or started need the network; it is made again when it went
+    // away meanwhile (`docker network prune` takes a halted environment's, a host restart
+    // leaves a libvirt one inactive). A no-op `up` makes no call for it.
+    if plan.machines.iter().any(|m| {
+        matches!(
+            m.action,
+            Action::Create | Action::Recreate { .. } | Action::Start { .. }
+        ) || matches!(m.action, Action::Stale { start: true, .. })
+    }) {
         ensure_networks(ctx, project, &selected).await?;
     }
     if plan
@@ -368,6 +372,7 @@ pub(super) async fn ensure_networks(
             subnet_pool: std::env::var("ENVRIG_SUBNET_POOL")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            domain: Some(format!("{}.envrig.internal", project.envfile.project.name)),
         };
         p.ensure_network(&spec)
             .await

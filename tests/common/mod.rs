@@ -15,6 +15,7 @@ pub const TEST_IMAGE: &str = "envrig-test/busybox:latest";
 /// (so a plain `cargo test` reports them as ignored, never as passed); `scripts/test.sh` runs
 /// them with `--run-ignored all`, and then a missing engine FAILS the test.
 pub fn e2e() {
+    scope_to_this_test();
     let v = Command::new("docker")
         .args(["version", "--format", "{{.Server.APIVersion}}"])
         .output()
@@ -34,6 +35,28 @@ pub fn e2e() {
         img.success(),
         "{TEST_IMAGE} is missing; run scripts/host-setup.sh"
     );
+}
+
+/// Every test process (nextest runs one test per process) keeps its folders under a
+/// folder of its own, and every `gc` it runs is limited to them (`ENVRIG_GC_SCOPE`): a test
+/// that counts what a SIGKILL left never races another test's `gc`.
+fn scope_to_this_test() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let d = std::env::temp_dir().join(format!("envrig-t{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let d = d.canonicalize().unwrap();
+        // SAFETY: set once, before this test starts threads or creates folders.
+        unsafe {
+            std::env::set_var("TMPDIR", &d);
+            std::env::set_var("ENVRIG_GC_SCOPE", &d);
+        }
+    });
+}
+
+/// The folder `gc` is limited to in this test (see [`e2e`]).
+pub fn gc_scope() -> PathBuf {
+    PathBuf::from(std::env::var_os("ENVRIG_GC_SCOPE").expect("e2e() sets ENVRIG_GC_SCOPE"))
 }
 
 /// A name no other test (or test run) uses.

@@ -261,6 +261,11 @@ pub struct NetworkSpec {
     pub subnet: Option<String>,
     /// A pool (`198.18.0.0/15`) to take a free /24 from.
     pub subnet_pool: Option<String>,
+    /// The network's DNS domain (`shop.envrig.internal`), for engines whose guests need one
+    /// to look up single-label names (systemd-resolved sends `db` to unicast DNS only as
+    /// `db.DOMAIN`, the domain coming by DHCP as a search domain). Engines that resolve bare
+    /// names themselves (Docker's embedded DNS) may ignore it.
+    pub domain: Option<String>,
 }
 
 /// A provider-specific setting's value.
@@ -362,6 +367,13 @@ pub struct ExecRequest {
     /// User name or uid; the machine's default when `None`.
     pub user: Option<String>,
     pub workdir: Option<String>,
+    /// As a person's command (`envrig exec`, `ssh MACHINE -- CMD`): run as the machine's
+    /// login user when `user` is `None` (the one SSH logs in as; docker: the image's user),
+    /// with that user's login environment (HOME, USER, LOGNAME, SHELL, LANG, PATH) and in
+    /// their home folder unless `workdir` says otherwise, the same through a guest agent or
+    /// SSH. `false` (provisioning, readiness checks): root or `user`, the engine's plain
+    /// environment plus `env`.
+    pub login: bool,
 }
 
 /// Which output stream a chunk came from.

@@ -324,10 +324,7 @@ impl DockerProvider {
             return Ok(());
         }
         self.free_unused_holders(c, Some(holder)).await?;
-        self.docker
-            .start_container(holder, None)
-            .await
-            .map_err(|e| map_err(format!("start the network holder {holder}"), e))
+        self.start_reattaching(holder, "the network holder").await
     }
 
     /// Stops the holders of `c`'s machine (but `keep`) that no generation uses any more, so

@@ -36,6 +36,7 @@ use tokio::io::AsyncWriteExt;
 
 mod drift;
 mod holder;
+mod network;
 
 const NAME: &str = "docker";
 
@@ -657,10 +658,7 @@ impl Provider for DockerProvider {
             }
             None => {}
         }
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| map_err(format!("start container {id}"), e))
+        self.start_reattaching(id, "container").await
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {

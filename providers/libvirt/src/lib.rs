@@ -720,6 +720,7 @@ impl LibvirtProvider {
             if names.is_empty() {
                 return Ok(());
             }
+            let names = xml::qualified(&names, xml::network_domain(&text).as_deref());
             name_address(&n, ip, &names, flags)
                 .map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
             Ok(())
@@ -730,13 +731,15 @@ impl LibvirtProvider {
     /// Points `names` on `network`'s DNS at the fixed address of `mac` (registered by
     /// [`Self::attach`]), taking them from whichever address holds them; the DHCP entry is
     /// left as it is.
-    async fn claim_names(&self, network: &str, mac: &str, names: &[String]) -> Result<()> {
+    /// Whether `mac` has a fixed address there (`false`: the network was made again and
+    /// lost it; see [`Self::attach`]).
+    async fn claim_names(&self, network: &str, mac: &str, names: &[String]) -> Result<bool> {
         let _guard = self.net_lock.lock().await;
         let (network, mac, names) = (network.to_string(), mac.to_string(), names.to_vec());
         self.blocking(move |c| {
             use virt::sys::*;
             let Ok(n) = c.lookup_network_by_name(&network) else {
-                return Ok(());
+                return Ok(true);
             };
             let text = n
                 .xml_desc(0)
@@ -746,8 +749,12 @@ impl LibvirtProvider {
                 .find(|(m, _)| *m == mac)
                 .map(|(_, ip)| ip)
             else {
-                return Ok(());
+                return Ok(false);
             };
+            if names.is_empty() {
+                return Ok(true);
+            }
+            let names = xml::qualified(&names, xml::network_domain(&text).as_deref());
             let flags = VIR_NETWORK_UPDATE_AFFECT_CONFIG
                 | if n.is_active().unwrap_or(false) {
                     VIR_NETWORK_UPDATE_AFFECT_LIVE
@@ -756,7 +763,7 @@ impl LibvirtProvider {
                 };
             name_address(&n, ip, &names, flags)
                 .map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
@@ -1141,13 +1148,8 @@ impl LibvirtProvider {
     /// the console log.
     /// Runs a command through the guest agent (its output arrives when it ends).
     async fn exec_agent(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
-        let argv = agent_argv(req);
-        let (path, args) = argv.split_first().ok_or_else(|| ProviderError::Conflict {
-            message: "an empty command".into(),
-        })?;
-        let machine_env: BTreeMap<String, String> = self
-            .info(id)
-            .await?
+        let info = self.info(id).await?;
+        let machine_env: BTreeMap<String, String> = info
             .labels
             .get(MACHINE_ENV)
             .and_then(|j| serde_json::from_str(j).ok())
@@ -1156,9 +1158,21 @@ impl LibvirtProvider {
             "PATH".to_string(),
             "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
         )]);
-        all.extend(machine_env);
-        all.extend(req.env.clone());
-        let env: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let (argv, env) = if req.login {
+            let mut vars = machine_env;
+            vars.extend(req.env.clone());
+            vars.retain(|k, _| shell_name(k));
+            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            (login_argv(req, &user, &vars), all)
+        } else {
+            all.extend(machine_env);
+            all.extend(req.env.clone());
+            (agent_argv(req), all)
+        };
+        let (path, args) = argv.split_first().ok_or_else(|| ProviderError::Conflict {
+            message: "an empty command".into(),
+        })?;
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let started = self
             .agent(
                 id,
@@ -1335,6 +1349,18 @@ impl LibvirtProvider {
         let port = info.labels.get(SSH_PORT)?.parse().ok()?;
         let env = info.labels.get(envrig_provider_api::labels::ENV)?;
         Some((port, ssh::EnvKeys::new(&self.keys, env)))
+    }
+
+    /// The user `envrig ssh` logs in as (recorded when the key was installed: `vagrant` when
+    /// the guest has that user), else root.
+    fn login_user(&self, info: &MachineInfo) -> String {
+        self.ssh_parts(info)
+            .and_then(|(_, keys)| {
+                std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name))).ok()
+            })
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into())
     }
 
     /// An SSH session to the machine as `user` with the environment's key, its host key
@@ -1866,6 +1892,44 @@ fn agent_argv(req: &ExecRequest) -> Vec<String> {
     }
 }
 
+/// The argv for a person's command ([`ExecRequest::login`]): root (the agent, or SSH as root)
+/// runs `su -l USER -c LINE`, so the command gets USER's login environment (HOME, USER,
+/// LOGNAME, SHELL, PATH, and LANG from the guest's locale settings, else `C.UTF-8`) and home
+/// folder, whichever way it travels. `su -l` clears the environment: the machine's and the
+/// request's variables are exported inside LINE.
+fn login_argv(req: &ExecRequest, user: &str, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut line = String::from("umask 022; : \"${LANG:=C.UTF-8}\"; export LANG; ");
+    for (k, v) in env {
+        line.push_str(&format!("export {k}={}; ", sh_quote(v)));
+    }
+    if let Some(d) = &req.workdir {
+        line.push_str(&format!("cd {} && ", sh_quote(d)));
+    }
+    line.push_str("exec ");
+    line.push_str(
+        &req.argv
+            .iter()
+            .map(|a| sh_quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    vec![
+        "su".into(),
+        "-l".into(),
+        user.to_string(),
+        "-c".into(),
+        line,
+    ]
+}
+
+/// Whether `k` can be exported by a shell (`export K=...`).
+fn shell_name(k: &str) -> bool {
+    let mut c = k.chars();
+    c.next()
+        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+        && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
+}
+
 #[async_trait]
 impl Provider for LibvirtProvider {
     fn name(&self) -> &'static str {
@@ -1967,9 +2031,19 @@ impl Provider for LibvirtProvider {
             .await?;
         // Its names on the private network come back to it (a generation rolled back to
         // takes them from the one it replaces).
-        if !active && let (Some((network, mac)), Some(names)) = (nic, info.labels.get(NAMES)) {
-            let names: Vec<String> = names.split(',').map(str::to_string).collect();
-            self.claim_names(&network, &mac, &names).await?;
+        // A network made again since (removed by hand, or `up` found it gone) has lost the
+        // machine's fixed address and names: they are registered anew.
+        if !active && let Some((network, mac)) = nic {
+            let names: Vec<String> = info
+                .labels
+                .get(NAMES)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            if !self.claim_names(&network, &mac, &names).await? {
+                self.attach(&network, &mac, &info.resource_name, &names)
+                    .await?;
+            }
         }
         let id2 = id.to_string();
         self.blocking(move |c| {
@@ -2254,6 +2328,7 @@ impl Provider for LibvirtProvider {
                     address,
                     prefix: subnet.prefix,
                     dhcp,
+                    domain: spec.domain.as_deref(),
                 }
                 .to_xml()
                 .map_err(|e| io("write the network XML", e))?;
@@ -2298,18 +2373,26 @@ impl Provider for LibvirtProvider {
             .unwrap_or_default();
         let mut all = machine_env;
         all.extend(req.env.clone());
-        let line = format!(
-            "exec env {} {}",
-            all.iter()
-                .map(|(k, v)| sh_quote(&format!("{k}={v}")))
-                .collect::<Vec<_>>()
-                .join(" "),
-            agent_argv(req)
-                .iter()
+        let quoted = |argv: Vec<String>| {
+            argv.iter()
                 .map(|a| sh_quote(a))
                 .collect::<Vec<_>>()
                 .join(" ")
-        );
+        };
+        let line = if req.login {
+            all.retain(|k, _| shell_name(k));
+            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            format!("exec {}", quoted(login_argv(req, &user, &all)))
+        } else {
+            format!(
+                "exec env {} {}",
+                all.iter()
+                    .map(|(k, v)| sh_quote(&format!("{k}={v}")))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                quoted(agent_argv(req))
+            )
+        };
         let session = self
             .ssh_session(&info, "root", Duration::from_secs(30))
             .await
@@ -2822,11 +2905,7 @@ impl Provider for LibvirtProvider {
         let (port, keys) = self
             .ssh_parts(&info)
             .ok_or_else(|| unsupported("SSH into a machine made before envrig had SSH"))?;
-        let user = std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name)))
-            .map(|u| u.trim().to_string())
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "root".into());
+        let user = self.login_user(&info);
         Ok(SshEndpoint {
             host: "127.0.0.1".into(),
             port,
@@ -2840,6 +2919,28 @@ impl Provider for LibvirtProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_persons_command_logs_in_as_the_user_with_its_variables_inside() {
+        let req = ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "echo ~".into()],
+            login: true,
+            ..ExecRequest::default()
+        };
+        let env = BTreeMap::from([("ROLE".to_string(), "it's".to_string())]);
+        assert_eq!(
+            login_argv(&req, "vagrant", &env),
+            [
+                "su",
+                "-l",
+                "vagrant",
+                "-c",
+                "umask 022; : \"${LANG:=C.UTF-8}\"; export LANG; export ROLE='it'\\''s'; exec 'sh' '-c' 'echo ~'"
+            ]
+        );
+        assert!(shell_name("ROLE_1") && shell_name("_x"));
+        assert!(!shell_name("1A") && !shell_name("A-B") && !shell_name("") && !shell_name("A;rm"));
+    }
 
     #[test]
     fn commands_for_other_users_and_folders_are_quoted() {

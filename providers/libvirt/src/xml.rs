@@ -256,6 +256,8 @@ pub struct Network<'a> {
     pub address: std::net::Ipv4Addr,
     pub prefix: u8,
     pub dhcp: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+    /// Answered by the network's dnsmasq alone (`localOnly`) and handed out by DHCP.
+    pub domain: Option<&'a str>,
 }
 
 impl Network<'_> {
@@ -275,6 +277,9 @@ impl Network<'_> {
             "bridge",
             &[("name", self.bridge), ("stp", "off"), ("delay", "0")],
         )?;
+        if let Some(d) = self.domain {
+            empty(&mut w, "domain", &[("name", d), ("localOnly", "yes")])?;
+        }
         open(
             &mut w,
             "ip",
@@ -360,6 +365,35 @@ pub fn network_ip(xml: &str) -> Option<(std::net::Ipv4Addr, u8)> {
             _ => {}
         }
     }
+}
+
+/// A network's DNS domain (`<domain name=…>`), if it has one.
+pub fn network_domain(xml: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) if e.local_name().as_ref() == b"domain" => {
+                return attr(&e, b"name").filter(|n| !n.is_empty());
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// `names` and, on a network with a DNS domain, each fully qualified too (`db`,
+/// `db.shop.envrig.internal`).
+pub fn qualified(names: &[String], domain: Option<&str>) -> Vec<String> {
+    let mut out = names.to_vec();
+    if let Some(d) = domain {
+        out.extend(
+            names
+                .iter()
+                .filter(|n| !n.contains('.'))
+                .map(|n| format!("{n}.{d}")),
+        );
+    }
+    out
 }
 
 /// The fixed DHCP hosts of a network: (mac, ip).
@@ -648,9 +682,29 @@ mod tests {
                 "198.19.7.100".parse().unwrap(),
                 "198.19.7.200".parse().unwrap(),
             ),
+            domain: Some("shop.envrig.internal"),
         };
         let xml = n.to_xml().unwrap();
         assert_eq!(super::labels(&xml), labels);
+        assert_eq!(
+            network_domain(&xml).as_deref(),
+            Some("shop.envrig.internal")
+        );
+        assert!(xml.contains("localOnly=\"yes\""), "{xml}");
+        assert_eq!(
+            network_domain("<network><ip address='10.0.0.1'/></network>"),
+            None
+        );
+        assert_eq!(
+            qualified(&["db".into(), "web".into()], Some("shop.envrig.internal")),
+            [
+                "db",
+                "web",
+                "db.shop.envrig.internal",
+                "web.shop.envrig.internal"
+            ]
+        );
+        assert_eq!(qualified(&["db".into()], None), ["db"]);
         assert_eq!(network_ip(&xml), Some(("198.19.7.1".parse().unwrap(), 24)));
         assert!(!xml.contains("forward"), "isolated: {xml}");
         let live = "<network><ip address='10.0.0.1' netmask='255.255.0.0'><dhcp><range start='10.0.0.9' end='10.0.0.20'/><host mac='52:54:00:AA:00:01' name='x' ip='10.0.0.10'/></dhcp></ip></network>";
