@@ -250,6 +250,7 @@ mod tests {
                 interactive: true,
                 private_network: true,
                 box_store: false,
+                drift_from_base: true,
             })
         };
         let opts = crate::envfile::LoadOptions {

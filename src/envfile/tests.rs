@@ -14,6 +14,7 @@ fn docker_caps(name: &str) -> Option<Capabilities> {
         interactive: true,
         private_network: true,
         box_store: false,
+        drift_from_base: true,
     })
 }
 

@@ -505,15 +505,18 @@ async fn run_one(
         if let Some(ready) = &m.ready {
             wait_ready(ctx, p.as_ref(), &name, &id, ready).await?;
         }
-        if fresh || steps_run > 0 {
-            // What the machine holds now is what `drift` compares with.
-            if let Err(e) = p.mark_baseline(&id).await {
-                ctx.reporter.event(
-                    Some(&name),
-                    Phase::Warning,
-                    &format!("cannot record its files for `envrig drift`: {e}"),
-                );
-            }
+        // What the machine holds now is what `drift` compares with. A new machine on which
+        // nothing ran needs none where the engine diffs against the base by itself (Docker:
+        // its image, or its baked layer, is the baseline; a baseline file an image carries
+        // from the machine it was packaged from only spares paths whose `stat` is unchanged).
+        if (steps_run > 0 || (fresh && !p.capabilities().drift_from_base))
+            && let Err(e) = p.mark_baseline(&id).await
+        {
+            ctx.reporter.event(
+                Some(&name),
+                Phase::Warning,
+                &format!("cannot record its files for `envrig drift`: {e}"),
+            );
         }
     }
     if result != "unchanged" && result != "stale" || steps_run > 0 {
@@ -536,7 +539,13 @@ async fn create(
     m: &Machine,
     generation: u32,
     candidate: bool,
-) -> Result<envrig_provider_api::MachineInfo, String> {
+) -> Result<
+    (
+        envrig_provider_api::MachineInfo,
+        envrig_provider_api::MachineSpec,
+    ),
+    String,
+> {
     let name = m.name.as_str();
     let mut spec = machine_spec(project, m, generation, &super::now_rfc3339());
     if candidate {
@@ -554,7 +563,7 @@ async fn create(
     }
     ctx.reporter.event(Some(name), Phase::Create, "creating");
     match p.create(&spec).await {
-        Ok(info) => Ok(info),
+        Ok(info) => Ok((info, spec)),
         Err(ProviderError::NotFound { .. }) => {
             // The base is missing: fetch it (with progress), then create again.
             ctx.reporter
@@ -566,6 +575,7 @@ async fn create(
                 .map_err(|e| format!("cannot fetch `{}`: {e}", spec.base))?;
             p.create(&spec)
                 .await
+                .map(|info| (info, spec))
                 .map_err(|e| format!("cannot create it: {e}"))
         }
         Err(e) => Err(format!("cannot create it: {e}")),
@@ -579,10 +589,10 @@ async fn create_and_start(
     m: &Machine,
     generation: u32,
 ) -> Result<String, String> {
-    let info = create(ctx, project, p, m, generation, false).await?;
+    let (info, spec) = create(ctx, project, p, m, generation, false).await?;
     ctx.reporter
         .event(Some(m.name.as_str()), Phase::Start, "starting");
-    p.start(&info.id)
+    p.start_created(&info.id, &spec)
         .await
         .map_err(|e| format!("created {} but cannot start it: {e}", info.resource_name))?;
     Ok(info.id)
@@ -617,7 +627,9 @@ async fn switch(
     };
     // The build goes once the new generation exists: until then it holds the layer's
     // fingerprint, so a `gc` meanwhile keeps the layer.
-    let new = create(ctx, project, p, m, generation, false).await;
+    let new = create(ctx, project, p, m, generation, false)
+        .await
+        .map(|(info, _)| info);
     if let Some(c) = &candidate {
         let _ = p.remove(c).await;
     }
@@ -692,7 +704,7 @@ async fn build_beside(
             generation - 1
         ),
     );
-    let info = create(ctx, project, p, m, generation, true).await?;
+    let (info, _) = create(ctx, project, p, m, generation, true).await?;
     let id = info.id.clone();
     let built = async {
         p.start(&id)

@@ -92,6 +92,9 @@ pub struct Capabilities {
     pub private_network: bool,
     /// The provider keeps a store of bases (`envrig box`).
     pub box_store: bool,
+    /// `drift` compares a machine with its base by itself (Docker's diff): a machine on
+    /// which no step ran needs no baseline taken.
+    pub drift_from_base: bool,
 }
 
 /// A base in a provider's own store (`envrig box list`).
@@ -429,6 +432,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo>;
 
     async fn start(&self, id: &str) -> Result<()>;
+
+    /// Starts machine `id`, which this provider has just created from `spec` (so it need
+    /// not look the machine up again). Default: [`Provider::start`].
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
+        let _ = spec;
+        self.start(id).await
+    }
 
     /// Stops gracefully, then hard after `timeout`. Stopping a stopped machine succeeds.
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()>;

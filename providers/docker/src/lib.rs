@@ -48,6 +48,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     interactive: true,
     private_network: true,
     box_store: false,
+    drift_from_base: true,
 };
 
 /// The provider's name in Envfiles.
@@ -657,6 +658,16 @@ impl Provider for DockerProvider {
                 self.free_unused_holders(&c, None).await?
             }
             None => {}
+        }
+        self.start_reattaching(id, "container").await
+    }
+
+    /// A container just made from `spec` with no holder to join and no ports of its own
+    /// has nothing to settle first: started without inspecting it (one call per machine
+    /// fewer in an `up`).
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
+        if spec.handover || !spec.ports.is_empty() {
+            return self.start(id).await;
         }
         self.start_reattaching(id, "container").await
     }

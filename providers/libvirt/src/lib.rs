@@ -137,6 +137,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     interactive: false,
     private_network: true,
     box_store: true,
+    drift_from_base: false,
 };
 
 /// The provider's name in Envfiles.
@@ -626,7 +627,19 @@ impl LibvirtProvider {
             machine_type: &machine_type,
             kernel: kernel.is_file().then_some(kernel_s.as_str()),
             initrd: initrd.is_file().then_some(initrd_s.as_str()),
-            cmdline: if kernel.is_file() { cmdline } else { None },
+            // Under TCG on a busy host the kernel's IO-APIC timer check can fail and panic
+            // ("..MP-BIOS bug: 8254 timer not connected"): skipped, as cloud images do.
+            cmdline: if kernel.is_file() {
+                cmdline.map(|c| {
+                    if kind == "qemu" && !c.contains("no_timer_check") {
+                        format!("{c} no_timer_check")
+                    } else {
+                        c
+                    }
+                })
+            } else {
+                None
+            },
             disk: &disk_s,
             backing: &backing,
             console_log: &console_s,
