@@ -149,3 +149,90 @@ fn an_honest_archive_imports_without_trust() {
     imported(&["destroy", "-f"]).ok();
     common::remove_by_folder(&target);
 }
+
+fn sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// An archive of one libvirt machine `vm` whose disk names `/etc/hostname` as its backing file.
+fn backed_archive(dir: &std::path::Path) -> std::path::PathBuf {
+    let disk = dir.join("disk.qcow2");
+    let o = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/hostname",
+            "-F",
+            "raw",
+        ])
+        .arg(&disk)
+        .arg("1M")
+        .output()
+        .expect("end-to-end tests need qemu-img; run scripts/host-setup.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut t = tar::Builder::new(Vec::new());
+    t.append_path_with_name(&disk, "disk.qcow2").unwrap();
+    let image = t.into_inner().unwrap();
+    let envfile = b"[boxes.tiny]\nlibvirt = \"tiny\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n";
+    let spec = serde_json::json!({
+        "resource_name": "vm", "machine": "vm", "base": "tiny", "cpus": null,
+        "memory_bytes": null, "hostname": "vm", "env": {}, "command": null, "ports": [],
+        "synced": [], "labels": {}, "options": {}, "network": null
+    });
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "format": 1, "envrig": "0.1.0", "project": "backed", "snapshot": "s1",
+        "created": "2026-01-01T00:00:00Z",
+        "machines": [{
+            "machine": "vm", "provider": "libvirt", "member": "machines/vm.image",
+            "snapshot": {"id": "x", "name": "s1", "machine": "vm", "created": "2026-01-01T00:00:00Z",
+                         "running": false, "spec": spec, "labels": {}}
+        }],
+        "members": [
+            {"path": "envfile/Envfile", "size": envfile.len(), "sha256": sha(envfile)},
+            {"path": "machines/vm.image", "size": image.len(), "sha256": sha(&image)}
+        ]
+    }))
+    .unwrap();
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, body) in [
+        ("manifest.json", manifest.as_slice()),
+        ("envfile/Envfile", envfile.as_slice()),
+        ("machines/vm.image", image.as_slice()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, path, body).unwrap();
+    }
+    let file = dir.join("backed.tar.zst");
+    let raw = t.into_inner().unwrap();
+    std::fs::write(&file, zstd::encode_all(raw.as_slice(), 3).unwrap()).unwrap();
+    file
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn an_imported_disk_that_names_a_backing_file_is_refused() {
+    e2e();
+    let dir = tempfile::tempdir().unwrap();
+    let file = backed_archive(dir.path());
+    let r = common::envrig_in(
+        dir.path(),
+        &["import", file.to_str().unwrap(), "-C", "copy", "--trust"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("machine `vm`") && r.stderr.contains("names a backing file"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.path().join("copy").exists(), "nothing was written");
+}
