@@ -236,3 +236,68 @@ fn an_imported_disk_that_names_a_backing_file_is_refused() {
     );
     assert!(!dir.path().join("copy").exists(), "nothing was written");
 }
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn an_imported_image_that_names_tags_of_this_host_is_refused() {
+    e2e();
+    let dir = tempfile::tempdir().unwrap();
+    // `docker save` of a tag names it: loading that would point the host's tag at the
+    // archive's image. The test image stands in for any image of this host.
+    let saved = dir.path().join("a.image");
+    let o = std::process::Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&saved)
+        .arg(TEST_IMAGE)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let image = std::fs::read(&saved).unwrap();
+    let envfile = format!("[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.a]\nbox = \"bb\"\n");
+    let envfile = envfile.as_bytes();
+    let spec = serde_json::json!({
+        "resource_name": "a", "machine": "a", "base": TEST_IMAGE, "cpus": null,
+        "memory_bytes": null, "hostname": "a", "env": {}, "command": null, "ports": [],
+        "synced": [], "labels": {}, "options": {}, "network": null
+    });
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "format": 1, "envrig": "0.1.0", "project": "tagged", "snapshot": null,
+        "created": "2026-01-01T00:00:00Z",
+        "machines": [{
+            "machine": "a", "provider": "docker", "member": "machines/a.image",
+            "snapshot": {"id": "x", "name": "s1", "machine": "a", "created": "2026-01-01T00:00:00Z",
+                         "running": false, "spec": spec, "labels": {}}
+        }],
+        "members": [
+            {"path": "envfile/Envfile", "size": envfile.len(), "sha256": sha(envfile)},
+            {"path": "machines/a.image", "size": image.len(), "sha256": sha(&image)}
+        ]
+    }))
+    .unwrap();
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, body) in [
+        ("manifest.json", manifest.as_slice()),
+        ("envfile/Envfile", envfile),
+        ("machines/a.image", image.as_slice()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, path, body).unwrap();
+    }
+    let file = dir.path().join("tagged.tar.zst");
+    let raw = t.into_inner().unwrap();
+    std::fs::write(&file, zstd::encode_all(raw.as_slice(), 3).unwrap()).unwrap();
+    let r = common::envrig_in(
+        dir.path(),
+        &["import", file.to_str().unwrap(), "-C", "copy"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("machine `a`") && r.stderr.contains("names tags"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.path().join("copy").exists(), "nothing was written");
+}

@@ -58,9 +58,7 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
             }
         }
         Decision::Refuse => {
-            if printer.json {
-                print_check(printer, &plan, &shown, false);
-            }
+            print_check(printer, &plan, &shown, false);
             printer.error(
                 &refusal(&shown, &plan.report),
                 Some(&format!(
