@@ -565,3 +565,31 @@ fn an_honest_archive_needs_no_trust() {
     assert_eq!(doc["grants"].as_array().unwrap().len(), 3, "{doc}");
     assert!(!r.join("target").exists());
 }
+
+#[test]
+fn a_link_in_the_import_folder_that_leads_out_of_it_needs_trust() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("target")).unwrap();
+    std::os::unix::fs::symlink("/", r.join("target/link")).unwrap();
+    let text = "[boxes.bb]\ndocker = \"envrig-test/busybox:latest\"\n[machines.a]\nbox = \"bb\"\n\
+                synced = [{ host = \"link/etc\", guest = \"/e\" }]\n";
+    let a = archive(
+        r,
+        "link.tar.zst",
+        text.as_bytes(),
+        serde_json::json!([]),
+        &[],
+    );
+    let out = envrig_in(r, &["import", a.to_str().unwrap(), "-C", "target"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "link/etc` leads to `/etc`, outside the import folder (`machines.a.synced[0]`)"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!r.join("target/Envfile").exists());
+    assert!(r.join("target/link").exists(), "what was there stays");
+}

@@ -123,18 +123,27 @@ pub fn assess(
     real: &dyn Fn(&Path) -> PathBuf,
 ) -> TrustReport {
     let folder_real = normalize(&real(folder));
-    let outside = |p: &Path| !inside(&folder_real, &real(&normalize(p)));
-    let path_grant = |machine: &str, key: String, host: &Path, what: String| Grant {
-        kind: GrantKind::HostPath,
-        machine: Some(machine.to_string()),
-        key,
-        what,
-        risk: outside(host).then(|| {
-            format!(
-                "`{}` is outside the import folder",
-                normalize(host).display()
-            )
-        }),
+    let path_grant = |machine: &str, key: String, host: &Path, what: String| {
+        let written = normalize(host);
+        let resolved = normalize(&real(&written));
+        let risk = (!inside(&folder_real, &resolved)).then(|| {
+            if resolved == written {
+                format!("`{}` is outside the import folder", written.display())
+            } else {
+                format!(
+                    "`{}` leads to `{}`, outside the import folder",
+                    written.display(),
+                    resolved.display()
+                )
+            }
+        });
+        Grant {
+            kind: GrantKind::HostPath,
+            machine: Some(machine.to_string()),
+            key,
+            what,
+            risk,
+        }
     };
     let mut grants = Vec::new();
     for m in &envfile.machines {
@@ -344,7 +353,10 @@ mod tests {
             }
         };
         let r = assess(&e, Path::new(FOLDER), &BTreeSet::new(), &real);
-        assert!(r.needs_trust());
+        assert_eq!(
+            r.grants[0].risk.as_deref(),
+            Some("`/imports/shop/link` leads to `/`, outside the import folder")
+        );
     }
 
     #[test]
