@@ -593,3 +593,48 @@ fn a_link_in_the_import_folder_that_leads_out_of_it_needs_trust() {
     assert!(!r.join("target/Envfile").exists());
     assert!(r.join("target/link").exists(), "what was there stays");
 }
+
+/// Runs `envrig ARGS` in `dir` at a terminal (through `script`), typing `input`.
+fn at_a_terminal(dir: &Path, args: &str, input: &[u8]) -> (i32, String) {
+    use std::process::{Command, Stdio};
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_envrig"));
+    let mut child = Command::new("timeout")
+        .args(["60", "script", "-qec", &cmd, "/dev/null"])
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("ENVRIG_TEST_TOKEN", "s3cret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tests need `script` (util-linux) and `timeout`");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn at_a_terminal_import_asks_first_and_a_no_imports_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let a = archive(
+        r,
+        "taker.tar.zst",
+        TAKER.as_bytes(),
+        serde_json::json!([]),
+        &[],
+    );
+    let args = format!("import {} -C target", a.display());
+    let (code, out) = at_a_terminal(r, &args, b"n\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/ -> /host (read-write)"), "{out}");
+    assert!(
+        out.contains("import it, with what it takes from this host? [y/N]"),
+        "{out}"
+    );
+    assert!(out.contains("nothing imported"), "{out}");
+    assert!(!r.join("target").exists(), "nothing was written");
+}
