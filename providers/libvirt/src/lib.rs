@@ -166,6 +166,21 @@ fn io(op: impl Into<String>, e: std::io::Error) -> ProviderError {
     }
 }
 
+/// `user` when it is a user name (see [`envrig_provider_api::valid_user_name`]); the guest
+/// said it, so anything else is refused rather than passed on.
+fn checked_user(user: &str) -> Result<String> {
+    if envrig_provider_api::valid_user_name(user) {
+        Ok(user.to_string())
+    } else {
+        Err(ProviderError::Conflict {
+            message: format!(
+                "the guest named its login user {user:?}, which is not a user name; \
+                 envrig will not pass it to a command (recreate the machine: `envrig destroy` and `envrig up`)"
+            ),
+        })
+    }
+}
+
 fn unsupported(what: &str) -> ProviderError {
     ProviderError::NotSupported {
         provider: NAME,
@@ -1175,7 +1190,10 @@ impl LibvirtProvider {
             let mut vars = machine_env;
             vars.extend(req.env.clone());
             vars.retain(|k, _| shell_name(k));
-            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            let user = match &req.user {
+                Some(u) => u.clone(),
+                None => self.login_user(&info)?,
+            };
             (login_argv(req, &user, &vars), all)
         } else {
             all.extend(machine_env);
@@ -1365,15 +1383,20 @@ impl LibvirtProvider {
     }
 
     /// The user `envrig ssh` logs in as (recorded when the key was installed: `vagrant` when
-    /// the guest has that user), else root.
-    fn login_user(&self, info: &MachineInfo) -> String {
-        self.ssh_parts(info)
+    /// the guest has that user), else root. What is recorded came from the guest: it is
+    /// checked again here, as it is before it is written.
+    fn login_user(&self, info: &MachineInfo) -> Result<String> {
+        let recorded = self
+            .ssh_parts(info)
             .and_then(|(_, keys)| {
                 std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name))).ok()
             })
             .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "root".into())
+            .filter(|u| !u.is_empty());
+        match recorded {
+            None => Ok("root".into()),
+            Some(u) => checked_user(&u),
+        }
     }
 
     /// An SSH session to the machine as `user` with the environment's key, its host key
@@ -1476,7 +1499,7 @@ impl LibvirtProvider {
                     // A revert: the machine is where it was when SSH worked.
                     return Ok(());
                 }
-                let user = self.install_key_by_agent(id, &keys).await?;
+                let user = checked_user(&self.install_key_by_agent(id, &keys).await?)?;
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
                 let _ = std::fs::write(&user_file, &user);
                 false
@@ -1507,7 +1530,7 @@ impl LibvirtProvider {
                             ),
                         });
                     }
-                    let user = String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root").to_string();
+                    let user = checked_user(String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root"))?;
                     let _ = std::fs::write(&user_file, &user);
                     true
                 }
@@ -2394,7 +2417,10 @@ impl Provider for LibvirtProvider {
         };
         let line = if req.login {
             all.retain(|k, _| shell_name(k));
-            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            let user = match &req.user {
+                Some(u) => u.clone(),
+                None => self.login_user(&info)?,
+            };
             format!("exec {}", quoted(login_argv(req, &user, &all)))
         } else {
             format!(
@@ -2918,7 +2944,7 @@ impl Provider for LibvirtProvider {
         let (port, keys) = self
             .ssh_parts(&info)
             .ok_or_else(|| unsupported("SSH into a machine made before envrig had SSH"))?;
-        let user = self.login_user(&info);
+        let user = self.login_user(&info)?;
         Ok(SshEndpoint {
             host: "127.0.0.1".into(),
             port,
