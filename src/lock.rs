@@ -257,6 +257,7 @@ mod tests {
             env: &|_| None,
             provider_override: None,
             capabilities: &caps,
+            check_paths: true,
         };
         crate::envfile::parse(src, &dir.join("Envfile"), "Envfile", &opts)
             .map(|(e, _)| e)

@@ -335,10 +335,17 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     assert!(!networks().contains(&net), "destroy removes the network");
     let other = tempfile::tempdir().unwrap();
     let target = other.path().join("copy");
-    let r = common::envrig_in(
-        other.path(),
-        &["import", file.to_str().unwrap(), "-C", "copy"],
-    );
+    // The test guest is a box given as a host path: a disk outside the box store, which an
+    // archive gets only with --trust.
+    let import = |extra: &[&str]| {
+        let mut args = vec!["import", file.to_str().unwrap(), "-C", "copy"];
+        args.extend_from_slice(extra);
+        common::envrig_in(other.path(), &args)
+    };
+    let r = import(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("machines.a.box"), "{}", r.stderr);
+    let r = import(&["--trust"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let imported = |args: &[&str]| common::envrig_in(&target, args);
     assert_eq!(vm_sh(&imported, "a", "cat /root/marker"), "a-marker\n");

@@ -4,6 +4,7 @@
 //! Exit codes: 0 done; 1 the operation failed; 2 bad usage or an invalid Envfile; `exec`
 //! and `ssh` exit with the command's own status.
 
+mod import;
 mod output;
 mod ssh;
 
@@ -193,12 +194,20 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
         output: PathBuf,
     },
-    /// Recreate what an exported file holds, as a project of its own
+    /// Recreate what an exported file holds, as a project of its own. An archive is
+    /// untrusted: what it would take from this host is shown, and host paths outside DIR,
+    /// privileges and host variables are refused unless `--trust`
     Import {
         file: PathBuf,
         /// The folder to import into (default: the current one)
         #[arg(short = 'C', value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Show what the archive holds and would take from this host, and stop
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow host paths outside DIR, privileged machines and host variables
+        #[arg(long)]
+        trust: bool,
     },
     /// Bake a machine into a new base box (a docker image)
     Package {
@@ -387,37 +396,20 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 Err(e) => fail(&printer, e),
             };
         }
-        Command::Import { file, dir } => {
-            let target = dir
-                .as_ref()
-                .map(|d| cwd.join(d))
-                .unwrap_or_else(|| cwd.clone());
-            let settings = ops::LoadSettings {
-                provider_override: cli.provider.clone(),
-                instance: None,
+        Command::Import {
+            file,
+            dir,
+            dry_run,
+            trust,
+        } => {
+            let args = import::ImportArgs {
+                file,
+                dir: dir.as_deref(),
+                dry_run: *dry_run,
+                trust: *trust,
+                provider: cli.provider.clone(),
             };
-            let registry = &ctx.registry;
-            let load = |path: &Path| -> Result<Project, OpError> {
-                Project::load(path, &display_path(&cwd, path), registry, &settings).map_err(|e| {
-                    match e {
-                        LoadError::Invalid(r) => OpError::Usage(format!(
-                            "the imported Envfile is not valid:\n{}",
-                            r.render(false)
-                        )),
-                        LoadError::Io { path, source } => OpError::Io {
-                            context: format!("cannot read {}", path.display()),
-                            source,
-                        },
-                    }
-                })
-            };
-            return match settle(&ctx, ops::import(&ctx, &cwd.join(file), &target, &load)).await {
-                Ok(report) => {
-                    printer.imported(&report);
-                    0
-                }
-                Err(e) => fail(&printer, e),
-            };
+            return import::cmd_import(&printer, &ctx, &cwd, args).await;
         }
         Command::Completions { shell } => {
             clap_complete::generate(

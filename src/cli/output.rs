@@ -38,7 +38,7 @@ pub fn json_line<T: Serialize>(v: &T) -> String {
 }
 
 /// Writes one line to stdout; a closed pipe (`| head`) is not an error.
-fn out(line: &str) {
+pub(super) fn out(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
 }

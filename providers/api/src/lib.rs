@@ -55,6 +55,10 @@ pub enum ProviderError {
     /// The engine refused because the resource is in the wrong state or already exists.
     #[error("{message}")]
     Conflict { message: String },
+    /// An input from elsewhere (an imported file) is refused as unsafe: `message` says what
+    /// it would have done.
+    #[error("{message}")]
+    Refused { message: String },
     /// Any other engine failure, naming the operation that failed.
     #[error("{provider}: {op} failed: {source}")]
     Engine {
@@ -554,6 +558,14 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Writes a snapshot's state to `dest` (a file), streaming; returns its size.
     async fn snapshot_export(&self, snap: &Snapshot, dest: &std::path::Path) -> Result<u64>;
+
+    /// Checks a file that [`Provider::snapshot_export`] wrote on another host (a member of
+    /// an archive given to `import`) before anything is loaded from it, without the engine:
+    /// refuses ([`ProviderError::Refused`]) a file that reaches beyond itself, such as a
+    /// disk image naming a host file as its backing file. The default accepts.
+    async fn check_export(&self, _src: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
 
     /// Loads a snapshot exported by [`Provider::snapshot_export`] (checked by the caller),
     /// labelling it with `labels`; returns it as this engine knows it.

@@ -18,6 +18,7 @@
 
 mod boxes;
 mod net;
+mod qcow2;
 mod ssh;
 mod xml;
 
@@ -178,6 +179,13 @@ fn checked_user(user: &str) -> Result<String> {
                  envrig will not pass it to a command (recreate the machine: `envrig destroy` and `envrig up`)"
             ),
         })
+    }
+}
+
+/// An imported disk that is refused, and why.
+fn refused_disk(what: &str, why: &str) -> ProviderError {
+    ProviderError::Refused {
+        message: format!("the disk of `{what}` is refused: {why}"),
     }
 }
 
@@ -2743,6 +2751,22 @@ impl Provider for LibvirtProvider {
         result.map_err(|e| io("write the export", e))
     }
 
+    async fn check_export(&self, src: &Path) -> Result<()> {
+        let src2 = src.to_path_buf();
+        match tokio::task::spawn_blocking(move || qcow2::check_export_tar(&src2))
+            .await
+            .map_err(|e| io("read the disk export", std::io::Error::other(e)))?
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(ProviderError::Refused {
+                message: format!("its disk is refused: {why}"),
+            }),
+            Err(e) => Err(ProviderError::Refused {
+                message: format!("its disk export cannot be read as a tar: {e}"),
+            }),
+        }
+    }
+
     async fn snapshot_import(
         &self,
         src: &Path,
@@ -2768,10 +2792,24 @@ impl Provider for LibvirtProvider {
         }
         let dir = root.join(format!("{}-{}-{n}", snap.machine, std::process::id()));
         let (src2, dir2) = (src.to_path_buf(), dir.clone());
-        tokio::task::spawn_blocking(move || boxes::unpack_disk_tar(&src2, &dir2))
-            .await
-            .map_err(|e| io("unpack the disk", std::io::Error::other(e)))?
-            .map_err(|e| io("unpack the disk", e))?;
+        let checked = tokio::task::spawn_blocking(move || {
+            boxes::unpack_disk_tar(&src2, &dir2)?;
+            qcow2::check_file(&dir2.join("disk.qcow2"))
+        })
+        .await
+        .map_err(|e| io("unpack the disk", std::io::Error::other(e)))?;
+        // Checked again once unpacked, whatever the caller did: this disk is what QEMU opens.
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(refused_disk(&snap.machine, &why));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io("unpack the disk", e));
+            }
+        }
         let mut labels = labels.clone();
         labels.insert(
             envrig_provider_api::labels::SNAPSHOT.to_string(),
