@@ -143,7 +143,7 @@ pub async fn export(
     let temp_name = format!("export-{}", &crate::identity::new_instance_id()[4..]);
     let (snaps, temporary) = match snapshot {
         Some(name) => {
-            let all = super::snapshot::snapshots(ctx, project).await?;
+            let all = super::snapshot::listed_snapshots(ctx, project).await?;
             let chosen: Vec<(String, Snapshot)> = all
                 .into_iter()
                 .filter(|(_, s)| {
@@ -159,7 +159,7 @@ pub async fn export(
         }
         None => {
             let made =
-                super::snapshot::save_locked(ctx, project, &temp_name, machines, false, true)
+                super::snapshot::save_locked(ctx, project, &temp_name, machines, false, true, true)
                     .await?;
             let made = made
                 .into_iter()
@@ -197,14 +197,15 @@ async fn write_archive(
     let out = std::env::current_dir()
         .map(|c| c.join(out))
         .unwrap_or_else(|_| out.to_path_buf());
-    let parent = out.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let staging = tempfile::Builder::new()
-        .prefix(".envrig-export-")
-        .tempdir_in(&parent)
-        .map_err(io_err(format!(
-            "cannot create a staging folder in {}",
-            parent.display()
-        )))?;
+    // Spooled and written inside the project's `.envrig/tmp`, under this process's name,
+    // and renamed to `out` only when whole: a killed export leaves no file at `out` and
+    // nothing beside it, and what it left is swept by the next export, destroy or gc.
+    let folder = &project.identity.folder;
+    super::staging::sweep(folder);
+    let staging = super::staging::WorkDir::new(folder, "export").map_err(io_err(format!(
+        "cannot create a staging folder in {}",
+        super::staging::tmp_dir(folder).display()
+    )))?;
 
     let mut members = Vec::new();
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
@@ -261,7 +262,7 @@ async fn write_archive(
     // Written to a temporary file and renamed: no half-written archive is ever at `out`.
     let reporter = ctx.reporter.clone();
     let out2 = out.clone();
-    let parent2 = parent.clone();
+    let parent2 = staging.path().to_path_buf();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let tmp = tempfile::NamedTempFile::new_in(&parent2)?;
         let enc = zstd::stream::write::Encoder::new(tmp.as_file(), 3)?;
@@ -293,7 +294,8 @@ async fn write_archive(
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         }
-        tmp.persist(&out2).map_err(|e| e.error)?;
+        let (_, tmp) = tmp.keep().map_err(|e| e.error)?;
+        super::staging::persist(&tmp, &out2)?;
         Ok(())
     })
     .await
@@ -527,9 +529,8 @@ pub async fn import(
     let envrig_dir = dir.join(".envrig");
     std::fs::create_dir_all(&envrig_dir)
         .map_err(io_err(format!("cannot create {}", envrig_dir.display())))?;
-    let staging = tempfile::Builder::new()
-        .prefix("import-")
-        .tempdir_in(&envrig_dir)
+    super::staging::sweep(dir);
+    let staging = super::staging::WorkDir::new(dir, "import")
         .map_err(io_err("cannot create a staging folder"))?;
     ctx.reporter
         .event(None, Phase::Pull, &format!("checking {}", file.display()));
@@ -558,7 +559,11 @@ pub async fn import(
             dir.display()
         )));
     }
-    for (member, staged_file) in &members {
+    // Each file arrives whole (renamed from the staging folder), the Envfile last: a killed
+    // import leaves no Envfile, or one whose files are all there.
+    let mut files: Vec<(&String, &PathBuf)> = members.iter().collect();
+    files.sort_by_key(|(m, _)| *m == "envfile/Envfile");
+    for (member, staged_file) in files {
         let Some(rel) = member.strip_prefix("envfile/") else {
             continue;
         };
@@ -567,7 +572,7 @@ pub async fn import(
             std::fs::create_dir_all(parent)
                 .map_err(io_err(format!("cannot create {}", parent.display())))?;
         }
-        std::fs::copy(staged_file, &dest)
+        super::staging::persist(staged_file, &dest)
             .map_err(io_err(format!("cannot write {}", dest.display())))?;
     }
 
@@ -577,6 +582,15 @@ pub async fn import(
     super::up::ensure_networks(ctx, &project, &all).await?;
     let observed = observe(ctx, &project).await?;
     let mut made = Vec::new();
+    // The imported state is one snapshot set of this environment, named as exported (a
+    // moment of "now" is `imported`), tagged with this environment's resource names.
+    let set = super::snapset::set_labels(
+        &manifest
+            .machines
+            .iter()
+            .map(|m| m.machine.as_str())
+            .collect::<Vec<_>>(),
+    );
     for mm in &manifest.machines {
         let m = project.machine(&mm.machine).ok_or_else(|| {
             OpError::Usage(format!(
@@ -591,11 +605,18 @@ pub async fn import(
         let created = super::now_rfc3339();
         let mut l = project.identity.labels(&m.name, 1, &created);
         l.insert(labels::PROVIDER.to_string(), mm.provider.clone());
+        l.extend(set.clone());
+        let spec = super::machine_spec(&project, m, 1, &created);
+        let mut shot = mm.snapshot.clone();
+        shot.name = manifest
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| "imported".into());
+        shot.spec = spec.clone();
         let snap = p
-            .snapshot_import(staged_file, &mm.snapshot, &l)
+            .snapshot_import(staged_file, &shot, &l)
             .await
             .map_err(|e| OpError::provider(format!("cannot load `{}`", mm.machine), e))?;
-        let spec = super::machine_spec(&project, m, 1, &created);
         let cur = current(&mm.machine, &observed).0.map(|o| o.id.clone());
         ctx.reporter
             .event(Some(&mm.machine), Phase::Create, "recreating it");
