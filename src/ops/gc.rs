@@ -267,6 +267,16 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
             // Another host's or container's environment: its folders and processes are not
             // ours to judge (only its expiry is absolute).
             let foreign = l.get(labels::HOST).is_some_and(|h| *h != here);
+            // What a killed export or import left in the project's work folder.
+            let folder = label(labels::FOLDER);
+            if !foreign && !dry_run && Path::new(&folder).is_absolute() {
+                for f in super::staging::sweep(Path::new(&folder)) {
+                    report.removed.push(item(
+                        format!("file {}", f.display()),
+                        "left by an envrig that was killed".to_string(),
+                    ));
+                }
+            }
             let mine: Vec<&Observed> = machines
                 .iter()
                 .filter(|m| m.labels.get(labels::ENV) == Some(&env_id))
@@ -359,6 +369,20 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
                         let _ = dir.remove();
                     }
                 }
+            }
+        }
+
+        // Work files and folders of killed envrigs in the provider's own store.
+        if !dry_run {
+            for w in p.sweep_work().await.unwrap_or_default() {
+                report.removed.push(GcItem {
+                    env_id: String::new(),
+                    project: String::new(),
+                    folder: String::new(),
+                    resource: w,
+                    provider: name.to_string(),
+                    reason: "left by an envrig that was killed".to_string(),
+                });
             }
         }
 

@@ -27,6 +27,7 @@ pub mod drift;
 pub mod labels;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod work;
 
 pub use labels::Selector;
 
@@ -626,6 +627,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Err(ProviderError::NotFound {
             what: format!("baked layer `{name}`"),
         })
+    }
+
+    /// Removes the work files and folders ([`work`]) of envrig processes that are gone from
+    /// the provider's own store (half-added boxes, unpacked imports, packaging folders);
+    /// returns what went. Nothing by default.
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 
     /// Takes the machine's file system as it is now as the baseline [`Provider::drift`]

@@ -382,7 +382,7 @@ impl LibvirtProvider {
         let tmp = self
             .images
             .join(".boxes")
-            .join(format!(".{key}-{}", std::process::id()));
+            .join(envrig_provider_api::work::name(&format!(".{key}")));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io("stage the box", e))?;
         for f in ["disk.qcow2", "vmlinuz", "initrd.img", "cmdline"] {
@@ -458,6 +458,9 @@ impl LibvirtProvider {
     ) -> Result<MachineInfo> {
         let mdir = self.machine_dir(&spec.resource_name);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        // Until the domain is defined, nothing but this marker says whose the folder is: a
+        // killed envrig's is swept by `gc` (`sweep_work`).
+        let marker = Marker::new(&mdir, "creating");
         let disk_file = mdir.join("disk.qcow2");
         let backing = match disk {
             Disk::Overlay(backing) => {
@@ -686,6 +689,7 @@ impl LibvirtProvider {
         {
             self.detach(n, m).await;
         }
+        drop(marker);
         defined
     }
 
@@ -851,6 +855,7 @@ impl LibvirtProvider {
         let mdir = self.machine_dir(&spec.resource_name);
         let _ = std::fs::remove_dir_all(&mdir);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        let _marker = Marker::new(&mdir, "creating");
         for f in std::iter::once("disk.qcow2").chain(boxes::KERNEL_FILES) {
             if src.join(f).is_file() {
                 std::fs::rename(src.join(f), mdir.join(f))
@@ -1722,6 +1727,25 @@ if grep -q '^vagrant:' /etc/passwd; then echo vagrant; else echo root; fi"#,
     )
 }
 
+/// A work file ([`envrig_provider_api::work`]) in a machine's folder while no domain claims
+/// the folder (before it is defined, after it is undefined): `sweep_work` removes a folder
+/// whose marker's process is gone and whose domain does not exist.
+struct Marker(PathBuf);
+
+impl Marker {
+    fn new(mdir: &Path, kind: &str) -> Marker {
+        let path = mdir.join(envrig_provider_api::work::name(kind));
+        let _ = std::fs::write(&path, b"");
+        Marker(path)
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Deletes a machine's DHCP and DNS entries from network `n` (best effort).
 fn forget(n: &virt::network::Network, mac: &str, ip: std::net::Ipv4Addr, flags: u32) {
     use virt::sys::*;
@@ -2154,6 +2178,12 @@ impl Provider for LibvirtProvider {
             let _ = keys.unpin(port);
             let _ = std::fs::remove_file(keys.dir.join(format!("{}.user", info.resource_name)));
         }
+        // Once undefined, only this marker says whose the folder is (see `define`).
+        let _marker = self
+            .info(id)
+            .await
+            .ok()
+            .map(|i| Marker::new(&self.machine_dir(&i.resource_name), "removing"));
         let id2 = id.to_string();
         let name = self
             .blocking(move |c| {
@@ -2790,7 +2820,10 @@ impl Provider for LibvirtProvider {
                 }
             }
         }
-        let dir = root.join(format!("{}-{}-{n}", snap.machine, std::process::id()));
+        let dir = root.join(format!(
+            "{}.{n}",
+            envrig_provider_api::work::name(&snap.machine)
+        ));
         let (src2, dir2) = (src.to_path_buf(), dir.clone());
         let checked = tokio::task::spawn_blocking(move || {
             boxes::unpack_disk_tar(&src2, &dir2)?;
@@ -2838,11 +2871,10 @@ impl Provider for LibvirtProvider {
             });
         }
         let (info, disk, kernel_dir) = self.disk_of(id).await?;
-        let tmp = self.images.join(format!(
-            ".package-{}-{}",
-            info.resource_name,
-            std::process::id()
-        ));
+        let tmp = self.images.join(envrig_provider_api::work::name(&format!(
+            ".package-{}",
+            info.resource_name
+        )));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io("make a work folder", e))?;
         let paused = info.state == MachineState::Running;
@@ -2971,6 +3003,56 @@ impl Provider for LibvirtProvider {
             }
         }
         Ok(())
+    }
+
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        use envrig_provider_api::work;
+        let mut out: Vec<String> = [
+            self.images.join(".boxes"),
+            self.images.join(".imports"),
+            self.images.clone(),
+            self.boxes.clone(),
+        ]
+        .iter()
+        .flat_map(|d| work::sweep(d))
+        .map(|p| format!("file {}", p.display()))
+        .collect();
+        // Machine folders that a killed envrig was making or removing: no domain claims
+        // them, and their marker's process is gone.
+        let mut orphans = Vec::new();
+        for e in std::fs::read_dir(&self.images)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let marked = std::fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| work::abandoned(&f.file_name().to_string_lossy()));
+            if marked {
+                orphans.push(name);
+            }
+        }
+        let unclaimed = self
+            .blocking(move |c| {
+                Ok(orphans
+                    .into_iter()
+                    .filter(|n| c.lookup_domain_by_name(n).is_err())
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        for name in unclaimed {
+            let dir = self.machine_dir(&name);
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                out.push(format!("folder {}", dir.display()));
+            }
+        }
+        Ok(out)
     }
 
     async fn refresh_synced(&self, id: &str) -> Result<Vec<String>> {
