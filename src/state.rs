@@ -129,6 +129,8 @@ impl StateDir {
         file.set_len(0)?;
         file.rewind()?;
         write!(file, "pid {}", std::process::id())?;
+        // The cache a killed holder was writing.
+        envrig_provider_api::work::sweep(&self.path);
         Ok(StateLock {
             file,
             previous_crashed,
@@ -181,14 +183,21 @@ impl StateDir {
         self.ensure()?;
         let mut state = state.clone();
         state.format = FORMAT;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.path)?;
-        serde_json::to_writer_pretty(&mut tmp, &state)?;
-        tmp.write_all(b"\n")?;
+        // Written under this process's work name and renamed: what a killed envrig left is
+        // recognised and swept by the next lock holder.
+        let tmp = self
+            .path
+            .join(envrig_provider_api::work::name("state.json"));
+        let mut text = serde_json::to_vec_pretty(&state)?;
+        text.push(b'\n');
         // No fsync: the rename keeps the file whole if envrig dies, and after a power loss
         // the engines (the truth) rebuild whatever the cache lost.
-        tmp.persist(self.path.join("state.json"))
-            .map_err(|e| e.error)?;
-        Ok(())
+        let written = std::fs::write(&tmp, &text)
+            .and_then(|_| std::fs::rename(&tmp, self.path.join("state.json")));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 

@@ -522,6 +522,38 @@ fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
     assert_eq!(r.code, 255, "{}", r.stderr);
     std::fs::write(&known, pinned).unwrap();
 
+    // The login user was reported by the guest: one that is an ssh option never reaches ssh.
+    let keys_dir = std::path::Path::new(&identity).parent().unwrap();
+    let user_file = std::fs::read_dir(keys_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| f.extension().is_some_and(|x| x == "user"))
+        .expect("the login user is recorded next to the key");
+    let recorded = std::fs::read_to_string(&user_file).unwrap();
+    let marker = home.path().join("pwned");
+    std::fs::write(
+        &user_file,
+        format!("-oProxyCommand=touch {}", marker.display()),
+    )
+    .unwrap();
+    for args in [&["ssh", "vm", "--", "true"][..], &["ssh-config", "vm"][..]] {
+        let r = run(args);
+        assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("not a user name"), "{}", r.stderr);
+        assert!(!r.stdout.contains("ProxyCommand"), "{}", r.stdout);
+    }
+    let made: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pwned"))
+        .collect();
+    assert!(
+        made.is_empty(),
+        "ssh ran the guest's ProxyCommand: {made:?}"
+    );
+    std::fs::write(&user_file, recorded).unwrap();
+    run(&["ssh", "vm", "--", "true"]).ok();
+
     // destroy takes the keys with the last machine.
     run(&["destroy", "-f"]).ok();
     assert!(

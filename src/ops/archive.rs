@@ -143,7 +143,7 @@ pub async fn export(
     let temp_name = format!("export-{}", &crate::identity::new_instance_id()[4..]);
     let (snaps, temporary) = match snapshot {
         Some(name) => {
-            let all = super::snapshot::snapshots(ctx, project).await?;
+            let all = super::snapshot::listed_snapshots(ctx, project).await?;
             let chosen: Vec<(String, Snapshot)> = all
                 .into_iter()
                 .filter(|(_, s)| {
@@ -159,7 +159,7 @@ pub async fn export(
         }
         None => {
             let made =
-                super::snapshot::save_locked(ctx, project, &temp_name, machines, false, true)
+                super::snapshot::save_locked(ctx, project, &temp_name, machines, false, true, true)
                     .await?;
             let made = made
                 .into_iter()
@@ -197,14 +197,15 @@ async fn write_archive(
     let out = std::env::current_dir()
         .map(|c| c.join(out))
         .unwrap_or_else(|_| out.to_path_buf());
-    let parent = out.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let staging = tempfile::Builder::new()
-        .prefix(".envrig-export-")
-        .tempdir_in(&parent)
-        .map_err(io_err(format!(
-            "cannot create a staging folder in {}",
-            parent.display()
-        )))?;
+    // Spooled and written inside the project's `.envrig/tmp`, under this process's name,
+    // and renamed to `out` only when whole: a killed export leaves no file at `out` and
+    // nothing beside it, and what it left is swept by the next export, destroy or gc.
+    let folder = &project.identity.folder;
+    super::staging::sweep(folder);
+    let staging = super::staging::WorkDir::new(folder, "export").map_err(io_err(format!(
+        "cannot create a staging folder in {}",
+        super::staging::tmp_dir(folder).display()
+    )))?;
 
     let mut members = Vec::new();
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
@@ -261,7 +262,7 @@ async fn write_archive(
     // Written to a temporary file and renamed: no half-written archive is ever at `out`.
     let reporter = ctx.reporter.clone();
     let out2 = out.clone();
-    let parent2 = parent.clone();
+    let parent2 = staging.path().to_path_buf();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let tmp = tempfile::NamedTempFile::new_in(&parent2)?;
         let enc = zstd::stream::write::Encoder::new(tmp.as_file(), 3)?;
@@ -293,7 +294,8 @@ async fn write_archive(
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         }
-        tmp.persist(&out2).map_err(|e| e.error)?;
+        let (_, tmp) = tmp.keep().map_err(|e| e.error)?;
+        super::staging::persist(&tmp, &out2)?;
         Ok(())
     })
     .await

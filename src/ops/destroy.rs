@@ -115,6 +115,10 @@ pub async fn destroy(
             e,
         ));
     }
+    if machines.is_empty() {
+        // What a killed export or import left in the project's work folder.
+        super::staging::sweep(&project.identity.folder);
+    }
     if project.identity.instance.is_some() && machines.is_empty() && failures.is_empty() {
         // A run's environment is gone whole: so is its state folder.
         drop(session);

@@ -36,7 +36,6 @@ pub struct ImportReport {
 struct Incoming {
     machine: Name,
     provider: String,
-    snapshot: Name,
     running: bool,
     created: String,
     /// The staged file holding its state.
@@ -57,9 +56,12 @@ pub struct ImportPlan {
     pub machines: Vec<(String, String)>,
     /// What it would take from this host.
     pub report: TrustReport,
+    /// The name its states take here: the snapshot exported, else `imported` (the moment
+    /// an export took is a temporary snapshot, never listed).
+    snapshot: Name,
     incoming: Vec<Incoming>,
     members: BTreeMap<String, PathBuf>,
-    staging: Option<tempfile::TempDir>,
+    staging: Option<super::staging::WorkDir>,
     created: Vec<PathBuf>,
 }
 
@@ -158,7 +160,8 @@ fn check_manifest(
                 m.provider
             ));
         }
-        let snapshot = Name::parse(&mm.snapshot.name)
+        // Checked though not used: the states take the name of the whole import.
+        Name::parse(&mm.snapshot.name)
             .map_err(|e| format!("the snapshot of machine `{machine}`: {e}"))?;
         if mm.snapshot.machine != mm.machine {
             return Err(format!(
@@ -178,7 +181,6 @@ fn check_manifest(
         out.push(Incoming {
             machine,
             provider: m.provider.clone(),
-            snapshot,
             running: mm.snapshot.running,
             created: mm.snapshot.created.clone(),
             state,
@@ -209,14 +211,18 @@ pub async fn import_check(
             grants: Vec::new(),
         },
         incoming: Vec::new(),
+        snapshot: Name::parse("imported").expect("a valid name"),
         members: BTreeMap::new(),
         staging: None,
         created,
     };
     made.map_err(io_err(format!("cannot create {}", envrig_dir.display())))?;
-    let staging = tempfile::Builder::new()
-        .prefix("import-")
-        .tempdir_in(&envrig_dir)
+    // What a killed import or export left in the work folder goes first.
+    super::staging::sweep(dir);
+    let tmp = super::staging::tmp_dir(dir);
+    make_dirs(&tmp, &mut plan.created)
+        .map_err(io_err(format!("cannot create {}", tmp.display())))?;
+    let staging = super::staging::WorkDir::new(dir, "import")
         .map_err(io_err("cannot create a staging folder"))?;
     let staging_path = staging.path().to_path_buf();
     plan.staging = Some(staging);
@@ -291,6 +297,9 @@ pub async fn import_check(
     let has_provider = |name: &str| ctx.registry.capabilities(name).is_some();
     plan.incoming =
         check_manifest(&manifest, &envfile, &plan.members, &has_provider).map_err(refused)?;
+    if let Some(s) = &manifest.snapshot {
+        plan.snapshot = Name::parse(s).map_err(|e| refused(format!("its snapshot: {e}")))?;
+    }
     plan.project = envfile.project.name.to_string();
     plan.machines = plan
         .incoming
@@ -321,7 +330,11 @@ pub async fn import_apply(
         })?;
     }
     let dir = plan.dir.clone();
-    for (member, staged_file) in &plan.members {
+    // Each file arrives whole (renamed from the staging folder), the Envfile last: a killed
+    // import leaves no Envfile, or one whose files are all there.
+    let mut files: Vec<(&String, &PathBuf)> = plan.members.iter().collect();
+    files.sort_by_key(|(m, _)| *m == "envfile/Envfile");
+    for (member, staged_file) in files {
         let Some(rel) = member.strip_prefix("envfile/") else {
             continue;
         };
@@ -330,7 +343,7 @@ pub async fn import_apply(
             std::fs::create_dir_all(parent)
                 .map_err(io_err(format!("cannot create {}", parent.display())))?;
         }
-        std::fs::copy(staged_file, &dest)
+        super::staging::persist(staged_file, &dest)
             .map_err(io_err(format!("cannot write {}", dest.display())))?;
     }
     // Written: the folders are the environment's now.
@@ -342,6 +355,15 @@ pub async fn import_apply(
     super::up::ensure_networks(ctx, &project, &all).await?;
     let observed = observe(ctx, &project).await?;
     let mut made = Vec::new();
+    // The imported state is one snapshot set of this environment, named as exported (a
+    // moment of "now" is `imported`), tagged with this environment's resource names.
+    let set = super::snapset::set_labels(
+        &plan
+            .incoming
+            .iter()
+            .map(|i| i.machine.as_str())
+            .collect::<Vec<_>>(),
+    );
     for inc in &plan.incoming {
         let m = project.machine(inc.machine.as_str()).ok_or_else(|| {
             OpError::Usage(format!(
@@ -355,11 +377,12 @@ pub async fn import_apply(
         let created = super::now_rfc3339();
         let mut l = project.identity.labels(&m.name, 1, &created);
         l.insert(labels::PROVIDER.to_string(), inc.provider.clone());
+        l.extend(set.clone());
         let spec = super::machine_spec(&project, m, 1, &created);
         // Built from checked fields only; the spec is the Envfile's.
         let incoming = Snapshot {
             id: String::new(),
-            name: inc.snapshot.to_string(),
+            name: plan.snapshot.to_string(),
             machine: inc.machine.to_string(),
             created: inc.created.clone(),
             running: inc.running,

@@ -44,6 +44,30 @@ pub async fn snapshots(
     Ok(out)
 }
 
+/// The snapshots `snapshot list` shows and `restore` and `export` use: whole sets only
+/// (see [`super::snapset`]).
+pub async fn listed_snapshots(
+    ctx: &Context,
+    project: &Project,
+) -> Result<Vec<(String, Snapshot)>, OpError> {
+    let (all, observed) = tokio::join!(snapshots(ctx, project), observe(ctx, project));
+    Ok(super::snapset::listed(&all?, &existing(&observed?)))
+}
+
+/// The machines that have a resource now.
+fn existing(observed: &[Observed]) -> std::collections::BTreeSet<String> {
+    observed.iter().map(|o| o.machine.clone()).collect()
+}
+
+/// Deletes the temporary snapshots of exports that were killed (their process is gone).
+async fn delete_abandoned(ctx: &Context, all: &[(String, Snapshot)]) {
+    for (pname, s) in all.iter().filter(|(_, s)| super::snapset::abandoned(s)) {
+        if let Ok(p) = provider(ctx, pname).await {
+            let _ = p.snapshot_delete(s).await;
+        }
+    }
+}
+
 fn check_name(name: &str) -> Result<(), OpError> {
     Name::parse(name)
         .map(|_| ())
@@ -71,18 +95,21 @@ pub async fn snapshot_save(
 ) -> Result<Vec<String>, OpError> {
     check_name(name)?;
     let _session = Session::open(ctx, project).await?;
-    Ok(save_locked(ctx, project, name, machines, force, false)
-        .await?
-        .into_iter()
-        .map(|s| s.machine)
-        .collect())
+    Ok(
+        save_locked(ctx, project, name, machines, force, false, false)
+            .await?
+            .into_iter()
+            .map(|s| s.machine)
+            .collect(),
+    )
 }
 
 /// Saves with the project's lock already held; returns the snapshots made. With `flush`,
 /// running machines first write what they hold in memory to their disks (so a disk alone
 /// holds every file: an export made now), and the snapshots say so (`dev.envrig.flushed`);
 /// without, the moment is taken at once (memory included where the engine keeps it), and
-/// an export of it later does what is needed.
+/// an export of it later does what is needed. With `temp`, the snapshots are temporary
+/// (never listed; an export's moment) and owned by this process.
 pub(super) async fn save_locked(
     ctx: &Context,
     project: &Project,
@@ -90,10 +117,10 @@ pub(super) async fn save_locked(
     machines: &[String],
     force: bool,
     flush: bool,
+    temp: bool,
 ) -> Result<Vec<Snapshot>, OpError> {
     // What exists and which snapshots exist, asked at once.
-    let (targets, existing) =
-        tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
+    let (targets, found) = tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
     let (selected, observed) = targets?;
     let mut work = Vec::new();
     for m in &selected {
@@ -113,7 +140,10 @@ pub(super) async fn save_locked(
             "no machine of this environment exists: `envrig up` first".into(),
         ));
     }
-    let existing = existing?;
+    let all = found?;
+    delete_abandoned(ctx, &all).await;
+    // A set a killed save left half-made is not listed, and is replaced without `--force`.
+    let existing = super::snapset::listed(&all, &existing(&observed));
     // Running machines flush their files to disk first, all at once.
     let flushes = work
         .iter()
@@ -157,6 +187,19 @@ pub(super) async fn save_locked(
     }
     if result.is_ok() {
         let created = super::now_rfc3339();
+        let mut set = super::snapset::set_labels(
+            &work
+                .iter()
+                .map(|(m, _)| m.name.as_str())
+                .collect::<Vec<_>>(),
+        );
+        if temp {
+            set.insert(
+                labels::SNAPSHOT_TEMP.to_string(),
+                crate::identity::owner_token(),
+            );
+        }
+        let set = &set;
         let saves = work.iter().map(|(m, o)| {
             let created = created.clone();
             async move {
@@ -172,6 +215,7 @@ pub(super) async fn save_locked(
                 if flush {
                     l.insert(labels::FLUSHED.to_string(), "1".to_string());
                 }
+                l.extend(set.clone());
                 p.snapshot_save(
                     &o.id,
                     name,
@@ -231,7 +275,7 @@ pub async fn snapshot_restore(
     check_name(name)?;
     let session = Session::open(ctx, project).await?;
     let (selected, observed) = targets(ctx, project, machines).await?;
-    let all = snapshots(ctx, project).await?;
+    let all = super::snapset::listed(&snapshots(ctx, project).await?, &existing(&observed));
     let mut work = Vec::new();
     for m in &selected {
         match all
@@ -279,7 +323,7 @@ pub async fn snapshot_restore(
 /// `snapshot list`: one row per name.
 pub async fn snapshot_list(ctx: &Context, project: &Project) -> Result<Vec<SnapshotRow>, OpError> {
     let mut rows: BTreeMap<String, SnapshotRow> = BTreeMap::new();
-    for (_, s) in snapshots(ctx, project).await? {
+    for (_, s) in listed_snapshots(ctx, project).await? {
         let row = rows.entry(s.name.clone()).or_insert_with(|| SnapshotRow {
             name: s.name.clone(),
             machines: Vec::new(),

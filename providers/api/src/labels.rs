@@ -31,6 +31,16 @@ pub const CONFIG: &str = "dev.envrig.config";
 pub const EXPIRES: &str = "dev.envrig.expires";
 /// On a snapshot: its name.
 pub const SNAPSHOT: &str = "dev.envrig.snapshot";
+/// On a snapshot: the id of the save that made it (one per `snapshot save`, `export` or
+/// `import`), shared by every machine saved at that moment.
+pub const SNAPSHOT_SET: &str = "dev.envrig.snapshot.set";
+/// On a snapshot: the machines its save took (comma-separated), so a set that a killed save
+/// left incomplete is recognised and never listed.
+pub const SNAPSHOT_MACHINES: &str = "dev.envrig.snapshot.machines";
+/// On a temporary snapshot (the moment an `export` of "now" takes): the process that owns it
+/// (`BOOT_ID:PID:START_TIME`). Never listed; deleted by its export, or by the next save,
+/// export or destroy once that process is gone.
+pub const SNAPSHOT_TEMP: &str = "dev.envrig.snapshot.temp";
 /// On a packaged base: the fingerprint of what it was made from (config and steps).
 pub const FINGERPRINT: &str = "dev.envrig.fingerprint";
 /// On a snapshot: the machine wrote its files to disk first (its disk alone holds them).

@@ -27,6 +27,7 @@ pub mod drift;
 pub mod labels;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod work;
 
 pub use labels::Selector;
 
@@ -401,6 +402,20 @@ pub struct Terminal {
     pub size: Option<(u16, u16)>,
 }
 
+/// Whether `s` is a user name a host command may be given: 1 to 32 of `A-Za-z0-9._-`, not
+/// starting with `-` or `.`, with an optional trailing `$` (as `useradd` allows). A name a
+/// guest reports is checked with this before it reaches `ssh` or a config file: a "user"
+/// named `-oProxyCommand=...` would otherwise be an option.
+pub fn valid_user_name(s: &str) -> bool {
+    let body = s.strip_suffix('$').unwrap_or(s);
+    !body.is_empty()
+        && s.len() <= 32
+        && !body.starts_with(['-', '.'])
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// How to reach a machine with a real SSH client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SshEndpoint {
@@ -614,6 +629,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Removes the work files and folders ([`work`]) of envrig processes that are gone from
+    /// the provider's own store (half-added boxes, unpacked imports, packaging folders);
+    /// returns what went. Nothing by default.
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Takes the machine's file system as it is now as the baseline [`Provider::drift`]
     /// compares with; called once its generation is provisioned (and after `provision`).
     async fn mark_baseline(&self, id: &str) -> Result<()>;
@@ -622,4 +644,30 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// baseline, envrig's own records ([`drift::ENVRIG_DIR`]) left out; the core leaves out
     /// volatile and ignored paths.
     async fn drift(&self, id: &str) -> Result<Vec<drift::PathChange>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_user_name;
+
+    #[test]
+    fn user_names_are_checked_before_they_reach_a_command() {
+        for ok in ["root", "vagrant", "a.b-c_d", "svc$", "u1"] {
+            assert!(valid_user_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-oProxyCommand=touch x",
+            "-l",
+            ".hidden",
+            "a b",
+            "a\nProxyCommand x",
+            "a@b",
+            "$",
+            "ünï",
+            &"a".repeat(33),
+        ] {
+            assert!(!valid_user_name(bad), "{bad:?}");
+        }
+    }
 }

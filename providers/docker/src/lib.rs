@@ -1367,6 +1367,17 @@ impl Provider for DockerProvider {
             })
             .collect();
         all.extend(labels.clone());
+        // Named and tagged as the importing environment's snapshot of its own machine (the
+        // exporter's tag would clash with another import of the same archive).
+        all.insert(labels::SNAPSHOT.to_string(), snap.name.clone());
+        all.insert(
+            SNAP_SPEC.to_string(),
+            serde_json::to_string(&snap.spec).map_err(|e| ProviderError::Engine {
+                provider: NAME,
+                op: "encode the snapshot's spec".into(),
+                source: Box::new(e),
+            })?,
+        );
         let relabelled = self.relabel(&img.id.unwrap_or(loaded), &all).await?;
         snapshot_from_labels(Some(relabelled), all).ok_or_else(|| ProviderError::Conflict {
             message: "the loaded image is not an envrig snapshot".into(),

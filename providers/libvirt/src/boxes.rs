@@ -103,7 +103,7 @@ fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
 pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Result<StoredBox> {
     check_new(store, name, force)?;
     std::fs::create_dir_all(store)?;
-    let tmp = store.join(format!(".adding-{name}-{}", std::process::id()));
+    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> std::io::Result<StoredBox> {
@@ -159,7 +159,7 @@ pub fn adopt(
 ) -> std::io::Result<StoredBox> {
     check_new(store, name, true)?;
     std::fs::create_dir_all(store)?;
-    let tmp = store.join(format!(".adding-{name}-{}", std::process::id()));
+    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> std::io::Result<StoredBox> {
@@ -197,7 +197,9 @@ fn finish(store: &Path, name: &str, tmp: &Path, source: &str) -> std::io::Result
     }
     let final_dir = store.join(name);
     if final_dir.exists() {
-        let old = store.join(format!(".replaced-{name}-{}", std::process::id()));
+        let old = store.join(envrig_provider_api::work::name(&format!(
+            ".replaced-{name}"
+        )));
         let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(&final_dir, &old)?;
         std::fs::rename(tmp, &final_dir)?;

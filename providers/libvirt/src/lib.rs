@@ -167,6 +167,21 @@ fn io(op: impl Into<String>, e: std::io::Error) -> ProviderError {
     }
 }
 
+/// `user` when it is a user name (see [`envrig_provider_api::valid_user_name`]); the guest
+/// said it, so anything else is refused rather than passed on.
+fn checked_user(user: &str) -> Result<String> {
+    if envrig_provider_api::valid_user_name(user) {
+        Ok(user.to_string())
+    } else {
+        Err(ProviderError::Conflict {
+            message: format!(
+                "the guest named its login user {user:?}, which is not a user name; \
+                 envrig will not pass it to a command (recreate the machine: `envrig destroy` and `envrig up`)"
+            ),
+        })
+    }
+}
+
 /// An imported disk that is refused, and why.
 fn refused_disk(what: &str, why: &str) -> ProviderError {
     ProviderError::Refused {
@@ -367,7 +382,7 @@ impl LibvirtProvider {
         let tmp = self
             .images
             .join(".boxes")
-            .join(format!(".{key}-{}", std::process::id()));
+            .join(envrig_provider_api::work::name(&format!(".{key}")));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io("stage the box", e))?;
         for f in ["disk.qcow2", "vmlinuz", "initrd.img", "cmdline"] {
@@ -443,6 +458,9 @@ impl LibvirtProvider {
     ) -> Result<MachineInfo> {
         let mdir = self.machine_dir(&spec.resource_name);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        // Until the domain is defined, nothing but this marker says whose the folder is: a
+        // killed envrig's is swept by `gc` (`sweep_work`).
+        let marker = Marker::new(&mdir, "creating");
         let disk_file = mdir.join("disk.qcow2");
         let backing = match disk {
             Disk::Overlay(backing) => {
@@ -671,6 +689,7 @@ impl LibvirtProvider {
         {
             self.detach(n, m).await;
         }
+        drop(marker);
         defined
     }
 
@@ -836,6 +855,7 @@ impl LibvirtProvider {
         let mdir = self.machine_dir(&spec.resource_name);
         let _ = std::fs::remove_dir_all(&mdir);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        let _marker = Marker::new(&mdir, "creating");
         for f in std::iter::once("disk.qcow2").chain(boxes::KERNEL_FILES) {
             if src.join(f).is_file() {
                 std::fs::rename(src.join(f), mdir.join(f))
@@ -1183,7 +1203,10 @@ impl LibvirtProvider {
             let mut vars = machine_env;
             vars.extend(req.env.clone());
             vars.retain(|k, _| shell_name(k));
-            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            let user = match &req.user {
+                Some(u) => u.clone(),
+                None => self.login_user(&info)?,
+            };
             (login_argv(req, &user, &vars), all)
         } else {
             all.extend(machine_env);
@@ -1373,15 +1396,20 @@ impl LibvirtProvider {
     }
 
     /// The user `envrig ssh` logs in as (recorded when the key was installed: `vagrant` when
-    /// the guest has that user), else root.
-    fn login_user(&self, info: &MachineInfo) -> String {
-        self.ssh_parts(info)
+    /// the guest has that user), else root. What is recorded came from the guest: it is
+    /// checked again here, as it is before it is written.
+    fn login_user(&self, info: &MachineInfo) -> Result<String> {
+        let recorded = self
+            .ssh_parts(info)
             .and_then(|(_, keys)| {
                 std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name))).ok()
             })
             .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "root".into())
+            .filter(|u| !u.is_empty());
+        match recorded {
+            None => Ok("root".into()),
+            Some(u) => checked_user(&u),
+        }
     }
 
     /// An SSH session to the machine as `user` with the environment's key, its host key
@@ -1484,7 +1512,7 @@ impl LibvirtProvider {
                     // A revert: the machine is where it was when SSH worked.
                     return Ok(());
                 }
-                let user = self.install_key_by_agent(id, &keys).await?;
+                let user = checked_user(&self.install_key_by_agent(id, &keys).await?)?;
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
                 let _ = std::fs::write(&user_file, &user);
                 false
@@ -1515,7 +1543,7 @@ impl LibvirtProvider {
                             ),
                         });
                     }
-                    let user = String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root").to_string();
+                    let user = checked_user(String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root"))?;
                     let _ = std::fs::write(&user_file, &user);
                     true
                 }
@@ -1697,6 +1725,25 @@ done
 if grep -q '^vagrant:' /etc/passwd; then echo vagrant; else echo root; fi"#,
         k = sh_quote(key)
     )
+}
+
+/// A work file ([`envrig_provider_api::work`]) in a machine's folder while no domain claims
+/// the folder (before it is defined, after it is undefined): `sweep_work` removes a folder
+/// whose marker's process is gone and whose domain does not exist.
+struct Marker(PathBuf);
+
+impl Marker {
+    fn new(mdir: &Path, kind: &str) -> Marker {
+        let path = mdir.join(envrig_provider_api::work::name(kind));
+        let _ = std::fs::write(&path, b"");
+        Marker(path)
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Deletes a machine's DHCP and DNS entries from network `n` (best effort).
@@ -2131,6 +2178,12 @@ impl Provider for LibvirtProvider {
             let _ = keys.unpin(port);
             let _ = std::fs::remove_file(keys.dir.join(format!("{}.user", info.resource_name)));
         }
+        // Once undefined, only this marker says whose the folder is (see `define`).
+        let _marker = self
+            .info(id)
+            .await
+            .ok()
+            .map(|i| Marker::new(&self.machine_dir(&i.resource_name), "removing"));
         let id2 = id.to_string();
         let name = self
             .blocking(move |c| {
@@ -2402,7 +2455,10 @@ impl Provider for LibvirtProvider {
         };
         let line = if req.login {
             all.retain(|k, _| shell_name(k));
-            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            let user = match &req.user {
+                Some(u) => u.clone(),
+                None => self.login_user(&info)?,
+            };
             format!("exec {}", quoted(login_argv(req, &user, &all)))
         } else {
             format!(
@@ -2764,7 +2820,10 @@ impl Provider for LibvirtProvider {
                 }
             }
         }
-        let dir = root.join(format!("{}-{}-{n}", snap.machine, std::process::id()));
+        let dir = root.join(format!(
+            "{}.{n}",
+            envrig_provider_api::work::name(&snap.machine)
+        ));
         let (src2, dir2) = (src.to_path_buf(), dir.clone());
         let checked = tokio::task::spawn_blocking(move || {
             boxes::unpack_disk_tar(&src2, &dir2)?;
@@ -2812,11 +2871,10 @@ impl Provider for LibvirtProvider {
             });
         }
         let (info, disk, kernel_dir) = self.disk_of(id).await?;
-        let tmp = self.images.join(format!(
-            ".package-{}-{}",
-            info.resource_name,
-            std::process::id()
-        ));
+        let tmp = self.images.join(envrig_provider_api::work::name(&format!(
+            ".package-{}",
+            info.resource_name
+        )));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io("make a work folder", e))?;
         let paused = info.state == MachineState::Running;
@@ -2947,6 +3005,56 @@ impl Provider for LibvirtProvider {
         Ok(())
     }
 
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        use envrig_provider_api::work;
+        let mut out: Vec<String> = [
+            self.images.join(".boxes"),
+            self.images.join(".imports"),
+            self.images.clone(),
+            self.boxes.clone(),
+        ]
+        .iter()
+        .flat_map(|d| work::sweep(d))
+        .map(|p| format!("file {}", p.display()))
+        .collect();
+        // Machine folders that a killed envrig was making or removing: no domain claims
+        // them, and their marker's process is gone.
+        let mut orphans = Vec::new();
+        for e in std::fs::read_dir(&self.images)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let marked = std::fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| work::abandoned(&f.file_name().to_string_lossy()));
+            if marked {
+                orphans.push(name);
+            }
+        }
+        let unclaimed = self
+            .blocking(move |c| {
+                Ok(orphans
+                    .into_iter()
+                    .filter(|n| c.lookup_domain_by_name(n).is_err())
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        for name in unclaimed {
+            let dir = self.machine_dir(&name);
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                out.push(format!("folder {}", dir.display()));
+            }
+        }
+        Ok(out)
+    }
+
     async fn refresh_synced(&self, id: &str) -> Result<Vec<String>> {
         self.sync_folders(id, false).await
     }
@@ -2956,7 +3064,7 @@ impl Provider for LibvirtProvider {
         let (port, keys) = self
             .ssh_parts(&info)
             .ok_or_else(|| unsupported("SSH into a machine made before envrig had SSH"))?;
-        let user = self.login_user(&info);
+        let user = self.login_user(&info)?;
         Ok(SshEndpoint {
             host: "127.0.0.1".into(),
             port,
