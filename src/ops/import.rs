@@ -410,3 +410,101 @@ pub async fn import_apply(
         machines: made,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envfile() -> Envfile {
+        let caps = |_: &str| Some(envrig_provider_api::Capabilities::default());
+        let opts = LoadOptions {
+            env: &|_| None,
+            provider_override: None,
+            capabilities: &caps,
+            check_paths: false,
+        };
+        let src = "[boxes.bb]\ndocker = \"busybox\"\n[machines.a]\nbox = \"bb\"\n";
+        envfile::parse(src, Path::new("/x/Envfile"), "Envfile", &opts)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0
+    }
+
+    /// A manifest of machine `a`, changed by `edit`; checked.
+    fn check(edit: impl Fn(&mut serde_json::Value)) -> Result<Vec<Incoming>, String> {
+        let mut m = serde_json::json!({
+            "format": 1, "envrig": "0.1.0", "project": "p", "snapshot": "s1",
+            "created": "2026-01-01T00:00:00Z", "members": [],
+            "machines": [{"machine": "a", "provider": "docker", "member": "machines/a.image",
+                "snapshot": {"id": "i", "name": "s1", "machine": "a", "running": true,
+                    "created": "2026-01-01T00:00:00Z", "labels": {},
+                    "spec": {"resource_name": "r", "machine": "a", "base": "b", "cpus": null,
+                        "memory_bytes": null, "hostname": "a", "env": {}, "command": null,
+                        "ports": [], "synced": [], "labels": {}, "options": {},
+                        "network": null}}}]
+        });
+        edit(&mut m);
+        let manifest: Manifest = serde_json::from_value(m).unwrap();
+        let members = BTreeMap::from([(
+            "machines/a.image".to_string(),
+            PathBuf::from("/staged/000001"),
+        )]);
+        check_manifest(&manifest, &envfile(), &members, &|p| p == "docker")
+    }
+
+    #[test]
+    fn a_sound_manifest_gives_the_staged_state_of_each_machine() {
+        let got = check(|_| {}).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].machine.as_str(), "a");
+        assert_eq!(got[0].state, PathBuf::from("/staged/000001"));
+        assert!(got[0].running);
+    }
+
+    /// A change to a manifest, and what its refusal says.
+    type Case = (Box<dyn Fn(&mut serde_json::Value)>, &'static str);
+
+    #[test]
+    fn every_manifest_field_is_checked() {
+        let cases: Vec<Case> = vec![
+            (Box::new(|m| m["envrig"] = "0.1\n; rm".into()), "`envrig`"),
+            (Box::new(|m| m["created"] = "../../x".into()), "`created`"),
+            (Box::new(|m| m["project"] = "../p".into()), "`project`"),
+            (Box::new(|m| m["snapshot"] = "S/1".into()), "`snapshot`"),
+            (
+                Box::new(|m| m["machines"][0]["machine"] = "../a".into()),
+                "not a valid name",
+            ),
+            (
+                Box::new(|m| {
+                    let again = m["machines"][0].clone();
+                    m["machines"].as_array_mut().unwrap().push(again);
+                }),
+                "listed twice",
+            ),
+            (
+                Box::new(|m| m["machines"][0]["provider"] = "nope".into()),
+                "provider",
+            ),
+            (
+                Box::new(|m| m["machines"][0]["snapshot"]["name"] = "".into()),
+                "the snapshot of machine `a`",
+            ),
+            (
+                Box::new(|m| m["machines"][0]["snapshot"]["machine"] = "b".into()),
+                "another machine",
+            ),
+            (
+                Box::new(|m| m["machines"][0]["snapshot"]["created"] = "x y".into()),
+                "`created`",
+            ),
+            (
+                Box::new(|m| m["machines"][0]["member"] = "machines/../a.image".into()),
+                "is not its member",
+            ),
+        ];
+        for (edit, expect) in cases {
+            let e = check(edit).err().unwrap_or_default();
+            assert!(e.contains(expect), "expected `{expect}` in `{e}`");
+        }
+    }
+}
