@@ -38,6 +38,9 @@ use crate::plan::{Desired, Observed};
 use crate::providers::Registry;
 use crate::state::{StateCache, StateDir, StateLock};
 
+/// The archive verifier on its own, for the fuzz targets: checks a whole archive into a
+/// staging folder and returns its manifest. Blocking.
+pub use archive::verify as verify_archive;
 pub use archive::{Manifest, export};
 pub use boxes::{BoxRow, BoxSource, box_add, box_list, box_remove};
 pub use destroy::{DestroySummary, destroy};
