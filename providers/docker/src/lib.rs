@@ -810,6 +810,11 @@ impl Provider for DockerProvider {
                 }
                 Err(e) => match map_err(format!("inspect network {}", spec.name), e) {
                     ProviderError::NotFound { .. } => {}
+                    other if other.to_string().contains("ambiguous") => {
+                        self.dedupe_network(&spec.name, spec.labels.get(labels::ENV))
+                            .await?;
+                        continue;
+                    }
                     other => return Err(other),
                 },
             }
@@ -954,7 +959,9 @@ impl Provider for DockerProvider {
             .map_err(|e| map_err("list networks", e))?;
         for n in networks {
             let Some(name) = n.name else { continue };
-            match self.docker.remove_network(&name).await {
+            // By id: two networks may share a name (see `dedupe_network`).
+            let id = n.id.unwrap_or_else(|| name.clone());
+            match self.docker.remove_network(&id).await {
                 Ok(()) => removed.push(format!("network {name}")),
                 Err(e) => match map_err(format!("remove network {name}"), e) {
                     ProviderError::NotFound { .. } => {}
@@ -1500,10 +1507,18 @@ impl DockerProvider {
     /// A new image with `labels` on top of `image` (Docker cannot change an image's labels in
     /// place): a container is created from it, never started, committed and removed.
     async fn relabel(&self, image: &str, labels: &BTreeMap<String, String>) -> Result<String> {
+        // The helper is a build, never a machine: if envrig is killed before it goes, `up`
+        // leaves it aside and `destroy` and `gc` remove it. The image gets the mark blanked
+        // (a commit merges the container's labels in; an empty label counts as none).
+        let mut helper = labels.clone();
+        helper.insert(labels::CANDIDATE.to_string(), "relabel".to_string());
+        let mut labels = labels.clone();
+        labels.insert(labels::CANDIDATE.to_string(), String::new());
+        let labels = &labels;
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(KEEPALIVE.iter().map(|s| s.to_string()).collect()),
-            labels: Some(labels.clone().into_iter().collect()),
+            labels: Some(helper.into_iter().collect()),
             ..ContainerCreateBody::default()
         };
         let c = self
