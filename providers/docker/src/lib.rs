@@ -1326,6 +1326,20 @@ impl Provider for DockerProvider {
             }
         }
         let loaded = loaded.unwrap_or_else(|| snap.id.clone());
+        // The loaded image carries the exporter's labels and no tag: until it is relabelled,
+        // a tag naming this process keeps it findable, so what a killed import loaded is
+        // removed by `gc` (`sweep_work`).
+        let guard = envrig_provider_api::work::name(&snap.machine);
+        let _ = self
+            .docker
+            .tag_image(
+                &loaded,
+                Some(bollard::query_parameters::TagImageOptions {
+                    repo: Some(IMPORT_REPO.to_string()),
+                    tag: Some(guard.clone()),
+                }),
+            )
+            .await;
         // Re-label for this environment: a commit of a throwaway container is the way Docker
         // changes labels; instead, tag the image and keep its labels, recording the new
         // environment in a derived image.
@@ -1362,7 +1376,20 @@ impl Provider for DockerProvider {
                 source: Box::new(e),
             })?,
         );
-        let relabelled = self.relabel(&img.id.unwrap_or(loaded), &all).await?;
+        let relabelled = self.relabel(&img.id.unwrap_or(loaded), &all).await;
+        // Only the tag goes: the image is the relabelled one's parent.
+        let _ = self
+            .docker
+            .remove_image(
+                &format!("{IMPORT_REPO}:{guard}"),
+                Some(RemoveImageOptions {
+                    noprune: true,
+                    ..RemoveImageOptions::default()
+                }),
+                None,
+            )
+            .await;
+        let relabelled = relabelled?;
         snapshot_from_labels(Some(relabelled), all).ok_or_else(|| ProviderError::Conflict {
             message: "the loaded image is not an envrig snapshot".into(),
         })
@@ -1465,6 +1492,30 @@ impl Provider for DockerProvider {
         self.drift_impl(id).await
     }
 
+    /// Images that a killed `import` loaded and did not relabel (their guard tag names a
+    /// process that is gone).
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        let filters = HashMap::from([("reference".to_string(), vec![format!("{IMPORT_REPO}:*")])]);
+        let mut out = Vec::new();
+        for img in self.images(filters).await? {
+            for t in &img.repo_tags {
+                let Some(tag) = t.strip_prefix(&format!("{IMPORT_REPO}:")) else {
+                    continue;
+                };
+                if envrig_provider_api::work::abandoned(tag)
+                    && self
+                        .docker
+                        .remove_image(t, None::<RemoveImageOptions>, None)
+                        .await
+                        .is_ok()
+                {
+                    out.push(format!("image {t}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn box_remove(&self, _name: &str) -> Result<()> {
         Err(ProviderError::NotSupported {
             provider: NAME,
@@ -1480,6 +1531,9 @@ impl Provider for DockerProvider {
         })
     }
 }
+
+/// The repository of the tags that keep an image being imported (see `snapshot_import`).
+const IMPORT_REPO: &str = "envrig-import";
 
 /// The image tag of a snapshot: `envrig-snapshot/RESOURCE:NAME`.
 fn snapshot_tag(resource_name: &str, name: &str) -> String {
