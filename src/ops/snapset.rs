@@ -3,9 +3,10 @@
 //! a killed envrig left half-made is recognised from the engines alone and never listed: a
 //! snapshot is listed whole or not at all.
 //!
-//! A set missing some of its machines is still listed when each missing one went on
-//! purpose: the machine was destroyed (its snapshots go with it), or a later whole save of
-//! the same name replaced that machine's snapshot (`snapshot save NAME web --force`).
+//! A set missing some of its machines is still listed when a later whole save of the same
+//! name replaced each missing machine's snapshot (`snapshot save NAME web --force`). A set
+//! that lost a machine any other way (a killed save, import or destroy; `destroy MACHINE`,
+//! which deletes that machine's snapshots) is not: it is not the moment it was.
 //! Temporary snapshots (an export's moment) are never listed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,10 +50,9 @@ pub fn abandoned(s: &Snapshot) -> bool {
     label(s, labels::SNAPSHOT_TEMP).is_some_and(|owner| !crate::identity::owner_alive(owner))
 }
 
-/// The snapshots of `all` that are listed: whole sets, and sets whose missing machines went
-/// on purpose; `existing` holds the machines that have a resource now. Snapshots saved
-/// before sets were recorded count as whole.
-pub fn listed<T: Clone>(all: &[(T, Snapshot)], existing: &BTreeSet<String>) -> Vec<(T, Snapshot)> {
+/// The snapshots of `all` that are listed: whole sets, and sets whose missing machines a
+/// later whole save replaced. Snapshots saved before sets were recorded count as whole.
+pub fn listed<T: Clone>(all: &[(T, Snapshot)]) -> Vec<(T, Snapshot)> {
     // name -> set id -> (declared machines, present machines, created)
     type Sets<'a> = BTreeMap<&'a str, (BTreeSet<&'a str>, BTreeSet<&'a str>, &'a str)>;
     let mut by_name: BTreeMap<&str, Sets<'_>> = BTreeMap::new();
@@ -75,10 +75,9 @@ pub fn listed<T: Clone>(all: &[(T, Snapshot)], existing: &BTreeSet<String>) -> V
             return true;
         };
         declared.difference(present).all(|missing| {
-            !existing.contains(*missing)
-                || sets.iter().any(|(other, (d, p, c))| {
-                    *other != id && p.contains(missing) && complete(d, p) && c >= created
-                })
+            sets.iter().any(|(other, (d, p, c))| {
+                *other != id && p.contains(missing) && complete(d, p) && c >= created
+            })
         })
     };
     all.iter()
@@ -121,10 +120,6 @@ mod tests {
             .collect()
     }
 
-    fn existing(m: &[&str]) -> BTreeSet<String> {
-        m.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
     fn a_set_a_killed_save_left_half_made_is_not_listed() {
         let all = vec![
@@ -132,30 +127,18 @@ mod tests {
             ((), snap("s", "b", "1", "a,b,c", "t1")),
             ((), snap("old", "a", "", "", "t0")),
         ];
-        let l = listed(&all, &existing(&["a", "b", "c"]));
+        let l = listed(&all);
         assert_eq!(names(&l), vec!["old:a"], "legacy snapshots stay listed");
     }
 
     #[test]
-    fn machines_that_went_on_purpose_leave_the_rest_listed() {
-        // `c` was destroyed: its snapshot went with it.
-        let all = vec![
-            ((), snap("s", "a", "1", "a,b,c", "t1")),
-            ((), snap("s", "b", "1", "a,b,c", "t1")),
-        ];
-        assert_eq!(
-            names(&listed(&all, &existing(&["a", "b"]))),
-            vec!["s:a", "s:b"]
-        );
+    fn a_machine_saved_again_alone_leaves_the_rest_listed() {
         // `a` was saved again alone under the same name.
         let all = vec![
             ((), snap("s", "a", "2", "a", "t2")),
             ((), snap("s", "b", "1", "a,b", "t1")),
         ];
-        assert_eq!(
-            names(&listed(&all, &existing(&["a", "b"]))),
-            vec!["s:a", "s:b"]
-        );
+        assert_eq!(names(&listed(&all)), vec!["s:a", "s:b"]);
     }
 
     #[test]
@@ -165,7 +148,7 @@ mod tests {
             ((), snap("s", "a", "2", "a,b", "t2")),
             ((), snap("s", "b", "1", "a,b", "t1")),
         ];
-        assert!(listed(&all, &existing(&["a", "b"])).is_empty());
+        assert!(listed(&all).is_empty());
     }
 
     #[test]
@@ -173,6 +156,6 @@ mod tests {
         let mut t = snap("export-1", "a", "1", "a", "t1");
         t.labels
             .insert(labels::SNAPSHOT_TEMP.to_string(), "x:1:2".to_string());
-        assert!(listed(&[((), t)], &existing(&["a"])).is_empty());
+        assert!(listed(&[((), t)]).is_empty());
     }
 }

@@ -50,13 +50,7 @@ pub async fn listed_snapshots(
     ctx: &Context,
     project: &Project,
 ) -> Result<Vec<(String, Snapshot)>, OpError> {
-    let (all, observed) = tokio::join!(snapshots(ctx, project), observe(ctx, project));
-    Ok(super::snapset::listed(&all?, &existing(&observed?)))
-}
-
-/// The machines that have a resource now.
-fn existing(observed: &[Observed]) -> std::collections::BTreeSet<String> {
-    observed.iter().map(|o| o.machine.clone()).collect()
+    Ok(super::snapset::listed(&snapshots(ctx, project).await?))
 }
 
 /// Deletes the temporary snapshots of exports that were killed (their process is gone).
@@ -143,7 +137,7 @@ pub(super) async fn save_locked(
     let all = found?;
     delete_abandoned(ctx, &all).await;
     // A set a killed save left half-made is not listed, and is replaced without `--force`.
-    let existing = super::snapset::listed(&all, &existing(&observed));
+    let existing = super::snapset::listed(&all);
     // Running machines flush their files to disk first, all at once.
     let flushes = work
         .iter()
@@ -275,7 +269,7 @@ pub async fn snapshot_restore(
     check_name(name)?;
     let session = Session::open(ctx, project).await?;
     let (selected, observed) = targets(ctx, project, machines).await?;
-    let all = super::snapset::listed(&snapshots(ctx, project).await?, &existing(&observed));
+    let all = super::snapset::listed(&snapshots(ctx, project).await?);
     let mut work = Vec::new();
     for m in &selected {
         match all

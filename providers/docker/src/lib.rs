@@ -811,6 +811,11 @@ impl Provider for DockerProvider {
                 }
                 Err(e) => match map_err(format!("inspect network {}", spec.name), e) {
                     ProviderError::NotFound { .. } => {}
+                    other if other.to_string().contains("ambiguous") => {
+                        self.dedupe_network(&spec.name, spec.labels.get(labels::ENV))
+                            .await?;
+                        continue;
+                    }
                     other => return Err(other),
                 },
             }
@@ -955,7 +960,9 @@ impl Provider for DockerProvider {
             .map_err(|e| map_err("list networks", e))?;
         for n in networks {
             let Some(name) = n.name else { continue };
-            match self.docker.remove_network(&name).await {
+            // By id: two networks may share a name (see `dedupe_network`).
+            let id = n.id.unwrap_or_else(|| name.clone());
+            match self.docker.remove_network(&id).await {
                 Ok(()) => removed.push(format!("network {name}")),
                 Err(e) => match map_err(format!("remove network {name}"), e) {
                     ProviderError::NotFound { .. } => {}
@@ -1342,6 +1349,20 @@ impl Provider for DockerProvider {
             }
         }
         let loaded = loaded.unwrap_or_else(|| snap.id.clone());
+        // The loaded image carries the exporter's labels and no tag: until it is relabelled,
+        // a tag naming this process keeps it findable, so what a killed import loaded is
+        // removed by `gc` (`sweep_work`).
+        let guard = envrig_provider_api::work::name(&snap.machine);
+        let _ = self
+            .docker
+            .tag_image(
+                &loaded,
+                Some(bollard::query_parameters::TagImageOptions {
+                    repo: Some(IMPORT_REPO.to_string()),
+                    tag: Some(guard.clone()),
+                }),
+            )
+            .await;
         // Re-label for this environment: a commit of a throwaway container is the way Docker
         // changes labels; instead, tag the image and keep its labels, recording the new
         // environment in a derived image.
@@ -1378,7 +1399,20 @@ impl Provider for DockerProvider {
                 source: Box::new(e),
             })?,
         );
-        let relabelled = self.relabel(&img.id.unwrap_or(loaded), &all).await?;
+        let relabelled = self.relabel(&img.id.unwrap_or(loaded), &all).await;
+        // Only the tag goes: the image is the relabelled one's parent.
+        let _ = self
+            .docker
+            .remove_image(
+                &format!("{IMPORT_REPO}:{guard}"),
+                Some(RemoveImageOptions {
+                    noprune: true,
+                    ..RemoveImageOptions::default()
+                }),
+                None,
+            )
+            .await;
+        let relabelled = relabelled?;
         snapshot_from_labels(Some(relabelled), all).ok_or_else(|| ProviderError::Conflict {
             message: "the loaded image is not an envrig snapshot".into(),
         })
@@ -1481,6 +1515,30 @@ impl Provider for DockerProvider {
         self.drift_impl(id).await
     }
 
+    /// Images that a killed `import` loaded and did not relabel (their guard tag names a
+    /// process that is gone).
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        let filters = HashMap::from([("reference".to_string(), vec![format!("{IMPORT_REPO}:*")])]);
+        let mut out = Vec::new();
+        for img in self.images(filters).await? {
+            for t in &img.repo_tags {
+                let Some(tag) = t.strip_prefix(&format!("{IMPORT_REPO}:")) else {
+                    continue;
+                };
+                if envrig_provider_api::work::abandoned(tag)
+                    && self
+                        .docker
+                        .remove_image(t, None::<RemoveImageOptions>, None)
+                        .await
+                        .is_ok()
+                {
+                    out.push(format!("image {t}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn box_remove(&self, _name: &str) -> Result<()> {
         Err(ProviderError::NotSupported {
             provider: NAME,
@@ -1496,6 +1554,9 @@ impl Provider for DockerProvider {
         })
     }
 }
+
+/// The repository of the tags that keep an image being imported (see `snapshot_import`).
+const IMPORT_REPO: &str = "envrig-import";
 
 /// The image tag of a snapshot: `envrig-snapshot/RESOURCE:NAME`.
 fn snapshot_tag(resource_name: &str, name: &str) -> String {
@@ -1523,10 +1584,18 @@ impl DockerProvider {
     /// A new image with `labels` on top of `image` (Docker cannot change an image's labels in
     /// place): a container is created from it, never started, committed and removed.
     async fn relabel(&self, image: &str, labels: &BTreeMap<String, String>) -> Result<String> {
+        // The helper is a build, never a machine: if envrig is killed before it goes, `up`
+        // leaves it aside and `destroy` and `gc` remove it. The image gets the mark blanked
+        // (a commit merges the container's labels in; an empty label counts as none).
+        let mut helper = labels.clone();
+        helper.insert(labels::CANDIDATE.to_string(), "relabel".to_string());
+        let mut labels = labels.clone();
+        labels.insert(labels::CANDIDATE.to_string(), String::new());
+        let labels = &labels;
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(KEEPALIVE.iter().map(|s| s.to_string()).collect()),
-            labels: Some(labels.clone().into_iter().collect()),
+            labels: Some(helper.into_iter().collect()),
             ..ContainerCreateBody::default()
         };
         let c = self

@@ -27,7 +27,35 @@ impl DockerProvider {
         if !e.to_string().contains("network") {
             return Err(e);
         }
-        let c = self.inspect_raw(id).await?;
+        let mut c = self.inspect_raw(id).await?;
+        if e.to_string().contains("ambiguous") {
+            // A network's create that a killed envrig sent landed after ours.
+            let env = c
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(envrig_provider_api::labels::ENV))
+                .cloned();
+            let names: Vec<String> = c
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .map(|n| n.keys().cloned().collect())
+                .unwrap_or_default();
+            for name in names {
+                self.dedupe_network(&name, env.as_ref()).await?;
+            }
+            match self.docker.start_container(id, None).await {
+                Ok(()) => return Ok(()),
+                Err(e2) => {
+                    let e2 = map_err(format!("start {what} {id}"), e2);
+                    if !e2.to_string().contains("network") {
+                        return Err(e2);
+                    }
+                }
+            }
+            c = self.inspect_raw(id).await?;
+        }
         if !self.reattach(&c).await? {
             return Err(e);
         }
@@ -96,5 +124,39 @@ impl DockerProvider {
             moved = true;
         }
         Ok(moved)
+    }
+
+    /// Removes every network named `name` of environment `env` but the oldest. Docker's
+    /// check for a duplicate name is racy: a create that a killed envrig sent and the next
+    /// envrig's create can both succeed, and then every use of the name is "ambiguous".
+    /// Containers on a removed one are moved to the kept one when they start
+    /// ([`Self::start_reattaching`]); one that runs on it keeps it (its removal fails).
+    pub(crate) async fn dedupe_network(&self, name: &str, env: Option<&String>) -> Result<()> {
+        let filters =
+            std::collections::HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let mut same: Vec<_> = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| map_err("list networks", e))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter(|n| {
+                n.labels
+                    .as_ref()
+                    .and_then(|l| l.get(envrig_provider_api::labels::ENV))
+                    == env
+            })
+            .collect();
+        same.sort_by(|a, b| a.created.cmp(&b.created));
+        for n in same.iter().skip(1) {
+            if let Some(id) = n.id.as_deref() {
+                let _ = self.docker.remove_network(id).await;
+                tracing::info!("network {name}: removed the duplicate {id}");
+            }
+        }
+        Ok(())
     }
 }

@@ -1382,6 +1382,23 @@ impl LibvirtProvider {
         false
     }
 
+    /// When an envrig that started (or reverted) the machine was killed before its guest
+    /// was ready, waits for it as that envrig would have: the agent or SSH answers, the key
+    /// is in, the private address is up.
+    async fn finish_boot(&self, id: &str) -> Result<()> {
+        let info = self.info(id).await?;
+        let booting = self.machine_dir(&info.resource_name).join(BOOTING);
+        if !booting.exists() {
+            return Ok(());
+        }
+        if info.state == MachineState::Running {
+            self.wait_ready_with(id, false).await?;
+            self.wait_private_address(id).await;
+        }
+        let _ = std::fs::remove_file(&booting);
+        Ok(())
+    }
+
     async fn agent_answers(&self, id: &str) -> bool {
         self.agent(id, serde_json::json!({"execute": "guest-ping"}), 2)
             .await
@@ -1832,6 +1849,10 @@ const NAMES: &str = "dev.envrig.libvirt.names";
 
 /// The guest's file listing taken at the baseline, in the machine's folder.
 const DRIFT_BASELINE: &str = "drift-baseline.tsv";
+/// A file in a machine's folder from the moment envrig starts (or reverts) the domain until
+/// the guest is ready: when envrig was killed in between, the next command that reaches
+/// into the guest waits for it first ([`LibvirtProvider::finish_boot`]).
+const BOOTING: &str = "booting";
 
 /// Addresses dnsmasq has leased, unexpired, to MACs other than `mac` on the network whose
 /// XML is `net_xml` (from libvirt's lease status file for its bridge; none when it cannot
@@ -2113,6 +2134,8 @@ impl Provider for LibvirtProvider {
                     .await?;
             }
         }
+        let booting = self.machine_dir(&info.resource_name).join(BOOTING);
+        let _ = std::fs::write(&booting, b"");
         let id2 = id.to_string();
         self.blocking(move |c| {
             let dom = c
@@ -2126,6 +2149,7 @@ impl Provider for LibvirtProvider {
         .await?;
         self.wait_ready(id).await?;
         self.wait_private_address(id).await;
+        let _ = std::fs::remove_file(&booting);
         // Live folders are mounted at every boot; copies (and the folders a guest cannot
         // mount) are made by `refresh_synced`, which `up` and `provision` call and report.
         self.sync_folders(id, true).await?;
@@ -2433,6 +2457,7 @@ impl Provider for LibvirtProvider {
     /// Through the guest agent when the guest has one (no network needed), else over SSH
     /// as root with the environment's key (output streamed).
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
+        self.finish_boot(id).await?;
         if !ssh_preferred() && self.agent_answers(id).await {
             return self.exec_agent(id, req, output).await;
         }
@@ -2501,6 +2526,7 @@ impl Provider for LibvirtProvider {
     }
 
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
+        self.finish_boot(id).await?;
         if ssh_preferred() || !self.agent_answers(id).await {
             let info = self.info(id).await?;
             if self.ssh_parts(&info).is_some() {
@@ -2695,6 +2721,15 @@ impl Provider for LibvirtProvider {
             });
         }
         let (owner2, name2, running) = (owner.to_string(), name.to_string(), snap.running);
+        let booting = self
+            .info(owner)
+            .await
+            .ok()
+            .map(|i| self.machine_dir(&i.resource_name).join(BOOTING))
+            .filter(|_| running);
+        if let Some(b) = &booting {
+            let _ = std::fs::write(b, b"");
+        }
         self.blocking(move |c| {
             let dom = c
                 .lookup_domain_by_uuid_string(&owner2)
@@ -2713,6 +2748,9 @@ impl Provider for LibvirtProvider {
         if running {
             // The snapshot holds the environment's key already.
             self.wait_ready_with(owner, false).await?;
+        }
+        if let Some(b) = &booting {
+            let _ = std::fs::remove_file(b);
         }
         self.info(owner).await
     }
