@@ -285,8 +285,15 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
             virsh(&["net-undefine", &net]);
         }
         run(&["up"]).ok();
-        vm_sh(&run, "a", "ping -c 1 -W 5 b");
-        vm_sh(&run, "b", "ping -c 1 -W 5 alpha");
+        // `up` returns when the guest agent answers; the guest's DHCP client on the private
+        // network may finish a moment later (seen once under heavy load): bounded retries.
+        let ping = |name: &str| {
+            format!(
+                "for i in $(seq 1 20); do ping -c 1 -W 2 {name} >/dev/null 2>&1 && exit 0; sleep 1; done; ping -c 1 -W 2 {name}"
+            )
+        };
+        vm_sh(&run, "a", &ping("b"));
+        vm_sh(&run, "b", &ping("alpha"));
     }
     vm_sh(&run, "a", "echo a-marker > /root/marker");
     vm_sh(&run, "b", "echo b-marker > /root/marker");
