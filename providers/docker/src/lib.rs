@@ -699,7 +699,16 @@ impl Provider for DockerProvider {
             Err(ProviderError::NotFound { .. }) => return Ok(()),
             Err(_) => None,
         };
-        self.remove_container(id).await?;
+        if !self.remove_container(id).await? {
+            // Another removal takes it (a destroy killed after its request was sent): gone
+            // when this returns, so its name is free for what comes next (bounded, 30 s).
+            for _ in 0..300 {
+                if let Err(ProviderError::NotFound { .. }) = self.inspect_raw(id).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         if let Some(c) = &c
             && let Some(h) = holder::joined_holder(c)
             && let Err(e) = self.settle_holder(c, &h, true).await
