@@ -1020,22 +1020,32 @@ impl Provider for DockerProvider {
     }
 
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
-        let exec = self
-            .docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(req.argv.clone()),
-                    env: exec_env(req),
-                    user: req.user.clone(),
-                    working_dir: req.workdir.clone(),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..CreateExecOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| map_err(format!("create exec in {id}"), e))?;
+        let options = CreateExecOptions {
+            cmd: Some(req.argv.clone()),
+            env: exec_env(req),
+            user: req.user.clone(),
+            working_dir: req.workdir.clone(),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..CreateExecOptions::default()
+        };
+        // A commit pauses its container while it copies: one that a killed envrig sent
+        // (a snapshot, an export) can land after the next envrig looked. Such a pause ends
+        // with the commit: waited for, bounded (10 s).
+        let mut tries = 0;
+        let exec = loop {
+            match self.docker.create_exec(id, options.clone()).await {
+                Ok(e) => break e,
+                Err(e) => {
+                    let e = map_err(format!("create exec in {id}"), e);
+                    tries += 1;
+                    if tries >= 100 || !e.to_string().contains("is paused") {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         let started = self
             .docker
             .start_exec(&exec.id, None::<StartExecOptions>)
