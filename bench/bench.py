@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ENVRIG = REPO / "target" / "release" / "envrig"
+BASELINE: Path | None = None  # --baseline: a second envrig measured beside ENVRIG
 HOST_SETUP = REPO / "scripts" / "host-setup.sh"
 IMAGE = "envrig-test/busybox:latest"
 RAW_PARALLEL = 8  # envrig's default `up --parallel`
@@ -174,8 +175,8 @@ class Workspace:
         return d
 
     @staticmethod
-    def envrig(d: Path, *args) -> list:
-        return [str(ENVRIG), "-C", str(d), *args]
+    def envrig(d: Path, *args, binary: Path | None = None) -> list:
+        return [str(binary or ENVRIG), "-C", str(d), *args]
 
     @staticmethod
     def envrig_ids(d: Path) -> list[str]:
@@ -327,10 +328,10 @@ def check_provisioned(ws: Workspace, d: Path, what: str):
         raise BenchError(f"{what}: {PROVISION_FILE} is missing in {ids[0][:12]}")
 
 
-def envrig_up(ws: Workspace, n: int, provision: bool = False) -> float:
+def envrig_up(ws: Workspace, n: int, provision: bool = False, binary=None) -> float:
     d = ws.new_project(n, provision)
     try:
-        ms, _ = timed(ws.envrig(d, "up"))
+        ms, _ = timed(ws.envrig(d, "up", binary=binary))
         got = ws.envrig_running(d)
         if got != n:
             raise BenchError(f"envrig up: {got} of {n} machines running")
@@ -368,19 +369,20 @@ def exec_events(d: Path, since: float, until: float) -> int | None:
     return len(p.stdout.split("\n")) - 1 if p.stdout.strip() else 0
 
 
-def envrig_after_up(ws: Workspace, n: int, *args, provision: bool = False) -> float:
+def envrig_after_up(ws: Workspace, n: int, *args, provision: bool = False,
+                    binary=None) -> float:
     """Brings n machines up (untimed), then times `envrig ARGS`. With provision, the machines
     have a step; the setup `up` must have run it, and the timed command none (no exec)."""
     d = ws.new_project(n, provision)
     try:
         t_setup = time.time()
-        run(ws.envrig(d, "up"))
+        run(ws.envrig(d, "up", binary=binary))
         if ws.envrig_running(d) != n:
             raise BenchError("setup: envrig up did not start every machine")
         if provision:
             check_provisioned(ws, d, "setup: envrig up")
         t0 = time.time()
-        ms, _ = timed(ws.envrig(d, *args))
+        ms, _ = timed(ws.envrig(d, *args, binary=binary))
         t1 = time.time()
         if provision:
             time.sleep(0.2)  # let the engine publish the last events
@@ -396,13 +398,13 @@ def envrig_after_up(ws: Workspace, n: int, *args, provision: bool = False) -> fl
         ws.clean_project(d)
 
 
-def envrig_destroy(ws: Workspace, n: int) -> float:
+def envrig_destroy(ws: Workspace, n: int, binary=None) -> float:
     d = ws.new_project(n)
     try:
-        run(ws.envrig(d, "up"))
+        run(ws.envrig(d, "up", binary=binary))
         if ws.envrig_running(d) != n:
             raise BenchError("setup: envrig up did not start every machine")
-        ms, _ = timed(ws.envrig(d, "destroy", "-f"))
+        ms, _ = timed(ws.envrig(d, "destroy", "-f", binary=binary))
         left = ws.envrig_ids(d)
         if left:
             raise BenchError(f"envrig destroy -f left {len(left)} containers")
@@ -425,27 +427,39 @@ def raw_destroy(ws: Workspace, n: int, pool) -> float:
 # name, label, envrig side, raw side (or None), target (kind, value), extra raw variants:
 # (key, row label, side) compared with the same envrig samples, reported without a target.
 def scenarios(ws, pool):
-    return [
+    rows = [
         ("up-1", "up, 1 machine",
-         lambda: envrig_up(ws, 1), lambda: raw_up_side(ws, 1, pool), ("ratio", 1.15), []),
-        ("up-10", "up, 10 machines (raw: no network)",
-         lambda: envrig_up(ws, 10), lambda: raw_up_side(ws, 10, pool), ("ratio", 1.25),
-         [("net", "  same, raw + network create",
-           lambda: raw_up_side(ws, 10, pool, network=True))]),
+         lambda b=None: envrig_up(ws, 1, binary=b), lambda: raw_up_side(ws, 1, pool),
+         ("ratio", 1.15), []),
+        ("up-10", "up, 10 machines (raw: network create + 10 runs)",
+         lambda b=None: envrig_up(ws, 10, binary=b),
+         lambda: raw_up_side(ws, 10, pool, network=True), ("ratio", 1.10),
+         [("nonet", "  same, raw on the default bridge (no network)",
+           lambda: raw_up_side(ws, 10, pool))]),
         ("status-10", "status, 10 running",
-         lambda: envrig_after_up(ws, 10, "status"), None, ("ms", 25.0), []),
+         lambda b=None: envrig_after_up(ws, 10, "status", binary=b), None, ("ms", 25.0), []),
         ("noop-up-10", "no-op up, 10 running",
-         lambda: envrig_after_up(ws, 10, "up"), None, ("ms", 60.0), []),
+         lambda b=None: envrig_after_up(ws, 10, "up", binary=b), None, ("ms", 60.0), []),
         ("prov-up-10", "up + 1 shell step, 10 machines",
-         lambda: envrig_up(ws, 10, provision=True),
+         lambda b=None: envrig_up(ws, 10, provision=True, binary=b),
          lambda: raw_up_side(ws, 10, pool, network=True, provision=True), ("ratio", 1.25), []),
         ("prov-noop-10", "no-op up, 10 provisioned",
-         lambda: envrig_after_up(ws, 10, "up", provision=True), None, ("ms", 80.0), []),
+         lambda b=None: envrig_after_up(ws, 10, "up", provision=True, binary=b), None,
+         ("ms", 80.0), []),
         ("destroy-1", "destroy -f, 1 machine",
-         lambda: envrig_destroy(ws, 1), lambda: raw_destroy(ws, 1, pool), None, []),
+         lambda b=None: envrig_destroy(ws, 1, binary=b), lambda: raw_destroy(ws, 1, pool),
+         None, []),
         ("destroy-10", "destroy -f, 10 machines",
-         lambda: envrig_destroy(ws, 10), lambda: raw_destroy(ws, 10, pool), None, []),
+         lambda b=None: envrig_destroy(ws, 10, binary=b), lambda: raw_destroy(ws, 10, pool),
+         None, []),
     ]
+    # --baseline: another envrig binary (an older commit) measured in the same rounds, so
+    # before and after are side by side in one run.
+    if BASELINE is not None:
+        for row in rows:
+            fe = row[2]
+            row[5].append(("baseline", "  same, the baseline envrig", lambda fe=fe: fe(BASELINE)))
+    return rows
 
 
 def measure(sides, runs: int, warmup: int):
@@ -530,8 +544,11 @@ def print_table(results):
         print(line(row))
     if any(r["scenario"] == "up-10" for r in results):
         print("up-10: envrig's 10 machines get a private network (created in the timed `up`);"
-              " the target\nuses raw `docker run` with none, the `raw + network create` row"
-              " shows the other ratio.")
+              " the target\ncompares with raw `docker network create` + 10 `docker run"
+              " --network`; the `default bridge` row\nshows the ratio to raw runs with no"
+              " network at all.")
+    if BASELINE is not None:
+        print(f"baseline rows: ratio = this envrig / {BASELINE} (below 1: faster now).")
 
 
 def print_samples(results):
@@ -575,6 +592,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", metavar="NAME", action="append",
                     help="run only this scenario (repeatable): up-1, up-10, status-10, "
                          "noop-up-10, prov-up-10, prov-noop-10, destroy-1, destroy-10")
+    ap.add_argument("--baseline", metavar="PATH",
+                    help="another envrig binary (e.g. built from an older commit) measured in "
+                         "the same rounds; its rows give new/baseline ratios")
     ap.add_argument("--envrig", metavar="PATH",
                     help="the envrig binary to measure (default target/release/envrig; "
                          "never built when given)")
@@ -584,7 +604,11 @@ def main(argv=None) -> int:
     if not 0 <= args.warmup <= 10:
         ap.error("--warmup must be between 0 and 10")
 
-    global ENVRIG
+    global ENVRIG, BASELINE
+    if args.baseline:
+        BASELINE = Path(args.baseline).resolve()
+        if not os.access(BASELINE, os.X_OK):
+            ap.error(f"--baseline: {BASELINE} is not an executable file")
     if args.envrig:
         ENVRIG = Path(args.envrig).resolve()
         if not os.access(ENVRIG, os.X_OK):

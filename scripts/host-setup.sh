@@ -134,3 +134,13 @@ cloud_box=$(ENVRIG_BOX_FLAVOR=cloud "$here/build-debian-box.sh" | tail -n 1)
 virtiofsd=$("$here/build-virtiofsd.sh" | tail -n 1)
 
 log "ready: docker, image $TEST_IMAGE_REPO:latest, registry $REGISTRY_ADDR, libvirt, guest $guest, box $debian_box, cloud box $cloud_box, $virtiofsd"
+
+# --- Fuzzing ------------------------------------------------------------------------------
+# cargo-fuzz for bench/fuzz.sh (and the short round in scripts/test.sh); libFuzzer is C++.
+# Bounded: a build of cargo-fuzz that takes more than 15 minutes fails setup.
+apt_install g++
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  timeout 900 cargo install cargo-fuzz --locked --quiet
+fi
+log "fuzzing: $(cargo fuzz --version)"

@@ -22,3 +22,8 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast -- --include-ignored
 fi
+
+# Each fuzz target briefly, so a parser that learnt to panic shows (bench/README.md: the
+# long round, the build time and the sanitizer).
+echo "== fuzz targets, 30 s each"
+bench/fuzz.sh 0.5

@@ -62,17 +62,67 @@ pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
             });
         }
     };
-    let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Parse {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    parse(&text, &path.display().to_string()).map(Some)
+}
+
+/// Parses and checks the text of the lock file at `path` (named in errors): its version,
+/// every fingerprint (64 hex digits) and every box identity (`sha256:` and 64 hex digits).
+/// Nothing read here is trusted until it passed: a hand-edited or merged lock gives a clear
+/// error, never a panic later on.
+pub fn parse(text: &str, path: &str) -> Result<Lock, LockError> {
+    let fail = |message: String| LockError::Parse {
+        path: path.to_string(),
+        message,
+    };
+    let lock: Lock = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
     if lock.version != 1 {
-        return Err(LockError::Parse {
-            path: path.display().to_string(),
-            message: format!("version {} (this envrig writes version 1)", lock.version),
-        });
+        return Err(fail(format!(
+            "version {} (this envrig writes version 1)",
+            lock.version
+        )));
     }
-    Ok(Some(lock))
+    let redo = "; `envrig lock` writes it anew";
+    for (name, m) in &lock.machines {
+        if !is_hex(&m.fingerprint, 64) {
+            return Err(fail(format!(
+                "machine `{}` has fingerprint `{}`, which is not 64 hex digits{redo}",
+                shown(name),
+                shown(&m.fingerprint)
+            )));
+        }
+    }
+    for (name, by_provider) in &lock.boxes {
+        for (provider, base) in by_provider {
+            let ok = base
+                .id
+                .strip_prefix("sha256:")
+                .is_some_and(|h| is_hex(h, 64));
+            if !ok {
+                return Err(fail(format!(
+                    "box `{}` ({}) has id `{}`, which is not `sha256:` and 64 hex digits{redo}",
+                    shown(name),
+                    shown(provider),
+                    shown(&base.id)
+                )));
+            }
+        }
+    }
+    Ok(lock)
+}
+
+/// Whether `s` is exactly `len` lower-case hex digits.
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `s` for a message: at most 70 characters (cut on a character, never inside one),
+/// control characters escaped.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(70).flat_map(char::escape_debug).collect();
+    if s.chars().nth(70).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The file's text: the header and the TOML, stable (sorted) so two hosts write the same.
@@ -186,8 +236,8 @@ pub fn differences(
             }
             (Some(l), Some(fp)) if l.fingerprint != *fp => out.push(format!(
                 "machine `{name}` differs from {FILE_NAME}: its settings or steps changed (fingerprint {} -> {})",
-                &l.fingerprint[..12.min(l.fingerprint.len())],
-                &fp[..12.min(fp.len())]
+                l.fingerprint.chars().take(12).collect::<String>(),
+                fp.chars().take(12).collect::<String>()
             )),
             _ => {}
         }
@@ -229,7 +279,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         assert_eq!(read(&path).unwrap(), None);
-        let lock = lock_with("ab".repeat(32).as_str(), "sha256:1");
+        let lock = lock_with(
+            "ab".repeat(32).as_str(),
+            &format!("sha256:{}", "1".repeat(64)),
+        );
         write(&path, &lock).unwrap();
         assert_eq!(read(&path).unwrap(), Some(lock.clone()));
         let text = std::fs::read_to_string(&path).unwrap();
@@ -239,6 +292,33 @@ mod tests {
         assert!(read(&path).unwrap_err().to_string().contains("version 7"));
         std::fs::write(&path, "not toml [").unwrap();
         assert!(matches!(read(&path), Err(LockError::Parse { .. })));
+    }
+
+    #[test]
+    fn a_fingerprint_or_box_id_that_is_not_hex_is_a_clear_error() {
+        let good_id = format!("sha256:{}", "1".repeat(64));
+        let good_fp = "ab".repeat(32);
+        let text = |fp: &str, id: &str| render(&lock_with(fp, id));
+        assert!(parse(&text(&good_fp, &good_id), "Envfile.lock").is_ok());
+        // A multi-byte character where byte 12 falls inside it (once a slice, a panic).
+        let multibyte = format!("{}é{}", "a".repeat(11), "b".repeat(51));
+        for (fp, id, says) in [
+            (multibyte.as_str(), good_id.as_str(), "fingerprint"),
+            ("abc", &good_id, "fingerprint"),
+            (&"AB".repeat(32), &good_id, "fingerprint"),
+            (&good_fp, "sha256:1", "box `bb` (docker) has id `sha256:1`"),
+            (&good_fp, &format!("sha1:{}", "1".repeat(64)), "box `bb`"),
+        ] {
+            let e = parse(&text(fp, id), "Envfile.lock")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("Envfile.lock is not a lock file"), "{e}");
+            assert!(e.contains(says), "{e}");
+            assert!(e.contains("`envrig lock` writes it anew"), "{e}");
+        }
+        let long = "é".repeat(500);
+        let e = parse(&text(&long, &good_id), "L").unwrap_err().to_string();
+        assert!(e.len() < 400, "{e}");
     }
 
     fn load(dir: &Path, src: &str) -> crate::envfile::Envfile {
@@ -257,6 +337,7 @@ mod tests {
             env: &|_| None,
             provider_override: None,
             capabilities: &caps,
+            check_paths: true,
         };
         crate::envfile::parse(src, &dir.join("Envfile"), "Envfile", &opts)
             .map(|(e, _)| e)
@@ -290,6 +371,14 @@ mod tests {
             "{d:?}"
         );
         assert!(d[1].contains("machine `web`"), "{d:?}");
+        // A fingerprint that is not hex (a lock built in memory, not read) is cut on a
+        // character when shown, never inside one.
+        let odd = lock_with(
+            &format!("{}é{}", "a".repeat(11), "b".repeat(51)),
+            "sha256:1",
+        );
+        let d = differences(&odd, &[(m, Some(&base), Some(&fp))]);
+        assert!(d[0].contains("aaaaaaaaaaaé ->"), "{d:?}");
         // Missing here.
         let d = differences(&lock, &[(m, None, None)]);
         assert_eq!(d.len(), 1);

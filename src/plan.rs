@@ -44,6 +44,18 @@ impl Observed {
         info.labels.retain(|_, v| !v.is_empty());
         let machine = info.labels.get(labels::MACHINE)?.clone();
         let label = |k: &str| info.labels.get(k).cloned().unwrap_or_default();
+        // Labels pass from an image to the containers made from it: a container someone
+        // runs from a snapshot or a baked layer carries a machine's labels without being
+        // one. envrig names what it makes from those labels; anything else is not its own.
+        let made = format!(
+            "{}-{}-{machine}-{}",
+            label(labels::PROJECT),
+            label(labels::ENV).get(..8)?,
+            label(labels::GENERATION)
+        );
+        if info.resource_name != made && info.resource_name != format!("{made}-next") {
+            return None;
+        }
         Some(Observed {
             provider: info
                 .labels
@@ -337,6 +349,27 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_is_a_machine_only_under_the_name_its_labels_give() {
+        let info = |name: &str| MachineInfo {
+            id: "c1".into(),
+            resource_name: name.into(),
+            state: MachineState::Running,
+            labels: BTreeMap::from([
+                (labels::ENV.to_string(), "0123456789abcdef".to_string()),
+                (labels::PROJECT.to_string(), "shop".to_string()),
+                (labels::MACHINE.to_string(), "web".to_string()),
+                (labels::GENERATION.to_string(), "2".to_string()),
+            ]),
+            ports: vec![],
+        };
+        assert!(Observed::from_info("docker", info("shop-01234567-web-2")).is_some());
+        assert!(Observed::from_info("docker", info("shop-01234567-web-2-next")).is_some());
+        // Run by hand from a snapshot image: the image's labels, another name.
+        assert!(Observed::from_info("docker", info("festive_bell")).is_none());
+        assert!(Observed::from_info("docker", info("shop-01234567-web-1")).is_none());
+    }
 
     fn d(name: &str, config: &str) -> Desired {
         Desired {

@@ -219,3 +219,80 @@ fn a_dependency_cycle_is_rejected_by_validate() {
         r.stderr
     );
 }
+
+#[test]
+fn a_ttl_of_10000_years_is_an_envfile_error_not_a_panic() {
+    let p = Project::new(&format!("{VALID}ttl = \"10000y\"\n"));
+    let r = p.envrig(&["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`machines.web.ttl`") && r.stderr.contains("at most 100 years"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--> Envfile:10:7"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    // The same bound on the command line.
+    let r = p.envrig(&["up", "--ttl", "10000y"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("at most 100 years"), "{}", r.stderr);
+    // 100 years is still a duration.
+    p.write(&format!("{VALID}ttl = \"100y\"\n"));
+    p.envrig(&["validate"]).ok();
+}
+
+#[test]
+fn a_readiness_timeout_of_10000_years_is_an_envfile_error() {
+    let p = Project::new(&format!(
+        "{VALID}[machines.web.ready]\ncommand = \"true\"\ntimeout = \"10000y\"\ninterval = \"584942417355y\"\n"
+    ));
+    let r = p.envrig(&["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`machines.web.ready.timeout`")
+            && r.stderr.contains("--> Envfile:12:11")
+            && r.stderr.contains("at most 100 years"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("`machines.web.ready.interval`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_lock_with_a_multibyte_character_in_a_fingerprint_is_exit_2() {
+    let mut p = Project::new(VALID);
+    p.destroy_on_drop = false;
+    let home = tempfile::tempdir().unwrap();
+    // Byte 12 falls inside `é`: a byte slice there panics.
+    let fp = format!("{}é{}", "a".repeat(11), "b".repeat(51));
+    std::fs::write(
+        p.path().join("Envfile.lock"),
+        format!(
+            "version = 1\n[boxes.bb.docker]\nid = \"sha256:{}\"\n[machines.web]\nprovider = \"docker\"\nbox = \"bb\"\nfingerprint = \"{fp}\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    // No engine is needed: the lock is read before one is asked anything.
+    let r = common::envrig_home_env(
+        p.path(),
+        home.path(),
+        &[("DOCKER_HOST", "unix:///nonexistent/envrig-test.sock")],
+        &["up"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("Envfile.lock is not a lock file envrig can read")
+            && r.stderr.contains("machine `web` has fingerprint")
+            && r.stderr.contains("not 64 hex digits")
+            && r.stderr.contains("`envrig lock` writes it anew"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}

@@ -520,12 +520,15 @@ fn gc_leaves_another_hosts_environment_alone() {
     // see, so "gone" here means nothing.
     let env = unique("foreign");
     let label = |k: &str, v: &str| format!("--label=dev.envrig.{k}={v}");
+    // Named and labelled as envrig would name it: a machine in every way but its host.
     let id = common::docker(&[
         "run",
         "-d",
         "--init",
+        &format!("--name=foreign-{}-a-1", &env[..8]),
         &label("env", &env),
         &label("machine", "a"),
+        &label("generation", "1"),
         &label("project", "foreign"),
         &label(
             "folder",
@@ -549,4 +552,105 @@ fn gc_leaves_another_hosts_environment_alone() {
     let left = containers(&format!("dev.envrig.env={env}"));
     common::docker(&["rm", "-f", &id]).ok();
     assert_eq!(left.len(), 1, "gc removed another host's environment");
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn gc_leaves_a_container_run_from_a_snapshot_image_alone() {
+    e2e();
+    let p = Project::new(&format!("{}[machines.a]\n", head(&unique("byhand"))));
+    p.envrig(&["up"]).ok();
+    let env = p.env_id();
+    p.envrig(&["snapshot", "save", "s1"]).ok();
+    let image = common::docker(&[
+        "images",
+        "-q",
+        "--filter",
+        &format!("label=dev.envrig.env={env}"),
+        "--filter",
+        "label=dev.envrig.snapshot=s1",
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    assert!(!image.is_empty(), "no snapshot image for {env}");
+    let by_hand = common::docker(&["run", "-d", "--init", &image, "sleep", "600"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let inherited = common::docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"dev.envrig.machine\"}}",
+        &by_hand,
+    ])
+    .ok()
+    .stdout;
+    assert_eq!(
+        inherited.trim(),
+        "a",
+        "the image passes the machine's labels on"
+    );
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(
+        st["machines"].as_array().unwrap().len(),
+        1,
+        "a container run by hand is not a machine: {st}"
+    );
+    // The environment goes; the container someone ran from its snapshot stays.
+    std::fs::remove_file(p.path().join("Envfile")).unwrap();
+    let r = common::envrig_in(p.path(), &["gc", "--json"]).ok().json();
+    let removed = r["removed"].to_string();
+    let alive = common::container_state(&by_hand);
+    common::docker(&["rm", "-f", &by_hand]).ok();
+    common::docker(&["rmi", "-f", &image]).ok();
+    assert!(removed.contains("machine a"), "{r}");
+    assert_eq!(alive, "running", "gc took a container it did not make: {r}");
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn gc_skips_an_environment_whose_folder_it_cannot_read() {
+    e2e();
+    let p = Project::new(&format!("{}[machines.a]\n", head(&unique("unread"))));
+    p.envrig(&["up"]).ok();
+    let label = folder_label(&p);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads anything; without these two capabilities it meets EACCES as a user would
+    // on a folder of someone else's (or over NFS).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = Command::new("setpriv")
+        .args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+        .arg(env!("CARGO_BIN_EXE_envrig"))
+        .args(["gc", "--json"])
+        .current_dir(elsewhere.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)");
+    std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        containers(&label).len(),
+        1,
+        "gc took an unreadable folder for gone: {r}"
+    );
+    let skipped = r["skipped"].as_array().unwrap();
+    assert!(
+        skipped.iter().any(|k| k["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("cannot tell") && w.contains("ermission denied"))),
+        "{r}"
+    );
+    p.envrig(&["status"]).ok();
 }

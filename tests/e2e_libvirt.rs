@@ -285,8 +285,15 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
             virsh(&["net-undefine", &net]);
         }
         run(&["up"]).ok();
-        vm_sh(&run, "a", "ping -c 1 -W 5 b");
-        vm_sh(&run, "b", "ping -c 1 -W 5 alpha");
+        // `up` returns when the guest agent answers; the guest's DHCP client on the private
+        // network may finish a moment later (seen once under heavy load): bounded retries.
+        let ping = |name: &str| {
+            format!(
+                "for i in $(seq 1 20); do ping -c 1 -W 2 {name} >/dev/null 2>&1 && exit 0; sleep 1; done; ping -c 1 -W 2 {name}"
+            )
+        };
+        vm_sh(&run, "a", &ping("b"));
+        vm_sh(&run, "b", &ping("alpha"));
     }
     vm_sh(&run, "a", "echo a-marker > /root/marker");
     vm_sh(&run, "b", "echo b-marker > /root/marker");
@@ -335,10 +342,17 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     assert!(!networks().contains(&net), "destroy removes the network");
     let other = tempfile::tempdir().unwrap();
     let target = other.path().join("copy");
-    let r = common::envrig_in(
-        other.path(),
-        &["import", file.to_str().unwrap(), "-C", "copy"],
-    );
+    // The test guest is a box given as a host path: a disk outside the box store, which an
+    // archive gets only with --trust.
+    let import = |extra: &[&str]| {
+        let mut args = vec!["import", file.to_str().unwrap(), "-C", "copy"];
+        args.extend_from_slice(extra);
+        common::envrig_in(other.path(), &args)
+    };
+    let r = import(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("machines.a.box"), "{}", r.stderr);
+    let r = import(&["--trust"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let imported = |args: &[&str]| common::envrig_in(&target, args);
     assert_eq!(vm_sh(&imported, "a", "cat /root/marker"), "a-marker\n");
@@ -514,6 +528,38 @@ fn ssh_uses_a_key_of_the_environment_and_the_pinned_host_key() {
     let r = run(&["ssh", "vm", "--", "true"]);
     assert_eq!(r.code, 255, "{}", r.stderr);
     std::fs::write(&known, pinned).unwrap();
+
+    // The login user was reported by the guest: one that is an ssh option never reaches ssh.
+    let keys_dir = std::path::Path::new(&identity).parent().unwrap();
+    let user_file = std::fs::read_dir(keys_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| f.extension().is_some_and(|x| x == "user"))
+        .expect("the login user is recorded next to the key");
+    let recorded = std::fs::read_to_string(&user_file).unwrap();
+    let marker = home.path().join("pwned");
+    std::fs::write(
+        &user_file,
+        format!("-oProxyCommand=touch {}", marker.display()),
+    )
+    .unwrap();
+    for args in [&["ssh", "vm", "--", "true"][..], &["ssh-config", "vm"][..]] {
+        let r = run(args);
+        assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("not a user name"), "{}", r.stderr);
+        assert!(!r.stdout.contains("ProxyCommand"), "{}", r.stdout);
+    }
+    let made: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pwned"))
+        .collect();
+    assert!(
+        made.is_empty(),
+        "ssh ran the guest's ProxyCommand: {made:?}"
+    );
+    std::fs::write(&user_file, recorded).unwrap();
+    run(&["ssh", "vm", "--", "true"]).ok();
 
     // destroy takes the keys with the last machine.
     run(&["destroy", "-f"]).ok();

@@ -4,7 +4,9 @@
 //! Exit codes: 0 done; 1 the operation failed; 2 bad usage or an invalid Envfile; `exec`
 //! and `ssh` exit with the command's own status.
 
+mod import;
 mod output;
+mod ssh;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -192,12 +194,20 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
         output: PathBuf,
     },
-    /// Recreate what an exported file holds, as a project of its own
+    /// Recreate what an exported file holds, as a project of its own. An archive is
+    /// untrusted: what it would take from this host is shown, and host paths outside DIR,
+    /// privileges and host variables are refused unless `--trust`
     Import {
         file: PathBuf,
         /// The folder to import into (default: the current one)
         #[arg(short = 'C', value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Show what the archive holds and would take from this host, and stop
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow host paths outside DIR, privileged machines and host variables
+        #[arg(long)]
+        trust: bool,
     },
     /// Bake a machine into a new base box (a docker image)
     Package {
@@ -386,37 +396,20 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
                 Err(e) => fail(&printer, e),
             };
         }
-        Command::Import { file, dir } => {
-            let target = dir
-                .as_ref()
-                .map(|d| cwd.join(d))
-                .unwrap_or_else(|| cwd.clone());
-            let settings = ops::LoadSettings {
-                provider_override: cli.provider.clone(),
-                instance: None,
+        Command::Import {
+            file,
+            dir,
+            dry_run,
+            trust,
+        } => {
+            let args = import::ImportArgs {
+                file,
+                dir: dir.as_deref(),
+                dry_run: *dry_run,
+                trust: *trust,
+                provider: cli.provider.clone(),
             };
-            let registry = &ctx.registry;
-            let load = |path: &Path| -> Result<Project, OpError> {
-                Project::load(path, &display_path(&cwd, path), registry, &settings).map_err(|e| {
-                    match e {
-                        LoadError::Invalid(r) => OpError::Usage(format!(
-                            "the imported Envfile is not valid:\n{}",
-                            r.render(false)
-                        )),
-                        LoadError::Io { path, source } => OpError::Io {
-                            context: format!("cannot read {}", path.display()),
-                            source,
-                        },
-                    }
-                })
-            };
-            return match settle(&ctx, ops::import(&ctx, &cwd.join(file), &target, &load)).await {
-                Ok(report) => {
-                    printer.imported(&report);
-                    0
-                }
-                Err(e) => fail(&printer, e),
-            };
+            return import::cmd_import(&printer, &ctx, &cwd, args).await;
         }
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -695,9 +688,11 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             Err(e) => fail(&printer, e),
         },
         Command::Ssh { machine, command } => {
-            cmd_ssh(&ctx, &printer, &project, &machine, command).await
+            ssh::cmd_ssh(&ctx, &printer, &project, &machine, command).await
         }
-        Command::SshConfig { machine } => cmd_ssh_config(&ctx, &printer, &project, machine).await,
+        Command::SshConfig { machine } => {
+            ssh::cmd_ssh_config(&ctx, &printer, &project, machine).await
+        }
         Command::Halt { machines, timeout } => {
             match settle(&ctx, ops::halt(&ctx, &project, &machines, timeout)).await {
                 Ok(stopped) => {
@@ -884,158 +879,4 @@ fn cmd_init(printer: &Printer, cwd: &Path, template: &str, force: bool) -> i32 {
         }
         Err(e) => fail(printer, e),
     }
-}
-
-async fn cmd_ssh(
-    ctx: &Context,
-    printer: &Printer,
-    project: &Project,
-    machine: &str,
-    command: Vec<String>,
-) -> i32 {
-    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    // A provider with SSH: the system's ssh client, with the environment's key and the
-    // machine's pinned host key (the same settings `ssh-config` prints).
-    match ops::running_machine(ctx, project, machine).await {
-        Ok((p, o)) if p.capabilities().ssh && (tty || !command.is_empty()) => {
-            return match p.ssh_endpoint(&o.id).await {
-                Ok(ep) => run_system_ssh(printer, &ep, &command, tty),
-                Err(e) => fail(
-                    printer,
-                    ops::OpError::provider(format!("cannot reach `{machine}` over SSH"), e),
-                ),
-            };
-        }
-        Ok(_) => {}
-        Err(e) => return fail(printer, e),
-    }
-    if !tty {
-        if command.is_empty() {
-            printer.error(
-                "`envrig ssh` without a command needs a terminal",
-                Some("give a command: `envrig ssh MACHINE -- CMD...`, or use `envrig exec`"),
-            );
-            return 2;
-        }
-        return match ops::exec(ctx, project, machine, command, None).await {
-            Ok(code) => exit_status(code),
-            Err(e) => fail(printer, e),
-        };
-    }
-    let argv = if command.is_empty() {
-        // The best shell the machine has, as a login shell.
-        vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
-                .to_string(),
-        ]
-    } else {
-        command
-    };
-    let size = crossterm::terminal::size().ok();
-    if let Err(e) = crossterm::terminal::enable_raw_mode() {
-        printer.error(&format!("cannot put the terminal in raw mode: {e}"), None);
-        return 1;
-    }
-    let terminal = envrig_provider_api::Terminal {
-        input: Box::new(tokio::io::stdin()),
-        output: Box::new(tokio::io::stdout()),
-        size,
-    };
-    let r = ops::interactive(ctx, project, machine, argv, terminal).await;
-    let _ = crossterm::terminal::disable_raw_mode();
-    match r {
-        Ok(code) => exit_status(code),
-        Err(e) => fail(printer, e),
-    }
-}
-
-/// Runs OpenSSH's `ssh` to `ep`, with `command` (quoted for the remote shell) or a login
-/// shell; returns its exit status (ssh's own 255 when it cannot connect).
-fn run_system_ssh(
-    printer: &Printer,
-    ep: &envrig_provider_api::SshEndpoint,
-    command: &[String],
-    tty: bool,
-) -> i32 {
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.args(["-i", &ep.identity_file])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
-        .args(["-p", &ep.port.to_string()]);
-    match &ep.known_hosts_file {
-        Some(k) => {
-            cmd.args(["-o", &format!("UserKnownHostsFile={k}")])
-                .args(["-o", "StrictHostKeyChecking=yes"]);
-        }
-        None => {
-            cmd.args(["-o", "StrictHostKeyChecking=no"]);
-        }
-    }
-    cmd.arg(if tty { "-t" } else { "-T" });
-    cmd.arg(format!("{}@{}", ep.user, ep.host));
-    if !command.is_empty() {
-        cmd.arg("--");
-        cmd.args(
-            command
-                .iter()
-                .map(|a| format!("'{}'", a.replace('\'', "'\\''"))),
-        );
-    }
-    match cmd.status() {
-        Ok(st) => st.code().unwrap_or(255),
-        Err(e) => {
-            printer.error(
-                &format!("cannot run ssh: {e}"),
-                Some("install OpenSSH's client (`apt-get install openssh-client`)"),
-            );
-            127
-        }
-    }
-}
-
-async fn cmd_ssh_config(
-    ctx: &Context,
-    printer: &Printer,
-    project: &Project,
-    machine: Option<String>,
-) -> i32 {
-    let names: Vec<String> = match machine {
-        Some(m) => vec![m],
-        None => project
-            .envfile
-            .machines
-            .iter()
-            .map(|m| m.name.to_string())
-            .collect(),
-    };
-    for name in names {
-        let (p, o) = match ops::running_machine(ctx, project, &name).await {
-            Ok(x) => x,
-            Err(e) => return fail(printer, e),
-        };
-        match p.ssh_endpoint(&o.id).await {
-            Ok(ep) => {
-                println!("Host {name}");
-                println!("  HostName {}", ep.host);
-                println!("  Port {}", ep.port);
-                println!("  User {}", ep.user);
-                println!("  IdentityFile {}", ep.identity_file);
-                println!("  IdentitiesOnly yes");
-                if let Some(k) = ep.known_hosts_file {
-                    println!("  UserKnownHostsFile {k}");
-                    println!("  StrictHostKeyChecking yes");
-                }
-                println!();
-            }
-            Err(e) => {
-                printer.error(
-                    &format!("ssh-config for `{name}`: {e}"),
-                    Some(&format!("`envrig ssh {name}` opens a shell; `envrig exec {name} -- CMD` runs a command")),
-                );
-                return 1;
-            }
-        }
-    }
-    0
 }

@@ -38,7 +38,7 @@ pub fn json_line<T: Serialize>(v: &T) -> String {
 }
 
 /// Writes one line to stdout; a closed pipe (`| head`) is not an error.
-fn out(line: &str) {
+pub(super) fn out(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
 }
@@ -422,7 +422,7 @@ impl Printer {
     pub fn gc(&self, r: &GcReport) {
         if self.json {
             out(&json_line(
-                &serde_json::json!({"schema": SCHEMA_GC, "dry_run": r.dry_run, "removed": r.removed, "busy": r.busy, "failed": r.failed}),
+                &serde_json::json!({"schema": SCHEMA_GC, "dry_run": r.dry_run, "removed": r.removed, "busy": r.busy, "failed": r.failed, "skipped": r.skipped}),
             ));
             return;
         }
@@ -445,6 +445,15 @@ impl Printer {
                 f.resource,
                 whose(f),
                 f.reason
+            );
+        }
+        for k in &r.skipped {
+            eprintln!(
+                "{} skipped `{}` ({}): {}; it is left alone",
+                self.paint("1;33", "warning:"),
+                k.project,
+                k.folder,
+                k.reason
             );
         }
         for b in &r.busy {

@@ -68,9 +68,13 @@ pub struct Report {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// A 1-based line and column for a byte offset.
+/// A 1-based line and column for a byte offset (one inside a character counts as that
+/// character's start).
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(source.len());
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -180,6 +184,9 @@ mod tests {
         assert_eq!(line_col(src, 0), (1, 1));
         assert_eq!(line_col(src, 6), (2, 1));
         assert_eq!(line_col(src, 9), (2, 3));
+        // Inside `é` (bytes 7..9): its start, never a panic.
+        assert_eq!(line_col(src, 8), (2, 2));
+        assert_eq!(line_col(src, 99), (3, 1));
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub struct LoadOptions<'a> {
     pub provider_override: Option<&'a str>,
     /// The capabilities of the providers this build has, by name.
     pub capabilities: &'a dyn Fn(&str) -> Option<Capabilities>,
+    /// Whether host paths must exist. `false` when the files are not in place yet, as when
+    /// `import` reads an archive's Envfile before writing anything.
+    pub check_paths: bool,
 }
 
 /// Why an Envfile could not be loaded.

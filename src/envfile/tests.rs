@@ -41,6 +41,7 @@ fn parse_in(dir: &Path, src: &str, provider: Option<&str>) -> Result<(Envfile, R
         env: &env,
         provider_override: provider,
         capabilities: &docker_caps,
+        check_paths: true,
     };
     parse(src, &dir.join("Envfile"), "Envfile", &opts)
 }
@@ -298,6 +299,7 @@ fn command_is_refused_where_the_provider_cannot_honour_it() {
         env: &env,
         provider_override: None,
         capabilities: &|_| Some(Capabilities::default()),
+        check_paths: true,
     };
     let Err(LoadError::Invalid(r)) = parse(src, &dir.path().join("Envfile"), "Envfile", &opts)
     else {
@@ -346,6 +348,7 @@ fn every_template_is_a_valid_envfile() {
             env: &env,
             provider_override: None,
             capabilities: &caps,
+            check_paths: true,
         };
         if let Err(LoadError::Invalid(r)) =
             parse(t.text, &dir.path().join("Envfile"), t.name, &opts)

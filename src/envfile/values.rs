@@ -117,13 +117,23 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
-/// `60s`, `2h`, `1h 30m`, `500ms`.
+/// The longest duration envrig takes: 100 years. Longer ones mean nothing for a dev
+/// environment, and added to a time they overflow what dates can be written as.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// `60s`, `2h`, `1h 30m`, `500ms`; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|_| {
+    let d = humantime::parse_duration(s.trim()).map_err(|_| {
         format!(
             "`{s}` is not a duration: write a number and a unit, like \"60s\", \"5m\" or \"2h\""
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is too long: a duration is at most 100 years (\"100y\")"
+        ));
+    }
+    Ok(d)
 }
 
 /// `HOST:GUEST`, `ADDR:HOST:GUEST`, each optionally followed by `/tcp` or `/udp`. IPv6
@@ -322,6 +332,15 @@ mod tests {
         assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("100y"), Ok(MAX_DURATION));
+        for long in ["101y", "10000y", "584942417355y", "99999999999999999999s"] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(
+                e.contains("at most 100 years") || e.contains("not a duration"),
+                "{e}"
+            );
+        }
+        assert!(parse_duration("10000y").unwrap_err().contains("too long"));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! Envfile and the files it references) and `machines/NAME.image` (each machine's state as
 //! its engine saves it).
 //!
-//! Import trusts nothing: it checks every member against the manifest (paths, sizes,
+//! Import trusts nothing: [`verify`] checks every member against the manifest (paths, sizes,
 //! checksums, no links, no duplicates, bounded sizes and compression ratio) into a staging
-//! folder inside the target folder before it writes anything else or touches an engine.
+//! folder inside the target folder before it writes anything else or touches an engine;
+//! module `import` does the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -19,10 +20,9 @@ use envrig_provider_api::{Snapshot, labels};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Context, OpError, Phase, Project, Session, observe, provider};
+use super::{Context, OpError, Phase, Project, Session, provider};
 use crate::envfile::StepKind;
 use crate::identity::hex;
-use crate::plan::current;
 
 /// The archive format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -59,7 +59,7 @@ pub struct Member {
     pub sha256: String,
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpError {
+pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpError {
     let context = context.into();
     move |source| OpError::Io { context, source }
 }
@@ -497,7 +497,7 @@ pub fn verify(file: &Path, staging: &Path) -> std::io::Result<Manifest> {
 }
 
 /// The staged file of each member path.
-fn staged(staging: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+pub(super) fn staged(staging: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(staging)? {
         let p = e?.path();
@@ -507,130 +507,6 @@ fn staged(staging: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
         }
     }
     Ok(out)
-}
-
-/// What `import` made.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImportReport {
-    pub folder: String,
-    pub project: String,
-    pub machines: Vec<String>,
-}
-
-/// `import FILE [-C DIR]`: checks the archive, writes its Envfile into `dir`, and recreates
-/// every machine it holds, exactly as it was. `load` loads the written Envfile.
-pub async fn import(
-    ctx: &Context,
-    file: &Path,
-    dir: &Path,
-    load: &(dyn Fn(&Path) -> Result<Project, OpError> + Sync),
-) -> Result<ImportReport, OpError> {
-    std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-    let envrig_dir = dir.join(".envrig");
-    std::fs::create_dir_all(&envrig_dir)
-        .map_err(io_err(format!("cannot create {}", envrig_dir.display())))?;
-    super::staging::sweep(dir);
-    let staging = super::staging::WorkDir::new(dir, "import")
-        .map_err(io_err("cannot create a staging folder"))?;
-    ctx.reporter
-        .event(None, Phase::Pull, &format!("checking {}", file.display()));
-    let (f, s) = (file.to_path_buf(), staging.path().to_path_buf());
-    let manifest = tokio::task::spawn_blocking(move || verify(&f, &s))
-        .await
-        .map_err(|e| OpError::Io {
-            context: "the import failed".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|e| OpError::Usage(format!("{} is refused: {e}", file.display())))?;
-    let members = staged(staging.path()).map_err(io_err("cannot read the staging folder"))?;
-
-    // The folder must be empty of Envfiles or hold this very one.
-    let envfile_member = members
-        .get("envfile/Envfile")
-        .ok_or_else(|| OpError::Usage("the archive holds no Envfile".into()))?;
-    let incoming =
-        std::fs::read(envfile_member).map_err(io_err("cannot read the staged Envfile"))?;
-    let target = dir.join(crate::envfile::FILE_NAME);
-    if let Ok(existing) = std::fs::read(&target)
-        && existing != incoming
-    {
-        return Err(OpError::Usage(format!(
-            "{} already holds a different environment; import into an empty folder (`-C DIR`)",
-            dir.display()
-        )));
-    }
-    // Each file arrives whole (renamed from the staging folder), the Envfile last: a killed
-    // import leaves no Envfile, or one whose files are all there.
-    let mut files: Vec<(&String, &PathBuf)> = members.iter().collect();
-    files.sort_by_key(|(m, _)| *m == "envfile/Envfile");
-    for (member, staged_file) in files {
-        let Some(rel) = member.strip_prefix("envfile/") else {
-            continue;
-        };
-        let dest = dir.join(rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(io_err(format!("cannot create {}", parent.display())))?;
-        }
-        super::staging::persist(staged_file, &dest)
-            .map_err(io_err(format!("cannot write {}", dest.display())))?;
-    }
-
-    let project = load(&target)?;
-    let session = Session::open(ctx, &project).await?;
-    let all: Vec<&crate::envfile::Machine> = project.envfile.machines.iter().collect();
-    super::up::ensure_networks(ctx, &project, &all).await?;
-    let observed = observe(ctx, &project).await?;
-    let mut made = Vec::new();
-    // The imported state is one snapshot set of this environment, named as exported (a
-    // moment of "now" is `imported`), tagged with this environment's resource names.
-    let set = super::snapset::set_labels(
-        &manifest
-            .machines
-            .iter()
-            .map(|m| m.machine.as_str())
-            .collect::<Vec<_>>(),
-    );
-    for mm in &manifest.machines {
-        let m = project.machine(&mm.machine).ok_or_else(|| {
-            OpError::Usage(format!(
-                "the archive's Envfile has no machine `{}`",
-                mm.machine
-            ))
-        })?;
-        let p = provider(ctx, &mm.provider).await?;
-        let staged_file = &members[&mm.member];
-        ctx.reporter
-            .event(Some(&mm.machine), Phase::Pull, "loading its state");
-        let created = super::now_rfc3339();
-        let mut l = project.identity.labels(&m.name, 1, &created);
-        l.insert(labels::PROVIDER.to_string(), mm.provider.clone());
-        l.extend(set.clone());
-        let spec = super::machine_spec(&project, m, 1, &created);
-        let mut shot = mm.snapshot.clone();
-        shot.name = manifest
-            .snapshot
-            .clone()
-            .unwrap_or_else(|| "imported".into());
-        shot.spec = spec.clone();
-        let snap = p
-            .snapshot_import(staged_file, &shot, &l)
-            .await
-            .map_err(|e| OpError::provider(format!("cannot load `{}`", mm.machine), e))?;
-        let cur = current(&mm.machine, &observed).0.map(|o| o.id.clone());
-        ctx.reporter
-            .event(Some(&mm.machine), Phase::Create, "recreating it");
-        p.snapshot_restore(&snap, cur.as_deref(), &spec)
-            .await
-            .map_err(|e| OpError::provider(format!("cannot recreate `{}`", mm.machine), e))?;
-        made.push(mm.machine.clone());
-    }
-    session.refresh(&observe(ctx, &project).await?)?;
-    Ok(ImportReport {
-        folder: project.identity.folder.display().to_string(),
-        project: project.identity.project.to_string(),
-        machines: made,
-    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub struct GcReport {
     pub busy: Vec<String>,
     /// What could not be removed (the engine refused), and why; gc goes on past them.
     pub failed: Vec<GcItem>,
+    /// Environments left alone because gc cannot tell whether they are gone (a folder it
+    /// may not read), and why: gc never guesses.
+    pub skipped: Vec<GcItem>,
 }
 
 /// A file in a run's state folder: the run was kept (`--keep-on-failure`).
@@ -65,26 +68,49 @@ fn expired(labels: &BTreeMap<String, String>, now: std::time::SystemTime) -> Opt
     (t <= now).then(|| format!("expired at {at}"))
 }
 
-/// Why a whole environment is garbage, if it is.
-fn env_gone(labels: &BTreeMap<String, String>) -> Option<String> {
+/// Whether the file at `path` is there: `Err` with why when that cannot be told (a folder on
+/// the way that may not be read is not a file that is gone).
+fn present(path: &Path) -> Result<bool, String> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.is_file()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(format!(
+            "cannot tell whether {} is there: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Why a whole environment is garbage, if it is (`Ok(None)`: it is not); `Err` with why
+/// when that cannot be told: the environment is then left alone.
+fn env_gone(labels: &BTreeMap<String, String>) -> Result<Option<String>, String> {
     let envfile = labels.get(labels::ENVFILE).filter(|e| !e.is_empty());
     if let Some(e) = envfile
-        && !Path::new(e).is_file()
+        && !present(Path::new(e))?
     {
-        return Some(format!("its Envfile {e} is gone"));
+        return Ok(Some(format!("its Envfile {e} is gone")));
     }
-    let kept = || {
-        let folder = labels.get(labels::FOLDER).map(String::as_str).unwrap_or("");
-        state_dir(folder, labels.get(labels::INSTANCE)).is_some_and(|d| d.join(KEPT).is_file())
-    };
     if let Some(owner) = labels.get(labels::OWNER)
         && !owner_alive(owner)
-        && !kept()
     {
-        let pid = owner.split(':').nth(1).unwrap_or("?");
-        return Some(format!("its `envrig run` (pid {pid}) is gone"));
+        let folder = labels.get(labels::FOLDER).map(String::as_str).unwrap_or("");
+        let kept = match state_dir(folder, labels.get(labels::INSTANCE)) {
+            Some(d) => present(&d.join(KEPT))?,
+            None => false,
+        };
+        if !kept {
+            let pid = owner.split(':').nth(1).unwrap_or("?");
+            return Ok(Some(format!("its `envrig run` (pid {pid}) is gone")));
+        }
     }
-    None
+    Ok(None)
 }
 
 /// The fingerprints (16 hex) that the lock files envrig knows of pin: those it wrote (the
@@ -261,10 +287,16 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
             let whole = if foreign {
                 None
             } else {
-                env_gone(&l).or_else(|| {
-                    mine.is_empty()
-                        .then(|| "no machine of it is left".to_string())
-                })
+                match env_gone(&l) {
+                    Ok(gone) => gone.or_else(|| {
+                        mine.is_empty()
+                            .then(|| "no machine of it is left".to_string())
+                    }),
+                    Err(why) => {
+                        report.skipped.push(item("environment".into(), why));
+                        continue;
+                    }
+                }
             };
             let mut doomed: Vec<(&Observed, String)> = match &whole {
                 Some(reason) => mine.iter().map(|m| (*m, reason.clone())).collect(),

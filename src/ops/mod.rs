@@ -10,6 +10,7 @@ mod drift;
 mod exec;
 mod gc;
 mod halt;
+mod import;
 mod init;
 mod lockfile;
 mod ls;
@@ -22,6 +23,7 @@ mod spec;
 mod staging;
 mod start;
 mod status;
+pub mod trust;
 mod up;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,13 +38,17 @@ use crate::plan::{Desired, Observed};
 use crate::providers::Registry;
 use crate::state::{StateCache, StateDir, StateLock};
 
-pub use archive::{ImportReport, Manifest, export, import};
+/// The archive verifier on its own, for the fuzz targets: checks a whole archive into a
+/// staging folder and returns its manifest. Blocking.
+pub use archive::verify as verify_archive;
+pub use archive::{Manifest, export};
 pub use boxes::{BoxRow, BoxSource, box_add, box_list, box_remove};
 pub use destroy::{DestroySummary, destroy};
 pub use drift::{DriftReport, drift};
 pub use exec::{exec, interactive, running_machine};
 pub use gc::{GcItem, GcReport, gc};
 pub use halt::halt;
+pub use import::{ImportPlan, ImportReport, import_apply, import_check};
 pub use init::{TEMPLATES, Template, init};
 pub use lockfile::lock;
 pub use ls::{EnvRow, ls};
@@ -116,6 +122,7 @@ impl Project {
             env: &env,
             provider_override: settings.provider_override.as_deref(),
             capabilities: &caps,
+            check_paths: true,
         };
         let (mut envfile, warnings) = envfile::load(path, display_path, &opts)?;
         let instance = settings.instance.as_deref();

@@ -428,7 +428,12 @@ pub async fn wait_ready(
     id: &str,
     ready: &Ready,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + ready.timeout;
+    // A timeout read back from a resource may be anything: past what `Instant` holds, the
+    // deadline is "never" (a year on), not a panic.
+    let far = Duration::from_secs(365 * 86400);
+    let deadline = Instant::now()
+        .checked_add(ready.timeout)
+        .unwrap_or_else(|| Instant::now() + far);
     let argv = ["/bin/sh", "-c", ready.command.as_str()];
     ctx.reporter.event(
         Some(machine),
@@ -466,7 +471,10 @@ pub async fn wait_ready(
         if ctx.cancelled() {
             return Err("interrupted while waiting for it to be ready".to_string());
         }
-        if Instant::now() + interval >= deadline {
+        if Instant::now()
+            .checked_add(interval)
+            .is_none_or(|t| t >= deadline)
+        {
             let last = last.unwrap_or((-1, String::new()));
             let output = last.1.trim().lines().last().unwrap_or("").to_string();
             return Err(format!(

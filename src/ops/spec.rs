@@ -94,9 +94,8 @@ pub fn machine_spec(
         }
     }
     if let Some(ttl) = project.ttl.or(machine.ttl)
-        && let Ok(t) = humantime::parse_rfc3339(created)
+        && let Some(expires) = expires_at(created, ttl)
     {
-        let expires = humantime::format_rfc3339_seconds(t + ttl).to_string();
         spec.labels.insert(labels::EXPIRES.to_string(), expires);
     }
     if let Some(owner) = &project.owner {
@@ -105,6 +104,17 @@ pub fn machine_spec(
     spec.labels
         .insert(labels::PROVIDER.to_string(), machine.provider.clone());
     spec
+}
+
+/// When a machine created at `created` (RFC 3339) with `ttl` expires, as RFC 3339. None
+/// when that time cannot be written (past year 9999: its `Display` fails), never a panic,
+/// whatever `created` was read back from.
+fn expires_at(created: &str, ttl: std::time::Duration) -> Option<String> {
+    use std::fmt::Write;
+    let at = humantime::parse_rfc3339(created).ok()?.checked_add(ttl)?;
+    let mut out = String::new();
+    write!(out, "{}", humantime::format_rfc3339_seconds(at)).ok()?;
+    Some(out)
 }
 
 /// The hash of the settings that shape a machine's resource: everything in the spec but its
@@ -117,4 +127,22 @@ pub fn config_hash(spec: &MachineSpec) -> String {
     shaping.handover = false;
     let json = serde_json::to_vec(&shaping).unwrap_or_default();
     sha256_hex(&json)[..12].to_string()
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::expires_at;
+    use std::time::Duration;
+
+    #[test]
+    fn an_expiry_past_year_9999_is_no_label_and_no_panic() {
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            expires_at("2026-01-01T00:00:00Z", 2 * h).as_deref(),
+            Some("2026-01-01T02:00:00Z")
+        );
+        assert_eq!(expires_at("9999-12-31T23:00:00Z", 2 * h), None);
+        assert_eq!(expires_at("2026-01-01T00:00:00Z", Duration::MAX), None);
+        assert_eq!(expires_at("not a time", h), None);
+    }
 }

@@ -23,6 +23,7 @@ pub fn sweep(folder: &Path) -> Vec<PathBuf> {
 }
 
 /// A work folder of this process, removed (with everything in it) when dropped.
+#[derive(Debug)]
 pub struct WorkDir(PathBuf);
 
 impl WorkDir {

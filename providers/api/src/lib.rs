@@ -56,6 +56,10 @@ pub enum ProviderError {
     /// The engine refused because the resource is in the wrong state or already exists.
     #[error("{message}")]
     Conflict { message: String },
+    /// An input from elsewhere (an imported file) is refused as unsafe: `message` says what
+    /// it would have done.
+    #[error("{message}")]
+    Refused { message: String },
     /// Any other engine failure, naming the operation that failed.
     #[error("{provider}: {op} failed: {source}")]
     Engine {
@@ -398,6 +402,20 @@ pub struct Terminal {
     pub size: Option<(u16, u16)>,
 }
 
+/// Whether `s` is a user name a host command may be given: 1 to 32 of `A-Za-z0-9._-`, not
+/// starting with `-` or `.`, with an optional trailing `$` (as `useradd` allows). A name a
+/// guest reports is checked with this before it reaches `ssh` or a config file: a "user"
+/// named `-oProxyCommand=...` would otherwise be an option.
+pub fn valid_user_name(s: &str) -> bool {
+    let body = s.strip_suffix('$').unwrap_or(s);
+    !body.is_empty()
+        && s.len() <= 32
+        && !body.starts_with(['-', '.'])
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// How to reach a machine with a real SSH client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SshEndpoint {
@@ -542,6 +560,14 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Writes a snapshot's state to `dest` (a file), streaming; returns its size.
     async fn snapshot_export(&self, snap: &Snapshot, dest: &std::path::Path) -> Result<u64>;
 
+    /// Checks a file that [`Provider::snapshot_export`] wrote on another host (a member of
+    /// an archive given to `import`) before anything is loaded from it, without the engine:
+    /// refuses ([`ProviderError::Refused`]) a file that reaches beyond itself, such as a
+    /// disk image naming a host file as its backing file. The default accepts.
+    async fn check_export(&self, _src: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Loads a snapshot exported by [`Provider::snapshot_export`] (checked by the caller),
     /// labelling it with `labels`; returns it as this engine knows it.
     async fn snapshot_import(
@@ -618,4 +644,30 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// baseline, envrig's own records ([`drift::ENVRIG_DIR`]) left out; the core leaves out
     /// volatile and ignored paths.
     async fn drift(&self, id: &str) -> Result<Vec<drift::PathChange>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_user_name;
+
+    #[test]
+    fn user_names_are_checked_before_they_reach_a_command() {
+        for ok in ["root", "vagrant", "a.b-c_d", "svc$", "u1"] {
+            assert!(valid_user_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-oProxyCommand=touch x",
+            "-l",
+            ".hidden",
+            "a b",
+            "a\nProxyCommand x",
+            "a@b",
+            "$",
+            "ünï",
+            &"a".repeat(33),
+        ] {
+            assert!(!valid_user_name(bad), "{bad:?}");
+        }
+    }
 }

@@ -35,6 +35,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 mod drift;
+mod export_check;
 mod holder;
 mod network;
 
@@ -1298,12 +1299,34 @@ impl Provider for DockerProvider {
         Ok(size)
     }
 
+    async fn check_export(&self, src: &std::path::Path) -> Result<()> {
+        let src = src.to_path_buf();
+        let checked = tokio::task::spawn_blocking(move || export_check::check(&src))
+            .await
+            .map_err(|e| ProviderError::Engine {
+                provider: NAME,
+                op: "read the image archive".into(),
+                source: Box::new(e),
+            })?;
+        match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(ProviderError::Refused {
+                message: format!("its image archive is refused: {why}"),
+            }),
+            Err(e) => Err(ProviderError::Refused {
+                message: format!("its image archive cannot be read as a tar: {e}"),
+            }),
+        }
+    }
+
     async fn snapshot_import(
         &self,
         src: &std::path::Path,
         snap: &Snapshot,
         labels: &BTreeMap<String, String>,
     ) -> Result<Snapshot> {
+        // Checked here too, whatever the caller did: `docker load` would retag host images.
+        self.check_export(src).await?;
         let file = tokio::fs::File::open(src)
             .await
             .map_err(|e| ProviderError::Engine {

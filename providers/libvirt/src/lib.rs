@@ -18,6 +18,7 @@
 
 mod boxes;
 mod net;
+mod qcow2;
 mod ssh;
 mod xml;
 
@@ -163,6 +164,28 @@ fn io(op: impl Into<String>, e: std::io::Error) -> ProviderError {
         provider: NAME,
         op: op.into(),
         source: Box::new(e),
+    }
+}
+
+/// `user` when it is a user name (see [`envrig_provider_api::valid_user_name`]); the guest
+/// said it, so anything else is refused rather than passed on.
+fn checked_user(user: &str) -> Result<String> {
+    if envrig_provider_api::valid_user_name(user) {
+        Ok(user.to_string())
+    } else {
+        Err(ProviderError::Conflict {
+            message: format!(
+                "the guest named its login user {user:?}, which is not a user name; \
+                 envrig will not pass it to a command (recreate the machine: `envrig destroy` and `envrig up`)"
+            ),
+        })
+    }
+}
+
+/// An imported disk that is refused, and why.
+fn refused_disk(what: &str, why: &str) -> ProviderError {
+    ProviderError::Refused {
+        message: format!("the disk of `{what}` is refused: {why}"),
     }
 }
 
@@ -1180,7 +1203,10 @@ impl LibvirtProvider {
             let mut vars = machine_env;
             vars.extend(req.env.clone());
             vars.retain(|k, _| shell_name(k));
-            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            let user = match &req.user {
+                Some(u) => u.clone(),
+                None => self.login_user(&info)?,
+            };
             (login_argv(req, &user, &vars), all)
         } else {
             all.extend(machine_env);
@@ -1387,15 +1413,20 @@ impl LibvirtProvider {
     }
 
     /// The user `envrig ssh` logs in as (recorded when the key was installed: `vagrant` when
-    /// the guest has that user), else root.
-    fn login_user(&self, info: &MachineInfo) -> String {
-        self.ssh_parts(info)
+    /// the guest has that user), else root. What is recorded came from the guest: it is
+    /// checked again here, as it is before it is written.
+    fn login_user(&self, info: &MachineInfo) -> Result<String> {
+        let recorded = self
+            .ssh_parts(info)
             .and_then(|(_, keys)| {
                 std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name))).ok()
             })
             .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "root".into())
+            .filter(|u| !u.is_empty());
+        match recorded {
+            None => Ok("root".into()),
+            Some(u) => checked_user(&u),
+        }
     }
 
     /// An SSH session to the machine as `user` with the environment's key, its host key
@@ -1498,7 +1529,7 @@ impl LibvirtProvider {
                     // A revert: the machine is where it was when SSH worked.
                     return Ok(());
                 }
-                let user = self.install_key_by_agent(id, &keys).await?;
+                let user = checked_user(&self.install_key_by_agent(id, &keys).await?)?;
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
                 let _ = std::fs::write(&user_file, &user);
                 false
@@ -1529,7 +1560,7 @@ impl LibvirtProvider {
                             ),
                         });
                     }
-                    let user = String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root").to_string();
+                    let user = checked_user(String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root"))?;
                     let _ = std::fs::write(&user_file, &user);
                     true
                 }
@@ -2449,7 +2480,10 @@ impl Provider for LibvirtProvider {
         };
         let line = if req.login {
             all.retain(|k, _| shell_name(k));
-            let user = req.user.clone().unwrap_or_else(|| self.login_user(&info));
+            let user = match &req.user {
+                Some(u) => u.clone(),
+                None => self.login_user(&info)?,
+            };
             format!("exec {}", quoted(login_argv(req, &user, &all)))
         } else {
             format!(
@@ -2785,6 +2819,22 @@ impl Provider for LibvirtProvider {
         result.map_err(|e| io("write the export", e))
     }
 
+    async fn check_export(&self, src: &Path) -> Result<()> {
+        let src2 = src.to_path_buf();
+        match tokio::task::spawn_blocking(move || qcow2::check_export_tar(&src2))
+            .await
+            .map_err(|e| io("read the disk export", std::io::Error::other(e)))?
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(ProviderError::Refused {
+                message: format!("its disk is refused: {why}"),
+            }),
+            Err(e) => Err(ProviderError::Refused {
+                message: format!("its disk export cannot be read as a tar: {e}"),
+            }),
+        }
+    }
+
     async fn snapshot_import(
         &self,
         src: &Path,
@@ -2813,10 +2863,24 @@ impl Provider for LibvirtProvider {
             envrig_provider_api::work::name(&snap.machine)
         ));
         let (src2, dir2) = (src.to_path_buf(), dir.clone());
-        tokio::task::spawn_blocking(move || boxes::unpack_disk_tar(&src2, &dir2))
-            .await
-            .map_err(|e| io("unpack the disk", std::io::Error::other(e)))?
-            .map_err(|e| io("unpack the disk", e))?;
+        let checked = tokio::task::spawn_blocking(move || {
+            boxes::unpack_disk_tar(&src2, &dir2)?;
+            qcow2::check_file(&dir2.join("disk.qcow2"))
+        })
+        .await
+        .map_err(|e| io("unpack the disk", std::io::Error::other(e)))?;
+        // Checked again once unpacked, whatever the caller did: this disk is what QEMU opens.
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(refused_disk(&snap.machine, &why));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io("unpack the disk", e));
+            }
+        }
         let mut labels = labels.clone();
         labels.insert(
             envrig_provider_api::labels::SNAPSHOT.to_string(),
@@ -3038,7 +3102,7 @@ impl Provider for LibvirtProvider {
         let (port, keys) = self
             .ssh_parts(&info)
             .ok_or_else(|| unsupported("SSH into a machine made before envrig had SSH"))?;
-        let user = self.login_user(&info);
+        let user = self.login_user(&info)?;
         Ok(SshEndpoint {
             host: "127.0.0.1".into(),
             port,
