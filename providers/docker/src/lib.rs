@@ -700,7 +700,16 @@ impl Provider for DockerProvider {
             Err(ProviderError::NotFound { .. }) => return Ok(()),
             Err(_) => None,
         };
-        self.remove_container(id).await?;
+        if !self.remove_container(id).await? {
+            // Another removal takes it (a destroy killed after its request was sent): gone
+            // when this returns, so its name is free for what comes next (bounded, 30 s).
+            for _ in 0..300 {
+                if let Err(ProviderError::NotFound { .. }) = self.inspect_raw(id).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         if let Some(c) = &c
             && let Some(h) = holder::joined_holder(c)
             && let Err(e) = self.settle_holder(c, &h, true).await
@@ -1012,22 +1021,32 @@ impl Provider for DockerProvider {
     }
 
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
-        let exec = self
-            .docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(req.argv.clone()),
-                    env: exec_env(req),
-                    user: req.user.clone(),
-                    working_dir: req.workdir.clone(),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..CreateExecOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| map_err(format!("create exec in {id}"), e))?;
+        let options = CreateExecOptions {
+            cmd: Some(req.argv.clone()),
+            env: exec_env(req),
+            user: req.user.clone(),
+            working_dir: req.workdir.clone(),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..CreateExecOptions::default()
+        };
+        // A commit pauses its container while it copies: one that a killed envrig sent
+        // (a snapshot, an export) can land after the next envrig looked. Such a pause ends
+        // with the commit: waited for, bounded (10 s).
+        let mut tries = 0;
+        let exec = loop {
+            match self.docker.create_exec(id, options.clone()).await {
+                Ok(e) => break e,
+                Err(e) => {
+                    let e = map_err(format!("create exec in {id}"), e);
+                    tries += 1;
+                    if tries >= 100 || !e.to_string().contains("is paused") {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         let started = self
             .docker
             .start_exec(&exec.id, None::<StartExecOptions>)
