@@ -77,8 +77,8 @@ for t in "${targets[@]}"; do
   if [ "$rc" -ne 0 ] || [ "$crashes" -gt 0 ]; then
     failed=1
     [ "$crashes" -gt 0 ] || crashes="? (exit $rc)"
-    echo "fuzz.sh: $t FAILED; the end of its log:" >&2
-    grep -v '^#[0-9]' "$log" | tail -n 40 >&2
+    echo "fuzz.sh: $t FAILED; what its log says:" >&2
+    { grep -E -A4 "panicked at|==ERROR|ERROR: libFuzzer|SUMMARY: " "$log" || grep -v '^#[0-9]' "$log"; } | head -n 40 >&2
     printf '%s\n' "$new" | sed '/^$/d; s/^/  input: /' >&2
   fi
   line="$t: ${seconds}s, runs $runs, corpus $size, crashes $crashes"
