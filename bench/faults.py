@@ -141,7 +141,10 @@ class Rig:
         self.durations: dict[tuple[str, bool], float] = {}
         self.folders: set[Path] = set()
         self.layers: set[str] = set()
-        self.dry_run = "--dry-run" in run([self.binary, "import", "--help"], env=env).stdout
+        import_help = run([self.binary, "import", "--help"], env=env).stdout
+        self.dry_run = "--dry-run" in import_help
+        # Its own archives: trusted (a libvirt box given as a host path needs trust).
+        self.trust = ["--trust"] if "--trust" in import_help else []
         self.machines = ["vm"] if kind == "libvirt" else ["m1", "m2", "m3"]
         self.import_src: Path | None = None
         self.imports = 0
@@ -220,7 +223,7 @@ class Rig:
             d.mkdir()
             d = d.resolve()
             self.folders.add(d)
-            args = ["import", str(src), "-C", str(d)]
+            args = ["import", *self.trust, str(src), "-C", str(d)]
         else:
             self.must(d, "up")
             if cmd == "provision":
@@ -307,7 +310,7 @@ class Rig:
         converge = d
         if cmd == "import" and not (d / "Envfile").exists():
             # The user's next step after a killed import: import again.
-            p = self.envrig(d, "import", str(self.import_src), "-C", str(d))
+            p = self.envrig(d, "import", *self.trust, str(self.import_src), "-C", str(d))
             if p.returncode != 0:
                 problems.append(f"converge: import again failed: {p.stderr.strip()[-400:]}")
                 self.finish(d)

@@ -172,7 +172,14 @@ impl Rig {
             let d = self.root.path().join(format!("imp{}", self.imports));
             std::fs::create_dir_all(&d).unwrap();
             let d = d.canonicalize().unwrap();
-            let args = s(&["import", src.to_str().unwrap(), "-C", d.to_str().unwrap()]);
+            // Its own archive: trusted (the libvirt guest is a box given as a host path).
+            let args = s(&[
+                "import",
+                "--trust",
+                src.to_str().unwrap(),
+                "-C",
+                d.to_str().unwrap(),
+            ]);
             return (d, args, None);
         }
         self.must(&p, &["up"]);
@@ -288,7 +295,13 @@ impl Rig {
             let src = self.archive.clone().unwrap();
             self.must(
                 dir,
-                &["import", src.to_str().unwrap(), "-C", dir.to_str().unwrap()],
+                &[
+                    "import",
+                    "--trust",
+                    src.to_str().unwrap(),
+                    "-C",
+                    dir.to_str().unwrap(),
+                ],
             );
         }
         // A listed snapshot is whole: every machine, and it restores.
