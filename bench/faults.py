@@ -59,6 +59,24 @@ COMMANDS = ["up", "provision", "snapshot-save", "snapshot-restore", "export", "i
 ENVRIG_OK = {".gitignore", "lock", "state.json", "instances"}
 
 
+def processes_naming(path: Path) -> list[str]:
+    """Living processes (not zombies) whose command line names path: the KVM probe's QEMU
+    of a killed envrig once stayed, spinning, for good."""
+    needle = str(path)
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().rsplit(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            continue
+        if needle in cmd and state not in ("Z", "X"):
+            out.append(f"{d.name}: {cmd.strip()[:200]}")
+    return out
+
+
 class BenchError(Exception):
     pass
 
@@ -418,6 +436,9 @@ class Rig:
                 extra += [f".boxes/{p.name}" for p in (self.images / ".boxes").glob(".*")]
                 if extra:
                     found.append(f"leftover: in the images folder: {sorted(extra)}")
+            procs = processes_naming(self.images)
+            if procs:
+                found.append(f"leftover: processes working on the images folder: {procs}")
         if self.home.is_dir():
             work = [str(p.relative_to(self.home)) for p in self.home.rglob("*")
                     if ".work-" in p.name or p.name.startswith(".tmp")]

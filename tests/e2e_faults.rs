@@ -415,6 +415,13 @@ impl Rig {
                 extra.is_empty() && work.is_empty(),
                 "after a killed `{cmd}` (seed {seed}), the images folder holds {extra:?} {work:?}"
             );
+            // No process still works on the images folder: the KVM probe's QEMU of a killed
+            // envrig once stayed, spinning, for good.
+            let procs = processes_naming(images);
+            assert!(
+                procs.is_empty(),
+                "after a killed `{cmd}` (seed {seed}), processes left: {procs:?}"
+            );
             let doms = Command::new("virsh")
                 .args(["-c", "qemu:///system", "list", "--all", "--name"])
                 .output()
@@ -455,6 +462,28 @@ impl Drop for Rig {
             let _ = std::fs::remove_dir_all(i);
         }
     }
+}
+
+/// The living processes (not zombies) whose command line names `path`: pid and command.
+fn processes_naming(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+        if cmd.contains(&needle) && !matches!(state, Some(Some('Z' | 'X')) | None) {
+            out.push(format!("{pid}: {}", cmd.trim()));
+        }
+    }
+    out
 }
 
 /// Every path under `dir`, as strings.

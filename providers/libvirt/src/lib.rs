@@ -243,8 +243,11 @@ fn choose_accel(kernel: Option<&Path>) -> &'static str {
     {
         return "qemu";
     }
-    let child = std::process::Command::new("qemu-system-x86_64")
-        .args([
+    // The probe must not outlive envrig: killed while it waits (a SIGKILL, Ctrl-C twice),
+    // envrig would leave a QEMU spinning in a hung KVM guest for good. `setpriv
+    // --pdeathsig KILL` (util-linux) makes the kernel kill it with its parent.
+    let qemu_args = |c: &mut std::process::Command| {
+        c.args([
             "-accel",
             "kvm",
             "-machine",
@@ -264,8 +267,20 @@ fn choose_accel(kernel: Option<&Path>) -> &'static str {
         .args(["-append", "console=ttyS0 earlyprintk=serial panic=-1"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn();
+        .stderr(std::process::Stdio::null());
+    };
+    let mut guarded = std::process::Command::new("setpriv");
+    guarded.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"]);
+    qemu_args(&mut guarded);
+    let child = match guarded.spawn() {
+        Ok(c) => Ok(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut plain = std::process::Command::new("qemu-system-x86_64");
+            qemu_args(&mut plain);
+            plain.spawn()
+        }
+        Err(e) => Err(e),
+    };
     let Ok(mut child) = child else { return "qemu" };
     let (tx, rx) = std::sync::mpsc::channel();
     if let Some(mut out) = child.stdout.take() {
