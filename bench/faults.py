@@ -141,7 +141,10 @@ class Rig:
         self.durations: dict[tuple[str, bool], float] = {}
         self.folders: set[Path] = set()
         self.layers: set[str] = set()
-        self.dry_run = "--dry-run" in run([self.binary, "import", "--help"], env=env).stdout
+        helptext = run([self.binary, "import", "--help"], env=env).stdout
+        self.dry_run = "--dry-run" in helptext
+        # A libvirt box is a host path outside the import folder: it needs trust.
+        self.trust = ["--trust"] if "--trust" in helptext else []
         self.machines = ["vm"] if kind == "libvirt" else ["m1", "m2", "m3"]
         self.import_src: Path | None = None
         self.imports = 0
@@ -220,7 +223,7 @@ class Rig:
             d.mkdir()
             d = d.resolve()
             self.folders.add(d)
-            args = ["import", str(src), "-C", str(d)]
+            args = ["import", str(src), "-C", str(d), *self.trust]
         else:
             self.must(d, "up")
             if cmd == "provision":
@@ -297,7 +300,8 @@ class Rig:
                 why = verify_archive(out)
                 if why is None and self.dry_run:
                     tmp = Path(tempfile.mkdtemp(dir=self.ws))
-                    p = self.envrig(tmp, "import", "--dry-run", str(out), "-C", str(tmp / "x"))
+                    p = self.envrig(tmp, "import", "--dry-run", *self.trust, str(out), "-C",
+                                    str(tmp / "x"))
                     if p.returncode != 0:
                         why = f"`import --dry-run` refused it: {p.stderr.strip()[-300:]}"
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -307,7 +311,7 @@ class Rig:
         converge = d
         if cmd == "import" and not (d / "Envfile").exists():
             # The user's next step after a killed import: import again.
-            p = self.envrig(d, "import", str(self.import_src), "-C", str(d))
+            p = self.envrig(d, "import", str(self.import_src), "-C", str(d), *self.trust)
             if p.returncode != 0:
                 problems.append(f"converge: import again failed: {p.stderr.strip()[-400:]}")
                 self.finish(d)

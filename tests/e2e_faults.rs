@@ -172,7 +172,11 @@ impl Rig {
             let d = self.root.path().join(format!("imp{}", self.imports));
             std::fs::create_dir_all(&d).unwrap();
             let d = d.canonicalize().unwrap();
-            let args = s(&["import", src.to_str().unwrap(), "-C", d.to_str().unwrap()]);
+            let mut args = s(&["import", src.to_str().unwrap(), "-C", d.to_str().unwrap()]);
+            // A libvirt box is a host path outside the import folder: it needs trust.
+            if self.images.is_some() {
+                args.push("--trust".into());
+            }
             return (d, args, None);
         }
         self.must(&p, &["up"]);
@@ -274,6 +278,7 @@ impl Rig {
                         &[
                             "import",
                             "--dry-run",
+                            "--trust",
                             out.to_str().unwrap(),
                             "-C",
                             to.to_str().unwrap(),
@@ -292,10 +297,11 @@ impl Rig {
         if cmd == "import" && !dir.join("Envfile").exists() {
             // The user's next step after a killed import: import again.
             let src = self.archive.clone().unwrap();
-            self.must(
-                dir,
-                &["import", src.to_str().unwrap(), "-C", dir.to_str().unwrap()],
-            );
+            let mut args = vec!["import", src.to_str().unwrap(), "-C", dir.to_str().unwrap()];
+            if self.images.is_some() {
+                args.push("--trust");
+            }
+            self.must(dir, &args);
         }
         // A listed snapshot is whole: every machine, and it restores.
         let list = self.must(dir, &["snapshot", "list", "--json"]).json();
