@@ -318,7 +318,8 @@ class Rig:
                 why = verify_archive(out)
                 if why is None and self.dry_run:
                     tmp = Path(tempfile.mkdtemp(dir=self.ws))
-                    p = self.envrig(tmp, "import", "--dry-run", str(out), "-C", str(tmp / "x"))
+                    p = self.envrig(tmp, "import", "--dry-run", *self.trust, str(out), "-C",
+                                    str(tmp / "x"))
                     if p.returncode != 0:
                         why = f"`import --dry-run` refused it: {p.stderr.strip()[-300:]}"
                     shutil.rmtree(tmp, ignore_errors=True)

@@ -215,10 +215,11 @@ impl Rig {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let delay = Duration::from_millis(self.rng.below(limit));
             let t0 = Instant::now();
+            let log = self.root.path().join("killed.log");
             let mut child = self
                 .command(&dir, &args)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap();
             let finished = loop {
@@ -239,7 +240,12 @@ impl Rig {
                     return;
                 }
                 Some(st) => {
-                    assert!(st.success(), "unkilled `{cmd}` failed (seed {})", self.seed);
+                    assert!(
+                        st.success(),
+                        "unkilled `{cmd}` failed (seed {}): {}",
+                        self.seed,
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                     limit = (t0.elapsed().as_millis() as u64).max(50);
                     self.took.insert(cmd, limit);
                     self.finish(&dir);
@@ -275,6 +281,7 @@ impl Rig {
                         &[
                             "import",
                             "--dry-run",
+                            "--trust",
                             out.to_str().unwrap(),
                             "-C",
                             to.to_str().unwrap(),

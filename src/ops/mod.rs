@@ -495,8 +495,9 @@ pub async fn provider(ctx: &Context, name: &str) -> Result<Arc<dyn Provider>, Op
         .map_err(|e| OpError::provider(format!("cannot use the {name} provider"), e))
 }
 
-/// Waits (at most 10 s) until two looks at the engines half a second apart agree: calls a
-/// killed envrig made (a removal, a start) finish on the engine after it died.
+/// Waits (at most 15 s) until the engines look the same for 1.5 s (four looks half a second
+/// apart): calls a killed envrig made (a removal, a start, a commit) finish on the engine
+/// after it died, and a busy engine may take over a second to begin one.
 async fn settle(ctx: &Context, project: &Project) -> Result<(), OpError> {
     let key = |v: &[Observed]| {
         let mut k: Vec<(String, &'static str)> =
@@ -505,11 +506,17 @@ async fn settle(ctx: &Context, project: &Project) -> Result<(), OpError> {
         k
     };
     let mut last = key(&observe(ctx, project).await?);
-    for _ in 0..20 {
+    let mut same = 0;
+    for _ in 0..30 {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let now = key(&observe(ctx, project).await?);
         if now == last {
-            return Ok(());
+            same += 1;
+            if same >= 3 {
+                return Ok(());
+            }
+        } else {
+            same = 0;
         }
         last = now;
     }
