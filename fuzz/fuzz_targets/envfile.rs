@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             env: &env,
             provider_override,
             capabilities: &caps,
+            check_paths: true,
         };
         match envfile::parse(source, path, "Envfile", &opts) {
             Ok((env, report)) => {

@@ -24,6 +24,7 @@ fn envfile() -> &'static Envfile {
             env: &|_| None,
             provider_override: None,
             capabilities: &caps,
+            check_paths: true,
         };
         let path = Path::new("/nonexistent/envrig-fuzz/Envfile");
         match envfile::parse(ENVFILE, path, "Envfile", &opts) {
