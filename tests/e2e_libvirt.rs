@@ -252,8 +252,16 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     let run = |args: &[&str]| p.envrig(args);
     run(&["up"]).ok();
     // The machines reach each other by name (and hostname) on their private network.
-    vm_sh(&run, "a", "ping -c 1 -W 5 b");
-    vm_sh(&run, "b", "ping -c 1 -W 5 a && ping -c 1 -W 5 alpha");
+    // `up` returns when the guest agent answers; the guest's DHCP client on the private
+    // network may finish a moment later (seen in CI): names are tried for a bounded time.
+    let ping = |name: &str| {
+        format!(
+            "for i in $(seq 1 20); do ping -c 1 -W 2 {name} >/dev/null 2>&1 && exit 0; sleep 1; done; ping -c 1 -W 2 {name}"
+        )
+    };
+    vm_sh(&run, "a", &ping("b"));
+    vm_sh(&run, "b", &ping("a"));
+    vm_sh(&run, "b", &ping("alpha"));
     let nets = networks();
     let env = run(&["status", "--json"]).ok().json()["env_id"]
         .as_str()
@@ -285,13 +293,6 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
             virsh(&["net-undefine", &net]);
         }
         run(&["up"]).ok();
-        // `up` returns when the guest agent answers; the guest's DHCP client on the private
-        // network may finish a moment later (seen once under heavy load): bounded retries.
-        let ping = |name: &str| {
-            format!(
-                "for i in $(seq 1 20); do ping -c 1 -W 2 {name} >/dev/null 2>&1 && exit 0; sleep 1; done; ping -c 1 -W 2 {name}"
-            )
-        };
         vm_sh(&run, "a", &ping("b"));
         vm_sh(&run, "b", &ping("alpha"));
     }
@@ -359,7 +360,7 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     assert_eq!(vm_sh(&imported, "b", "cat /root/marker"), "b-marker\n");
     let list = imported(&["snapshot", "list", "--json"]).ok().json();
     assert_eq!(list["snapshots"][0]["name"], "s1");
-    vm_sh(&imported, "b", "ping -c 1 -W 5 alpha");
+    vm_sh(&imported, "b", &ping("alpha"));
     let st = imported(&["status", "--json"]).ok().json();
     imported(&["destroy", "-f"]).ok();
     for m in st["machines"].as_array().unwrap() {
