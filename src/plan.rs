@@ -53,7 +53,11 @@ impl Observed {
             label(labels::ENV).get(..8)?,
             label(labels::GENERATION)
         );
-        if info.resource_name != made && info.resource_name != format!("{made}-next") {
+        // The one exception: the Docker provider's relabel helper, a container it creates
+        // (nameless) to give an imported image this environment's labels; a killed import
+        // leaves it for `destroy` and `gc`. Images never pass that label on (blanked).
+        let helper = info.labels.get(labels::CANDIDATE).map(String::as_str) == Some("relabel");
+        if !helper && info.resource_name != made && info.resource_name != format!("{made}-next") {
             return None;
         }
         Some(Observed {
@@ -369,6 +373,12 @@ mod tests {
         // Run by hand from a snapshot image: the image's labels, another name.
         assert!(Observed::from_info("docker", info("festive_bell")).is_none());
         assert!(Observed::from_info("docker", info("shop-01234567-web-1")).is_none());
+        // The relabel helper of an import is the provider's own, whatever its name.
+        let mut helper = info("brave_turing");
+        helper
+            .labels
+            .insert(labels::CANDIDATE.to_string(), "relabel".to_string());
+        assert!(Observed::from_info("docker", helper).is_some());
     }
 
     fn d(name: &str, config: &str) -> Desired {
