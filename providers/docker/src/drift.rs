@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bollard::models::ChangeType;
 use envrig_provider_api::drift::{self, ChangeKind, ENVRIG_DIR, Entry, PathChange};
-use envrig_provider_api::{ExecRequest, OutputStream, Provider, ProviderError, Result};
+use envrig_provider_api::{ExecRequest, OutputStream, Provider, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{DockerProvider, map_err};
+use crate::DockerProvider;
+use crate::error::{engine_err, map_err};
 
 /// Where the baseline lives inside the container: a line `D<TAB>path` for each path deleted
 /// against the image, then the `stat` line ([`STAT_FORMAT`]) of each path added or changed.
@@ -105,7 +106,8 @@ impl DockerProvider {
         Ok(changes)
     }
 
-    /// `stat` lines of `paths` inside the container (missing paths are left out).
+    /// `stat` lines of `paths` inside the container (missing paths are left out); no exec
+    /// when there are no paths.
     async fn stat(&self, id: &str, paths: &[String]) -> Result<BTreeMap<String, Entry>> {
         let mut out = String::new();
         // As few execs as the kernel's argument limit allows (an exec costs ~30 ms; 128 KiB
@@ -211,11 +213,7 @@ impl DockerProvider {
             }
         }
         // Many paths, or no shell in the image: `stat` in batches, and an upload.
-        let stats = if present.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.stat(id, &present).await?
-        };
+        let stats = self.stat(id, &present).await?;
         let mut body = String::new();
         for p in &deleted {
             body.push_str(&format!("D\t{p}\n"));
@@ -230,10 +228,10 @@ impl DockerProvider {
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
         b.append_data(&mut h, BASELINE.trim_start_matches('/'), body.as_bytes())
-            .map_err(|e| io_err("write the baseline", e))?;
+            .map_err(|e| engine_err("write the baseline", e))?;
         let tar = b
             .into_inner()
-            .map_err(|e| io_err("write the baseline", e))?;
+            .map_err(|e| engine_err("write the baseline", e))?;
         self.upload(id, "/", tar).await
     }
 
@@ -245,11 +243,7 @@ impl DockerProvider {
             .filter(|c| c.kind != ChangeKind::Deleted && base.changed.contains_key(&c.path))
             .map(|c| c.path.clone())
             .collect();
-        let now = if recheck.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.stat(id, &recheck).await?
-        };
+        let now = self.stat(id, &recheck).await?;
         let mut out = Vec::new();
         for c in &changes {
             let kind = if let Some(line) = base.changed.get(&c.path) {
@@ -307,17 +301,6 @@ impl DockerProvider {
 
 fn line_of(path: &str, e: &Entry) -> String {
     format!("{path}\t{}\t{}\t{}\t{}", e.kind, e.size, e.mtime, e.mode)
-}
-
-fn io_err(
-    op: impl Into<String>,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> ProviderError {
-    ProviderError::Engine {
-        provider: super::NAME,
-        op: op.into(),
-        source: Box::new(e),
-    }
 }
 
 #[cfg(test)]

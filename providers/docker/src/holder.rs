@@ -33,11 +33,12 @@ use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig}
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions,
 };
-use envrig_provider_api::{MachineSpec, ProviderError, Result, labels};
+use envrig_provider_api::{MachineSpec, PortSpec, ProviderError, Result, Selector, labels};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{DockerProvider, KEEPALIVE, map_err};
+use crate::error::map_err;
+use crate::{DockerProvider, KEEPALIVE, label_filters};
 
 /// The repository of the holder image.
 const HOLDER_REPO: &str = "envrig-holder";
@@ -400,6 +401,36 @@ impl DockerProvider {
             self.stop_holder(holder).await?;
         }
         Ok(())
+    }
+
+    /// The network holders (see `holder`) that `selector` selects.
+    pub(crate) async fn holders(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let selector = selector.clone().has(labels::HOLDER);
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filters(&selector)),
+                ..ListContainersOptions::default()
+            }))
+            .await
+            .map_err(|e| map_err("list containers", e))
+    }
+
+    /// The host ports a network holder publishes (none when it is stopped); `None` when
+    /// the holder is gone.
+    pub(crate) async fn holder_ports(&self, holder: &str) -> Option<Vec<PortSpec>> {
+        match self.docker.inspect_container(holder, None).await {
+            Ok(h) => Some(Self::ports_from_map(
+                h.network_settings.as_ref().and_then(|n| n.ports.as_ref()),
+            )),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => None,
+            Err(_) => Some(Vec::new()),
+        }
     }
 }
 

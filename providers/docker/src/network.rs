@@ -1,6 +1,12 @@
-//! Containers whose network went away under them.
+//! An environment's private network, and what an environment has besides its machines.
 //!
-//! A halted environment's network has no running container, so `docker network prune` (a
+//! The network is a bridge made on demand ([`DockerProvider::ensure_bridge_network`]), on a
+//! free /24 of the subnet pool unless the Envfile fixes one. [`DockerProvider::list_other_resources`]
+//! and [`DockerProvider::purge_resources`] find and remove the rest of an environment: network
+//! holders, networks, volumes and dangling snapshot images.
+//!
+//! Containers whose network went away under them: a halted environment's network has no
+//! running container, so `docker network prune` (a
 //! common clean-up) removes it; its containers still name it by id and cannot start ("network
 //! … not found"). The core makes the network again (same name, labels and, when the Envfile
 //! fixes it, subnet) before it starts machines; [`DockerProvider::start_reattaching`] then
@@ -8,11 +14,14 @@
 //! names (aliases), and starts it.
 
 use bollard::models::{
-    ContainerInspectResponse, EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest,
+    ContainerInspectResponse, EndpointSettings, Ipam, IpamConfig, Network, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest, Volume,
 };
-use envrig_provider_api::{ProviderError, Result};
+use bollard::query_parameters::{ListNetworksOptions, ListVolumesOptions, RemoveImageOptions};
+use envrig_provider_api::{NetworkSpec, OtherResource, ProviderError, Result, Selector, labels};
 
-use super::{DockerProvider, map_err};
+use crate::error::map_err;
+use crate::{DockerProvider, label_filters};
 
 impl DockerProvider {
     /// Starts container `id`; when a network it was attached to no longer exists, attaches
@@ -158,5 +167,232 @@ impl DockerProvider {
             }
         }
         Ok(())
+    }
+}
+
+impl DockerProvider {
+    /// The first /24 of `pool` that no docker network uses.
+    async fn free_subnet(&self, pool: &str) -> Result<String> {
+        let bad = || ProviderError::Conflict {
+            message: format!("ENVRIG_SUBNET_POOL `{pool}` is not an IPv4 CIDR like 198.18.0.0/15"),
+        };
+        let (addr, prefix) = pool.split_once('/').ok_or_else(bad)?;
+        let base: u32 = addr
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|_| bad())?
+            .into();
+        let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=24).contains(&prefix) {
+            return Err(bad());
+        }
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        let used: Vec<(u32, u32)> = networks
+            .iter()
+            .flat_map(|n| n.ipam.iter().flat_map(|i| i.config.iter().flatten()))
+            .filter_map(|c| {
+                let (a, p) = c.subnet.as_deref()?.split_once('/')?;
+                Some((
+                    a.parse::<std::net::Ipv4Addr>().ok()?.into(),
+                    p.parse().ok()?,
+                ))
+            })
+            .collect();
+        let overlaps = |a: u32, pa: u32, b: u32, pb: u32| {
+            let p = pa.min(pb);
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            a & mask == b & mask
+        };
+        let count = 1u32 << (24 - prefix);
+        for i in 0..count {
+            let candidate = (base & (u32::MAX << (32 - prefix))) + (i << 8);
+            if !used.iter().any(|&(a, p)| overlaps(candidate, 24, a, p)) {
+                return Ok(format!("{}/24", std::net::Ipv4Addr::from(candidate)));
+            }
+        }
+        Err(ProviderError::Conflict {
+            message: format!("no free /24 left in ENVRIG_SUBNET_POOL `{pool}`"),
+        })
+    }
+
+    pub(crate) async fn list_other_resources(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<OtherResource>> {
+        let mut out = Vec::new();
+        for h in self.holders(selector).await? {
+            out.push(OtherResource {
+                kind: "container",
+                name: h
+                    .names
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                labels: h.labels.unwrap_or_default().into_iter().collect(),
+            });
+        }
+        let (networks, volumes) = self.networks_and_volumes(selector).await?;
+        for n in networks {
+            out.push(OtherResource {
+                kind: "network",
+                name: n.name.unwrap_or_default(),
+                labels: n.labels.unwrap_or_default().into_iter().collect(),
+            });
+        }
+        for v in volumes {
+            out.push(OtherResource {
+                kind: "volume",
+                name: v.name,
+                labels: v.labels.into_iter().collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn ensure_bridge_network(&self, spec: &NetworkSpec) -> Result<()> {
+        // Bounded: a create that loses a race finds the winner's network (or another free
+        // subnet) on the next look.
+        for _ in 0..6 {
+            match self.docker.inspect_network(&spec.name, None).await {
+                Ok(n) => {
+                    let env = n.labels.as_ref().and_then(|l| l.get(labels::ENV));
+                    return if env == spec.labels.get(labels::ENV) {
+                        Ok(())
+                    } else {
+                        Err(ProviderError::Conflict {
+                            message: format!(
+                                "a docker network named `{}` exists but does not belong to this environment",
+                                spec.name
+                            ),
+                        })
+                    };
+                }
+                Err(e) => match map_err(format!("inspect network {}", spec.name), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other if other.to_string().contains("ambiguous") => {
+                        self.dedupe_network(&spec.name, spec.labels.get(labels::ENV))
+                            .await?;
+                        continue;
+                    }
+                    other => return Err(other),
+                },
+            }
+            let subnet = match (&spec.subnet, &spec.subnet_pool) {
+                (Some(s), _) => Some(s.clone()),
+                (None, Some(pool)) => Some(self.free_subnet(pool).await?),
+                (None, None) => None,
+            };
+            let request = NetworkCreateRequest {
+                name: spec.name.clone(),
+                driver: Some("bridge".to_string()),
+                labels: Some(spec.labels.clone().into_iter().collect()),
+                ipam: subnet.map(|s| Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(s),
+                        ..IpamConfig::default()
+                    }]),
+                    ..Ipam::default()
+                }),
+                ..NetworkCreateRequest::default()
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => return Ok(()),
+                // Another environment took the same free /24 a moment before: pick again.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 403,
+                    message,
+                }) if message.contains("overlaps") && spec.subnet.is_none() => {
+                    continue;
+                }
+                Err(e) => match map_err(format!("create network {}", spec.name), e) {
+                    ProviderError::Conflict { .. } => continue,
+                    other => return Err(other),
+                },
+            }
+        }
+        Err(ProviderError::Conflict {
+            message: format!("network `{}` could not be created", spec.name),
+        })
+    }
+
+    /// The networks and the volumes that `selector` selects.
+    async fn networks_and_volumes(
+        &self,
+        selector: &Selector,
+    ) -> Result<(Vec<Network>, Vec<Volume>)> {
+        let filters = Some(label_filters(selector));
+        let networks = self.docker.list_networks(Some(ListNetworksOptions {
+            filters: filters.clone(),
+        }));
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions { filters }));
+        let networks = networks.await.map_err(|e| map_err("list networks", e))?;
+        let volumes = volumes.await.map_err(|e| map_err("list volumes", e))?;
+        Ok((networks, volumes.volumes.unwrap_or_default()))
+    }
+
+    pub(crate) async fn purge_resources(&self, selector: &Selector) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        // Network holders a generation's removal did not take (an interrupted destroy):
+        // before the networks they are attached to.
+        for h in self.holders(selector).await? {
+            let Some(id) = h.id else { continue };
+            if self.remove_container(&id).await? {
+                let name = h.names.into_iter().flatten().next().unwrap_or(id);
+                removed.push(format!("container {}", name.trim_start_matches('/')));
+            }
+        }
+        let (networks, volumes) = self.networks_and_volumes(selector).await?;
+        for n in networks {
+            let Some(name) = n.name else { continue };
+            // By id: two networks may share a name (see `dedupe_network`).
+            let id = n.id.unwrap_or_else(|| name.clone());
+            match self.docker.remove_network(&id).await {
+                Ok(()) => removed.push(format!("network {name}")),
+                Err(e) => match map_err(format!("remove network {name}"), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        // Snapshot images whose tags are gone (replaced or deleted while a container used
+        // them) go with their environment.
+        let mut filters = label_filters(selector);
+        filters.insert("dangling".to_string(), vec!["true".to_string()]);
+        let images = self.images(filters).await?;
+        for img in images {
+            if self
+                .docker
+                .remove_image(&img.id, None::<RemoveImageOptions>, None)
+                .await
+                .is_ok()
+            {
+                removed.push(format!("image {}", &img.id[..img.id.len().min(19)]));
+            }
+        }
+        for v in volumes {
+            match self
+                .docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(()) => removed.push(format!("volume {}", v.name)),
+                Err(e) => match map_err(format!("remove volume {}", v.name), e) {
+                    ProviderError::NotFound { .. } => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        Ok(removed)
     }
 }
