@@ -1,96 +1,262 @@
-//! The providers built into this binary, looked up by the name an Envfile uses.
+//! The providers this envrig can use, looked up by the name an Envfile uses.
 //!
 //! The core never matches on a provider's name: it asks this registry for "the provider
-//! called X" and gets an `Arc<dyn Provider>`. Connections are made lazily, once per process,
-//! so a command that needs only Docker never touches libvirt.
+//! called X" and gets an `Arc<dyn Provider>`. Docker is built in (pure Rust); every other
+//! provider is a plugin: an executable named `envrig-provider-NAME` in a folder of
+//! `ENVRIG_PLUGINS`, beside `envrig`, or on `PATH` (searched in that order, the first found
+//! wins; a plugin never replaces a built-in provider). A plugin is
+//! started when a command first asks about it (its capabilities, or the provider itself),
+//! once per command; connections to engines are made lazily, once per process, so a
+//! command that needs only Docker starts no plugin and loads no engine library.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use envrig_provider_api::plugin::Plugin;
 use envrig_provider_api::{Capabilities, Provider, ProviderError};
 use tokio::sync::OnceCell;
 
 type Connect =
     fn() -> Pin<Box<dyn Future<Output = Result<Arc<dyn Provider>, ProviderError>> + Send>>;
 
+/// The prefix of a plugin's executable name.
+pub const PLUGIN_PREFIX: &str = "envrig-provider-";
+
+enum Source {
+    Builtin {
+        capabilities: Capabilities,
+        connect: Connect,
+    },
+    Plugin {
+        path: PathBuf,
+        /// The started plugin's capabilities, or why it could not start.
+        described: OnceLock<Result<Capabilities, String>>,
+        /// The started plugin, until it is connected.
+        started: Mutex<Option<Box<Plugin>>>,
+    },
+}
+
 struct Entry {
-    name: &'static str,
-    capabilities: Capabilities,
-    connect: Connect,
+    name: String,
+    source: Source,
     cell: OnceCell<Arc<dyn Provider>>,
 }
 
-/// The registry of built-in providers.
+/// The providers of this envrig: built-in ones and the plugins found.
 pub struct Registry {
     entries: Vec<Entry>,
+    /// The verbosity plugins are started with.
+    log: String,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|e| e.name))
+            .entries(self.entries.iter().map(|e| &e.name))
             .finish()
     }
 }
 
 impl Registry {
-    /// Every provider this build has.
-    pub fn builtin() -> Registry {
+    /// The built-in providers and the plugins found (`ENVRIG_PLUGINS`, beside this
+    /// executable, `PATH`);
+    /// plugins are started with verbosity `log` (`warn`, `debug`...).
+    pub fn discover(log: &str) -> Registry {
+        let mut entries = vec![Entry {
+            name: envrig_provider_docker::PROVIDER_NAME.to_string(),
+            source: Source::Builtin {
+                capabilities: envrig_provider_docker::CAPABILITIES,
+                connect: || {
+                    Box::pin(async {
+                        let p = envrig_provider_docker::DockerProvider::connect().await?;
+                        Ok(Arc::new(p) as Arc<dyn Provider>)
+                    })
+                },
+            },
+            cell: OnceCell::new(),
+        }];
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let first = std::env::var_os("ENVRIG_PLUGINS").unwrap_or_default();
+        let dirs = std::env::split_paths(&first)
+            .chain(beside)
+            .chain(std::env::split_paths(&path));
+        for (name, path) in find_plugins(dirs) {
+            if entries.iter().any(|e| e.name == name) {
+                continue;
+            }
+            entries.push(Entry {
+                name,
+                source: Source::Plugin {
+                    path,
+                    described: OnceLock::new(),
+                    started: Mutex::new(None),
+                },
+                cell: OnceCell::new(),
+            });
+        }
         Registry {
-            entries: vec![
-                Entry {
-                    name: envrig_provider_docker::PROVIDER_NAME,
-                    capabilities: envrig_provider_docker::CAPABILITIES,
-                    connect: || {
-                        Box::pin(async {
-                            let p = envrig_provider_docker::DockerProvider::connect().await?;
-                            Ok(Arc::new(p) as Arc<dyn Provider>)
-                        })
-                    },
-                    cell: OnceCell::new(),
-                },
-                Entry {
-                    name: envrig_provider_libvirt::PROVIDER_NAME,
-                    capabilities: envrig_provider_libvirt::CAPABILITIES,
-                    connect: || {
-                        Box::pin(async {
-                            let p = envrig_provider_libvirt::LibvirtProvider::connect().await?;
-                            Ok(Arc::new(p) as Arc<dyn Provider>)
-                        })
-                    },
-                    cell: OnceCell::new(),
-                },
-            ],
+            entries,
+            log: log.to_string(),
         }
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.entries.iter().map(|e| e.name)
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.entries.iter().map(|e| e.name.as_str())
     }
 
-    /// The capabilities of a provider, without connecting; `None` when this build lacks it.
-    pub fn capabilities(&self, name: &str) -> Option<Capabilities> {
+    fn entry(&self, name: &str) -> Result<&Entry, ProviderError> {
         self.entries
-            .iter()
-            .find(|e| e.name == name)
-            .map(|e| e.capabilities)
-    }
-
-    /// The connected provider called `name`.
-    pub async fn get(&self, name: &str) -> Result<Arc<dyn Provider>, ProviderError> {
-        let entry = self
-            .entries
             .iter()
             .find(|e| e.name == name)
             .ok_or_else(|| ProviderError::NotSupported {
                 provider: "envrig",
-                what: format!("the `{name}` provider (this build does not have it)"),
-            })?;
+                what: format!(
+                    "the `{name}` provider (not built in, and no `{PLUGIN_PREFIX}{name}` beside envrig or on PATH)"
+                ),
+            })
+    }
+
+    /// The capabilities of a provider, without connecting to its engine (a plugin is
+    /// started and says them); `None` when there is no such provider or its plugin does
+    /// not start ([`Registry::get`] then says why).
+    pub fn capabilities(&self, name: &str) -> Option<Capabilities> {
+        self.describe(name).ok()
+    }
+
+    /// The capabilities of provider `name`, or why it cannot be used.
+    pub fn describe(&self, name: &str) -> Result<Capabilities, ProviderError> {
+        let entry = self.entry(name)?;
+        match &entry.source {
+            Source::Builtin { capabilities, .. } => Ok(*capabilities),
+            Source::Plugin {
+                path,
+                described,
+                started,
+            } => described
+                .get_or_init(|| {
+                    let plugin = Plugin::start(path, name, &self.log)?;
+                    let caps = plugin.hello().capabilities;
+                    *started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(plugin));
+                    Ok(caps)
+                })
+                .clone()
+                .map_err(|message| ProviderError::Unavailable {
+                    provider: "envrig",
+                    message: format!("the `{name}` provider's plugin does not start: {message}"),
+                    hint: Some(format!(
+                        "install what the plugin needs (`ldd {}` names missing libraries), or remove it",
+                        path.display()
+                    )),
+                }),
+        }
+    }
+
+    /// The connected provider called `name`.
+    pub async fn get(&self, name: &str) -> Result<Arc<dyn Provider>, ProviderError> {
+        let entry = self.entry(name)?;
         entry
             .cell
-            .get_or_try_init(|| (entry.connect)())
+            .get_or_try_init(|| async {
+                match &entry.source {
+                    Source::Builtin { connect, .. } => connect().await,
+                    Source::Plugin { started, .. } => {
+                        self.describe(name)?;
+                        let plugin = started.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        let plugin = match plugin {
+                            Some(p) => p,
+                            None => {
+                                return Err(self.describe(name).err().unwrap_or_else(|| {
+                                    ProviderError::Unavailable {
+                                        provider: "envrig",
+                                        message: format!("the `{name}` provider's plugin stopped"),
+                                        hint: None,
+                                    }
+                                }));
+                            }
+                        };
+                        Ok(Arc::new(plugin.connect().await?) as Arc<dyn Provider>)
+                    }
+                }
+            })
             .await
             .cloned()
+    }
+}
+
+/// The plugins in `dirs`, in order: executables named `envrig-provider-NAME` whose NAME is
+/// a valid provider name; the first of each name.
+fn find_plugins(dirs: impl Iterator<Item = PathBuf>) -> Vec<(String, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for dir in dirs {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut here: Vec<(String, PathBuf)> = read
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                let name = file.strip_prefix(PLUGIN_PREFIX)?;
+                let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && name.len() <= 63
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                let path = e.path();
+                let meta = std::fs::metadata(&path).ok()?;
+                (ok && meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+                    .then(|| (name.to_string(), path))
+            })
+            .collect();
+        here.sort();
+        for (name, path) in here {
+            if !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, path));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_are_executables_with_valid_names_first_found_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let make = |dir: &Path, file: &str, mode: u32| {
+            let p = dir.join(file);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        make(a.path(), "envrig-provider-libvirt", 0o755);
+        make(a.path(), "envrig-provider-notexec", 0o644);
+        make(a.path(), "envrig-provider-Bad", 0o755);
+        make(a.path(), "envrig-provider-x.d", 0o755);
+        make(b.path(), "envrig-provider-libvirt", 0o755);
+        make(b.path(), "envrig-provider-podman", 0o755);
+        std::fs::create_dir(b.path().join("envrig-provider-dir")).unwrap();
+        let found = find_plugins([a.path().to_path_buf(), b.path().to_path_buf()].into_iter());
+        assert_eq!(
+            found,
+            vec![
+                (
+                    "libvirt".to_string(),
+                    a.path().join("envrig-provider-libvirt")
+                ),
+                (
+                    "podman".to_string(),
+                    b.path().join("envrig-provider-podman")
+                ),
+            ]
+        );
     }
 }

@@ -287,7 +287,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(&cli);
+    let log = init_tracing(&cli);
     let printer = Printer::new(cli.json, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -300,14 +300,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = runtime.block_on(run(cli, printer.clone()));
+    let code = runtime.block_on(run(cli, printer.clone(), log));
     // Exit at once: a blocking stdin reader (ssh) must not hold the runtime's shutdown.
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(code);
 }
 
-fn init_tracing(cli: &Cli) {
+/// Sets up logging; returns the level (`warn`, `debug`...) plugins are started with.
+fn init_tracing(cli: &Cli) -> &'static str {
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -322,10 +323,11 @@ fn init_tracing(cli: &Cli) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
+    default
 }
 
 /// Runs one command; returns the process's exit code.
-async fn run(cli: Cli, printer: Printer) -> i32 {
+async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
     let cwd = match &cli.dir {
         Some(d) => match std::env::current_dir().map(|c| c.join(d)) {
             Ok(d) if d.is_dir() => d,
@@ -342,7 +344,7 @@ async fn run(cli: Cli, printer: Printer) -> i32 {
             }
         },
     };
-    let registry = Registry::builtin();
+    let registry = Registry::discover(log);
     let reporter: Arc<dyn ops::Reporter> = printer.reporter();
     let ctx = Context::new(registry, reporter, interrupts(printer.clone()));
 

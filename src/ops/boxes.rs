@@ -15,24 +15,25 @@ pub struct BoxRow {
     pub stored: StoredBox,
 }
 
-fn store_providers(ctx: &Context) -> Vec<&'static str> {
+fn store_providers(ctx: &Context) -> Vec<String> {
     ctx.registry
         .names()
         .filter(|n| ctx.registry.capabilities(n).is_some_and(|c| c.box_store))
+        .map(str::to_string)
         .collect()
 }
 
 pub async fn box_list(ctx: &Context) -> Result<Vec<BoxRow>, OpError> {
     let mut rows = Vec::new();
     for name in store_providers(ctx) {
-        let p = provider(ctx, name).await?;
+        let p = provider(ctx, &name).await?;
         for stored in p
             .box_list()
             .await
             .map_err(|e| OpError::provider("cannot list the boxes", e))?
         {
             rows.push(BoxRow {
-                provider: name.to_string(),
+                provider: name.clone(),
                 stored,
             });
         }
@@ -283,7 +284,7 @@ pub async fn box_add(
         .into_iter()
         .next()
         .ok_or_else(|| OpError::Usage("no provider of this build keeps boxes".into()))?;
-    let p = provider(ctx, name_p).await?;
+    let p = provider(ctx, &name_p).await?;
     let added = p.box_add(name, source, force).await;
     if downloaded {
         // The store holds its own copy; the download is only kept to resume a broken one.
@@ -301,7 +302,7 @@ pub async fn box_add(
 
 pub async fn box_remove(ctx: &Context, name: &str) -> Result<(), OpError> {
     for pname in store_providers(ctx) {
-        let p = provider(ctx, pname).await?;
+        let p = provider(ctx, &pname).await?;
         match p.box_remove(name).await {
             Ok(()) => return Ok(()),
             Err(envrig_provider_api::ProviderError::NotFound { .. }) => continue,

@@ -459,9 +459,10 @@ pub async fn running_providers(
 ) -> Result<Vec<(&'static str, Arc<dyn Provider>)>, OpError> {
     let mut out = Vec::new();
     let mut last = None;
-    for name in ctx.registry.names().collect::<Vec<_>>() {
+    let names: Vec<String> = ctx.registry.names().map(str::to_string).collect();
+    for name in &names {
         match ctx.registry.get(name).await {
-            Ok(p) => out.push((name, p)),
+            Ok(p) => out.push((p.name(), p)),
             Err(e @ ProviderError::Unavailable { .. }) => {
                 ctx.reporter.event(
                     None,

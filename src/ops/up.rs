@@ -60,11 +60,23 @@ pub async fn up(
 ) -> Result<Vec<UpOutcome>, OpError> {
     let selected = project.select(&opts.machines, true)?;
     for m in &selected {
-        if ctx.registry.capabilities(&m.provider).is_none() {
-            return Err(OpError::Usage(format!(
-                "machine `{}` uses the `{}` provider, which this build of envrig does not have",
-                m.name, m.provider
-            )));
+        match ctx.registry.describe(&m.provider) {
+            Ok(_) => {}
+            Err(envrig_provider_api::ProviderError::NotSupported { .. }) => {
+                return Err(OpError::Usage(format!(
+                    "machine `{}` uses the `{}` provider, which this envrig does not have (no `envrig-provider-{}` plugin found)",
+                    m.name, m.provider, m.provider
+                )));
+            }
+            Err(e) => {
+                return Err(OpError::provider(
+                    format!(
+                        "machine `{}` cannot use the `{}` provider",
+                        m.name, m.provider
+                    ),
+                    e,
+                ));
+            }
         }
     }
     let had_lock = super::lockfile::before_up(ctx, project, &selected, opts.locked).await?;

@@ -72,7 +72,7 @@ pub const OWNER: &str = "dev.envrig.owner";
 
 /// A conjunction of label conditions: every `(key, Some(v))` must equal, every `(key, None)`
 /// must be present.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Selector {
     pub conditions: Vec<(String, Option<String>)>,
 }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod drift;
 pub mod labels;
+pub mod plugin;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod work;
@@ -83,7 +84,8 @@ impl ProviderError {
 pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
 
 /// What a provider can do; `validate` rejects Envfile keys a provider cannot honour.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Capabilities {
     /// `command`: the machine's main process can be chosen.
     pub custom_command: bool,
@@ -260,7 +262,7 @@ pub struct NetworkAttachment {
 }
 
 /// An environment's private network, in which machines reach each other by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -286,7 +288,7 @@ pub enum OptionValue {
 }
 
 /// A machine as its engine reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineInfo {
     /// The engine's id for the resource (container id, domain UUID).
     pub id: String,
@@ -318,7 +320,7 @@ pub struct Snapshot {
 }
 
 /// A baked layer on this host: a machine's provisioned state kept as a base.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BakedLayer {
     /// Its base name (usable as [`MachineSpec::base`]).
     pub name: String,
@@ -338,7 +340,7 @@ pub struct OtherResource {
 }
 
 /// The identity a base resolved to on this host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseInfo {
     /// The immutable id (docker image ID, box sha256).
     pub id: String,
@@ -359,7 +361,8 @@ pub struct BaseIdentity {
 }
 
 /// Progress while a base is fetched.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PullProgress {
     /// A free-form status line from the engine.
     Status(String),
@@ -368,7 +371,7 @@ pub enum PullProgress {
 }
 
 /// A command to run inside a machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -385,7 +388,8 @@ pub struct ExecRequest {
 }
 
 /// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutputStream {
     Stdout,
     Stderr,
@@ -417,7 +421,7 @@ pub fn valid_user_name(s: &str) -> bool {
 }
 
 /// How to reach a machine with a real SSH client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SshEndpoint {
     pub host: String,
     pub port: u16,

@@ -1,0 +1,690 @@
+//! The core's side: a provider that lives in another process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::wire::{Body, Bytes, Call, FromPlugin, Hello, PROTOCOL, ToPlugin};
+use crate::{
+    BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec,
+    NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result,
+    Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
+};
+
+/// How long a plugin may take to say hello after it was started.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a plugin's stderr is kept to explain why it stopped.
+const STDERR_KEPT: usize = 4096;
+
+/// A plugin process that has said hello and is not connected to its engine yet.
+pub struct Plugin {
+    path: PathBuf,
+    hello: Hello,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("hello", &self.hello)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// Starts the plugin at `path` and reads its hello: the plugin named `name` must answer
+    /// as `name`, in this protocol version, within [`HELLO_TIMEOUT`]. Its stderr is passed
+    /// on to this process's stderr as it comes.
+    /// `log` is the verbosity envrig runs at (`warn`, `debug`...), passed to the plugin as
+    /// `ENVRIG_PLUGIN_LOG`.
+    pub fn start(path: &Path, name: &str, log: &str) -> std::result::Result<Plugin, String> {
+        let mut child = Command::new(path)
+            .env("ENVRIG_PLUGIN_LOG", log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        let (Some(stdin), Some(stdout), Some(err)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            return Err(format!("cannot talk to {}", path.display()));
+        };
+        let stderr = pass_on_stderr(err);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let r = stdout.read_line(&mut line).map(|_| line);
+            let _ = tx.send((r, stdout));
+        });
+        let stopped = |child: &mut Child, why: String| {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            // The stderr thread has had a moment to take the last words.
+            std::thread::sleep(Duration::from_millis(20));
+            let words = stderr_tail(&stderr);
+            let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
+            format!("{}: {why}{status}{words}", path.display())
+        };
+        let (line, stdout) = match rx.recv_timeout(HELLO_TIMEOUT) {
+            Ok((Ok(line), stdout)) if !line.is_empty() => (line, stdout),
+            Ok((Ok(_), _)) => {
+                return Err(stopped(&mut child, "stopped before saying hello".into()));
+            }
+            Ok((Err(e), _)) => return Err(stopped(&mut child, format!("unreadable hello: {e}"))),
+            Err(_) => {
+                return Err(stopped(
+                    &mut child,
+                    format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+                ));
+            }
+        };
+        let hello: Hello = serde_json::from_str(&line)
+            .map_err(|e| stopped(&mut child, format!("a hello envrig cannot read ({e})")))?;
+        if hello.protocol != PROTOCOL {
+            return Err(stopped(
+                &mut child,
+                format!(
+                    "speaks plugin protocol {}, this envrig speaks {PROTOCOL}",
+                    hello.protocol
+                ),
+            ));
+        }
+        if hello.name != name {
+            return Err(stopped(
+                &mut child,
+                format!("calls itself `{}`, not `{name}`", hello.name),
+            ));
+        }
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            hello,
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Asks the plugin to connect to its engine; the provider it serves, once it has.
+    pub async fn connect(self) -> Result<PluginProvider> {
+        let name: &'static str = intern(&self.hello.name);
+        let conn = Arc::new(Conn {
+            name,
+            path: self.path,
+            stdin: Mutex::new(Some(self.stdin)),
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            ended: Mutex::new(None),
+            child: Mutex::new(self.child),
+            stderr: self.stderr,
+        });
+        let reader = conn.clone();
+        let stdout = self.stdout;
+        std::thread::spawn(move || reader.read_answers(stdout));
+        let p = PluginProvider {
+            name,
+            capabilities: self.hello.capabilities,
+            conn,
+        };
+        p.call::<()>(Call::Connect).await?;
+        Ok(p)
+    }
+}
+
+/// Copies a plugin's stderr to this process's stderr, keeping its last words.
+fn pass_on_stderr(mut err: std::process::ChildStderr) -> Arc<Mutex<String>> {
+    let kept = Arc::new(Mutex::new(String::new()));
+    let k = kept.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = std::io::stderr().write_all(&buf[..n]);
+            let mut k = k.lock().unwrap_or_else(|p| p.into_inner());
+            k.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if k.len() > STDERR_KEPT {
+                let cut = k.len() - STDERR_KEPT;
+                let cut = (cut..k.len()).find(|i| k.is_char_boundary(*i)).unwrap_or(0);
+                k.drain(..cut);
+            }
+        }
+    });
+    kept
+}
+
+fn stderr_tail(kept: &Mutex<String>) -> String {
+    let k = kept.lock().unwrap_or_else(|p| p.into_inner());
+    let t = k.trim();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", t.lines().last().unwrap_or(t))
+    }
+}
+
+/// A name given out for the life of the process (provider names and resource kinds are few).
+fn intern(s: &str) -> &'static str {
+    static SEEN: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = seen.get(s) {
+        return v;
+    }
+    let v: &'static str = Box::leak(s.to_string().into_boxed_str());
+    seen.insert(v);
+    v
+}
+
+struct Conn {
+    name: &'static str,
+    path: PathBuf,
+    stdin: Mutex<Option<ChildStdin>>,
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Body>>>,
+    next: AtomicU64,
+    /// Why the plugin can no longer answer, once it cannot.
+    ended: Mutex<Option<String>>,
+    child: Mutex<Child>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Conn {
+    fn read_answers(&self, stdout: BufReader<std::process::ChildStdout>) {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            let Ok(msg) = serde_json::from_str::<FromPlugin>(&line) else {
+                eprintln!(
+                    "envrig: the {} plugin said something unreadable: {line}",
+                    self.name
+                );
+                continue;
+            };
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = pending.get(&msg.id) {
+                let _ = tx.send(msg.body);
+            }
+        }
+        // Stopped: every call still waiting learns it (its sender goes).
+        std::thread::sleep(Duration::from_millis(20));
+        let status = self
+            .child
+            .lock()
+            .map(|mut c| c.try_wait().ok().flatten())
+            .ok()
+            .flatten()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "its plugin {} stopped{status}{}",
+            self.path.display(),
+            stderr_tail(&self.stderr)
+        ));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn gone(&self) -> ProviderError {
+        let why = self
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| format!("its plugin {} stopped", self.path.display()));
+        ProviderError::Unavailable {
+            provider: self.name,
+            message: why,
+            hint: None,
+        }
+    }
+
+    fn write(&self, msg: &ToPlugin) -> bool {
+        let Ok(mut line) = serde_json::to_string(msg) else {
+            return false;
+        };
+        line.push('\n');
+        let mut stdin = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let written = stdin
+            .as_mut()
+            .is_some_and(|s| s.write_all(line.as_bytes()).and_then(|_| s.flush()).is_ok());
+        if !written {
+            *stdin = None;
+        }
+        written
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Its stdin closes with it: the plugin exits.
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// A call in flight: when its caller stops waiting, the plugin is told to stop it.
+struct Waiting<'a> {
+    conn: &'a Conn,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.conn
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if !self.done {
+            self.conn.write(&ToPlugin {
+                id: self.id,
+                call: None,
+                cancel: true,
+            });
+        }
+    }
+}
+
+/// A provider served by a plugin process ([`super::serve`]), speaking the plugin protocol.
+pub struct PluginProvider {
+    name: &'static str,
+    capabilities: Capabilities,
+    conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for PluginProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginProvider")
+            .field("name", &self.name)
+            .field("path", &self.conn.path)
+            .finish()
+    }
+}
+
+impl PluginProvider {
+    /// Makes `call`, handing its events to `on_event`; its result as `T`.
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        call: Call,
+        mut on_event: impl FnMut(Body),
+    ) -> Result<T> {
+        let conn = &*self.conn;
+        let id = conn.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        conn.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let mut waiting = Waiting {
+            conn,
+            id,
+            done: false,
+        };
+        if conn
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || !conn.write(&ToPlugin {
+                id,
+                call: Some(call),
+                cancel: false,
+            })
+        {
+            waiting.done = true;
+            return Err(conn.gone());
+        }
+        while let Some(body) = rx.recv().await {
+            match body {
+                Body::Ok(v) => {
+                    waiting.done = true;
+                    return serde_json::from_value(v).map_err(|e| ProviderError::Engine {
+                        provider: self.name,
+                        op: "read the plugin's answer".into(),
+                        source: e.into(),
+                    });
+                }
+                Body::Error(e) => {
+                    waiting.done = true;
+                    return Err(e.into_error(self.name));
+                }
+                event => on_event(event),
+            }
+        }
+        waiting.done = true;
+        Err(conn.gone())
+    }
+
+    async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
+        self.call_with(call, |_| {}).await
+    }
+}
+
+/// [`OtherResource`] as it travels (its kind is a `&'static str` on this side).
+#[derive(Deserialize)]
+struct WireOther {
+    kind: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl Provider for PluginProvider {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn ensure_base(
+        &self,
+        reference: &str,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<BaseInfo> {
+        let call = Call::EnsureBase {
+            reference: reference.into(),
+        };
+        self.call_with(call, |b| {
+            if let Body::Progress(p) = b {
+                progress(p)
+            }
+        })
+        .await
+    }
+
+    async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>> {
+        self.call(Call::ResolveBase {
+            reference: reference.into(),
+        })
+        .await
+    }
+
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        self.call(Call::Create { spec: spec.clone() }).await
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.call(Call::Start { id: id.into() }).await
+    }
+
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
+        let call = Call::StartCreated {
+            id: id.into(),
+            spec: spec.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let call = Call::Stop {
+            id: id.into(),
+            timeout_ms: ms(timeout),
+        };
+        self.call(call).await
+    }
+
+    async fn stop_for_handover(&self, id: &str, timeout: Duration) -> Result<()> {
+        let call = Call::StopForHandover {
+            id: id.into(),
+            timeout_ms: ms(timeout),
+        };
+        self.call(call).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.call(Call::Remove { id: id.into() }).await
+    }
+
+    async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        self.call(Call::Inspect { id: id.into() }).await
+    }
+
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
+        self.call(Call::EnsureNetwork { spec: spec.clone() }).await
+    }
+
+    async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
+        let call = Call::ListOther {
+            selector: selector.clone(),
+        };
+        let wire: Vec<WireOther> = self.call(call).await?;
+        Ok(wire
+            .into_iter()
+            .map(|w| OtherResource {
+                kind: intern(&w.kind),
+                name: w.name,
+                labels: w.labels,
+            })
+            .collect())
+    }
+
+    async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>> {
+        let call = Call::List {
+            selector: selector.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn purge(&self, selector: &Selector) -> Result<Vec<String>> {
+        let call = Call::Purge {
+            selector: selector.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
+        let call = Call::Exec {
+            id: id.into(),
+            request: req.clone(),
+        };
+        self.call_with(call, |b| {
+            if let Body::Output { stream, data } = b {
+                output(stream, &data.0)
+            }
+        })
+        .await
+    }
+
+    async fn exec_interactive(
+        &self,
+        _id: &str,
+        _req: &ExecRequest,
+        _terminal: Terminal,
+    ) -> Result<i64> {
+        Err(ProviderError::NotSupported {
+            provider: self.name,
+            what: "an interactive terminal through a plugin (use `envrig ssh`)".into(),
+        })
+    }
+
+    async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
+        let call = Call::Upload {
+            id: id.into(),
+            dest: dest.into(),
+            tar: Bytes(tar),
+        };
+        self.call(call).await
+    }
+
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let call = Call::ReadFile {
+            id: id.into(),
+            path: path.into(),
+        };
+        let b: Option<Bytes> = self.call(call).await?;
+        Ok(b.map(|b| b.0))
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.call(Call::Pause { id: id.into() }).await
+    }
+
+    async fn unpause(&self, id: &str) -> Result<()> {
+        self.call(Call::Unpause { id: id.into() }).await
+    }
+
+    async fn snapshot_save(
+        &self,
+        id: &str,
+        name: &str,
+        spec: &MachineSpec,
+        labels: &BTreeMap<String, String>,
+        running: bool,
+    ) -> Result<Snapshot> {
+        let call = Call::SnapshotSave {
+            id: id.into(),
+            name: name.into(),
+            spec: spec.clone(),
+            labels: labels.clone(),
+            running,
+        };
+        self.call(call).await
+    }
+
+    async fn snapshot_list(&self, selector: &Selector) -> Result<Vec<Snapshot>> {
+        let call = Call::SnapshotList {
+            selector: selector.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn snapshot_restore(
+        &self,
+        snap: &Snapshot,
+        current: Option<&str>,
+        spec: &MachineSpec,
+    ) -> Result<MachineInfo> {
+        let call = Call::SnapshotRestore {
+            snapshot: snap.clone(),
+            current: current.map(str::to_string),
+            spec: spec.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn snapshot_delete(&self, snap: &Snapshot) -> Result<()> {
+        let call = Call::SnapshotDelete {
+            snapshot: snap.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn snapshot_export(&self, snap: &Snapshot, dest: &Path) -> Result<u64> {
+        let call = Call::SnapshotExport {
+            snapshot: snap.clone(),
+            dest: dest.to_path_buf(),
+        };
+        self.call(call).await
+    }
+
+    async fn check_export(&self, src: &Path) -> Result<()> {
+        let call = Call::CheckExport {
+            src: src.to_path_buf(),
+        };
+        self.call(call).await
+    }
+
+    async fn snapshot_import(
+        &self,
+        src: &Path,
+        snap: &Snapshot,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
+        let call = Call::SnapshotImport {
+            src: src.to_path_buf(),
+            snapshot: snap.clone(),
+            labels: labels.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn package(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BaseInfo> {
+        let call = Call::Package {
+            id: id.into(),
+            name: name.into(),
+            labels: labels.clone(),
+        };
+        self.call(call).await
+    }
+
+    async fn box_add(&self, name: &str, source: &Path, force: bool) -> Result<StoredBox> {
+        let call = Call::BoxAdd {
+            name: name.into(),
+            source: source.to_path_buf(),
+            force,
+        };
+        self.call(call).await
+    }
+
+    async fn box_list(&self) -> Result<Vec<StoredBox>> {
+        self.call(Call::BoxList).await
+    }
+
+    async fn box_remove(&self, name: &str) -> Result<()> {
+        self.call(Call::BoxRemove { name: name.into() }).await
+    }
+
+    async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint> {
+        self.call(Call::SshEndpoint { id: id.into() }).await
+    }
+
+    async fn refresh_synced(&self, id: &str) -> Result<Vec<String>> {
+        self.call(Call::RefreshSynced { id: id.into() }).await
+    }
+
+    async fn flush(&self, id: &str) -> Result<()> {
+        self.call(Call::Flush { id: id.into() }).await
+    }
+
+    async fn baked_layers(&self) -> Result<Vec<BakedLayer>> {
+        self.call(Call::BakedLayers).await
+    }
+
+    async fn remove_baked(&self, name: &str) -> Result<()> {
+        self.call(Call::RemoveBaked { name: name.into() }).await
+    }
+
+    async fn sweep_work(&self) -> Result<Vec<String>> {
+        self.call(Call::SweepWork).await
+    }
+
+    async fn mark_baseline(&self, id: &str) -> Result<()> {
+        self.call(Call::MarkBaseline { id: id.into() }).await
+    }
+
+    async fn drift(&self, id: &str) -> Result<Vec<drift::PathChange>> {
+        self.call(Call::Drift { id: id.into() }).await
+    }
+}

@@ -1,0 +1,234 @@
+//! The plugin's side: a provider served over stdin and stdout.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{OnceCell, mpsc};
+
+use super::wire::{Body, Bytes, Call, FromPlugin, Hello, PROTOCOL, ToPlugin, WireError};
+use crate::{Capabilities, OutputStream, Provider, ProviderError, Result};
+
+/// Serves a provider to the envrig that started this process, until its stdin closes:
+/// writes the [`Hello`], then answers calls, many at once, each in a task of its own.
+/// `connect` runs once, at the first call. The process exits when stdin closes (the
+/// envrig that started it is done, or was killed): calls still running stop with it, as
+/// they would have inside envrig. Ctrl-C at a terminal reaches the whole process group;
+/// this process ignores it and lets envrig decide.
+pub async fn serve<F, Fut>(name: &str, capabilities: Capabilities, connect: F) -> !
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Provider>>>,
+{
+    let _interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        while let Some(line) = rx.recv().await {
+            if out.write_all(line.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                std::process::exit(0);
+            }
+        }
+    });
+    let hello = Hello {
+        protocol: PROTOCOL,
+        name: name.to_string(),
+        capabilities,
+    };
+    send_line(&tx, &hello);
+    let provider: Arc<OnceCell<Arc<dyn Provider>>> = Arc::new(OnceCell::new());
+    let mut connect = Some(connect);
+    let tasks: Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>> = Default::default();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => break,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let msg: ToPlugin = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                // Not one of ours: said once on stderr, the line is dropped.
+                eprintln!("envrig-provider-{name}: unreadable request ({e})");
+                continue;
+            }
+        };
+        if msg.cancel {
+            if let Some(t) = tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&msg.id)
+            {
+                t.abort();
+            }
+            continue;
+        }
+        let Some(call) = msg.call else { continue };
+        // The first call connects; later ones wait for it.
+        if provider.get().is_none()
+            && let Some(c) = connect.take()
+        {
+            match c().await {
+                Ok(p) => {
+                    let _ = provider.set(p);
+                }
+                Err(e) => {
+                    reply(&tx, msg.id, Err(e));
+                    connect = None;
+                    continue;
+                }
+            }
+        }
+        let Some(p) = provider.get().cloned() else {
+            let e = ProviderError::Unavailable {
+                provider: "plugin",
+                message: format!("the {name} provider could not connect to its engine"),
+                hint: None,
+            };
+            reply(&tx, msg.id, Err(e));
+            continue;
+        };
+        let (tx2, tasks2, id) = (tx.clone(), tasks.clone(), msg.id);
+        let task = tokio::spawn(async move {
+            let body = answer(&*p, call, id, &tx2).await;
+            tasks2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            send_line(&tx2, &FromPlugin { id, body });
+        });
+        tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, task.abort_handle());
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+    std::process::exit(0)
+}
+
+fn send_line<T: Serialize>(tx: &mpsc::UnboundedSender<String>, msg: &T) {
+    if let Ok(mut line) = serde_json::to_string(msg) {
+        line.push('\n');
+        let _ = tx.send(line);
+    }
+}
+
+fn reply(tx: &mpsc::UnboundedSender<String>, id: u64, r: Result<serde_json::Value>) {
+    let body = match r {
+        Ok(v) => Body::Ok(v),
+        Err(e) => Body::Error(WireError::from(&e)),
+    };
+    send_line(tx, &FromPlugin { id, body });
+}
+
+fn ok<T: Serialize>(r: Result<T>) -> Body {
+    match r.and_then(|v| {
+        serde_json::to_value(v).map_err(|e| ProviderError::Engine {
+            provider: "plugin",
+            op: "write the answer".into(),
+            source: e.into(),
+        })
+    }) {
+        Ok(v) => Body::Ok(v),
+        Err(e) => Body::Error(WireError::from(&e)),
+    }
+}
+
+/// Runs one call on the provider; events go out as they come.
+async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSender<String>) -> Body {
+    let ms = Duration::from_millis;
+    match call {
+        Call::Connect => ok(Ok(())),
+        Call::EnsureBase { reference } => {
+            let mut progress = |pr| {
+                send_line(
+                    tx,
+                    &FromPlugin {
+                        id,
+                        body: Body::Progress(pr),
+                    },
+                )
+            };
+            ok(p.ensure_base(&reference, &mut progress).await)
+        }
+        Call::ResolveBase { reference } => ok(p.resolve_base(&reference).await),
+        Call::Create { spec } => ok(p.create(&spec).await),
+        Call::Start { id } => ok(p.start(&id).await),
+        Call::StartCreated { id, spec } => ok(p.start_created(&id, &spec).await),
+        Call::Stop { id, timeout_ms } => ok(p.stop(&id, ms(timeout_ms)).await),
+        Call::StopForHandover { id, timeout_ms } => {
+            ok(p.stop_for_handover(&id, ms(timeout_ms)).await)
+        }
+        Call::Remove { id } => ok(p.remove(&id).await),
+        Call::Inspect { id } => ok(p.inspect(&id).await),
+        Call::EnsureNetwork { spec } => ok(p.ensure_network(&spec).await),
+        Call::ListOther { selector } => ok(p.list_other(&selector).await),
+        Call::List { selector } => ok(p.list(&selector).await),
+        Call::Purge { selector } => ok(p.purge(&selector).await),
+        Call::Exec {
+            id: machine,
+            request,
+        } => {
+            let mut sink = |stream: OutputStream, b: &[u8]| {
+                send_line(
+                    tx,
+                    &FromPlugin {
+                        id,
+                        body: Body::Output {
+                            stream,
+                            data: Bytes(b.to_vec()),
+                        },
+                    },
+                )
+            };
+            ok(p.exec(&machine, &request, &mut sink).await)
+        }
+        Call::Upload { id, dest, tar } => ok(p.upload(&id, &dest, tar.0).await),
+        Call::ReadFile { id, path } => ok(p.read_file(&id, &path).await.map(|o| o.map(Bytes))),
+        Call::Pause { id } => ok(p.pause(&id).await),
+        Call::Unpause { id } => ok(p.unpause(&id).await),
+        Call::SnapshotSave {
+            id,
+            name,
+            spec,
+            labels,
+            running,
+        } => ok(p.snapshot_save(&id, &name, &spec, &labels, running).await),
+        Call::SnapshotList { selector } => ok(p.snapshot_list(&selector).await),
+        Call::SnapshotRestore {
+            snapshot,
+            current,
+            spec,
+        } => ok(p
+            .snapshot_restore(&snapshot, current.as_deref(), &spec)
+            .await),
+        Call::SnapshotDelete { snapshot } => ok(p.snapshot_delete(&snapshot).await),
+        Call::SnapshotExport { snapshot, dest } => ok(p.snapshot_export(&snapshot, &dest).await),
+        Call::CheckExport { src } => ok(p.check_export(&src).await),
+        Call::SnapshotImport {
+            src,
+            snapshot,
+            labels,
+        } => ok(p.snapshot_import(&src, &snapshot, &labels).await),
+        Call::Package { id, name, labels } => ok(p.package(&id, &name, &labels).await),
+        Call::BoxAdd {
+            name,
+            source,
+            force,
+        } => ok(p.box_add(&name, &source, force).await),
+        Call::BoxList => ok(p.box_list().await),
+        Call::BoxRemove { name } => ok(p.box_remove(&name).await),
+        Call::SshEndpoint { id } => ok(p.ssh_endpoint(&id).await),
+        Call::RefreshSynced { id } => ok(p.refresh_synced(&id).await),
+        Call::Flush { id } => ok(p.flush(&id).await),
+        Call::BakedLayers => ok(p.baked_layers().await),
+        Call::RemoveBaked { name } => ok(p.remove_baked(&name).await),
+        Call::SweepWork => ok(p.sweep_work().await),
+        Call::MarkBaseline { id } => ok(p.mark_baseline(&id).await),
+        Call::Drift { id } => ok(p.drift(&id).await),
+    }
+}
