@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use envrig_provider_api::{
     ExecRequest, MachineInfo, OutputSink, OutputStream, ProviderError, Result, SshEndpoint,
+    Terminal,
 };
 
 use crate::error::{checked_user, engine, ssh_err, unsupported};
@@ -343,6 +344,16 @@ impl LibvirtProvider {
             keys.pin(port, &session.host_key)?;
         }
         Ok(session)
+    }
+
+    /// Not offered (`CAPABILITIES.interactive` is false): `envrig ssh` uses [`Self::endpoint`].
+    pub(crate) fn exec_terminal(
+        &self,
+        _id: &str,
+        _req: &ExecRequest,
+        _terminal: Terminal,
+    ) -> Result<i64> {
+        Err(unsupported("an interactive shell (SSH access comes next)"))
     }
 
     pub(crate) async fn endpoint(&self, id: &str) -> Result<SshEndpoint> {

@@ -86,8 +86,6 @@ use envrig_provider_api::{
 };
 use virt::connect::Connect;
 
-use crate::error::unsupported;
-
 const NAME: &str = "libvirt";
 
 /// A metadata label naming the box folder a machine was made from (`box remove` checks it).
@@ -275,11 +273,11 @@ impl Provider for LibvirtProvider {
 
     async fn exec_interactive(
         &self,
-        _id: &str,
-        _req: &ExecRequest,
-        _terminal: Terminal,
+        id: &str,
+        req: &ExecRequest,
+        terminal: Terminal,
     ) -> Result<i64> {
-        Err(unsupported("an interactive shell (SSH access comes next)"))
+        self.exec_terminal(id, req, terminal)
     }
 
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
