@@ -28,6 +28,8 @@ struct SnapMeta {
 impl LibvirtProvider {
     /// Saves internal snapshot `name` of domain `id` (see [`Provider::snapshot_save`]);
     /// `running` overrides whether a restore starts the machine.
+    ///
+    /// [`Provider::snapshot_save`]: envrig_provider_api::Provider::snapshot_save
     pub(crate) async fn save_snapshot(
         &self,
         id: &str,
@@ -167,6 +169,8 @@ impl LibvirtProvider {
     /// [`Provider::snapshot_import`] unpacked it into): the disk and kernel files move into
     /// the machine's folder, the snapshot is taken again there (so `snapshot list` shows
     /// it), and the machine starts when it ran when saved.
+    ///
+    /// [`Provider::snapshot_import`]: envrig_provider_api::Provider::snapshot_import
     async fn restore_imported(
         &self,
         snap: &Snapshot,
