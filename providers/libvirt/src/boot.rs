@@ -1,0 +1,291 @@
+//! Booting a guest until it is ready: the guest agent or SSH answers, the environment's key is
+//! installed (through the agent, or over SSH with Vagrant's insecure key), SSH takes it; a
+//! boot that fails says so with the end of the console. The files that mark work in progress
+//! in a machine's folder (`booting`, and the work markers `gc` sweeps) are here too.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use envrig_provider_api::{ExecRequest, MachineState, OutputStream, ProviderError, Result};
+
+use crate::error::{checked_user, io, ssh_err};
+use crate::exec::sh_quote;
+use crate::{LibvirtProvider, ssh};
+
+/// A file in a machine's folder from the moment envrig starts (or reverts) the domain until
+/// the guest is ready: when envrig was killed in between, the next command that reaches
+/// into the guest waits for it first ([`LibvirtProvider::finish_boot`]).
+pub(crate) const BOOTING: &str = "booting";
+
+impl LibvirtProvider {
+    /// The boot timeout: `ENVRIG_BOOT_TIMEOUT` seconds, else 180.
+    fn boot_timeout() -> Duration {
+        std::env::var("ENVRIG_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(180))
+    }
+
+    /// Waits (bounded by `limit`) until the guest agent answers.
+    async fn wait_agent_only(&self, id: &str, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.agent_answers(id).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// When an envrig that started (or reverted) the machine was killed before its guest
+    /// was ready, waits for it as that envrig would have: the agent or SSH answers, the key
+    /// is in, the private address is up.
+    pub(crate) async fn finish_boot(&self, id: &str) -> Result<()> {
+        let info = self.info(id).await?;
+        let booting = self.machine_dir(&info.resource_name).join(BOOTING);
+        if !booting.exists() {
+            return Ok(());
+        }
+        if info.state == MachineState::Running {
+            self.wait_ready_with(id, false).await?;
+            self.wait_private_address(id).await;
+        }
+        let _ = std::fs::remove_file(&booting);
+        Ok(())
+    }
+
+    /// Waits until the machine is ready: its guest agent or its SSH answers, the
+    /// environment's key is installed (through the agent, or through SSH with Vagrant's
+    /// published insecure key, which it then replaces), and SSH takes that key, its host
+    /// key recorded at this first contact. All within the boot timeout; on timeout the
+    /// error ends with the last lines of the console.
+    pub(crate) async fn wait_ready(&self, id: &str) -> Result<()> {
+        self.wait_ready_with(id, true).await
+    }
+
+    /// [`Self::wait_ready`]; without `install`, the key is taken as already in the guest
+    /// (a revert to a snapshot taken after it was installed).
+    pub(crate) async fn wait_ready_with(&self, id: &str, install: bool) -> Result<()> {
+        let info = self.info(id).await?;
+        let console = self.machine_dir(&info.resource_name).join("console.log");
+        let limit = Self::boot_timeout();
+        let t0 = Instant::now();
+        let Some((port, keys)) = self.ssh_parts(&info) else {
+            // No SSH (a machine made before SSH existed): the agent is the way in.
+            return if self.wait_agent_only(id, limit).await {
+                Ok(())
+            } else {
+                Err(boot_failed(limit, "the guest agent", &console))
+            };
+        };
+        let user_file = keys.dir.join(format!("{}.user", info.resource_name));
+        // Whichever answers first: the agent, or SSH (with our key: a restart; with the
+        // insecure key: a fresh vagrant box without an agent).
+        let by_ssh = async {
+            let key = keys.ensure().ok()?;
+            let insecure = crate::vagrant::keys();
+            while t0.elapsed() < limit {
+                let step = Duration::from_secs(3);
+                if ssh::connect(port, "root", &key, keys.pinned(port), step)
+                    .await
+                    .is_ok()
+                {
+                    return Some(None);
+                }
+                for k in &insecure {
+                    if let Ok(s) = ssh::connect(port, "vagrant", k, None, step).await {
+                        return Some(Some(s));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None
+        };
+        // A guest that powers off or crashes while booting fails at once.
+        let died = async {
+            while t0.elapsed() < limit {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(i) = self.info(id).await
+                    && matches!(i.state, MachineState::Stopped | MachineState::Dead)
+                {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let installed_by_ssh = tokio::select! {
+            biased;
+            () = died => {
+                return Err(ProviderError::Conflict {
+                    message: format!(
+                        "the machine stopped while it booted; the end of its console:\n{}",
+                        console_tail(&console)
+                    ),
+                });
+            }
+            ok = self.wait_agent_only(id, limit) => {
+                if !ok {
+                    return Err(boot_failed(limit, "the guest agent or SSH", &console));
+                }
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "guest agent answered");
+                if !install && user_file.exists() {
+                    // A revert: the machine is where it was when SSH worked.
+                    return Ok(());
+                }
+                let user = checked_user(&self.install_key_by_agent(id, &keys).await?)?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "key installed by the agent");
+                let _ = std::fs::write(&user_file, &user);
+                false
+            }
+            found = by_ssh => match found {
+                None => return Err(boot_failed(limit, "the guest agent or SSH", &console)),
+                Some(None) => false,
+                Some(Some(insecure)) => {
+                    let key = keys.ensure().map_err(|e| io("read the environment's key", e))?;
+                    let line = ssh::public_line(key.public_key()).map_err(|e| io("encode the key", e))?;
+                    let mut out = Vec::new();
+                    let code = insecure
+                        .exec(
+                            &format!("sudo -n sh -c {}", sh_quote(&install_script(&line))),
+                            None,
+                            &mut |_, b| out.extend_from_slice(b),
+                        )
+                        .await
+                        .map_err(|e| ssh_err("install the key over SSH", e))?;
+                    // Its host key, seen with the insecure key, is the one to pin.
+                    keys.pin(port, &insecure.host_key).map_err(|e| io("record the host key", e))?;
+                    insecure.close().await;
+                    if code != 0 {
+                        return Err(ProviderError::Conflict {
+                            message: format!(
+                                "installing the environment's SSH key failed ({code}): {}",
+                                String::from_utf8_lossy(&out).trim()
+                            ),
+                        });
+                    }
+                    let user = checked_user(String::from_utf8_lossy(&out).trim().lines().last().unwrap_or("root"))?;
+                    let _ = std::fs::write(&user_file, &user);
+                    true
+                }
+            }
+        };
+        let _ = installed_by_ssh;
+        // SSH must take the environment's key now.
+        let mut last = None;
+        while t0.elapsed() < limit {
+            match self
+                .ssh_session(&info, "root", Duration::from_secs(3))
+                .await
+            {
+                Ok(s) => {
+                    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "SSH took the key");
+                    s.close().await;
+                    return Ok(());
+                }
+                Err(e @ ssh::SshError::HostKeyChanged { .. }) => {
+                    return Err(ssh_err("reach the machine over SSH", e));
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ProviderError::Conflict {
+            message: format!(
+                "{}; the end of its console:\n{}",
+                last.map(|e| e.to_string())
+                    .unwrap_or_else(|| "SSH did not answer".into()),
+                console_tail(&console)
+            ),
+        })
+    }
+
+    /// Writes the environment's public key as the only authorized key of root and of
+    /// `vagrant` (when the guest has that user), through the guest agent; returns the user
+    /// `envrig ssh` logs in as (`vagrant` when it exists, else root).
+    async fn install_key_by_agent(&self, id: &str, keys: &ssh::EnvKeys) -> Result<String> {
+        let key = keys
+            .ensure()
+            .map_err(|e| io("read the environment's key", e))?;
+        let line = ssh::public_line(key.public_key()).map_err(|e| io("encode the key", e))?;
+        let req = ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), install_script(&line)],
+            ..ExecRequest::default()
+        };
+        let mut out = Vec::new();
+        let code = self
+            .exec_agent(id, &req, &mut |_: OutputStream, b: &[u8]| {
+                out.extend_from_slice(b)
+            })
+            .await?;
+        if code != 0 {
+            return Err(ProviderError::Conflict {
+                message: format!(
+                    "installing the environment's SSH key failed ({code}): {}",
+                    String::from_utf8_lossy(&out).trim()
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("root")
+            .to_string())
+    }
+}
+
+/// The last lines of a console log, indented, for an error message.
+fn console_tail(console: &Path) -> String {
+    let log = std::fs::read_to_string(console).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..]
+        .iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn boot_failed(limit: Duration, what: &str, console: &Path) -> ProviderError {
+    ProviderError::Conflict {
+        message: format!(
+            "{what} did not answer within {}s; the end of its console:\n{}",
+            limit.as_secs(),
+            console_tail(console)
+        ),
+    }
+}
+
+/// A shell script that makes `key` the only authorized key of root and of `vagrant`
+/// (when that user exists), and prints the user to log in as.
+fn install_script(key: &str) -> String {
+    format!(
+        r#"k={k}
+for h in /root $(awk -F: '$1=="vagrant"{{print $6}}' /etc/passwd); do
+  u=$(stat -c %U "$h" 2>/dev/null || echo root)
+  mkdir -p "$h/.ssh" && chmod 700 "$h/.ssh" && printf '%s\n' "$k" > "$h/.ssh/authorized_keys" && chmod 600 "$h/.ssh/authorized_keys" && chown -R "$u" "$h/.ssh" || exit 1
+done
+if grep -q '^vagrant:' /etc/passwd; then echo vagrant; else echo root; fi"#,
+        k = sh_quote(key)
+    )
+}
+
+/// A work file ([`envrig_provider_api::work`]) in a machine's folder while no domain claims
+/// the folder (before it is defined, after it is undefined): `sweep_work` removes a folder
+/// whose marker's process is gone and whose domain does not exist.
+pub(crate) struct Marker(PathBuf);
+
+impl Marker {
+    pub(crate) fn new(mdir: &Path, kind: &str) -> Marker {
+        let path = mdir.join(envrig_provider_api::work::name(kind));
+        let _ = std::fs::write(&path, b"");
+        Marker(path)
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,64 @@
+//! Drift: the guest's files listed inside it, against the listing taken at the baseline (kept
+//! in the machine's folder on the host).
+
+use envrig_provider_api::{ExecRequest, OutputStream, Result};
+
+use crate::LibvirtProvider;
+use crate::error::io;
+
+/// The guest's file listing taken at the baseline, in the machine's folder.
+const DRIFT_BASELINE: &str = "drift-baseline.tsv";
+
+impl LibvirtProvider {
+    /// Every file of the guest's root file system, listed inside it (`drift::LIST_SCRIPT`).
+    async fn list_files(&self, id: &str) -> Result<String> {
+        let req = ExecRequest {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                envrig_provider_api::drift::LIST_SCRIPT.into(),
+            ],
+            ..ExecRequest::default()
+        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = {
+            let mut sink = |s: OutputStream, b: &[u8]| match s {
+                OutputStream::Stdout => out.extend_from_slice(b),
+                OutputStream::Stderr => err.extend_from_slice(b),
+            };
+            self.exec_command(id, &req, &mut sink).await?
+        };
+        if code != 0 && out.is_empty() {
+            return Err(io(
+                "list the guest's files",
+                std::io::Error::other(format!(
+                    "exit {code}: {}",
+                    String::from_utf8_lossy(&err).trim()
+                )),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    pub(crate) async fn take_baseline(&self, id: &str) -> Result<()> {
+        let listing = self.list_files(id).await?;
+        let info = self.info(id).await?;
+        let file = self.machine_dir(&info.resource_name).join(DRIFT_BASELINE);
+        std::fs::write(&file, listing).map_err(|e| io(format!("write {}", file.display()), e))
+    }
+
+    /// The guest's files listed now against the listing taken at the baseline (kept in the
+    /// machine's folder on the host); no baseline yet: everything counts as added.
+    pub(crate) async fn drift_since_baseline(
+        &self,
+        id: &str,
+    ) -> Result<Vec<envrig_provider_api::drift::PathChange>> {
+        use envrig_provider_api::drift;
+        let info = self.info(id).await?;
+        let file = self.machine_dir(&info.resource_name).join(DRIFT_BASELINE);
+        let base = std::fs::read_to_string(&file).unwrap_or_default();
+        let now = self.list_files(id).await?;
+        Ok(drift::compare(&drift::parse(&base), &drift::parse(&now)))
+    }
+}

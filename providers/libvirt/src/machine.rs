@@ -1,0 +1,558 @@
+//! Machines as libvirt domains: defining one (its qcow2 overlay, ports, SSH port, synced
+//! folders, NoCloud seed, private-network NIC, labels in `<metadata>`), and its life cycle
+//! (create, start, stop, pause, remove, inspect, list), read back from the domain itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use envrig_provider_api::{
+    MachineInfo, MachineSpec, MachineState, OptionValue, ProviderError, Result, Selector,
+};
+use virt::domain::{Domain, DomainState};
+use virt::enumutil::Enum;
+
+use crate::boot::{BOOTING, Marker};
+use crate::disk::{Disk, backing_of, qemu_img};
+use crate::error::{engine, io};
+use crate::network::address;
+use crate::synced;
+use crate::{
+    BOX_LABEL, KERNEL_DIR, LibvirtProvider, MACHINE_ENV, NAMES, SSH_PORT, SYNCED, ssh, xml,
+};
+
+impl LibvirtProvider {
+    /// Defines the domain of `spec`: its disk (`disk`), the kernel files in `kernel_dir`,
+    /// ports, console log and labels (`spec`'s and `extra`).
+    pub(crate) async fn define(
+        &self,
+        spec: &MachineSpec,
+        disk: Disk,
+        kernel_dir: &Path,
+        extra: BTreeMap<String, String>,
+    ) -> Result<MachineInfo> {
+        let mdir = self.machine_dir(&spec.resource_name);
+        std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
+        // Until the domain is defined, nothing but this marker says whose the folder is: a
+        // killed envrig's is swept by `gc` (`sweep_work`).
+        let marker = Marker::new(&mdir, "creating");
+        let disk_file = mdir.join("disk.qcow2");
+        let backing = match disk {
+            Disk::Overlay(backing) => {
+                // A leftover from a crash is replaced.
+                let _ = std::fs::remove_file(&disk_file);
+                let t0 = Instant::now();
+                qemu_img(
+                    "create the overlay",
+                    &[
+                        "create".as_ref(),
+                        "-q".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        "-F".as_ref(),
+                        "qcow2".as_ref(),
+                        "-b".as_ref(),
+                        backing.as_os_str(),
+                        disk_file.as_os_str(),
+                    ],
+                )
+                .await?;
+                // Read by bench/bench_vm.py: overlay creation must not grow with the box.
+                tracing::debug!(
+                    overlay_us = t0.elapsed().as_micros() as u64,
+                    "overlay created on {}",
+                    backing.display()
+                );
+                // The box may itself be a layer on another box: the whole chain.
+                let mut chain = vec![backing.display().to_string()];
+                let mut next = backing.clone();
+                while chain.len() < 16
+                    && let Some(b) = backing_of(&next).await?
+                {
+                    chain.push(b.display().to_string());
+                    next = b;
+                }
+                chain
+            }
+            Disk::Own => Vec::new(),
+        };
+        let read = |f: &str| {
+            std::fs::read_to_string(kernel_dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let kernel = kernel_dir.join("vmlinuz");
+        let initrd = kernel_dir.join("initrd.img");
+        let cmdline = read("cmdline").map(|c| format!("{c} hostname={}", spec.hostname));
+        let mut ports = spec.ports.clone();
+        for p in &mut ports {
+            if p.host_port == 0 {
+                p.host_port = std::net::TcpListener::bind((p.host_ip.as_str(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| io("find a free port", e))?;
+            }
+        }
+        // SSH: a free port on 127.0.0.1 forwarded to the guest's 22, and the environment's
+        // key pair, made the first time.
+        let ssh_port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| io("find a free port", e))?;
+        ports.push(envrig_provider_api::PortSpec {
+            host_ip: "127.0.0.1".into(),
+            host_port: ssh_port,
+            guest_port: 22,
+            protocol: envrig_provider_api::Protocol::Tcp,
+        });
+        let (folders, shares) = synced::plan(spec);
+        let key = match spec.labels.get(envrig_provider_api::labels::ENV) {
+            Some(env) => Some(
+                ssh::EnvKeys::new(&self.keys, env)
+                    .ensure()
+                    .map_err(|e| io("make the environment's SSH key", e))?,
+            ),
+            None => None,
+        };
+        // A stock cloud image learns the key (and its name) from a NoCloud seed; a guest
+        // without cloud-init ignores the extra disk.
+        let seed = match &key {
+            Some(k) => {
+                let line = ssh::public_line(k.public_key()).map_err(|e| io("encode the key", e))?;
+                write_seed(&mdir, &spec.resource_name, &spec.hostname, &line).await
+            }
+            None => None,
+        };
+        let opt = |k: &str| match spec.options.get(k) {
+            Some(OptionValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let kind = match opt("accel").as_deref() {
+            Some("kvm") => "kvm",
+            Some("tcg") => "qemu",
+            _ => {
+                let k = kernel.is_file().then_some(kernel.as_path());
+                self.accel.get_or_init(|| self.cached_accel(k))
+            }
+        };
+        let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
+        let console = mdir.join("console.log");
+        // Its place on the private network: a fixed MAC, address and names, registered
+        // with the network's DHCP and DNS before the domain exists.
+        let nic = match &spec.network {
+            Some(att) => {
+                let mac = address::mac_for(&spec.resource_name);
+                self.attach(&att.network, &mac, &spec.resource_name, &att.aliases)
+                    .await?;
+                Some((att.network.clone(), mac))
+            }
+            None => None,
+        };
+        // The machine's environment travels in the metadata: every exec gets it.
+        let mut labels = spec.labels.clone();
+        labels.extend(extra);
+        if let Some(att) = spec.network.as_ref().filter(|a| !a.aliases.is_empty()) {
+            labels.insert(NAMES.to_string(), att.aliases.join(","));
+        }
+        labels.insert(KERNEL_DIR.to_string(), kernel_dir.display().to_string());
+        labels.insert(SSH_PORT.to_string(), ssh_port.to_string());
+        if !folders.is_empty() {
+            labels.insert(
+                SYNCED.to_string(),
+                serde_json::to_string(&folders).unwrap_or_default(),
+            );
+        }
+        if !spec.env.is_empty() {
+            labels.insert(
+                MACHINE_ENV.to_string(),
+                serde_json::to_string(&spec.env).unwrap_or_default(),
+            );
+        }
+        let (kernel_s, initrd_s, disk_s, console_s) = (
+            kernel.display().to_string(),
+            initrd.display().to_string(),
+            disk_file.display().to_string(),
+            console.display().to_string(),
+        );
+        let domain = xml::Domain {
+            name: &spec.resource_name,
+            kind,
+            // Below 128 MiB a Linux guest does not boot: the floor.
+            memory_mib: spec.memory_bytes.map(|b| b >> 20).unwrap_or(256).max(128),
+            vcpus: spec.cpus.unwrap_or(1),
+            machine_type: &machine_type,
+            kernel: kernel.is_file().then_some(kernel_s.as_str()),
+            initrd: initrd.is_file().then_some(initrd_s.as_str()),
+            // Under TCG on a busy host the kernel's IO-APIC timer check can fail and panic
+            // ("..MP-BIOS bug: 8254 timer not connected"): skipped, as cloud images do.
+            cmdline: if kernel.is_file() {
+                cmdline.map(|c| {
+                    if kind == "qemu" && !c.contains("no_timer_check") {
+                        format!("{c} no_timer_check")
+                    } else {
+                        c
+                    }
+                })
+            } else {
+                None
+            },
+            disk: &disk_s,
+            backing: &backing,
+            console_log: &console_s,
+            ports: &ports,
+            labels: &labels,
+            network: nic.as_ref().map(|(n, m)| (n.as_str(), m.as_str())),
+            shares: &shares,
+            seed: seed.as_deref(),
+        };
+        let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
+        let defined = self
+            .blocking(move |c| {
+                let dom = c
+                    .define_domain_xml(&text)
+                    .map_err(|e| engine("define the domain", e))?;
+                describe(&dom)
+            })
+            .await;
+        if defined.is_err()
+            && let Some((n, m)) = &nic
+        {
+            self.detach(n, m).await;
+        }
+        drop(marker);
+        defined
+    }
+
+    pub(crate) async fn create_machine(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        let source_dir = self
+            .box_dir(&spec.base)
+            .ok_or_else(|| ProviderError::NotFound {
+                what: format!("box `{}`", spec.base),
+            })?;
+        let dir = self.staged_box(&source_dir)?;
+        let extra = BTreeMap::from([(BOX_LABEL.to_string(), source_dir.display().to_string())]);
+        self.define(spec, Disk::Overlay(dir.join("disk.qcow2")), &dir, extra)
+            .await
+    }
+
+    pub(crate) async fn start_machine(&self, id: &str) -> Result<()> {
+        let info = self.info(id).await?;
+        let id2 = id.to_string();
+        let (active, nic) = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                let text = dom.xml_desc(0).unwrap_or_default();
+                Ok((dom.is_active().unwrap_or(false), xml::network_nic(&text)))
+            })
+            .await?;
+        // Its names on the private network come back to it (a generation rolled back to
+        // takes them from the one it replaces).
+        // A network made again since (removed by hand, or `up` found it gone) has lost the
+        // machine's fixed address and names: they are registered anew.
+        if !active && let Some((network, mac)) = nic {
+            let names: Vec<String> = info
+                .labels
+                .get(NAMES)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            if !self.claim_names(&network, &mac, &names).await? {
+                self.attach(&network, &mac, &info.resource_name, &names)
+                    .await?;
+            }
+        }
+        let booting = self.machine_dir(&info.resource_name).join(BOOTING);
+        let _ = std::fs::write(&booting, b"");
+        let id2 = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id2)
+                .map_err(|e| engine("look up the domain", e))?;
+            if !dom.is_active().unwrap_or(false) {
+                dom.create().map_err(|e| engine("start the domain", e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.wait_ready(id).await?;
+        self.wait_private_address(id).await;
+        let _ = std::fs::remove_file(&booting);
+        // Live folders are mounted at every boot; copies (and the folders a guest cannot
+        // mount) are made by `refresh_synced`, which `up` and `provision` call and report.
+        self.sync_folders(id, true).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn stop_machine(&self, id: &str, timeout: Duration) -> Result<()> {
+        let id2 = id.to_string();
+        let running = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                if !dom.is_active().unwrap_or(false) {
+                    return Ok(false);
+                }
+                let _ = dom.shutdown();
+                Ok(true)
+            })
+            .await?;
+        if !running {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.info(id).await?.state == MachineState::Stopped {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let id2 = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id2)
+                .map_err(|e| engine("look up the domain", e))?;
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy()
+                    .map_err(|e| engine("stop the domain hard", e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn pause_machine(&self, id: &str) -> Result<()> {
+        // What the guest has in its page cache reaches its disk first, so a disk saved while
+        // paused (an export, a package) holds every file written before (bounded: a guest
+        // without an agent is paused anyway).
+        self.sync_guest(id).await;
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            dom.suspend().map_err(|e| engine("pause the domain", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn resume_machine(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            let _ = dom.resume();
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn remove_machine(&self, id: &str) -> Result<()> {
+        // Its pinned host key and login go with it.
+        if let Ok(info) = self.info(id).await
+            && let Some((port, keys)) = self.ssh_parts(&info)
+        {
+            let _ = keys.unpin(port);
+            let _ = std::fs::remove_file(keys.dir.join(format!("{}.user", info.resource_name)));
+        }
+        // Once undefined, only this marker says whose the folder is (see `define`).
+        let _marker = self
+            .info(id)
+            .await
+            .ok()
+            .map(|i| Marker::new(&self.machine_dir(&i.resource_name), "removing"));
+        let id2 = id.to_string();
+        let name = self
+            .blocking(move |c| {
+                let dom = match c.lookup_domain_by_uuid_string(&id2) {
+                    Ok(d) => d,
+                    Err(_) => return Ok(None),
+                };
+                let name = dom.name().ok();
+                let nic = dom.xml_desc(0).ok().and_then(|x| xml::network_nic(&x));
+                if dom.is_active().unwrap_or(false) {
+                    let _ = dom.destroy();
+                }
+                let flags = virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                    | virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
+                match dom.undefine_flags(flags) {
+                    Ok(()) => Ok(Some((name, nic))),
+                    Err(e) if e.to_string().contains("not found") => Ok(Some((name, nic))),
+                    Err(e) => Err(engine("undefine the domain", e)),
+                }
+            })
+            .await?;
+        let name = match name {
+            Some((name, Some((network, mac)))) => {
+                self.detach(&network, &mac).await;
+                name
+            }
+            Some((name, None)) => name,
+            None => None,
+        };
+        if let Some(name) = name {
+            let dir = self.machine_dir(&name);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("remove {}", dir.display()), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn inspect_machine(&self, id: &str) -> Result<MachineInfo> {
+        self.info(id).await.map_err(|e| match e {
+            ProviderError::Engine { .. } | ProviderError::NotFound { .. } => {
+                ProviderError::NotFound {
+                    what: format!("domain `{id}`"),
+                }
+            }
+            other => other,
+        })
+    }
+
+    pub(crate) async fn list_machines(&self, selector: &Selector) -> Result<Vec<MachineInfo>> {
+        let selector = selector.clone();
+        self.blocking(move |c| {
+            let doms = c
+                .list_all_domains(0)
+                .map_err(|e| engine("list domains", e))?;
+            let mut out = Vec::new();
+            for d in doms {
+                // A domain that vanished while we looked is simply not listed.
+                if let Ok(info) = describe(&d)
+                    && selector.matches(&info.labels)
+                {
+                    out.push(info);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn info(&self, id: &str) -> Result<MachineInfo> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine(format!("look up domain {id}"), e))?;
+            describe(&dom)
+        })
+        .await
+    }
+
+    pub(crate) async fn domain_xml(&self, id: &str) -> Result<String> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            c.lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?
+                .xml_desc(0)
+                .map_err(|e| engine("read the domain's XML", e))
+        })
+        .await
+    }
+
+    pub(crate) fn machine_dir(&self, resource_name: &str) -> PathBuf {
+        self.images.join(resource_name)
+    }
+}
+
+/// Writes a NoCloud seed for a machine into its folder (`seed.iso`, an ISO 9660 volume
+/// labelled `cidata` holding `meta-data` and `user-data`, made by `genisoimage`): the
+/// environment's key for root and the default user, and the hostname. `None` (and a debug
+/// line) when the host has no `genisoimage`: boxes with an agent or Vagrant's key do not need
+/// it.
+async fn write_seed(mdir: &Path, instance: &str, hostname: &str, key: &str) -> Option<String> {
+    let dir = mdir.join("seed");
+    let iso = mdir.join("seed.iso");
+    let made = async {
+        std::fs::create_dir_all(&dir)?;
+        // Values are validated names and an OpenSSH key line: quoted as YAML strings anyway.
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        std::fs::write(
+            dir.join("meta-data"),
+            format!(
+                "instance-id: {}\nlocal-hostname: {}\n",
+                q(instance),
+                q(hostname)
+            ),
+        )?;
+        std::fs::write(
+            dir.join("user-data"),
+            format!(
+                "#cloud-config\ndisable_root: false\nssh_authorized_keys:\n  - {}\n",
+                q(key)
+            ),
+        )?;
+        let out = tokio::process::Command::new("genisoimage")
+            .args(["-quiet", "-output"])
+            .arg(&iso)
+            .args(["-volid", "cidata", "-joliet", "-rock"])
+            .arg(dir.join("user-data"))
+            .arg(dir.join("meta-data"))
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match made {
+        Ok(()) => Some(iso.display().to_string()),
+        Err(e) => {
+            tracing::debug!("no NoCloud seed for {instance}: {e}");
+            None
+        }
+    }
+}
+
+pub(crate) fn describe(dom: &Domain) -> Result<MachineInfo> {
+    let xml = dom
+        .xml_desc(0)
+        .map_err(|e| engine("read the domain's XML", e))?;
+    let (state, _) = dom
+        .state()
+        .map_err(|e| engine("read the domain's state", e))?;
+    let state = match state {
+        Enum::Known(DomainState::Running) | Enum::Known(DomainState::Blocked) => {
+            MachineState::Running
+        }
+        Enum::Known(DomainState::Paused) | Enum::Known(DomainState::PMSuspended) => {
+            MachineState::Paused
+        }
+        Enum::Known(DomainState::Shutoff) => MachineState::Stopped,
+        Enum::Known(DomainState::Crashed) => MachineState::Dead,
+        _ => MachineState::Transitioning,
+    };
+    Ok(MachineInfo {
+        id: dom
+            .uuid_string()
+            .map_err(|e| engine("read the domain's uuid", e))?,
+        resource_name: dom
+            .name()
+            .map_err(|e| engine("read the domain's name", e))?,
+        state,
+        ports: {
+            let labels = xml::labels(&xml);
+            let ssh: Option<u16> = labels.get(SSH_PORT).and_then(|p| p.parse().ok());
+            // The SSH port is envrig's way in, not one of the Envfile's ports.
+            xml::ports(&xml)
+                .into_iter()
+                .filter(|p| !(p.guest_port == 22 && Some(p.host_port) == ssh))
+                .collect()
+        },
+        labels: xml::labels(&xml),
+    })
+}

@@ -1,0 +1,133 @@
+use super::*;
+
+use envrig_provider_api::{PortSpec, Protocol};
+
+#[test]
+fn labels_and_ports_round_trip_and_values_are_escaped() {
+    let labels = BTreeMap::from([
+        ("dev.envrig.env".to_string(), "abc".to_string()),
+        (
+            "dev.envrig.folder".to_string(),
+            "/tmp/a <b> & \"c\"".to_string(),
+        ),
+    ]);
+    let backing = ["/l/disk.qcow2".to_string(), "/b/disk.qcow2".to_string()];
+    let ports = [PortSpec {
+        host_ip: "127.0.0.1".into(),
+        host_port: 8080,
+        guest_port: 80,
+        protocol: Protocol::Tcp,
+    }];
+    let d = Domain {
+        name: "p-1-web-1",
+        kind: "qemu",
+        memory_mib: 256,
+        vcpus: 1,
+        machine_type: "pc",
+        kernel: Some("/k"),
+        initrd: None,
+        cmdline: Some("console=ttyS0 hostname=web".into()),
+        disk: "/d/disk.qcow2",
+        backing: &backing,
+        console_log: "/d/console.log",
+        ports: &ports,
+        labels: &labels,
+        network: Some(("net-1", "52:54:00:01:02:03")),
+        shares: &[Share {
+            kind: "virtiofs".into(),
+            source: "/src/a&b".into(),
+            tag: "envrig0".into(),
+            read_only: true,
+            daemon: Some("/usr/libexec/virtiofsd".into()),
+        }],
+        seed: Some("/d/seed.iso"),
+    };
+    let xml = d.to_xml().unwrap();
+    assert_eq!(
+        network_nic(&xml),
+        Some(("net-1".to_string(), "52:54:00:01:02:03".to_string()))
+    );
+    assert!(xml.contains("&lt;b&gt; &amp;"), "{xml}");
+    assert!(xml.contains("<source dir=\"/src/a&amp;b\"/>"), "{xml}");
+    assert!(xml.contains("<access mode=\"shared\"/>"), "{xml}");
+    assert!(xml.contains("<source file=\"/d/seed.iso\"/>"), "{xml}");
+    assert_eq!(super::labels(&xml), labels);
+    assert_eq!(super::ports(&xml), ports);
+    assert!(xml.contains("<seclabel model=\"dac\" relabel=\"no\"/>"));
+    // The whole backing chain, nested, ended by an empty backingStore.
+    let chain = xml.find("/l/disk.qcow2").unwrap();
+    let next = xml.find("/b/disk.qcow2").unwrap();
+    assert!(chain < next, "{xml}");
+    assert_eq!(
+        xml.matches("<backingStore type=\"file\">").count(),
+        2,
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<backingStore/>").count(), 1, "{xml}");
+}
+
+#[test]
+fn snapshot_descriptions_round_trip() {
+    let desc = r#"{"a":"<x> & 'y' \"z\""}"#;
+    let xml = snapshot("s1", desc).unwrap();
+    // libvirt hands the XML back inside a larger document.
+    let back = format!(
+        "<domainsnapshot>\n  <name>s1</name>\n  {}\n  <domain><description>no</description></domain>\n</domainsnapshot>",
+        &xml[xml.find("<description>").unwrap()..xml.find("</domainsnapshot>").unwrap()]
+    );
+    assert_eq!(snapshot_description(&back).as_deref(), Some(desc));
+    assert_eq!(snapshot_description("<domainsnapshot/>"), None);
+}
+
+#[test]
+fn networks_are_written_and_read_back() {
+    let labels = BTreeMap::from([("dev.envrig.env".to_string(), "e1".to_string())]);
+    let n = Network {
+        name: "shop-1234",
+        bridge: "envrig1234abcd",
+        labels: &labels,
+        address: "198.19.7.1".parse().unwrap(),
+        prefix: 24,
+        dhcp: (
+            "198.19.7.100".parse().unwrap(),
+            "198.19.7.200".parse().unwrap(),
+        ),
+        domain: Some("shop.envrig.internal"),
+    };
+    let xml = n.to_xml().unwrap();
+    assert_eq!(super::labels(&xml), labels);
+    assert_eq!(
+        network_domain(&xml).as_deref(),
+        Some("shop.envrig.internal")
+    );
+    assert!(xml.contains("localOnly=\"yes\""), "{xml}");
+    assert_eq!(
+        network_domain("<network><ip address='10.0.0.1'/></network>"),
+        None
+    );
+    assert_eq!(
+        qualified(&["db".into(), "web".into()], Some("shop.envrig.internal")),
+        [
+            "db",
+            "web",
+            "db.shop.envrig.internal",
+            "web.shop.envrig.internal"
+        ]
+    );
+    assert_eq!(qualified(&["db".into()], None), ["db"]);
+    assert_eq!(network_ip(&xml), Some(("198.19.7.1".parse().unwrap(), 24)));
+    assert!(!xml.contains("forward"), "isolated: {xml}");
+    let live = "<network><ip address='10.0.0.1' netmask='255.255.0.0'><dhcp><range start='10.0.0.9' end='10.0.0.20'/><host mac='52:54:00:AA:00:01' name='x' ip='10.0.0.10'/></dhcp></ip></network>";
+    assert_eq!(network_ip(live), Some(("10.0.0.1".parse().unwrap(), 16)));
+    assert_eq!(
+        dhcp_hosts(live),
+        vec![(
+            "52:54:00:aa:00:01".to_string(),
+            "10.0.0.10".parse().unwrap()
+        )]
+    );
+    assert_eq!(
+        dns_host("10.0.0.10".parse().unwrap(), &["a".into(), "b<".into()]).unwrap(),
+        "<host ip=\"10.0.0.10\"><hostname>a</hostname><hostname>b&lt;</hostname></host>"
+    );
+}
