@@ -233,9 +233,10 @@ fn networks() -> Vec<String> {
         .collect()
 }
 
+#[track_caller]
 fn vm_sh(run: &dyn Fn(&[&str]) -> common::Run, machine: &str, script: &str) -> String {
     let r = run(&["exec", machine, "--", "sh", "-c", script]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 0, "in {machine}: {}\n{}", r.stderr, r.stdout);
     r.stdout
 }
 
@@ -256,7 +257,7 @@ fn vm_snapshots_restore_in_place_and_travel_as_one_file() {
     // network may finish a moment later (seen in CI): names are tried for a bounded time.
     let ping = |name: &str| {
         format!(
-            "for i in $(seq 1 20); do ping -c 1 -W 2 {name} >/dev/null 2>&1 && exit 0; sleep 1; done; ping -c 1 -W 2 {name}"
+            "for i in $(seq 1 20); do ping -c 1 -W 2 {name} >/dev/null 2>&1 && exit 0; sleep 1; done; ping -c 1 -W 2 {name} || {{ cat /etc/resolv.conf; ip -4 -o addr; nslookup {name}; exit 1; }}"
         )
     };
     vm_sh(&run, "a", &ping("b"));
