@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use envrig_provider_api::{Provider, labels};
 
-use super::{Context, OpError, Phase, Project, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::project::Project;
+use super::report::Phase;
 use crate::envfile::{Machine, RunPolicy};
 
 /// The base name of the layer of fingerprint `fp`, the same on every provider (a valid
@@ -105,7 +108,7 @@ pub async fn bake(ctx: &Context, project: &Project, p: &Arc<dyn Provider>, m: &M
     let mut l = BTreeMap::new();
     l.insert(labels::BAKED.to_string(), fp.clone());
     l.insert(labels::FINGERPRINT.to_string(), short(&fp).to_string());
-    l.insert(labels::CREATED.to_string(), super::now_rfc3339());
+    l.insert(labels::CREATED.to_string(), super::time::now_rfc3339());
     // What is in memory goes to disk first, so the layer holds every file the steps wrote.
     let _ = p.flush(id).await;
     match p.package(id, &name, &l).await {

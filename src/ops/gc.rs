@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use envrig_provider_api::{Selector, labels};
 use serde::Serialize;
 
-use super::{Context, OpError};
+use super::context::Context;
+use super::error::OpError;
 use crate::identity::owner_alive;
 use crate::plan::Observed;
 use crate::state::StateDir;
@@ -218,7 +219,7 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
     };
     let now = std::time::SystemTime::now();
     let here = crate::identity::host_token();
-    for (name, p) in super::running_providers(ctx).await? {
+    for (name, p) in super::context::running_providers(ctx).await? {
         let all = Selector::all_envrig();
         let machines: Vec<Observed> = p
             .list(&all)

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use envrig_provider_api::BaseIdentity;
 
-use super::{Context, OpError, Phase, Project, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::project::Project;
+use super::report::Phase;
 use crate::envfile::Machine;
 use crate::lock::{self, Lock, LockedMachine};
 
@@ -119,7 +122,7 @@ fn lock_path(project: &Project) -> std::path::PathBuf {
 /// The list of lock files envrig wrote on this host (`$ENVRIG_HOME/locks`, one path per
 /// line): `gc` keeps the baked layers they reference.
 pub fn registry() -> std::path::PathBuf {
-    super::home_dir().join("locks")
+    super::home::home_dir().join("locks")
 }
 
 /// Adds `path` to the [`registry`] (best effort: a lock that is not listed only loses its
@@ -131,7 +134,7 @@ fn register(path: &std::path::Path) {
     if text.lines().any(|l| l == line) {
         return;
     }
-    let _ = std::fs::create_dir_all(super::home_dir());
+    let _ = std::fs::create_dir_all(super::home::home_dir());
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)

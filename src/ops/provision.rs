@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 
 use envrig_provider_api::{ExecRequest, OutputStream, Provider};
 
-use super::{Context, OpError, Phase, Project, Session, observe, provider, waves};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::{Project, waves};
+use super::report::Phase;
+use super::session::Session;
 use crate::envfile::{Machine, Ready, StepKind};
 use crate::plan::current;
 use crate::provision::{self, HashedStep, Mode, Record};

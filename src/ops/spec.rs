@@ -3,9 +3,10 @@
 
 use envrig_provider_api::{MachineSpec, NetworkAttachment, SyncedFolder, labels};
 
-use super::Project;
+use super::project::Project;
 use crate::envfile::Machine;
 use crate::identity::sha256_hex;
+use crate::plan::Desired;
 
 /// The spec for `machine`'s resource of `generation`, labelled with the environment's
 /// identity and the config hash.
@@ -127,6 +128,32 @@ pub fn config_hash(spec: &MachineSpec) -> String {
     shaping.handover = false;
     let json = serde_json::to_vec(&shaping).unwrap_or_default();
     sha256_hex(&json)[..12].to_string()
+}
+
+/// What the selected machines should be, for the planner: provider, config hash and the
+/// fingerprint and its inputs.
+pub fn desired(project: &Project, machines: &[&Machine]) -> Vec<Desired> {
+    machines
+        .iter()
+        .map(|m| Desired {
+            machine: m.name.clone(),
+            provider: m.provider.clone(),
+            config: config_hash(&machine_spec(project, m, 1, "")),
+            fingerprint: project
+                .fingerprints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(m.name.as_str())
+                .map(|f| f[..16.min(f.len())].to_string()),
+            inputs: project
+                .inputs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(m.name.as_str())
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

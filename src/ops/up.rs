@@ -10,8 +10,14 @@ use std::sync::Arc;
 use envrig_provider_api::{NetworkSpec, Protocol, Provider, ProviderError};
 use tokio::sync::{Semaphore, watch};
 
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
 use super::provision::{Target, provision_machine, wait_ready};
-use super::{Context, OpError, Phase, Project, Session, machine_spec, observe, provider};
+use super::report::Phase;
+use super::session::Session;
+use super::spec::{desired, machine_spec};
 use crate::envfile::Machine;
 use crate::plan::{Action, MachinePlan, plan_up};
 use crate::provision::Mode;
@@ -77,7 +83,7 @@ pub async fn up(
         .map(|m| m.name.as_str())
         .collect();
     let plan = plan_up(
-        &project.desired(&selected),
+        &desired(project, &selected),
         &declared,
         &observed,
         opts.recreate || project.envfile.project.immutable,
@@ -547,7 +553,7 @@ async fn create(
     String,
 > {
     let name = m.name.as_str();
-    let mut spec = machine_spec(project, m, generation, &super::now_rfc3339());
+    let mut spec = machine_spec(project, m, generation, &super::time::now_rfc3339());
     if candidate {
         // Beside the generation that serves: no host ports, no names on the network.
         spec.resource_name.push_str("-next");
