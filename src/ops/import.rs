@@ -23,6 +23,7 @@ use super::error::OpError;
 use super::observe::observe;
 use super::project::{LoadSettings, Project};
 use super::report::Phase;
+use super::resolved::Resolved;
 use super::session::Session;
 use super::trust::{self, TrustReport};
 use crate::envfile::{self, Envfile, LoadError, LoadOptions, Name};
@@ -383,7 +384,7 @@ pub async fn import_apply(
         let mut l = project.identity.labels(&m.name, 1, &created);
         l.insert(labels::PROVIDER.to_string(), inc.provider.clone());
         l.extend(set.clone());
-        let spec = super::spec::machine_spec(&project, m, 1, &created);
+        let spec = super::spec::machine_spec(&project, &Resolved::default(), m, 1, &created);
         // Built from checked fields only; the spec is the Envfile's.
         let incoming = Snapshot {
             id: String::new(),

@@ -10,12 +10,13 @@ use super::context::{Context, provider};
 use super::error::OpError;
 use super::project::Project;
 use super::report::Phase;
+use super::resolved::Resolved;
 use crate::envfile::Machine;
 use crate::lock::{self, Lock, LockedMachine};
 
-/// One machine, resolved: its base's identity on this host (none when missing) and its
-/// fingerprint (when the base is known).
-pub struct Resolved {
+/// One machine's base resolved: its identity on this host (none when missing) and the
+/// machine's fingerprint (when the base is known).
+pub struct Resolution {
     pub base: Option<BaseIdentity>,
     pub fingerprint: Option<String>,
     /// Its steps' content hashes, in order.
@@ -31,7 +32,7 @@ pub async fn resolve(
     project: &Project,
     machines: &[&Machine],
     fetch: bool,
-) -> Result<BTreeMap<String, Resolved>, OpError> {
+) -> Result<BTreeMap<String, Resolution>, OpError> {
     let mut bases: BTreeMap<(String, String), Option<BaseIdentity>> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for m in machines {
@@ -79,7 +80,7 @@ pub async fn resolve(
             .map(|b| lock::inputs(m, b, &hashed, &project.envfile.dir));
         out.insert(
             m.name.to_string(),
-            Resolved {
+            Resolution {
                 base,
                 fingerprint,
                 steps,
@@ -91,7 +92,7 @@ pub async fn resolve(
 }
 
 /// The lock of every machine of the Envfile, when every base resolved.
-fn build(project: &Project, resolved: &BTreeMap<String, Resolved>) -> Option<Lock> {
+fn build(project: &Project, resolved: &BTreeMap<String, Resolution>) -> Option<Lock> {
     let mut l = Lock {
         version: 1,
         ..Lock::default()
@@ -165,14 +166,15 @@ pub async fn lock(ctx: &Context, project: &Project) -> Result<Lock, OpError> {
 
 /// Before `up`: with `locked`, refuses when the lock is missing or differs from this host
 /// and the Envfile; without, pins the bases the lock names where they are here (a box that
-/// now resolves elsewhere is said), and records the fingerprints for the resources'
-/// labels. Returns whether a lock exists.
+/// now resolves elsewhere is said), and resolves the fingerprints (and their inputs) for
+/// the resources' labels. Returns whether a lock exists, and what was resolved.
 pub async fn before_up(
     ctx: &Context,
     project: &Project,
     selected: &[&Machine],
     locked: bool,
-) -> Result<bool, OpError> {
+) -> Result<(bool, Resolved), OpError> {
+    let mut out = Resolved::default();
     let existing = read(project)?;
     if locked && existing.is_none() {
         return Err(OpError::Usage(format!(
@@ -243,26 +245,17 @@ pub async fn before_up(
             ctx.reporter
                 .event(Some(m.name.as_str()), Phase::Warning, &msg);
         }
-        project
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(pins);
+        out.pins = pins;
     }
-    let mut fps = project
-        .fingerprints
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let mut inputs = project.inputs.lock().unwrap_or_else(|e| e.into_inner());
-    for (name, r) in &resolved {
-        if let Some(f) = &r.fingerprint {
-            fps.insert(name.clone(), f.clone());
+    for (name, r) in resolved {
+        if let Some(f) = r.fingerprint {
+            out.fingerprints.insert(name.clone(), f);
         }
-        if let Some(i) = &r.inputs {
-            inputs.insert(name.clone(), i.clone());
+        if let Some(i) = r.inputs {
+            out.inputs.insert(name, i);
         }
     }
-    Ok(existing.is_some())
+    Ok((existing.is_some(), out))
 }
 
 /// After a successful `up` that found no lock: writes one when every machine's base is

@@ -23,14 +23,6 @@ pub struct Project {
     pub ttl: Option<std::time::Duration>,
     /// The process owning this environment (`envrig run`): `gc` removes it once it died.
     pub owner: Option<String>,
-    /// Bases pinned by `Envfile.lock` that machines are created from, by machine.
-    pub pins: std::sync::Mutex<BTreeMap<String, String>>,
-    /// Machines' fingerprints (written on their resources), by machine.
-    pub fingerprints: std::sync::Mutex<BTreeMap<String, String>>,
-    /// Baked layers that machines created now start from, by machine.
-    pub layers: std::sync::Mutex<BTreeMap<String, String>>,
-    /// Machines' fingerprint inputs (written on their resources), by machine.
-    pub inputs: std::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 /// How to load a project, beyond its Envfile.
@@ -81,10 +73,6 @@ impl Project {
             warnings,
             ttl: None,
             owner: None,
-            pins: Default::default(),
-            fingerprints: Default::default(),
-            layers: Default::default(),
-            inputs: Default::default(),
         })
     }
 

@@ -13,6 +13,7 @@ use super::error::OpError;
 use super::observe::observe;
 use super::project::{Project, waves};
 use super::report::Phase;
+use super::resolved::Resolved;
 use super::session::Session;
 use crate::envfile::{Machine, Ready, StepKind};
 use crate::plan::current;
@@ -174,9 +175,12 @@ fn tar_bytes(name: &str, body: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
 
 /// Whether the steps hashed now are those the machine's fingerprint was made of (at the
 /// start of `up`): a file edited since then is not in its baked layer.
-fn same_steps_as_fingerprint(project: &Project, machine: &str, hashed: &[HashedStep<'_>]) -> bool {
-    let inputs = project.inputs.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inputs) = inputs.get(machine) else {
+fn same_steps_as_fingerprint(
+    resolved: &Resolved,
+    machine: &str,
+    hashed: &[HashedStep<'_>],
+) -> bool {
+    let Some(inputs) = resolved.inputs(machine) else {
         return false;
     };
     hashed.iter().all(|h| {
@@ -304,6 +308,7 @@ pub async fn provision_machine(
     ctx: &Context,
     session: &Session,
     project: &Project,
+    resolved: &Resolved,
     target: Target<'_>,
     mode: &Mode,
 ) -> Result<usize, String> {
@@ -323,7 +328,7 @@ pub async fn provision_machine(
         .map_err(|e| format!("cannot read a step's files: {e}"))?;
     let mut record = if fresh {
         Some(Record::default())
-    } else if from_layer && same_steps_as_fingerprint(project, machine, &hashed) {
+    } else if from_layer && same_steps_as_fingerprint(resolved, machine, &hashed) {
         Some(Record::baked(&hashed))
     } else {
         session.provisioned(machine, id)
@@ -359,7 +364,7 @@ pub async fn provision_machine(
     let mut ran = 0;
     for (i, t) in to_run.iter().enumerate() {
         if bake_at == Some(i) && i > 0 {
-            super::bake::bake(ctx, project, p, m, id).await;
+            super::bake::bake(ctx, project, resolved, p, m, id).await;
         }
         if ctx.cancelled() {
             let _ = session.set_provisioned(machine, &m.provider, id, Some(record));
@@ -389,7 +394,7 @@ pub async fn provision_machine(
         );
     }
     if bake_at == Some(to_run.len()) && ran > 0 {
-        super::bake::bake(ctx, project, p, m, id).await;
+        super::bake::bake(ctx, project, resolved, p, m, id).await;
     }
     session
         .set_provisioned(machine, &m.provider, id, Some(record))
@@ -559,6 +564,8 @@ pub async fn provision(
     let mut done = Vec::new();
     let mut failures = Vec::new();
     let order: Vec<&Machine> = targets.iter().map(|(m, _)| *m).collect();
+    // Nothing is resolved: steps run again in place, and no layer is baked.
+    let resolved = Resolved::default();
     for wave in waves(&order) {
         // A machine whose dependency failed (or was skipped) is skipped, and says so;
         // independent machines go on.
@@ -586,8 +593,7 @@ pub async fn provision(
                 .find(|(t, _)| t.name == m.name)
                 .map(|(_, id)| id.clone())
                 .unwrap_or_default();
-            let session = &session;
-            let mode = &mode;
+            let (session, mode, resolved) = (&session, &mode, &resolved);
             async move {
                 let r = match provider(ctx, &m.provider).await {
                     Ok(p) => {
@@ -603,6 +609,7 @@ pub async fn provision(
                                     ctx,
                                     session,
                                     project,
+                                    resolved,
                                     Target {
                                         provider: &p,
                                         machine: m,

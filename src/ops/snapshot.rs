@@ -14,6 +14,7 @@ use super::error::OpError;
 use super::observe::observe;
 use super::project::Project;
 use super::report::Phase;
+use super::resolved::Resolved;
 use super::session::Session;
 use super::spec::machine_spec;
 use crate::envfile::Name;
@@ -252,6 +253,7 @@ fn spec_of(
 ) -> envrig_provider_api::MachineSpec {
     let mut spec = machine_spec(
         project,
+        &Resolved::default(),
         m,
         o.generation,
         o.labels
