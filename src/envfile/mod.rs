@@ -32,6 +32,9 @@ pub use values::{Name, Subnet};
 /// The file name envrig looks for.
 pub const FILE_NAME: &str = "Envfile";
 
+/// How many generations of a machine are kept when `[project] keep` does not say.
+pub const DEFAULT_KEEP: u32 = 2;
+
 /// A loaded, validated Envfile.
 #[derive(Debug, Clone)]
 pub struct Envfile {
@@ -215,6 +218,20 @@ pub fn load(
         source,
     })?;
     parse(&source, path, display_path, opts)
+}
+
+/// `[project] keep` of the Envfile at `path`, read on its own (for `gc`, which must not
+/// depend on the rest of the file being valid): [`DEFAULT_KEEP`] when it is not written,
+/// not between 1 and 100, or the file cannot be read (`gc` never removes more than an
+/// Envfile it cannot read would).
+pub fn keep_of(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("project")?.get("keep")?.as_integer())
+        .filter(|k| (1..=100).contains(k))
+        .map(|k| k as u32)
+        .unwrap_or(DEFAULT_KEEP)
 }
 
 /// Validates `source` as the Envfile at `path`.

@@ -14,7 +14,7 @@ use super::machine::{MachineRaw, merge};
 use super::provider_schema::{DEFAULT_PROVIDER, KNOWN_PROVIDERS};
 use super::read::{Parser, get, join};
 use super::values::{self, Name};
-use super::{BoxDef, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
+use super::{BoxDef, DEFAULT_KEEP, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
 
 const TOP_KEYS: &[&str] = &["project", "network", "boxes", "defaults", "machines"];
 const PROJECT_KEYS: &[&str] = &["name", "provider", "immutable", "keep", "bake"];
@@ -55,7 +55,7 @@ pub(super) fn parse_document(
         name_from_folder: true,
         provider: None,
         immutable: false,
-        keep: 2,
+        keep: DEFAULT_KEEP,
         bake: true,
     };
     if let Some(v) = get(root, "project")
@@ -78,7 +78,9 @@ pub(super) fn parse_document(
             project.immutable = p.bool("project.immutable", v).unwrap_or(false);
         }
         if let Some(v) = get(t, "keep") {
-            project.keep = p.int("project.keep", v, 1, 100).unwrap_or(2) as u32;
+            project.keep = p
+                .int("project.keep", v, 1, 100)
+                .map_or(DEFAULT_KEEP, |k| k as u32);
         }
         if let Some(v) = get(t, "bake") {
             project.bake = p.bool("project.bake", v).unwrap_or(true);

@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod gc;
 mod generations;
+mod guest;
 mod halt;
 mod home;
 mod import;
