@@ -10,18 +10,27 @@ use super::context::Context;
 use super::project::Project;
 use super::report::Phase;
 use super::resolved::Resolved;
+use super::session::Session;
 use super::spec::machine_spec;
 use super::time::now_rfc3339;
 use crate::envfile::Machine;
 
+/// One machine being made in an `up`: what creating it, switching its generations and
+/// building one beside another need.
+#[derive(Clone, Copy)]
+pub(super) struct Job<'a> {
+    pub ctx: &'a Context,
+    pub session: &'a Session,
+    pub project: &'a Project,
+    pub resolved: &'a Resolved,
+    pub p: &'a Arc<dyn Provider>,
+    pub m: &'a Machine,
+}
+
 /// Creates the machine's resource of `generation`, fetching its base when missing; not
 /// started.
 pub(super) async fn create(
-    ctx: &Context,
-    project: &Project,
-    resolved: &Resolved,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
+    job: Job<'_>,
     generation: u32,
     candidate: bool,
 ) -> Result<
@@ -31,6 +40,14 @@ pub(super) async fn create(
     ),
     String,
 > {
+    let Job {
+        ctx,
+        project,
+        resolved,
+        p,
+        m,
+        ..
+    } = job;
     let name = m.name.as_str();
     let mut spec = machine_spec(project, resolved, m, generation, &now_rfc3339());
     if candidate {
@@ -68,15 +85,9 @@ pub(super) async fn create(
 }
 
 /// Creates the machine's resource of `generation` and starts it; returns its id.
-pub(super) async fn create_and_start(
-    ctx: &Context,
-    project: &Project,
-    resolved: &Resolved,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
-    generation: u32,
-) -> Result<String, String> {
-    let (info, spec) = create(ctx, project, resolved, p, m, generation, false).await?;
+pub(super) async fn create_and_start(job: Job<'_>, generation: u32) -> Result<String, String> {
+    let Job { ctx, p, m, .. } = job;
+    let (info, spec) = create(job, generation, false).await?;
     ctx.reporter
         .event(Some(m.name.as_str()), Phase::Start, "starting");
     p.start_created(&info.id, &spec)

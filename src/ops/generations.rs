@@ -3,19 +3,13 @@
 //! switched to (the old one stopped and kept); generations beyond `keep` are pruned.
 //! `rollback` switches back.
 
-use std::sync::Arc;
-
-use envrig_provider_api::Provider;
-
 use super::bake::{baked_steps, layer_name};
 use super::context::{Context, provider};
-use super::create::create;
+use super::create::{Job, create};
 use super::observe::observe;
 use super::project::Project;
 use super::provision::{Target, provision_machine, wait_ready};
 use super::report::Phase;
-use super::resolved::Resolved;
-use super::session::Session;
 use crate::envfile::Machine;
 use crate::provision::Mode;
 
@@ -70,43 +64,37 @@ pub(super) async fn prune_generations(ctx: &Context, project: &Project, selected
 /// and the switch is made: `old` stopped (kept for `rollback`), the new one started. When it
 /// cannot start, `old` is started again and kept. A dead `old` is removed. Returns the new
 /// generation's id, and the layer built for it when there was none.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn switch(
-    ctx: &Context,
-    session: &Session,
-    project: &Project,
-    resolved: &Resolved,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
+    job: Job<'_>,
     old: &str,
     dead: bool,
     generation: u32,
 ) -> Result<(String, Option<String>), String> {
+    let Job {
+        ctx, project, p, m, ..
+    } = job;
     let name = m.name.as_str();
     let (candidate, built) = if !dead
-        && resolved.layer(name).is_none()
+        && job.resolved.layer(name).is_none()
         && baked_steps(m) > 0
         && project.envfile.project.bake
     {
-        let (c, layer) = build_beside(ctx, session, project, resolved, p, m, generation).await?;
+        let (c, layer) = build_beside(job, generation).await?;
         (Some(c), layer)
     } else {
         (None, None)
     };
     // The new generation starts from the layer just built, when there is one.
-    let with_layer;
-    let resolved = match &built {
-        Some(layer) => {
-            with_layer = resolved.with_layer(name, layer);
-            &with_layer
-        }
-        None => resolved,
+    let with_layer = built
+        .as_ref()
+        .map(|layer| job.resolved.with_layer(name, layer));
+    let job = Job {
+        resolved: with_layer.as_ref().unwrap_or(job.resolved),
+        ..job
     };
     // The build goes once the new generation exists: until then it holds the layer's
     // fingerprint, so a `gc` meanwhile keeps the layer.
-    let new = create(ctx, project, resolved, p, m, generation, false)
-        .await
-        .map(|(info, _)| info);
+    let new = create(job, generation, false).await.map(|(info, _)| info);
     if let Some(c) = &candidate {
         let _ = p.remove(c).await;
     }
@@ -165,15 +153,15 @@ pub(super) async fn switch(
 /// layer of its fingerprint; later machines of that fingerprint start from it. Returns the
 /// candidate, for the caller to remove (it is removed here when the build fails), and the
 /// layer when it is now on this host.
-async fn build_beside(
-    ctx: &Context,
-    session: &Session,
-    project: &Project,
-    resolved: &Resolved,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
-    generation: u32,
-) -> Result<(String, Option<String>), String> {
+async fn build_beside(job: Job<'_>, generation: u32) -> Result<(String, Option<String>), String> {
+    let Job {
+        ctx,
+        session,
+        project,
+        resolved,
+        p,
+        m,
+    } = job;
     let name = m.name.as_str();
     ctx.reporter.event(
         Some(name),
@@ -183,7 +171,7 @@ async fn build_beside(
             generation - 1
         ),
     );
-    let (info, _) = create(ctx, project, resolved, p, m, generation, true).await?;
+    let (info, _) = create(job, generation, true).await?;
     let id = info.id.clone();
     let built = async {
         p.start(&id)

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::bake::{baked_steps, choose_layers};
 use super::context::{Context, provider};
-use super::create::create_and_start;
+use super::create::{Job, create_and_start};
 use super::error::OpError;
 use super::generations::{prune_generations, switch};
 use super::lockfile::{after_up, before_up};
@@ -406,6 +406,14 @@ async fn run_one(
     let p = provider(ctx, &m.provider)
         .await
         .map_err(|e| e.to_string())?;
+    let job = Job {
+        ctx,
+        session,
+        project,
+        resolved,
+        p: &p,
+        m,
+    };
     for dup in &mp.duplicates {
         ctx.reporter.event(
             Some(&name),
@@ -448,7 +456,7 @@ async fn run_one(
         }
         Action::Create => (
             UpResult::Created,
-            create_and_start(ctx, project, resolved, &p, m, mp.generation).await?,
+            create_and_start(job, mp.generation).await?,
             true,
         ),
         Action::Recreate { id, reason } => {
@@ -458,18 +466,7 @@ async fn run_one(
                 &format!("out of date ({reason}): generation {}", mp.generation),
             );
             let dead = reason.contains("dead");
-            let (new, built) = switch(
-                ctx,
-                session,
-                project,
-                resolved,
-                &p,
-                m,
-                id,
-                dead,
-                mp.generation,
-            )
-            .await?;
+            let (new, built) = switch(job, id, dead, mp.generation).await?;
             if built.is_some() {
                 layer = built;
             }
