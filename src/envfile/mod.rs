@@ -2,14 +2,20 @@
 //!
 //! Loading is two steps kept apart, as ripgrep keeps low and high args apart: [`parse`]
 //! walks the spanned TOML document, checks every key and value and merges `[defaults]`
-//! (module `parse`); then each machine is resolved against the providers this build has
-//! (its provider, its base, the keys the provider's capabilities allow). Every problem is a
+//! (module `walk`, reading values through `read` and machines through `machine`); then each
+//! machine is resolved against the providers this build has (its provider, its base, the
+//! keys the provider's capabilities allow), and dependency cycles are found (`cycles`).
+//! What the format knows of providers is in `provider_schema`. Every problem is a
 //! [`Diagnostic`] with a span and a key path; all are reported at once.
 
+mod cycles;
 mod diag;
 mod expand;
-mod parse;
+mod machine;
+mod provider_schema;
+mod read;
 pub mod values;
+mod walk;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -20,16 +26,14 @@ use envrig_provider_api::{Capabilities, OptionValue, PortSpec};
 
 pub use diag::{Diagnostic, Report, Severity, did_you_mean, line_col};
 pub use expand::{ExpandError, expand};
+pub use provider_schema::{DEFAULT_PROVIDER, KNOWN_PROVIDERS};
 pub use values::{Name, Subnet};
 
 /// The file name envrig looks for.
 pub const FILE_NAME: &str = "Envfile";
 
-/// Provider names the Envfile format knows (whether or not this build has them).
-pub const KNOWN_PROVIDERS: &[&str] = &["docker", "libvirt"];
-
-/// The provider used when neither the machine, the command line nor the project names one.
-pub const DEFAULT_PROVIDER: &str = "docker";
+/// How many generations of a machine are kept when `[project] keep` does not say.
+pub const DEFAULT_KEEP: u32 = 2;
 
 /// A loaded, validated Envfile.
 #[derive(Debug, Clone)]
@@ -216,6 +220,20 @@ pub fn load(
     parse(&source, path, display_path, opts)
 }
 
+/// `[project] keep` of the Envfile at `path`, read on its own (for `gc`, which must not
+/// depend on the rest of the file being valid): [`DEFAULT_KEEP`] when it is not written,
+/// not between 1 and 100, or the file cannot be read (`gc` never removes more than an
+/// Envfile it cannot read would).
+pub fn keep_of(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("project")?.get("keep")?.as_integer())
+        .filter(|k| (1..=100).contains(k))
+        .map(|k| k as u32)
+        .unwrap_or(DEFAULT_KEEP)
+}
+
 /// Validates `source` as the Envfile at `path`.
 pub fn parse(
     source: &str,
@@ -224,7 +242,7 @@ pub fn parse(
     opts: &LoadOptions<'_>,
 ) -> Result<(Envfile, Report), LoadError> {
     let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let (envfile, diagnostics) = parse::parse_document(source, path, &dir, opts);
+    let (envfile, diagnostics) = walk::parse_document(source, path, &dir, opts);
     let report = Report {
         display_path: display_path.to_string(),
         source: source.to_string(),

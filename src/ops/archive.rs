@@ -20,7 +20,11 @@ use envrig_provider_api::{Snapshot, labels};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Context, OpError, Phase, Project, Session, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::project::Project;
+use super::report::Phase;
+use super::session::Session;
 use crate::envfile::StepKind;
 use crate::identity::hex;
 
@@ -250,7 +254,7 @@ async fn write_archive(
         envrig: crate::VERSION.to_string(),
         project: project.identity.project.to_string(),
         snapshot: snapshot.map(str::to_string),
-        created: super::now_rfc3339(),
+        created: super::time::now_rfc3339(),
         machines,
         members,
     };

@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 use envrig_provider_api::{Provider, labels};
 
-use super::{Context, OpError, Phase, Project, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::project::Project;
+use super::report::Phase;
+use super::resolved::Resolved;
 use crate::envfile::{Machine, RunPolicy};
 
 /// The base name of the layer of fingerprint `fp`, the same on every provider (a valid
@@ -38,74 +42,59 @@ fn bakes(project: &Project, m: &Machine) -> bool {
     project.envfile.project.bake && baked_steps(m) > 0
 }
 
-fn fingerprint(project: &Project, m: &Machine) -> Option<String> {
-    project
-        .fingerprints
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(m.name.as_str())
-        .cloned()
-}
-
-/// Before machines are created: records, for each of `machines` whose layer is on this
-/// host, that it starts from it (`Project::layers`, read by `machine_spec`).
+/// Before machines are created: the layers that `machines` start from, by machine: those
+/// of their fingerprints that are on this host (for [`Resolved::layers`], read by
+/// `machine_spec`).
 pub async fn choose_layers(
     ctx: &Context,
     project: &Project,
+    resolved: &Resolved,
     machines: &[&Machine],
-) -> Result<(), OpError> {
+) -> Result<BTreeMap<String, String>, OpError> {
     let mut found = BTreeMap::new();
     for m in machines {
         if !bakes(project, m) {
             continue;
         }
-        let Some(fp) = fingerprint(project, m) else {
+        let Some(fp) = resolved.fingerprint(m.name.as_str()) else {
             continue;
         };
         let p = provider(ctx, &m.provider).await?;
-        let name = layer_name(&fp);
+        let name = layer_name(fp);
         if let Ok(Some(_)) = p.resolve_base(&name).await {
             found.insert(m.name.to_string(), name);
         }
     }
-    project
-        .layers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend(found);
-    Ok(())
-}
-
-/// The layer `m` is created from in this `up`, if any.
-pub fn layer_of(project: &Project, m: &Machine) -> Option<String> {
-    project
-        .layers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(m.name.as_str())
-        .cloned()
+    Ok(found)
 }
 
 /// After `m`'s steps ran in machine `id`: bakes its state into the layer of its fingerprint
 /// unless that layer exists already. A failure to bake is said, never fatal: the machine is
 /// provisioned either way.
-pub async fn bake(ctx: &Context, project: &Project, p: &Arc<dyn Provider>, m: &Machine, id: &str) {
+pub async fn bake(
+    ctx: &Context,
+    project: &Project,
+    resolved: &Resolved,
+    p: &Arc<dyn Provider>,
+    m: &Machine,
+    id: &str,
+) {
     if !bakes(project, m) {
         return;
     }
-    let Some(fp) = fingerprint(project, m) else {
+    let Some(fp) = resolved.fingerprint(m.name.as_str()) else {
         return;
     };
-    let name = layer_name(&fp);
+    let name = layer_name(fp);
     if let Ok(Some(_)) = p.resolve_base(&name).await {
         return;
     }
     let machine = m.name.as_str();
     let started = std::time::Instant::now();
     let mut l = BTreeMap::new();
-    l.insert(labels::BAKED.to_string(), fp.clone());
-    l.insert(labels::FINGERPRINT.to_string(), short(&fp).to_string());
-    l.insert(labels::CREATED.to_string(), super::now_rfc3339());
+    l.insert(labels::BAKED.to_string(), fp.to_string());
+    l.insert(labels::FINGERPRINT.to_string(), short(fp).to_string());
+    l.insert(labels::CREATED.to_string(), super::time::now_rfc3339());
     // What is in memory goes to disk first, so the layer holds every file the steps wrote.
     let _ = p.flush(id).await;
     match p.package(id, &name, &l).await {

@@ -6,7 +6,8 @@ use std::path::Path;
 use envrig_provider_api::StoredBox;
 use serde::Serialize;
 
-use super::{Context, OpError, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BoxRow {
@@ -225,7 +226,7 @@ pub async fn box_add(
         BoxSource::Url(url) => {
             ctx.reporter.event(
                 Some(name),
-                super::Phase::Pull,
+                super::report::Phase::Pull,
                 &format!("downloading {url}"),
             );
             let (url, reporter, name2, dir, want) = (

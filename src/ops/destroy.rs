@@ -6,7 +6,12 @@ use serde::Serialize;
 
 use envrig_provider_api::Selector;
 
-use super::{Context, OpError, Phase, Project, Session, observe, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
+use super::report::Phase;
+use super::session::Session;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DestroySummary {

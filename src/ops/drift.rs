@@ -5,7 +5,10 @@
 use envrig_provider_api::drift::PathChange;
 use serde::Serialize;
 
-use super::{Context, OpError, Project, observe, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
 use crate::plan::current;
 
 /// Paths whose changes are never drift: kernel and runtime file systems, logs and caches.

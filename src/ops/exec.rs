@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use envrig_provider_api::{ExecRequest, OutputStream, Provider, Terminal};
 
-use super::{Context, OpError, Project, observe, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
 use crate::plan::{Observed, current};
 
 /// The running resource of `machine`, and its provider.

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use envrig_provider_api::{Selector, labels};
 use serde::Serialize;
 
-use super::{Context, OpError};
+use super::context::Context;
+use super::error::OpError;
+use crate::envfile;
 use crate::identity::owner_alive;
 use crate::plan::Observed;
 use crate::state::StateDir;
@@ -149,18 +151,6 @@ fn too_young(created: &str, now: std::time::SystemTime) -> bool {
         .is_none_or(|age| age.as_secs() < grace)
 }
 
-/// `keep` from the `[project]` table of the Envfile at `path` (default 2; 2 when it cannot
-/// be read: gc never removes more than an Envfile it cannot read would).
-fn keep_of(path: &str) -> usize {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("project")?.get("keep")?.as_integer())
-        .filter(|k| (1..=100).contains(k))
-        .map(|k| k as usize)
-        .unwrap_or(2)
-}
-
 /// An environment's generations beyond its Envfile's `keep` (the current one and the
 /// newest others are kept), and builds of new generations a crashed `up` left behind.
 fn surplus_generations<'a>(
@@ -169,9 +159,9 @@ fn surplus_generations<'a>(
 ) -> Vec<(&'a Observed, String)> {
     let keep = env_labels
         .get(labels::ENVFILE)
-        .map(|p| keep_of(p))
-        .unwrap_or(2)
-        .max(1);
+        .map(|p| envfile::keep_of(Path::new(p)))
+        .unwrap_or(envfile::DEFAULT_KEEP)
+        .max(1) as usize;
     let mut out = Vec::new();
     let names: BTreeSet<&str> = mine.iter().map(|m| m.machine.as_str()).collect();
     for name in names {
@@ -218,7 +208,7 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
     };
     let now = std::time::SystemTime::now();
     let here = crate::identity::host_token();
-    for (name, p) in super::running_providers(ctx).await? {
+    for (name, p) in super::context::running_providers(ctx).await? {
         let all = Selector::all_envrig();
         let machines: Vec<Observed> = p
             .list(&all)

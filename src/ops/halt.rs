@@ -6,7 +6,12 @@ use futures_util::StreamExt;
 
 use envrig_provider_api::MachineState;
 
-use super::{Context, OpError, Phase, Project, Session, observe, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
+use super::report::Phase;
+use super::session::Session;
 use crate::plan::current;
 
 /// Stops the named machines (all when empty); returns the machines that were stopped.

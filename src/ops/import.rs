@@ -18,8 +18,14 @@ use envrig_provider_api::{ProviderError, Snapshot, labels};
 use serde::Serialize;
 
 use super::archive::{Manifest, io_err, staged, verify};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::{LoadSettings, Project};
+use super::report::Phase;
+use super::resolved::Resolved;
+use super::session::Session;
 use super::trust::{self, TrustReport};
-use super::{Context, LoadSettings, OpError, Phase, Project, Session, observe, provider};
 use crate::envfile::{self, Envfile, LoadError, LoadOptions, Name};
 use crate::plan::current;
 
@@ -374,11 +380,11 @@ pub async fn import_apply(
         let p = provider(ctx, &inc.provider).await?;
         ctx.reporter
             .event(Some(inc.machine.as_str()), Phase::Pull, "loading its state");
-        let created = super::now_rfc3339();
+        let created = super::time::now_rfc3339();
         let mut l = project.identity.labels(&m.name, 1, &created);
         l.insert(labels::PROVIDER.to_string(), inc.provider.clone());
         l.extend(set.clone());
-        let spec = super::machine_spec(&project, m, 1, &created);
+        let spec = super::spec::machine_spec(&project, &Resolved::default(), m, 1, &created);
         // Built from checked fields only; the spec is the Envfile's.
         let incoming = Snapshot {
             id: String::new(),

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::OpError;
+use super::error::OpError;
 
 /// An embedded `templates/*.toml`.
 #[derive(Debug, Clone, Copy)]

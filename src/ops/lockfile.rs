@@ -6,13 +6,17 @@ use std::collections::BTreeMap;
 
 use envrig_provider_api::BaseIdentity;
 
-use super::{Context, OpError, Phase, Project, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::project::Project;
+use super::report::Phase;
+use super::resolved::Resolved;
 use crate::envfile::Machine;
 use crate::lock::{self, Lock, LockedMachine};
 
-/// One machine, resolved: its base's identity on this host (none when missing) and its
-/// fingerprint (when the base is known).
-pub struct Resolved {
+/// One machine's base resolved: its identity on this host (none when missing) and the
+/// machine's fingerprint (when the base is known).
+pub struct Resolution {
     pub base: Option<BaseIdentity>,
     pub fingerprint: Option<String>,
     /// Its steps' content hashes, in order.
@@ -28,7 +32,7 @@ pub async fn resolve(
     project: &Project,
     machines: &[&Machine],
     fetch: bool,
-) -> Result<BTreeMap<String, Resolved>, OpError> {
+) -> Result<BTreeMap<String, Resolution>, OpError> {
     let mut bases: BTreeMap<(String, String), Option<BaseIdentity>> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for m in machines {
@@ -76,7 +80,7 @@ pub async fn resolve(
             .map(|b| lock::inputs(m, b, &hashed, &project.envfile.dir));
         out.insert(
             m.name.to_string(),
-            Resolved {
+            Resolution {
                 base,
                 fingerprint,
                 steps,
@@ -88,7 +92,7 @@ pub async fn resolve(
 }
 
 /// The lock of every machine of the Envfile, when every base resolved.
-fn build(project: &Project, resolved: &BTreeMap<String, Resolved>) -> Option<Lock> {
+fn build(project: &Project, resolved: &BTreeMap<String, Resolution>) -> Option<Lock> {
     let mut l = Lock {
         version: 1,
         ..Lock::default()
@@ -119,7 +123,7 @@ fn lock_path(project: &Project) -> std::path::PathBuf {
 /// The list of lock files envrig wrote on this host (`$ENVRIG_HOME/locks`, one path per
 /// line): `gc` keeps the baked layers they reference.
 pub fn registry() -> std::path::PathBuf {
-    super::home_dir().join("locks")
+    super::home::home_dir().join("locks")
 }
 
 /// Adds `path` to the [`registry`] (best effort: a lock that is not listed only loses its
@@ -131,7 +135,7 @@ fn register(path: &std::path::Path) {
     if text.lines().any(|l| l == line) {
         return;
     }
-    let _ = std::fs::create_dir_all(super::home_dir());
+    let _ = std::fs::create_dir_all(super::home::home_dir());
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
@@ -162,14 +166,15 @@ pub async fn lock(ctx: &Context, project: &Project) -> Result<Lock, OpError> {
 
 /// Before `up`: with `locked`, refuses when the lock is missing or differs from this host
 /// and the Envfile; without, pins the bases the lock names where they are here (a box that
-/// now resolves elsewhere is said), and records the fingerprints for the resources'
-/// labels. Returns whether a lock exists.
+/// now resolves elsewhere is said), and resolves the fingerprints (and their inputs) for
+/// the resources' labels. Returns whether a lock exists, and what was resolved.
 pub async fn before_up(
     ctx: &Context,
     project: &Project,
     selected: &[&Machine],
     locked: bool,
-) -> Result<bool, OpError> {
+) -> Result<(bool, Resolved), OpError> {
+    let mut out = Resolved::default();
     let existing = read(project)?;
     if locked && existing.is_none() {
         return Err(OpError::Usage(format!(
@@ -240,26 +245,17 @@ pub async fn before_up(
             ctx.reporter
                 .event(Some(m.name.as_str()), Phase::Warning, &msg);
         }
-        project
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(pins);
+        out.pins = pins;
     }
-    let mut fps = project
-        .fingerprints
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let mut inputs = project.inputs.lock().unwrap_or_else(|e| e.into_inner());
-    for (name, r) in &resolved {
-        if let Some(f) = &r.fingerprint {
-            fps.insert(name.clone(), f.clone());
+    for (name, r) in resolved {
+        if let Some(f) = r.fingerprint {
+            out.fingerprints.insert(name.clone(), f);
         }
-        if let Some(i) = &r.inputs {
-            inputs.insert(name.clone(), i.clone());
+        if let Some(i) = r.inputs {
+            out.inputs.insert(name, i);
         }
     }
-    Ok(existing.is_some())
+    Ok((existing.is_some(), out))
 }
 
 /// After a successful `up` that found no lock: writes one when every machine's base is

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use envrig_provider_api::{Selector, labels};
 use serde::Serialize;
 
-use super::{Context, OpError};
+use super::context::Context;
+use super::error::OpError;
 use crate::plan::Observed;
 
 /// One environment found on the engines.
@@ -30,7 +31,7 @@ pub struct EnvRow {
 
 pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
     let mut envs: BTreeMap<String, EnvRow> = BTreeMap::new();
-    for (name, p) in super::running_providers(ctx).await? {
+    for (name, p) in super::context::running_providers(ctx).await? {
         let infos = p
             .list(&Selector::all_envrig())
             .await

@@ -1,177 +1,32 @@
 //! Running provisioning steps and readiness checks through the provider trait (exec and
 //! upload only), so every provider gets them unchanged; and the `provision` command.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envrig_provider_api::{ExecRequest, OutputStream, Provider};
+use envrig_provider_api::{ExecRequest, Provider};
 
-use super::{Context, OpError, Phase, Project, Session, observe, provider, waves};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::guest::{run_quiet, run_streamed, tar_bytes, tar_of};
+use super::observe::observe;
+use super::project::{Project, waves};
+use super::report::Phase;
+use super::resolved::Resolved;
+use super::session::Session;
 use crate::envfile::{Machine, Ready, StepKind};
 use crate::plan::current;
 use crate::provision::{self, HashedStep, Mode, Record};
 
-/// How many of a failed step's last output lines the error shows.
-const TAIL: usize = 12;
-
-/// Splits a step's output into lines, reports each as it completes, and keeps the last few.
-struct Lines<'a> {
-    ctx: &'a Context,
-    machine: &'a str,
-    partial: [Vec<u8>; 2],
-    tail: VecDeque<String>,
-}
-
-impl<'a> Lines<'a> {
-    fn new(ctx: &'a Context, machine: &'a str) -> Self {
-        Lines {
-            ctx,
-            machine,
-            partial: [Vec::new(), Vec::new()],
-            tail: VecDeque::new(),
-        }
-    }
-
-    fn emit(&mut self, stream: OutputStream, bytes: &[u8]) {
-        let line = String::from_utf8_lossy(bytes);
-        let line = line.trim_end_matches('\r');
-        self.ctx.reporter.output(self.machine, stream, line);
-        if self.tail.len() == TAIL {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line.to_string());
-    }
-
-    fn push(&mut self, stream: OutputStream, chunk: &[u8]) {
-        let i = (stream == OutputStream::Stderr) as usize;
-        self.partial[i].extend_from_slice(chunk);
-        while let Some(pos) = self.partial[i].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial[i].drain(..=pos).collect();
-            self.emit(stream, &line[..line.len() - 1]);
-        }
-    }
-
-    fn finish(&mut self) {
-        for (i, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
-            if !self.partial[i].is_empty() {
-                let rest = std::mem::take(&mut self.partial[i]);
-                self.emit(stream, &rest);
-            }
-        }
-    }
-
-    fn tail_text(&self) -> String {
-        if self.tail.is_empty() {
-            return " (it printed nothing)".to_string();
-        }
-        let lines: Vec<String> = self.tail.iter().map(|l| format!("    | {l}")).collect();
-        format!("; its last output:\n{}", lines.join("\n"))
-    }
-}
-
-/// Runs `argv`, streaming its lines; returns the exit code and the output's tail.
-async fn run_streamed(
-    ctx: &Context,
-    p: &dyn Provider,
-    machine: &str,
-    id: &str,
-    req: &ExecRequest,
-) -> Result<(i64, String), String> {
-    let mut lines = Lines::new(ctx, machine);
-    let code = {
-        let mut sink = |s: OutputStream, b: &[u8]| lines.push(s, b);
-        p.exec(id, req, &mut sink)
-            .await
-            .map_err(|e| e.to_string())?
-    };
-    lines.finish();
-    Ok((code, lines.tail_text()))
-}
-
-/// Runs a command quietly; returns its exit code and combined output.
-async fn run_quiet(p: &dyn Provider, id: &str, argv: &[&str]) -> Result<(i64, String), String> {
-    let req = ExecRequest {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        ..ExecRequest::default()
-    };
-    let mut out = Vec::new();
-    let mut sink = |_: OutputStream, b: &[u8]| out.extend_from_slice(b);
-    let code = p
-        .exec(id, &req, &mut sink)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((code, String::from_utf8_lossy(&out).into_owned()))
-}
-
-/// A tar archive of one file or folder under `name`, owned by root, modes kept.
-fn tar_of(source: &Path, name: &str, normalise_text: bool) -> std::io::Result<Vec<u8>> {
-    fn add(
-        b: &mut tar::Builder<Vec<u8>>,
-        path: &Path,
-        name: &str,
-        normalise_text: bool,
-    ) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::symlink_metadata(path)?;
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        if meta.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(meta.permissions().mode() & 0o7777);
-            h.set_size(0);
-            b.append_data(&mut h, format!("{name}/"), std::io::empty())?;
-            let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let child = format!("{name}/{}", e.file_name().to_string_lossy());
-                add(b, &e.path(), &child, normalise_text)?;
-            }
-        } else if meta.file_type().is_symlink() {
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_size(0);
-            b.append_link(&mut h, name, std::fs::read_link(path)?)?;
-        } else {
-            let mut body = std::fs::read(path)?;
-            if normalise_text {
-                body = provision::normalise(&body);
-            }
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(meta.permissions().mode() & 0o7777);
-            h.set_size(body.len() as u64);
-            b.append_data(&mut h, name, body.as_slice())?;
-        }
-        Ok(())
-    }
-    let mut b = tar::Builder::new(Vec::new());
-    // The source itself may be a symlink (to a shared file): its target is what is meant.
-    let source = std::fs::canonicalize(source)?;
-    add(&mut b, &source, name, normalise_text)?;
-    b.into_inner()
-}
-
-/// A tar archive holding `body` as `name` with `mode`.
-fn tar_bytes(name: &str, body: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_size(body.len() as u64);
-    b.append_data(&mut h, name, body)?;
-    b.into_inner()
-}
-
 /// Whether the steps hashed now are those the machine's fingerprint was made of (at the
 /// start of `up`): a file edited since then is not in its baked layer.
-fn same_steps_as_fingerprint(project: &Project, machine: &str, hashed: &[HashedStep<'_>]) -> bool {
-    let inputs = project.inputs.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inputs) = inputs.get(machine) else {
+fn same_steps_as_fingerprint(
+    resolved: &Resolved,
+    machine: &str,
+    hashed: &[HashedStep<'_>],
+) -> bool {
+    let Some(inputs) = resolved.inputs(machine) else {
         return false;
     };
     hashed.iter().all(|h| {
@@ -299,6 +154,7 @@ pub async fn provision_machine(
     ctx: &Context,
     session: &Session,
     project: &Project,
+    resolved: &Resolved,
     target: Target<'_>,
     mode: &Mode,
 ) -> Result<usize, String> {
@@ -318,7 +174,7 @@ pub async fn provision_machine(
         .map_err(|e| format!("cannot read a step's files: {e}"))?;
     let mut record = if fresh {
         Some(Record::default())
-    } else if from_layer && same_steps_as_fingerprint(project, machine, &hashed) {
+    } else if from_layer && same_steps_as_fingerprint(resolved, machine, &hashed) {
         Some(Record::baked(&hashed))
     } else {
         session.provisioned(machine, id)
@@ -354,7 +210,7 @@ pub async fn provision_machine(
     let mut ran = 0;
     for (i, t) in to_run.iter().enumerate() {
         if bake_at == Some(i) && i > 0 {
-            super::bake::bake(ctx, project, p, m, id).await;
+            super::bake::bake(ctx, project, resolved, p, m, id).await;
         }
         if ctx.cancelled() {
             let _ = session.set_provisioned(machine, &m.provider, id, Some(record));
@@ -384,7 +240,7 @@ pub async fn provision_machine(
         );
     }
     if bake_at == Some(to_run.len()) && ran > 0 {
-        super::bake::bake(ctx, project, p, m, id).await;
+        super::bake::bake(ctx, project, resolved, p, m, id).await;
     }
     session
         .set_provisioned(machine, &m.provider, id, Some(record))
@@ -554,6 +410,8 @@ pub async fn provision(
     let mut done = Vec::new();
     let mut failures = Vec::new();
     let order: Vec<&Machine> = targets.iter().map(|(m, _)| *m).collect();
+    // Nothing is resolved: steps run again in place, and no layer is baked.
+    let resolved = Resolved::default();
     for wave in waves(&order) {
         // A machine whose dependency failed (or was skipped) is skipped, and says so;
         // independent machines go on.
@@ -581,8 +439,7 @@ pub async fn provision(
                 .find(|(t, _)| t.name == m.name)
                 .map(|(_, id)| id.clone())
                 .unwrap_or_default();
-            let session = &session;
-            let mode = &mode;
+            let (session, mode, resolved) = (&session, &mode, &resolved);
             async move {
                 let r = match provider(ctx, &m.provider).await {
                     Ok(p) => {
@@ -598,6 +455,7 @@ pub async fn provision(
                                     ctx,
                                     session,
                                     project,
+                                    resolved,
                                     Target {
                                         provider: &p,
                                         machine: m,

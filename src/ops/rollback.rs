@@ -9,9 +9,14 @@ use std::time::Duration;
 use envrig_provider_api::{Provider, labels};
 use serde::Serialize;
 
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
 use super::provision::{run_always, wait_ready};
+use super::report::Phase;
+use super::session::Session;
 use super::start::StartRecipe;
-use super::{Context, OpError, Phase, Project, Session, observe, provider};
 use crate::envfile::Machine;
 use crate::plan::{Observed, current};
 

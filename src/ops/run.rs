@@ -2,7 +2,13 @@
 //! checkout never collide), runs a command in one machine with its output streamed, and
 //! destroys the environment whatever happened: on success, failure and interruption.
 
-use super::{Context, OpError, Phase, Project, UpOptions, destroy, exec, up};
+use super::context::Context;
+use super::destroy::destroy;
+use super::error::OpError;
+use super::exec::exec;
+use super::project::Project;
+use super::report::Phase;
+use super::up::{UpOptions, up};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {

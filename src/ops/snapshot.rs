@@ -9,7 +9,14 @@ use std::collections::BTreeMap;
 use envrig_provider_api::{Selector, Snapshot, labels};
 use serde::Serialize;
 
-use super::{Context, OpError, Phase, Project, Session, machine_spec, observe, provider};
+use super::context::{Context, provider};
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
+use super::report::Phase;
+use super::resolved::Resolved;
+use super::session::Session;
+use super::spec::machine_spec;
 use crate::envfile::Name;
 use crate::plan::{Observed, current};
 
@@ -180,7 +187,7 @@ pub(super) async fn save_locked(
         }
     }
     if result.is_ok() {
-        let created = super::now_rfc3339();
+        let created = super::time::now_rfc3339();
         let mut set = super::snapset::set_labels(
             &work
                 .iter()
@@ -246,6 +253,7 @@ fn spec_of(
 ) -> envrig_provider_api::MachineSpec {
     let mut spec = machine_spec(
         project,
+        &Resolved::default(),
         m,
         o.generation,
         o.labels

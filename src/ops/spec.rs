@@ -3,14 +3,18 @@
 
 use envrig_provider_api::{MachineSpec, NetworkAttachment, SyncedFolder, labels};
 
-use super::Project;
+use super::project::Project;
+use super::resolved::Resolved;
 use crate::envfile::Machine;
 use crate::identity::sha256_hex;
+use crate::plan::Desired;
 
 /// The spec for `machine`'s resource of `generation`, labelled with the environment's
-/// identity and the config hash.
+/// identity and the config hash, made from what `resolved` says of it (pin, fingerprint,
+/// inputs, layer).
 pub fn machine_spec(
     project: &Project,
+    resolved: &Resolved,
     machine: &Machine,
     generation: u32,
     created: &str,
@@ -49,28 +53,14 @@ pub fn machine_spec(
     spec.labels.insert(labels::CONFIG.to_string(), config);
     // What Envfile.lock says: the pinned base to create from (the hash above is of the
     // Envfile's reference, so a pin never makes a machine stale), and the fingerprint.
-    if let Some(pinned) = project
-        .pins
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(machine.name.as_str())
-    {
-        spec.base = pinned.clone();
+    if let Some(pinned) = resolved.pin(machine.name.as_str()) {
+        spec.base = pinned.to_string();
     }
-    if let Some(fp) = project
-        .fingerprints
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(machine.name.as_str())
-    {
+    if let Some(fp) = resolved.fingerprint(machine.name.as_str()) {
         spec.labels
             .insert(labels::FINGERPRINT.to_string(), fp[..16].to_string());
     }
-    if let Some(inputs) = project
-        .inputs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(machine.name.as_str())
+    if let Some(inputs) = resolved.inputs(machine.name.as_str())
         && let Ok(j) = serde_json::to_string(inputs)
     {
         spec.labels.insert(labels::INPUTS.to_string(), j);
@@ -82,13 +72,8 @@ pub fn machine_spec(
         spec.labels.insert(labels::START.to_string(), start);
     }
     // A baked layer of the same fingerprint replaces the base (see `ops::bake`).
-    if let Some(layer) = project
-        .layers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(machine.name.as_str())
-    {
-        spec.base = layer.clone();
+    if let Some(layer) = resolved.layer(machine.name.as_str()) {
+        spec.base = layer.to_string();
         if let Some(fp) = spec.labels.get(labels::FINGERPRINT).cloned() {
             spec.labels.insert(labels::LAYER.to_string(), fp);
         }
@@ -127,6 +112,26 @@ pub fn config_hash(spec: &MachineSpec) -> String {
     shaping.handover = false;
     let json = serde_json::to_vec(&shaping).unwrap_or_default();
     sha256_hex(&json)[..12].to_string()
+}
+
+/// What the selected machines should be, for the planner: provider, config hash and the
+/// fingerprint and its inputs.
+pub fn desired(project: &Project, resolved: &Resolved, machines: &[&Machine]) -> Vec<Desired> {
+    machines
+        .iter()
+        .map(|m| Desired {
+            machine: m.name.clone(),
+            provider: m.provider.clone(),
+            config: config_hash(&machine_spec(project, resolved, m, 1, "")),
+            fingerprint: resolved
+                .fingerprint(m.name.as_str())
+                .map(|f| f[..16.min(f.len())].to_string()),
+            inputs: resolved
+                .inputs(m.name.as_str())
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

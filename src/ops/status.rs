@@ -2,7 +2,12 @@
 
 use serde::Serialize;
 
-use super::{Context, OpError, Project, observe};
+use super::context::Context;
+use super::error::OpError;
+use super::observe::observe;
+use super::project::Project;
+use super::resolved::Resolved;
+use super::spec::desired;
 use crate::plan::{self, StatusRow};
 
 /// The status of one environment, as `status --json` prints it.
@@ -22,7 +27,9 @@ pub async fn status(
 ) -> Result<StatusReport, OpError> {
     let selected = project.select(machines, false)?;
     let observed = observe(ctx, project).await?;
-    let rows = plan::status(&project.desired(&selected), &observed, machines.is_empty());
+    // Nothing is resolved: status compares settings, not fingerprints.
+    let desired = desired(project, &Resolved::default(), &selected);
+    let rows = plan::status(&desired, &observed, machines.is_empty());
     Ok(StatusReport {
         project: project.identity.project.to_string(),
         env_id: project.identity.env_id.clone(),

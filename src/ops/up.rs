@@ -5,13 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
-use std::sync::Arc;
 
-use envrig_provider_api::{NetworkSpec, Protocol, Provider, ProviderError};
+use envrig_provider_api::{NetworkSpec, Protocol};
 use tokio::sync::{Semaphore, watch};
 
+use super::bake::{baked_steps, choose_layers};
+use super::context::{Context, provider};
+use super::create::{Job, create_and_start};
+use super::error::OpError;
+use super::generations::{prune_generations, switch};
+use super::lockfile::{after_up, before_up};
+use super::observe::observe;
+use super::project::Project;
 use super::provision::{Target, provision_machine, wait_ready};
-use super::{Context, OpError, Phase, Project, Session, machine_spec, observe, provider};
+use super::report::Phase;
+use super::resolved::Resolved;
+use super::session::Session;
+use super::spec::desired;
 use crate::envfile::Machine;
 use crate::plan::{Action, MachinePlan, plan_up};
 use crate::provision::Mode;
@@ -38,11 +48,43 @@ pub struct UpOptions {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UpOutcome {
     pub machine: String,
-    /// created, started, unchanged, stale, recreated, skipped, failed.
-    pub result: String,
+    pub result: UpResult,
     pub id: Option<String>,
     /// Provisioning steps that ran.
     pub steps_run: usize,
+}
+
+/// What became of one machine in an `up`, as `up --json` writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpResult {
+    Created,
+    Started,
+    Unchanged,
+    Stale,
+    Recreated,
+    /// Not started: a dependency failed, or `up` was interrupted.
+    Skipped,
+    Failed,
+}
+
+impl UpResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpResult::Created => "created",
+            UpResult::Started => "started",
+            UpResult::Unchanged => "unchanged",
+            UpResult::Stale => "stale",
+            UpResult::Recreated => "recreated",
+            UpResult::Skipped => "skipped",
+            UpResult::Failed => "failed",
+        }
+    }
+
+    /// Whether the machine was made, started or replaced (not left as it was).
+    pub fn changed(self) -> bool {
+        !matches!(self, UpResult::Unchanged | UpResult::Stale)
+    }
 }
 
 /// Where a machine is in this `up`: dependants wait for `Ready`.
@@ -79,7 +121,7 @@ pub async fn up(
             }
         }
     }
-    let had_lock = super::lockfile::before_up(ctx, project, &selected, opts.locked).await?;
+    let (had_lock, mut resolved) = before_up(ctx, project, &selected, opts.locked).await?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let declared: Vec<&str> = project
@@ -89,7 +131,7 @@ pub async fn up(
         .map(|m| m.name.as_str())
         .collect();
     let plan = plan_up(
-        &project.desired(&selected),
+        &desired(project, &resolved, &selected),
         &declared,
         &observed,
         opts.recreate || project.envfile.project.immutable,
@@ -113,8 +155,9 @@ pub async fn up(
             })
             .copied()
             .collect();
-        super::bake::choose_layers(ctx, project, &creating).await?;
+        resolved.layers = choose_layers(ctx, project, &resolved, &creating).await?;
     }
+    let resolved = &resolved;
     // Machines about to be made or started need the network; it is made again when it went
     // away meanwhile (`docker network prune` takes a halted environment's, a host restart
     // leaves a libvirt one inactive). A no-op `up` makes no call for it.
@@ -181,9 +224,18 @@ pub async fn up(
                     return Err(Skipped("not started: interrupted".to_string()));
                 }
                 let mp = mp.ok_or_else(|| "no plan for it".to_string())?;
-                run_one(ctx, session, project, m, mp, mode, opts.no_provision)
-                    .await
-                    .map_err(Skipped::from)
+                run_one(
+                    ctx,
+                    session,
+                    project,
+                    resolved,
+                    m,
+                    mp,
+                    mode,
+                    opts.no_provision,
+                )
+                .await
+                .map_err(Skipped::from)
             }
             .await;
             if let Some(tx) = tx {
@@ -208,7 +260,11 @@ pub async fn up(
                 let skipped = e.starts_with("not started:");
                 outcomes.push(UpOutcome {
                     machine: machine.clone(),
-                    result: if skipped { "skipped" } else { "failed" }.into(),
+                    result: if skipped {
+                        UpResult::Skipped
+                    } else {
+                        UpResult::Failed
+                    },
                     id: None,
                     steps_run: 0,
                 });
@@ -217,12 +273,10 @@ pub async fn up(
         }
     }
 
-    if outcomes.iter().any(|o| o.result == "recreated") {
+    if outcomes.iter().any(|o| o.result == UpResult::Recreated) {
         prune_generations(ctx, project, &selected).await;
     }
-    let changed = outcomes
-        .iter()
-        .any(|o| o.result != "unchanged" && o.result != "stale");
+    let changed = outcomes.iter().any(|o| o.result.changed());
     if changed || !plan.machines.iter().all(|m| m.duplicates.is_empty()) {
         // The cache is refreshed from the engines, so it never records what did not happen.
         session.refresh(&observe(ctx, project).await?)?;
@@ -230,7 +284,7 @@ pub async fn up(
     if ctx.cancelled() {
         let started = outcomes
             .iter()
-            .filter(|o| o.result != "skipped" && o.result != "failed")
+            .filter(|o| !matches!(o.result, UpResult::Skipped | UpResult::Failed))
             .count();
         return Err(OpError::Interrupted {
             done: format!(
@@ -247,53 +301,9 @@ pub async fn up(
         });
     }
     if !had_lock {
-        super::lockfile::after_up(ctx, project).await?;
+        after_up(ctx, project).await?;
     }
     Ok(outcomes)
-}
-
-/// Keeps `keep` generations of each machine (the current one and the newest others);
-/// removes the older ones. Best effort: what cannot be removed now is said and left for the
-/// next `up` or `destroy`.
-async fn prune_generations(ctx: &Context, project: &Project, selected: &[&Machine]) {
-    let Ok(observed) = observe(ctx, project).await else {
-        return;
-    };
-    let keep = project.envfile.project.keep.max(1) as usize;
-    for m in selected {
-        let name = m.name.as_str();
-        let Some(cur) = crate::plan::current(name, &observed).0 else {
-            continue;
-        };
-        let mut others: Vec<&crate::plan::Observed> = observed
-            .iter()
-            .filter(|o| {
-                o.machine == name
-                    && o.id != cur.id
-                    && !o
-                        .labels
-                        .contains_key(envrig_provider_api::labels::CANDIDATE)
-            })
-            .collect();
-        others.sort_by_key(|o| std::cmp::Reverse(o.generation));
-        for old in others.into_iter().skip(keep - 1) {
-            let Ok(p) = provider(ctx, &old.provider).await else {
-                continue;
-            };
-            match p.remove(&old.id).await {
-                Ok(()) => ctx.reporter.event(
-                    Some(name),
-                    Phase::Remove,
-                    &format!("removed generation {} (keep = {keep})", old.generation),
-                ),
-                Err(e) => ctx.reporter.event(
-                    Some(name),
-                    Phase::Warning,
-                    &format!("cannot remove generation {}: {e}", old.generation),
-                ),
-            }
-        }
-    }
 }
 
 /// A machine's failure message (or why it was not started).
@@ -393,10 +403,12 @@ pub(super) async fn ensure_networks(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_one(
     ctx: &Context,
     session: &Session,
     project: &Project,
+    resolved: &Resolved,
     m: &Machine,
     mp: &MachinePlan,
     mode: &Mode,
@@ -406,6 +418,14 @@ async fn run_one(
     let p = provider(ctx, &m.provider)
         .await
         .map_err(|e| e.to_string())?;
+    let job = Job {
+        ctx,
+        session,
+        project,
+        resolved,
+        p: &p,
+        m,
+    };
     for dup in &mp.duplicates {
         ctx.reporter.event(
             Some(&name),
@@ -414,8 +434,10 @@ async fn run_one(
         );
         p.remove(dup).await.map_err(|e| e.to_string())?;
     }
+    // The baked layer it is created from, if any.
+    let mut layer = resolved.layer(&name).map(str::to_string);
     let (result, id, fresh) = match &mp.action {
-        Action::Keep { id } => ("unchanged", id.clone(), false),
+        Action::Keep { id } => (UpResult::Unchanged, id.clone(), false),
         Action::Stale { id, start } => {
             ctx.reporter.event(
                 Some(&name),
@@ -429,24 +451,24 @@ async fn run_one(
                     .await
                     .map_err(|e| format!("cannot start it: {e}"))?;
             }
-            ("stale", id.clone(), false)
+            (UpResult::Stale, id.clone(), false)
         }
         Action::Resume { id } => {
             p.unpause(id)
                 .await
                 .map_err(|e| format!("cannot resume it: {e}"))?;
-            ("started", id.clone(), false)
+            (UpResult::Started, id.clone(), false)
         }
         Action::Start { id } => {
             ctx.reporter.event(Some(&name), Phase::Start, "starting");
             p.start(id)
                 .await
                 .map_err(|e| format!("cannot start it: {e}"))?;
-            ("started", id.clone(), false)
+            (UpResult::Started, id.clone(), false)
         }
         Action::Create => (
-            "created",
-            create_and_start(ctx, project, &p, m, mp.generation).await?,
+            UpResult::Created,
+            create_and_start(job, mp.generation).await?,
             true,
         ),
         Action::Recreate { id, reason } => {
@@ -456,11 +478,11 @@ async fn run_one(
                 &format!("out of date ({reason}): generation {}", mp.generation),
             );
             let dead = reason.contains("dead");
-            (
-                "recreated",
-                switch(ctx, session, project, &p, m, id, dead, mp.generation).await?,
-                true,
-            )
+            let (new, built) = switch(job, id, dead, mp.generation).await?;
+            if built.is_some() {
+                layer = built;
+            }
+            (UpResult::Recreated, new, true)
         }
     };
     if !mp.outdated.is_empty() {
@@ -474,7 +496,7 @@ async fn run_one(
             ),
         );
     }
-    if result != "unchanged" && result != "stale" {
+    if result.changed() {
         // Synced folders that are copies, not live mounts, are made now (and said so).
         let lines = p
             .refresh_synced(&id)
@@ -487,9 +509,9 @@ async fn run_one(
     let mut steps_run = 0;
     if !no_provision {
         // Made from a baked layer: the record of what ran is inside it.
-        let layer = fresh.then(|| super::bake::layer_of(project, m)).flatten();
+        let layer = layer.filter(|_| fresh);
         if let Some(layer) = &layer {
-            let n = super::bake::baked_steps(m);
+            let n = baked_steps(m);
             ctx.reporter.event(
                 Some(&name),
                 Phase::Provision,
@@ -513,7 +535,7 @@ async fn run_one(
             from_layer: fresh && layer.is_some(),
             bake: fresh && layer.is_none(),
         };
-        steps_run = provision_machine(ctx, session, project, target, mode).await?;
+        steps_run = provision_machine(ctx, session, project, resolved, target, mode).await?;
         if let Some(ready) = &m.ready {
             wait_ready(ctx, p.as_ref(), &name, &id, ready).await?;
         }
@@ -531,238 +553,13 @@ async fn run_one(
             );
         }
     }
-    if result != "unchanged" && result != "stale" || steps_run > 0 {
+    if result.changed() || steps_run > 0 {
         ctx.reporter.event(Some(&name), Phase::Done, "running");
     }
     Ok(UpOutcome {
         machine: name,
-        result: result.into(),
+        result,
         id: Some(id),
         steps_run,
     })
-}
-
-/// Creates the machine's resource of `generation`, fetching its base when missing; not
-/// started.
-async fn create(
-    ctx: &Context,
-    project: &Project,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
-    generation: u32,
-    candidate: bool,
-) -> Result<
-    (
-        envrig_provider_api::MachineInfo,
-        envrig_provider_api::MachineSpec,
-    ),
-    String,
-> {
-    let name = m.name.as_str();
-    let mut spec = machine_spec(project, m, generation, &super::now_rfc3339());
-    if candidate {
-        // Beside the generation that serves: no host ports, no names on the network.
-        spec.resource_name.push_str("-next");
-        spec.handover = false;
-        spec.ports.clear();
-        if let Some(n) = &mut spec.network {
-            n.aliases.clear();
-        }
-        spec.labels.insert(
-            envrig_provider_api::labels::CANDIDATE.to_string(),
-            "1".to_string(),
-        );
-    }
-    ctx.reporter.event(Some(name), Phase::Create, "creating");
-    match p.create(&spec).await {
-        Ok(info) => Ok((info, spec)),
-        Err(ProviderError::NotFound { .. }) => {
-            // The base is missing: fetch it (with progress), then create again.
-            ctx.reporter
-                .event(Some(name), Phase::Pull, &format!("fetching {}", spec.base));
-            let reporter = ctx.reporter.clone();
-            let mut progress = |pr: envrig_provider_api::PullProgress| reporter.pull(name, &pr);
-            p.ensure_base(&spec.base, &mut progress)
-                .await
-                .map_err(|e| format!("cannot fetch `{}`: {e}", spec.base))?;
-            p.create(&spec)
-                .await
-                .map(|info| (info, spec))
-                .map_err(|e| format!("cannot create it: {e}"))
-        }
-        Err(e) => Err(format!("cannot create it: {e}")),
-    }
-}
-
-async fn create_and_start(
-    ctx: &Context,
-    project: &Project,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
-    generation: u32,
-) -> Result<String, String> {
-    let (info, spec) = create(ctx, project, p, m, generation, false).await?;
-    ctx.reporter
-        .event(Some(m.name.as_str()), Phase::Start, "starting");
-    p.start_created(&info.id, &spec)
-        .await
-        .map_err(|e| format!("created {} but cannot start it: {e}", info.resource_name))?;
-    Ok(info.id)
-}
-
-/// Replaces `old` by generation `generation`, never patching it: when the new generation's
-/// provisioned state is not baked yet, it is built beside `old` (which keeps serving) as a
-/// candidate with no host ports and no names, provisioned, checked for readiness and baked,
-/// then removed. The new generation is created from that layer with the names and ports,
-/// and the switch is made: `old` stopped (kept for `rollback`), the new one started. When it
-/// cannot start, `old` is started again and kept. A dead `old` is removed.
-#[allow(clippy::too_many_arguments)]
-async fn switch(
-    ctx: &Context,
-    session: &Session,
-    project: &Project,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
-    old: &str,
-    dead: bool,
-    generation: u32,
-) -> Result<String, String> {
-    let name = m.name.as_str();
-    let candidate = if !dead
-        && super::bake::layer_of(project, m).is_none()
-        && super::bake::baked_steps(m) > 0
-        && project.envfile.project.bake
-    {
-        Some(build_beside(ctx, session, project, p, m, generation).await?)
-    } else {
-        None
-    };
-    // The build goes once the new generation exists: until then it holds the layer's
-    // fingerprint, so a `gc` meanwhile keeps the layer.
-    let new = create(ctx, project, p, m, generation, false)
-        .await
-        .map(|(info, _)| info);
-    if let Some(c) = &candidate {
-        let _ = p.remove(c).await;
-    }
-    let new = new?;
-    if dead {
-        let _ = p.remove(old).await;
-    } else {
-        ctx.reporter.event(
-            Some(name),
-            Phase::Stop,
-            &format!("switching: stopping generation {}", generation - 1),
-        );
-    }
-    let t0 = std::time::Instant::now();
-    if !dead
-        && let Err(e) = p
-            .stop_for_handover(old, std::time::Duration::from_secs(30))
-            .await
-    {
-        let _ = p.remove(&new.id).await;
-        return Err(format!("cannot stop the previous generation: {e}"));
-    }
-    if let Err(e) = p.start(&new.id).await {
-        let _ = p.remove(&new.id).await;
-        let back = if dead { Ok(()) } else { p.start(old).await };
-        return Err(format!(
-            "the new generation cannot start ({e}); {}",
-            match back {
-                Ok(()) if dead => "nothing runs".to_string(),
-                Ok(()) => "the previous one runs again".to_string(),
-                Err(b) => format!("and the previous one cannot start again either: {b}"),
-            }
-        ));
-    }
-    ctx.reporter.event(
-        Some(name),
-        Phase::Start,
-        &format!(
-            "switched to generation {generation} in {} ms{}",
-            t0.elapsed().as_millis(),
-            if dead {
-                String::new()
-            } else {
-                format!(
-                    " (generation {} stopped, kept for `envrig rollback`)",
-                    generation - 1
-                )
-            }
-        ),
-    );
-    Ok(new.id)
-}
-
-/// Builds the provisioned state of `m`'s generation `generation` beside the one that serves:
-/// a candidate machine without host ports or names, provisioned, checked and baked into the
-/// layer of its fingerprint; later machines of that fingerprint start from it. Returns the
-/// candidate, for the caller to remove (it is removed here when the build fails).
-async fn build_beside(
-    ctx: &Context,
-    session: &Session,
-    project: &Project,
-    p: &Arc<dyn Provider>,
-    m: &Machine,
-    generation: u32,
-) -> Result<String, String> {
-    let name = m.name.as_str();
-    ctx.reporter.event(
-        Some(name),
-        Phase::Create,
-        &format!(
-            "building generation {generation} beside generation {} (which keeps serving)",
-            generation - 1
-        ),
-    );
-    let (info, _) = create(ctx, project, p, m, generation, true).await?;
-    let id = info.id.clone();
-    let built = async {
-        p.start(&id)
-            .await
-            .map_err(|e| format!("cannot start the new generation's build: {e}"))?;
-        for l in p
-            .refresh_synced(&id)
-            .await
-            .map_err(|e| format!("cannot copy its synced folders: {e}"))?
-        {
-            ctx.reporter.event(Some(name), Phase::Warning, &l);
-        }
-        let target = Target {
-            provider: p,
-            machine: m,
-            id: &id,
-            fresh: true,
-            from_layer: false,
-            bake: true,
-        };
-        provision_machine(ctx, session, project, target, &Mode::Pending).await?;
-        if let Some(ready) = &m.ready {
-            wait_ready(ctx, p.as_ref(), name, &id, ready).await?;
-        }
-        Ok::<(), String>(())
-    }
-    .await;
-    if let Err(e) = built {
-        let _ = p.remove(&id).await;
-        return Err(e);
-    }
-    let fp = project
-        .fingerprints
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(name)
-        .cloned();
-    if let Some(fp) = fp {
-        let layer = super::bake::layer_name(&fp);
-        if let Ok(Some(_)) = p.resolve_base(&layer).await {
-            project
-                .layers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name.to_string(), layer);
-        }
-    }
-    Ok(id)
 }

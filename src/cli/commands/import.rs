@@ -9,8 +9,8 @@ use crate::envfile::LoadError;
 use crate::ops::trust::{self, Decision, TrustReport};
 use crate::ops::{self, Context, ImportPlan, OpError, Project};
 
-use super::output::{self, Printer, json_line, out};
 use super::{display_path, fail, settle};
+use crate::cli::output::{self, Printer, json_line, out};
 
 pub const SCHEMA_IMPORT_CHECK: &str = "envrig.import-check/1";
 

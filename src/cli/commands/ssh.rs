@@ -1,11 +1,26 @@
-//! `envrig ssh` and `envrig ssh-config`: a shell or a command in a machine, through the
-//! system's OpenSSH client when the provider has SSH, else through the provider's exec.
+//! `envrig exec`, `envrig ssh` and `envrig ssh-config`: a command in a machine through the
+//! provider's exec; a shell or a command in a machine, through the system's OpenSSH client
+//! when the provider has SSH, else through the provider's exec.
 
 use std::io::IsTerminal;
 
-use super::output::Printer;
 use super::{exit_status, fail};
+use crate::cli::output::Printer;
 use crate::ops::{self, Context, Project};
+
+pub(super) async fn cmd_exec(
+    ctx: &Context,
+    printer: &Printer,
+    project: &Project,
+    machine: &str,
+    command: Vec<String>,
+    user: Option<String>,
+) -> i32 {
+    match ops::exec(ctx, project, machine, command, user).await {
+        Ok(code) => exit_status(code),
+        Err(e) => fail(printer, e),
+    }
+}
 
 pub(super) async fn cmd_ssh(
     ctx: &Context,

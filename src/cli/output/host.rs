@@ -1,0 +1,149 @@
+//! What the commands on the whole host print: `ls`, `gc` and `box`.
+
+use super::{Printer, SCHEMA_BOXES, SCHEMA_GC, SCHEMA_LS, json_line, out, table};
+use crate::ops::{self, EnvRow, GcItem, GcReport};
+
+impl Printer {
+    pub fn ls(&self, rows: &[EnvRow]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_LS, "environments": rows}),
+            ));
+            return;
+        }
+        let mut t = vec![vec![
+            "PROJECT".into(),
+            "ID".into(),
+            "FOLDER".into(),
+            "MACHINES".into(),
+            "PROVIDERS".into(),
+            "AGE".into(),
+            "EXPIRES".into(),
+        ]];
+        for r in rows {
+            let machines: Vec<String> =
+                r.machines.iter().map(|(m, s)| format!("{m}={s}")).collect();
+            t.push(vec![
+                r.project.clone(),
+                match &r.instance {
+                    Some(i) => i.clone(),
+                    None => r.env_id.chars().take(8).collect(),
+                },
+                if r.envfile_exists {
+                    r.folder.clone()
+                } else {
+                    format!("{} (gone)", r.folder)
+                },
+                machines.join(","),
+                r.providers.join(","),
+                r.created
+                    .as_deref()
+                    .and_then(ops::age)
+                    .unwrap_or_else(|| "-".into()),
+                r.expires
+                    .as_deref()
+                    .map(ops::until)
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        if rows.is_empty() {
+            self.done("no environments on this host");
+        } else {
+            table(&t);
+        }
+    }
+
+    pub fn gc(&self, r: &GcReport) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_GC, "dry_run": r.dry_run, "removed": r.removed, "busy": r.busy, "failed": r.failed, "skipped": r.skipped}),
+            ));
+            return;
+        }
+        let verb = if r.dry_run { "would remove" } else { "removed" };
+        // Baked layers belong to no environment: no project or folder to name.
+        let whose = |i: &GcItem| {
+            if i.project.is_empty() && i.folder.is_empty() {
+                String::new()
+            } else {
+                format!(" of `{}` ({})", i.project, i.folder)
+            }
+        };
+        for i in &r.removed {
+            out(&format!("{verb} {}{}: {}", i.resource, whose(i), i.reason));
+        }
+        for f in &r.failed {
+            eprintln!(
+                "{} cannot remove {}{}: {}",
+                self.paint("1;33", "warning:"),
+                f.resource,
+                whose(f),
+                f.reason
+            );
+        }
+        for k in &r.skipped {
+            eprintln!(
+                "{} skipped `{}` ({}): {}; it is left alone",
+                self.paint("1;33", "warning:"),
+                k.project,
+                k.folder,
+                k.reason
+            );
+        }
+        for b in &r.busy {
+            self.done(&format!(
+                "skipped environment {b}: another envrig is working on it"
+            ));
+        }
+        if r.removed.is_empty() && r.failed.is_empty() {
+            self.done("nothing to collect");
+        }
+    }
+
+    pub fn boxes(&self, rows: &[ops::BoxRow]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_BOXES, "boxes": rows}),
+            ));
+            return;
+        }
+        if rows.is_empty() {
+            self.done("no boxes; `envrig box add NAME FILE` adds one");
+            return;
+        }
+        let mut t = vec![vec![
+            "NAME".to_string(),
+            "PROVIDER".into(),
+            "SIZE".into(),
+            "SHA256".into(),
+            "KERNEL".into(),
+            "SOURCE".into(),
+        ]];
+        for r in rows {
+            t.push(vec![
+                r.stored.name.clone(),
+                r.provider.clone(),
+                crate::envfile::values::format_size(r.stored.size),
+                r.stored.sha256.chars().take(12).collect(),
+                if r.stored.kernel { "yes" } else { "no" }.into(),
+                r.stored.source.clone(),
+            ]);
+        }
+        table(&t);
+    }
+
+    pub fn boxes_added(&self, row: &ops::BoxRow) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_BOXES, "boxes": [row]}),
+            ));
+        } else {
+            self.done(&format!(
+                "added box `{}` ({}, sha256 {})",
+                row.stored.name,
+                crate::envfile::values::format_size(row.stored.size),
+                &row.stored.sha256[..12.min(row.stored.sha256.len())]
+            ));
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What the commands that keep machines' state print: `snapshot`, `export`, `import` and
+//! `package`.
+
+use super::{
+    Printer, SCHEMA_EXPORT, SCHEMA_IMPORT, SCHEMA_PACKAGE, SCHEMA_SNAPSHOT, SCHEMA_SNAPSHOTS,
+    json_line, out, table,
+};
+use crate::ops;
+
+impl Printer {
+    pub fn snapshot_done(&self, verb: &str, name: &str, machines: &[String]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_SNAPSHOT, "action": verb, "name": name, "machines": machines}),
+            ));
+        } else {
+            let list: Vec<String> = machines.iter().map(|m| format!("`{m}`")).collect();
+            self.done(&format!("{verb} snapshot `{name}` of {}", list.join(", ")));
+        }
+    }
+
+    pub fn snapshots(&self, rows: &[ops::SnapshotRow]) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_SNAPSHOTS, "snapshots": rows}),
+            ));
+            return;
+        }
+        if rows.is_empty() {
+            self.done("no snapshots");
+            return;
+        }
+        let mut t = vec![vec![
+            "NAME".to_string(),
+            "MACHINES".to_string(),
+            "AGE".to_string(),
+        ]];
+        for r in rows {
+            t.push(vec![
+                r.name.clone(),
+                r.machines.join(","),
+                ops::age(&r.created).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table(&t);
+    }
+
+    pub fn exported(&self, path: &std::path::Path, m: &ops::Manifest) {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if self.json {
+            let machines: Vec<&str> = m.machines.iter().map(|x| x.machine.as_str()).collect();
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_EXPORT, "file": path, "bytes": size, "snapshot": m.snapshot, "machines": machines, "members": m.members.len()}),
+            ));
+        } else {
+            self.done(&format!(
+                "wrote {} ({:.1} MB, {} machine{})",
+                path.display(),
+                size as f64 / 1e6,
+                m.machines.len(),
+                if m.machines.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
+    pub fn imported(&self, r: &ops::ImportReport) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_IMPORT, "folder": r.folder, "project": r.project, "machines": r.machines}),
+            ));
+        } else {
+            self.done(&format!(
+                "imported `{}` into {}: {}",
+                r.project,
+                r.folder,
+                r.machines.join(", ")
+            ));
+        }
+    }
+
+    pub fn packaged(&self, machine: &str, as_box: &str, id: &str) {
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_PACKAGE, "machine": machine, "box": as_box, "id": id}),
+            ));
+        } else {
+            self.done(&format!(
+                "packaged `{machine}` as `{as_box}` ({})",
+                id.chars().take(19).collect::<String>()
+            ));
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The document walk: reads the spanned TOML tree key by key (`[project]`, `[network]`,
+//! `[boxes]`, `[defaults]`, `[machines]`), then resolves each machine (its provider, box,
+//! capabilities, dependencies and host ports) into the model. Every problem is collected
+//! rather than stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use toml::de::DeTable;
+
+use super::cycles::check_cycles;
+use super::diag::{Diagnostic, did_you_mean};
+use super::machine::{MachineRaw, merge};
+use super::provider_schema::{DEFAULT_PROVIDER, KNOWN_PROVIDERS};
+use super::read::{Parser, get, join};
+use super::values::{self, Name};
+use super::{BoxDef, DEFAULT_KEEP, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
+
+const TOP_KEYS: &[&str] = &["project", "network", "boxes", "defaults", "machines"];
+const PROJECT_KEYS: &[&str] = &["name", "provider", "immutable", "keep", "bake"];
+const NETWORK_KEYS: &[&str] = &["subnet"];
+
+pub(super) fn parse_document(
+    source: &str,
+    path: &Path,
+    dir: &Path,
+    opts: &LoadOptions<'_>,
+) -> (Option<Envfile>, Vec<Diagnostic>) {
+    let (root, syntax) = DeTable::parse_recoverable(source);
+    if !syntax.is_empty() {
+        let diags = syntax
+            .into_iter()
+            .map(|e| {
+                let span = e.span().unwrap_or(0..0);
+                Diagnostic::error("", span, format!("invalid TOML: {}", e.message()))
+            })
+            .collect();
+        return (None, diags);
+    }
+    let mut p = Parser {
+        dir,
+        opts,
+        diags: Vec::new(),
+    };
+    let root = root.get_ref();
+    p.check_keys("", root, TOP_KEYS);
+
+    // [project]
+    let mut project = Project {
+        name: Name::from_folder(
+            &dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        name_from_folder: true,
+        provider: None,
+        immutable: false,
+        keep: DEFAULT_KEEP,
+        bake: true,
+    };
+    if let Some(v) = get(root, "project")
+        && let Some(t) = p.table("project", v)
+    {
+        p.check_keys("project", t, PROJECT_KEYS);
+        if let Some(n) = get(t, "name")
+            && let Some(s) = p.str("project.name", n)
+        {
+            let r = Name::parse(&s);
+            if let Some(name) = p.with("project.name", n, r) {
+                project.name = name;
+                project.name_from_folder = false;
+            }
+        }
+        if let Some(v) = get(t, "provider") {
+            project.provider = p.one_of("project.provider", v, KNOWN_PROVIDERS);
+        }
+        if let Some(v) = get(t, "immutable") {
+            project.immutable = p.bool("project.immutable", v).unwrap_or(false);
+        }
+        if let Some(v) = get(t, "keep") {
+            project.keep = p
+                .int("project.keep", v, 1, 100)
+                .map_or(DEFAULT_KEEP, |k| k as u32);
+        }
+        if let Some(v) = get(t, "bake") {
+            project.bake = p.bool("project.bake", v).unwrap_or(true);
+        }
+    }
+
+    // [network]
+    let mut network = Network::default();
+    if let Some(v) = get(root, "network")
+        && let Some(t) = p.table("network", v)
+    {
+        p.check_keys("network", t, NETWORK_KEYS);
+        if let Some(s) = get(t, "subnet")
+            && let Some(text) = p.str("network.subnet", s)
+        {
+            let r = values::parse_subnet(&text);
+            network.subnet = p.with("network.subnet", s, r);
+        }
+    }
+
+    // [boxes.NAME]
+    let mut boxes = Vec::new();
+    if let Some(v) = get(root, "boxes")
+        && let Some(t) = p.table("boxes", v)
+    {
+        for (k, bv) in t.iter() {
+            let name = k.get_ref().to_string();
+            let bp = join("boxes", &name);
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+            if !valid {
+                p.error(
+                    &bp,
+                    k.span(),
+                    format!("`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-`"),
+                );
+                continue;
+            }
+            let Some(bt) = p.table(&bp, bv) else { continue };
+            p.check_keys(&bp, bt, KNOWN_PROVIDERS);
+            let mut refs = BTreeMap::new();
+            for provider in KNOWN_PROVIDERS {
+                let Some(r) = get(bt, provider) else { continue };
+                let rp = join(&bp, provider);
+                let Some(s) = p.non_empty_str(&rp, r) else {
+                    continue;
+                };
+                p.check_box_ref(provider, &rp, r, &s);
+                refs.insert(provider.to_string(), s);
+            }
+            if bt.is_empty() {
+                p.error_help(
+                    &bp,
+                    bv.span(),
+                    "a box needs a reference for at least one provider",
+                    "add `docker = \"IMAGE\"` or `libvirt = \"BOX\"`",
+                );
+            }
+            boxes.push((BoxDef { name, refs }, bv.span()));
+        }
+    }
+
+    // [defaults]
+    let defaults = match get(root, "defaults") {
+        Some(v) => match p.table("defaults", v) {
+            Some(t) => p.machine_raw("defaults", t),
+            None => MachineRaw::default(),
+        },
+        None => MachineRaw::default(),
+    };
+
+    // [machines.NAME]
+    let mut raws = Vec::new();
+    match get(root, "machines") {
+        Some(v) => {
+            if let Some(t) = p.table("machines", v) {
+                for (k, mv) in t.iter() {
+                    let key = k.get_ref().as_ref();
+                    let mp = join("machines", key);
+                    let name = match Name::parse(key) {
+                        Ok(n) => Some(n),
+                        Err(msg) => {
+                            p.error(&mp, k.span(), msg);
+                            None
+                        }
+                    };
+                    let Some(mt) = p.table(&mp, mv) else { continue };
+                    let raw = p.machine_raw(&mp, mt);
+                    if let Some(name) = name {
+                        raws.push((name, k.span(), merge(&defaults, raw)));
+                    }
+                }
+                if t.is_empty() {
+                    p.error_help(
+                        "machines",
+                        v.span(),
+                        "no machines are declared",
+                        "add a `[machines.NAME]` table with a `box`",
+                    );
+                }
+            }
+        }
+        None => p.error_help(
+            "machines",
+            0..0,
+            "the Envfile declares no machines",
+            "add a `[machines.NAME]` table with a `box`; `envrig init` writes an example",
+        ),
+    }
+
+    // Resolve each machine: box, provider, capabilities, dependencies.
+    let names: BTreeSet<Name> = raws.iter().map(|(n, _, _)| n.clone()).collect();
+    let mut machines = Vec::new();
+    let mut seen_ports: BTreeMap<(String, u16, &'static str), String> = BTreeMap::new();
+    for (name, span, raw) in raws {
+        let mp = join("machines", name.as_str());
+        let provider = match &raw.provider {
+            Some(f) => f.value.clone(),
+            None => opts
+                .provider_override
+                .map(str::to_string)
+                .or_else(|| project.provider.clone())
+                .unwrap_or_else(|| DEFAULT_PROVIDER.to_string()),
+        };
+        let caps = (opts.capabilities)(&provider);
+        if caps.is_none() {
+            let at = raw
+                .provider
+                .as_ref()
+                .map(|f| f.at.clone())
+                .unwrap_or(KeySpan {
+                    path: mp.clone(),
+                    span: span.clone(),
+                });
+            p.diags.push(
+                Diagnostic::warning(at.path, at.span, format!("machine `{name}` uses the `{provider}` provider, which this build of envrig does not have yet"))
+                    .with_help("`envrig up` refuses this machine; pick `provider = \"docker\"` to run it now"),
+            );
+        }
+        let mut base = String::new();
+        match &raw.box_name {
+            None => p.error_help(&mp, span.clone(), format!("machine `{name}` has no `box`"), format!("set `{mp}.box` or `defaults.box` to one of the `[boxes]`")),
+            Some(f) => match boxes.iter().find(|(b, _)| b.name == f.value) {
+                None => {
+                    let help = match did_you_mean(&f.value, boxes.iter().map(|(b, _)| b.name.as_str())) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("declare it: [boxes.{}] with `docker = \"IMAGE\"`", f.value),
+                    };
+                    p.error_help(&f.at.path, f.at.span.clone(), format!("unknown box `{}`", f.value), help);
+                }
+                Some((b, _)) => match b.refs.get(&provider) {
+                    Some(r) => base = r.clone(),
+                    None => p.error_help(
+                        &f.at.path,
+                        f.at.span.clone(),
+                        format!("box `{}` has no `{provider}` reference, but machine `{name}` uses the {provider} provider", b.name),
+                        format!("add `{provider} = \"...\"` to [boxes.{}]", b.name),
+                    ),
+                },
+            },
+        }
+        if let Some(caps) = caps
+            && let (Some(cmd), false) = (&raw.command, caps.custom_command)
+        {
+            p.error_help(
+                &cmd.at.path,
+                cmd.at.span.clone(),
+                format!("the {provider} provider cannot set a machine's main process"),
+                "`command` applies to docker machines only; remove it",
+            );
+        }
+        for (own, f) in [("docker", &raw.docker), ("libvirt", &raw.libvirt)] {
+            if let Some(f) = f
+                && own != provider
+                && raw.provider.is_some()
+            {
+                p.diags.push(Diagnostic::warning(&f.at.path, f.at.span.clone(), format!("machine `{name}` uses the {provider} provider, so its `{own}` settings have no effect")));
+            }
+        }
+        let mut depends_on = Vec::new();
+        if let Some(f) = &raw.depends_on {
+            for (i, (d, dspan)) in f.value.iter().enumerate() {
+                let dp = format!("{}[{i}]", f.at.path);
+                if *d == name {
+                    p.error(
+                        &dp,
+                        dspan.clone(),
+                        format!("machine `{name}` cannot depend on itself"),
+                    );
+                } else if !names.contains(d) {
+                    let help = match did_you_mean(d.as_str(), names.iter().map(Name::as_str)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "name a machine declared in this Envfile".to_string(),
+                    };
+                    p.error_help(&dp, dspan.clone(), format!("unknown machine `{d}`"), help);
+                } else if !depends_on.contains(d) {
+                    depends_on.push(d.clone());
+                }
+            }
+        }
+        if let Some(f) = &raw.ports {
+            for (i, port) in f.value.iter().enumerate() {
+                let key = (port.host_ip.clone(), port.host_port, port.protocol.as_str());
+                if let Some(other) = seen_ports.insert(key, name.to_string()) {
+                    p.error(
+                        &format!("{}[{i}]", f.at.path),
+                        f.at.span.clone(),
+                        format!(
+                            "host port {}:{} is already published by machine `{other}`",
+                            port.host_ip, port.host_port
+                        ),
+                    );
+                }
+            }
+        }
+        let mut origins = BTreeMap::new();
+        macro_rules! origin {
+            ($($key:literal => $field:ident),*) => {
+                $(if let Some(f) = &raw.$field { origins.insert($key, f.at.clone()); })*
+            };
+        }
+        origin!("box" => box_name, "provider" => provider, "cpus" => cpus, "memory" => memory,
+            "hostname" => hostname, "ports" => ports, "synced" => synced, "env" => env,
+            "depends_on" => depends_on, "ttl" => ttl, "command" => command, "ready" => ready,
+            "provision" => provision);
+        let mut provider_options = BTreeMap::new();
+        if let Some(f) = &raw.docker {
+            provider_options.insert("docker".to_string(), f.value.clone());
+        }
+        if let Some(f) = &raw.libvirt {
+            provider_options.insert("libvirt".to_string(), f.value.clone());
+        }
+        machines.push(Machine {
+            hostname: raw
+                .hostname
+                .map(|f| f.value)
+                .unwrap_or_else(|| name.to_string()),
+            name,
+            provider,
+            box_name: raw.box_name.map(|f| f.value).unwrap_or_default(),
+            base,
+            cpus: raw.cpus.map(|f| f.value),
+            memory: raw.memory.map(|f| f.value),
+            ports: raw.ports.map(|f| f.value).unwrap_or_default(),
+            synced: raw.synced.map(|f| f.value).unwrap_or_default(),
+            env: raw.env.map(|f| f.value).unwrap_or_default(),
+            depends_on,
+            ttl: raw.ttl.map(|f| f.value),
+            command: raw.command.map(|f| f.value),
+            drift_ignore: raw.drift_ignore.map(|f| f.value).unwrap_or_default(),
+            ready: raw.ready.map(|f| f.value),
+            provision: raw.provision.map(|f| f.value).unwrap_or_default(),
+            provider_options,
+            origins,
+            span,
+        });
+    }
+    check_cycles(&machines, &mut p.diags);
+
+    let envfile = Envfile {
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+        project,
+        network,
+        boxes: boxes.into_iter().map(|(b, _)| b).collect(),
+        machines,
+    };
+    (Some(envfile), p.diags)
+}
