@@ -1219,3 +1219,69 @@ fn a_vm_generation_takes_the_machine_name_and_gives_it_back_on_rollback() {
     assert_eq!(addr_of_a(), ip_of("a"), "and comes back on rollback");
     run(&["destroy", "-f"]).ok();
 }
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn vm_disk_size_grows_the_disk_and_graphics_vnc_listens_on_loopback() {
+    e2e();
+    let envfile = |name: &str, size: &str| {
+        format!(
+            "[project]\nname = \"{name}\"\nbake = false\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[machines.vm.libvirt]\ndisk_size = \"{size}\"\ngraphics = \"vnc\"\n",
+            guest()
+        )
+    };
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(std::path::Path::new(&guest()).join("disk.qcow2"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let box_size = v["virtual-size"].as_u64().unwrap();
+    assert!(box_size < 512 << 20 && box_size > 64 << 20, "{box_size}");
+
+    // Smaller than the box: refused before anything is made, so nothing is left to destroy.
+    let small = unique("disksmall");
+    let p = Project::new(&envfile(&small, "64MiB"));
+    let r = p.envrig(&["up"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("machine `vm`")
+            && r.stderr.contains("64MiB")
+            && r.stderr.contains(&format!("({box_size} bytes)"))
+            && r.stderr.contains("set `disk_size` to at least"),
+        "{}",
+        r.stderr
+    );
+    let r = p.envrig(&["destroy", "-f"]).ok();
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("nothing to destroy"),
+        "{r:?}"
+    );
+    assert!(!domains().iter().any(|d| d.starts_with(&small)));
+    let left = std::fs::read_dir("/var/lib/libvirt/images/envrig")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&small))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(left, 0, "no machine folder is left");
+
+    // Larger: the guest's block device has that size, and a VNC display is on 127.0.0.1.
+    let p = Project::new(&envfile(&unique("disksize"), "512MiB"));
+    p.envrig(&["up"]).ok();
+    let r = p
+        .envrig(&["exec", "vm", "--", "cat", "/sys/block/vda/size"])
+        .ok();
+    let sectors: u64 = r.stdout.trim().parse().unwrap();
+    assert_eq!(sectors * 512, 512 << 20);
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    let name = st["machines"][0]["resource_name"].as_str().unwrap();
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "domdisplay", name])
+        .output()
+        .unwrap();
+    let display = String::from_utf8_lossy(&out.stdout);
+    assert!(display.starts_with("vnc://127.0.0.1:"), "{display}");
+    p.envrig(&["destroy", "-f"]).ok();
+}

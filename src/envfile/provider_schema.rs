@@ -38,7 +38,10 @@ impl Parser<'_> {
             let Some(val) = get(table, key) else { continue };
             let p = join(path, key);
             let parsed = match *key {
-                "privileged" | "init" | "graphics" => self.bool(&p, val).map(OptionValue::Bool),
+                "privileged" | "init" => self.bool(&p, val).map(OptionValue::Bool),
+                "graphics" => self
+                    .one_of(&p, val, &["vnc", "spice", "none"])
+                    .map(OptionValue::Str),
                 "machine_type" => self.str(&p, val).and_then(|s| {
                     let ok = !s.is_empty()
                         && s.chars()

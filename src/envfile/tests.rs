@@ -357,3 +357,22 @@ fn every_template_is_a_valid_envfile() {
         }
     }
 }
+
+#[test]
+fn libvirt_disk_size_is_bytes_and_graphics_is_one_of_three() {
+    let src = "[boxes.b]\nlibvirt = \"debian-12\"\n[machines.vm]\nbox = \"b\"\nprovider = \"libvirt\"\n[machines.vm.libvirt]\ndisk_size = \"20GiB\"\ngraphics = \"vnc\"\n";
+    let dir = project_dir();
+    let (e, _) = parse_in(dir.path(), src, None).unwrap();
+    let o = e.machines[0].options();
+    assert_eq!(o["disk_size"], OptionValue::Int(20 << 30));
+    assert_eq!(o["graphics"], OptionValue::Str("vnc".into()));
+    // No longer a bool: a string naming the display.
+    let out = errors(&src.replace("\"vnc\"", "true"));
+    assert!(out.contains("machines.vm.libvirt.graphics"), "{out}");
+    let out = errors(&src.replace("\"vnc\"", "\"vcn\""));
+    assert!(
+        out.contains("`vcn` is not one of \"vnc\", \"spice\", \"none\"")
+            && out.contains("did you mean \"vnc\"?"),
+        "{out}"
+    );
+}

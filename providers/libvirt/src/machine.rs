@@ -13,7 +13,7 @@ use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 
 use crate::boot::{BOOTING, Marker};
-use crate::disk::{Disk, backing_of, qemu_img};
+use crate::disk::{Disk, overlay, overlay_size};
 use crate::error::{engine, io};
 use crate::network::address;
 use crate::synced;
@@ -31,6 +31,12 @@ impl LibvirtProvider {
         kernel_dir: &Path,
         extra: BTreeMap<String, String>,
     ) -> Result<MachineInfo> {
+        // Checked before anything is made: a machine refused here leaves nothing behind.
+        let size = match &disk {
+            Disk::Overlay(backing) => overlay_size(spec, backing).await?,
+            Disk::Own => None,
+        };
+        let graphics = self.graphics(spec).await?;
         let mdir = self.machine_dir(&spec.resource_name);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
         // Until the domain is defined, nothing but this marker says whose the folder is: a
@@ -38,42 +44,7 @@ impl LibvirtProvider {
         let marker = Marker::new(&mdir, "creating");
         let disk_file = mdir.join("disk.qcow2");
         let backing = match disk {
-            Disk::Overlay(backing) => {
-                // A leftover from a crash is replaced.
-                let _ = std::fs::remove_file(&disk_file);
-                let t0 = Instant::now();
-                qemu_img(
-                    "create the overlay",
-                    &[
-                        "create".as_ref(),
-                        "-q".as_ref(),
-                        "-f".as_ref(),
-                        "qcow2".as_ref(),
-                        "-F".as_ref(),
-                        "qcow2".as_ref(),
-                        "-b".as_ref(),
-                        backing.as_os_str(),
-                        disk_file.as_os_str(),
-                    ],
-                )
-                .await?;
-                // Read by bench/bench_vm.py: overlay creation must not grow with the box.
-                tracing::debug!(
-                    overlay_us = t0.elapsed().as_micros() as u64,
-                    "overlay created on {}",
-                    backing.display()
-                );
-                // The box may itself be a layer on another box: the whole chain.
-                let mut chain = vec![backing.display().to_string()];
-                let mut next = backing.clone();
-                while chain.len() < 16
-                    && let Some(b) = backing_of(&next).await?
-                {
-                    chain.push(b.display().to_string());
-                    next = b;
-                }
-                chain
-            }
+            Disk::Overlay(backing) => overlay(&backing, &disk_file, size).await?,
             Disk::Own => Vec::new(),
         };
         let read = |f: &str| {
@@ -204,6 +175,7 @@ impl LibvirtProvider {
             network: nic.as_ref().map(|(n, m)| (n.as_str(), m.as_str())),
             shares: &shares,
             seed: seed.as_deref(),
+            graphics,
         };
         let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
         let defined = self
@@ -221,6 +193,39 @@ impl LibvirtProvider {
         }
         drop(marker);
         defined
+    }
+
+    /// `[machines.NAME.libvirt] graphics`: `vnc` or `spice` (a display), or `None` (`none`,
+    /// the default: the serial console only). SPICE is refused, before anything is made,
+    /// when this host's QEMU lacks it.
+    async fn graphics(&self, spec: &MachineSpec) -> Result<Option<&'static str>> {
+        let kind = match spec.options.get("graphics") {
+            Some(OptionValue::Str(s)) if s == "vnc" => "vnc",
+            Some(OptionValue::Str(s)) if s == "spice" => "spice",
+            _ => return Ok(None),
+        };
+        if kind == "spice" {
+            let caps = self
+                .blocking(|c| {
+                    c.domain_capabilities(None, Some("x86_64"), None, None, 0)
+                        .map_err(|e| engine("read the host's domain capabilities", e))
+                })
+                .await?;
+            let offered = xml::graphics_types(&caps);
+            if !offered.iter().any(|t| t == "spice") {
+                return Err(ProviderError::Conflict {
+                    message: format!(
+                        "`graphics = \"spice\"` needs SPICE support, which this host's QEMU \
+                         lacks (it offers: {}); use `graphics = \"vnc\"` in \
+                         [machines.{}.libvirt], or install QEMU's SPICE module (Debian: \
+                         qemu-system-modules-spice)",
+                        offered.join(", "),
+                        spec.machine,
+                    ),
+                });
+            }
+        }
+        Ok(Some(kind))
     }
 
     pub(crate) async fn create_machine(&self, spec: &MachineSpec) -> Result<MachineInfo> {

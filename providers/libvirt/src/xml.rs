@@ -12,7 +12,7 @@ mod domain;
 mod network;
 mod snapshot;
 
-pub use domain::{Domain, Share, network_nic, ports};
+pub use domain::{Domain, Share, graphics_types, network_nic, ports};
 pub use network::{
     Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_domain, network_ip, qualified,
 };

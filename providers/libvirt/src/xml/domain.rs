@@ -1,5 +1,5 @@
 //! A domain's XML: written whole from a [`Domain`], and what envrig reads back from one (its
-//! forwarded ports, its NIC on the private network).
+//! forwarded ports, its NIC on the private network), and the displays a host offers.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +34,9 @@ pub struct Domain<'a> {
     pub shares: &'a [Share],
     /// A NoCloud seed (an ISO labelled `cidata`) attached read-only as a second disk.
     pub seed: Option<&'a str>,
+    /// A display (`vnc` or `spice`) on 127.0.0.1 with a port libvirt picks, and a video
+    /// device; `None`: the serial console only.
+    pub graphics: Option<&'a str>,
 }
 
 /// A host folder shared with the guest by virtiofs or 9p, mounted by its tag.
@@ -192,6 +195,24 @@ impl Domain<'_> {
         empty(&mut w, "source", &[("path", self.console_log)])?;
         empty(&mut w, "target", &[("type", "serial"), ("port", "0")])?;
         close(&mut w, "console")?;
+        // A display for a viewer on this host only, as vagrant-libvirt makes one: a port
+        // libvirt picks (`virsh domdisplay` tells it), and a cirrus card with 16 MiB.
+        if let Some(kind) = self.graphics {
+            open(&mut w, "graphics", &[("type", kind), ("autoport", "yes")])?;
+            empty(
+                &mut w,
+                "listen",
+                &[("type", "address"), ("address", "127.0.0.1")],
+            )?;
+            close(&mut w, "graphics")?;
+            open(&mut w, "video", &[])?;
+            empty(
+                &mut w,
+                "model",
+                &[("type", "cirrus"), ("vram", "16384"), ("heads", "1")],
+            )?;
+            close(&mut w, "video")?;
+        }
         // The guest agent: exec and uploads without a network.
         open(&mut w, "channel", &[("type", "unix")])?;
         empty(
@@ -265,6 +286,34 @@ pub fn ports(xml: &str) -> Vec<PortSpec> {
         }
     }
     out
+}
+
+/// The display types (`<graphics>`'s) a host's domain capabilities offer.
+pub fn graphics_types(caps: &str) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_str(caps);
+    let (mut in_graphics, mut in_value) = (false, false);
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => match e.local_name().as_ref() {
+                b"graphics" => in_graphics = true,
+                b"value" => in_value = in_graphics,
+                _ => {}
+            },
+            Ok(Event::Text(t)) if in_value => {
+                if let Ok(v) = t.decode() {
+                    out.push(v.trim().to_string());
+                }
+            }
+            Ok(Event::End(e)) => match e.local_name().as_ref() {
+                b"graphics" => in_graphics = false,
+                b"value" => in_value = false,
+                _ => {}
+            },
+            Ok(Event::Eof) | Err(_) => return out,
+            _ => {}
+        }
+    }
 }
 
 /// The network a domain is attached to and its MAC there (its `type='network'` NIC).

@@ -41,6 +41,7 @@ fn labels_and_ports_round_trip_and_values_are_escaped() {
             daemon: Some("/usr/libexec/virtiofsd".into()),
         }],
         seed: Some("/d/seed.iso"),
+        graphics: None,
     };
     let xml = d.to_xml().unwrap();
     assert_eq!(
@@ -64,6 +65,64 @@ fn labels_and_ports_round_trip_and_values_are_escaped() {
         "{xml}"
     );
     assert_eq!(xml.matches("<backingStore/>").count(), 1, "{xml}");
+    // No `graphics`: the serial console only, no display and no video card.
+    assert!(
+        !xml.contains("<graphics") && !xml.contains("<video"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_display_listens_on_loopback_with_a_port_libvirt_picks_and_a_video_card() {
+    let labels = BTreeMap::new();
+    for kind in ["vnc", "spice"] {
+        let d = Domain {
+            name: "p-1-vm-1",
+            kind: "qemu",
+            memory_mib: 256,
+            vcpus: 1,
+            machine_type: "pc",
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            disk: "/d/disk.qcow2",
+            backing: &[],
+            console_log: "/d/console.log",
+            ports: &[],
+            labels: &labels,
+            network: None,
+            shares: &[],
+            seed: None,
+            graphics: Some(kind),
+        };
+        let xml = d.to_xml().unwrap();
+        let display = format!(
+            "<graphics type=\"{kind}\" autoport=\"yes\">\n      <listen type=\"address\" address=\"127.0.0.1\"/>\n    </graphics>"
+        );
+        assert!(xml.contains(&display), "{xml}");
+        assert!(
+            xml.contains("<model type=\"cirrus\" vram=\"16384\" heads=\"1\"/>"),
+            "{xml}"
+        );
+        // The whole element: no fixed port, no other address.
+        assert_eq!(xml.matches("<graphics").count(), 1, "{xml}");
+        assert!(!xml.contains("0.0.0.0"), "{xml}");
+        // The serial console stays.
+        assert!(
+            xml.contains("<target type=\"serial\" port=\"0\"/>"),
+            "{xml}"
+        );
+    }
+}
+
+#[test]
+fn the_displays_a_host_offers_are_read_from_its_domain_capabilities() {
+    let caps = "<domainCapabilities><devices><disk supported='yes'><enum name='bus'><value>virtio</value></enum></disk>\
+        <graphics supported='yes'><enum name='type'><value>sdl</value><value>vnc</value>\
+        <value>dbus</value></enum></graphics><video supported='yes'><enum name='modelType'>\
+        <value>vga</value></enum></video></devices></domainCapabilities>";
+    assert_eq!(graphics_types(caps), ["sdl", "vnc", "dbus"]);
+    assert!(graphics_types("<domainCapabilities/>").is_empty());
 }
 
 #[test]
