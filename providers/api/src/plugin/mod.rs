@@ -12,6 +12,7 @@
 //! `main`; [`Plugin`] and [`PluginProvider`] are envrig's side.
 
 mod client;
+mod provider;
 mod serve;
 pub mod wire;
 
