@@ -322,21 +322,11 @@ mod tests {
     }
 
     fn load(dir: &Path, src: &str) -> crate::envfile::Envfile {
-        let caps = |n: &str| {
-            (n == "docker").then_some(envrig_provider_api::Capabilities {
-                custom_command: true,
-                live_synced_folders: true,
-                ssh: false,
-                interactive: true,
-                private_network: true,
-                box_store: false,
-                drift_from_base: true,
-            })
-        };
+        let providers = crate::envfile::tests::providers();
         let opts = crate::envfile::LoadOptions {
             env: &|_| None,
             provider_override: None,
-            capabilities: &caps,
+            providers: &providers,
             check_paths: true,
         };
         crate::envfile::parse(src, &dir.join("Envfile"), "Envfile", &opts)

@@ -5,8 +5,8 @@
 //! provider is a plugin: an executable named `envrig-provider-NAME` in a folder of
 //! `ENVRIG_PLUGINS`, beside `envrig`, or on `PATH` (searched in that order, the first found
 //! wins; a plugin never replaces a built-in provider). A plugin is
-//! started when a command first asks about it (its capabilities, or the provider itself),
-//! once per command; connections to engines are made lazily, once per process, so a
+//! started when a command first asks about it (its schema: capabilities and Envfile keys,
+//! or the provider itself), once per command; connections to engines are made lazily, once per process, so a
 //! command that needs only Docker starts no plugin and loads no engine library.
 
 use std::future::Future;
@@ -15,7 +15,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use envrig_provider_api::plugin::Plugin;
-use envrig_provider_api::{Capabilities, Provider, ProviderError};
+// The one provider the core names: built in, and so the default (`names-provider` test).
+use envrig_provider_api::{Capabilities, Provider, ProviderError, Schema};
+use envrig_provider_docker::{DockerProvider as Builtin, schema as builtin_schema};
 use tokio::sync::OnceCell;
 
 type Connect =
@@ -26,13 +28,13 @@ pub const PLUGIN_PREFIX: &str = "envrig-provider-";
 
 enum Source {
     Builtin {
-        capabilities: Capabilities,
+        schema: Schema,
         connect: Connect,
     },
     Plugin {
         path: PathBuf,
-        /// The started plugin's capabilities, or why it could not start.
-        described: OnceLock<Result<Capabilities, String>>,
+        /// The started plugin's schema (from its hello), or why it could not start.
+        described: OnceLock<Result<Schema, String>>,
         /// The started plugin, until it is connected.
         started: Mutex<Option<Box<Plugin>>>,
     },
@@ -44,7 +46,8 @@ struct Entry {
     cell: OnceCell<Arc<dyn Provider>>,
 }
 
-/// The providers of this envrig: built-in ones and the plugins found.
+/// The providers of this envrig: built-in ones and the plugins found. The first is the
+/// default provider, used when neither a machine, the project nor `--provider` names one.
 pub struct Registry {
     entries: Vec<Entry>,
     /// The verbosity plugins are started with.
@@ -64,13 +67,14 @@ impl Registry {
     /// executable, `PATH`);
     /// plugins are started with verbosity `log` (`warn`, `debug`...).
     pub fn discover(log: &str) -> Registry {
+        let builtin = builtin_schema();
         let mut entries = vec![Entry {
-            name: envrig_provider_docker::PROVIDER_NAME.to_string(),
+            name: builtin.name.clone(),
             source: Source::Builtin {
-                capabilities: envrig_provider_docker::CAPABILITIES,
+                schema: builtin,
                 connect: || {
                     Box::pin(async {
-                        let p = envrig_provider_docker::DockerProvider::connect().await?;
+                        let p = Builtin::connect().await?;
                         Ok(Arc::new(p) as Arc<dyn Provider>)
                     })
                 },
@@ -105,8 +109,15 @@ impl Registry {
         }
     }
 
+    /// The names of the providers, the default one first (no plugin is started).
     pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
         self.entries.iter().map(|e| e.name.as_str())
+    }
+
+    /// The provider used when neither a machine, the project nor `--provider` names one:
+    /// the built-in one.
+    pub fn default_name(&self) -> &str {
+        &self.entries[0].name
     }
 
     fn entry(&self, name: &str) -> Result<&Entry, ProviderError> {
@@ -121,18 +132,44 @@ impl Registry {
             })
     }
 
+    /// Why `name` is no provider of this envrig, with a did-you-mean; `None` when it is one
+    /// (no plugin is started).
+    pub fn unknown(&self, name: &str) -> Option<(String, String)> {
+        if self.entry(name).is_ok() {
+            return None;
+        }
+        let message = format!(
+            "there is no `{name}` provider (not built in, and no `{PLUGIN_PREFIX}{name}` plugin found)"
+        );
+        let hint = match crate::envfile::did_you_mean(name, self.names()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!(
+                "providers here: {}",
+                self.names().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        Some((message, hint))
+    }
+
     /// The capabilities of a provider, without connecting to its engine (a plugin is
     /// started and says them); `None` when there is no such provider or its plugin does
     /// not start ([`Registry::get`] then says why).
     pub fn capabilities(&self, name: &str) -> Option<Capabilities> {
+        self.schema(name).map(|s| s.capabilities)
+    }
+
+    /// The schema of a provider (name, capabilities, Envfile keys), without connecting to
+    /// its engine (a plugin is started and says it in its hello); `None` when there is no
+    /// such provider or its plugin does not start ([`Registry::describe`] says why).
+    pub fn schema(&self, name: &str) -> Option<&Schema> {
         self.describe(name).ok()
     }
 
-    /// The capabilities of provider `name`, or why it cannot be used.
-    pub fn describe(&self, name: &str) -> Result<Capabilities, ProviderError> {
+    /// The schema of provider `name`, or why it cannot be used.
+    pub fn describe(&self, name: &str) -> Result<&Schema, ProviderError> {
         let entry = self.entry(name)?;
         match &entry.source {
-            Source::Builtin { capabilities, .. } => Ok(*capabilities),
+            Source::Builtin { schema, .. } => Ok(schema),
             Source::Plugin {
                 path,
                 described,
@@ -140,11 +177,11 @@ impl Registry {
             } => described
                 .get_or_init(|| {
                     let plugin = Plugin::start(path, name, &self.log)?;
-                    let caps = plugin.hello().capabilities;
+                    let schema = plugin.hello().schema.clone();
                     *started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(plugin));
-                    Ok(caps)
+                    Ok(schema)
                 })
-                .clone()
+                .as_ref()
                 .map_err(|message| ProviderError::Unavailable {
                     provider: "envrig",
                     message: format!("the `{name}` provider's plugin does not start: {message}"),
@@ -185,6 +222,17 @@ impl Registry {
             })
             .await
             .cloned()
+    }
+}
+
+/// The Envfile is read against the registry (a plugin starts when its schema is asked).
+impl crate::envfile::Providers for Registry {
+    fn names(&self) -> Vec<&str> {
+        Registry::names(self).collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<&Schema> {
+        Registry::schema(self, name)
     }
 }
 

@@ -46,8 +46,8 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
-    /// Override the default provider for this run
-    #[arg(long, global = true, env = "ENVRIG_PROVIDER", value_parser = ["docker", "libvirt"])]
+    /// Override the default provider for this run (a built-in provider, or a plugin found)
+    #[arg(long, global = true, env = "ENVRIG_PROVIDER")]
     provider: Option<String>,
 
     /// Address the environment of one `envrig run` (kept with --keep-on-failure)

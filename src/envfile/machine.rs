@@ -9,7 +9,6 @@ use std::time::Duration;
 use envrig_provider_api::{OptionValue, PortSpec};
 use toml::de::{DeTable, DeValue};
 
-use super::provider_schema::KNOWN_PROVIDERS;
 use super::read::{Parser, V, get, join};
 use super::values::{self, Name};
 use super::{KeySpan, Ready, RunPolicy, Step, StepKind, Synced};
@@ -32,8 +31,6 @@ const MACHINE_KEYS: &[&str] = &[
     "drift_ignore",
     "ready",
     "provision",
-    "docker",
-    "libvirt",
 ];
 const READY_KEYS: &[&str] = &["command", "timeout", "interval"];
 const STEP_KEYS: &[&str] = &[
@@ -66,8 +63,8 @@ pub(super) struct MachineRaw {
     pub(super) drift_ignore: Option<Field<Vec<String>>>,
     pub(super) ready: Option<Field<Ready>>,
     pub(super) provision: Option<Field<Vec<Step>>>,
-    pub(super) docker: Option<Field<BTreeMap<String, OptionValue>>>,
-    pub(super) libvirt: Option<Field<BTreeMap<String, OptionValue>>>,
+    /// `[machines.NAME.<provider>]` tables, by provider name.
+    pub(super) options: BTreeMap<String, Field<BTreeMap<String, OptionValue>>>,
 }
 
 impl Parser<'_> {
@@ -285,7 +282,27 @@ impl Parser<'_> {
     }
 
     pub(super) fn machine_raw(&mut self, path: &str, t: &DeTable<'_>) -> MachineRaw {
-        self.check_keys(path, t, MACHINE_KEYS);
+        // Beside its own keys, a machine has a table for any provider (see
+        // `provider_schema`: one of this envrig's, or of another host).
+        let opts = self.opts;
+        let mut known = MACHINE_KEYS.to_vec();
+        known.extend(opts.providers.names());
+        let names = opts.providers.names();
+        let providers: Vec<&str> = t
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.get_ref().as_ref(),
+                    matches!(v.get_ref(), DeValue::Table(_)),
+                )
+            })
+            .filter(|&(k, table)| {
+                names.contains(&k)
+                    || (table && !MACHINE_KEYS.contains(&k) && self.names_provider(k, &known))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        self.check_keys_except(path, t, &known, &providers);
         let mut m = MachineRaw::default();
         for (k, v) in t.iter() {
             let key = k.get_ref().as_ref();
@@ -303,7 +320,7 @@ impl Parser<'_> {
             }
             match key {
                 "box" => set!(box_name, self.non_empty_str(&p, v)),
-                "provider" => set!(provider, self.one_of(&p, v, KNOWN_PROVIDERS)),
+                "provider" => set!(provider, self.provider(&p, v)),
                 "cpus" => set!(cpus, self.int(&p, v, 1, 256).map(|n| n as u32)),
                 "memory" => {
                     let parsed = self.str(&p, v).and_then(|s| {
@@ -397,8 +414,11 @@ impl Parser<'_> {
                 ),
                 "ready" => set!(ready, self.ready(&p, v)),
                 "provision" => set!(provision, self.steps(&p, v)),
-                "docker" => set!(docker, self.options(&p, v, "docker")),
-                "libvirt" => set!(libvirt, self.options(&p, v, "libvirt")),
+                _ if providers.contains(&key) => {
+                    if let Some(value) = self.options(&p, v, key) {
+                        m.options.insert(key.to_string(), Field { value, at });
+                    }
+                }
                 _ => {}
             }
         }
@@ -431,7 +451,10 @@ pub(super) fn merge(defaults: &MachineRaw, own: MachineRaw) -> MachineRaw {
         drift_ignore: own.drift_ignore.or_else(|| defaults.drift_ignore.clone()),
         ready: own.ready.or_else(|| defaults.ready.clone()),
         provision: own.provision.or_else(|| defaults.provision.clone()),
-        docker: own.docker.or_else(|| defaults.docker.clone()),
-        libvirt: own.libvirt.or_else(|| defaults.libvirt.clone()),
+        options: {
+            let mut options = defaults.options.clone();
+            options.extend(own.options);
+            options
+        },
     }
 }

@@ -3,9 +3,10 @@
 //! Loading is two steps kept apart, as ripgrep keeps low and high args apart: [`parse`]
 //! walks the spanned TOML document, checks every key and value and merges `[defaults]`
 //! (module `walk`, reading values through `read` and machines through `machine`); then each
-//! machine is resolved against the providers this build has (its provider, its base, the
+//! machine is resolved against the providers this envrig has (its provider, its base, the
 //! keys the provider's capabilities allow), and dependency cycles are found (`cycles`).
-//! What the format knows of providers is in `provider_schema`. Every problem is a
+//! What providers own (their names, their tables' keys, box references) is read against
+//! their schemas in `provider_schema`; the format itself names no provider. Every problem is a
 //! [`Diagnostic`] with a span and a key path; all are reported at once.
 
 mod cycles;
@@ -22,11 +23,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envrig_provider_api::{Capabilities, OptionValue, PortSpec};
+use envrig_provider_api::{OptionValue, PortSpec};
 
 pub use diag::{Diagnostic, Report, Severity, did_you_mean, line_col};
 pub use expand::{ExpandError, expand};
-pub use provider_schema::{DEFAULT_PROVIDER, KNOWN_PROVIDERS};
+pub use provider_schema::Providers;
 pub use values::{Name, Subnet};
 
 /// The file name envrig looks for.
@@ -170,8 +171,8 @@ pub struct LoadOptions<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// `--provider` / `ENVRIG_PROVIDER`.
     pub provider_override: Option<&'a str>,
-    /// The capabilities of the providers this build has, by name.
-    pub capabilities: &'a dyn Fn(&str) -> Option<Capabilities>,
+    /// The providers this envrig has (names, the default first) and their schemas.
+    pub providers: &'a dyn Providers,
     /// Whether host paths must exist. `false` when the files are not in place yet, as when
     /// `import` reads an archive's Envfile before writing anything.
     pub check_paths: bool,
@@ -255,4 +256,4 @@ pub fn parse(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -84,9 +84,21 @@ impl<'a> Parser<'a> {
 
     /// Reports every key of `table` not in `known`.
     pub(super) fn check_keys(&mut self, path: &str, table: &DeTable<'_>, known: &[&str]) {
+        self.check_keys_except(path, table, known, &[]);
+    }
+
+    /// Reports every key of `table` not in `known` nor in `also` (keys taken for another
+    /// reason, not offered in a did-you-mean).
+    pub(super) fn check_keys_except(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        known: &[&str],
+        also: &[&str],
+    ) {
         for (k, _) in table.iter() {
             let key = k.get_ref().as_ref();
-            if known.contains(&key) {
+            if known.contains(&key) || also.contains(&key) {
                 continue;
             }
             let full = join(path, key);

@@ -2,20 +2,30 @@
 
 use std::path::Path;
 
-use envrig_provider_api::Capabilities;
+use envrig_provider_api::{Capabilities, Schema};
 
 use super::*;
 
-fn docker_caps(name: &str) -> Option<Capabilities> {
-    (name == "docker").then_some(Capabilities {
-        custom_command: true,
-        live_synced_folders: true,
-        ssh: false,
-        interactive: true,
-        private_network: true,
-        box_store: false,
-        drift_from_base: true,
-    })
+/// The providers envrig comes with, as they describe themselves: Docker (built in, the
+/// default) and libvirt (a plugin), both available.
+pub(crate) fn providers() -> Vec<Schema> {
+    vec![
+        envrig_provider_docker::schema(),
+        envrig_provider_libvirt::schema(),
+    ]
+}
+
+/// Docker available; libvirt found as a plugin that does not start.
+struct LibvirtNotStarting(Vec<Schema>);
+
+impl Providers for LibvirtNotStarting {
+    fn names(&self) -> Vec<&str> {
+        vec!["docker", "libvirt"]
+    }
+
+    fn schema(&self, name: &str) -> Option<&Schema> {
+        self.0.iter().find(|s| s.name == name && name == "docker")
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -37,10 +47,19 @@ fn project_dir() -> tempfile::TempDir {
 }
 
 fn parse_in(dir: &Path, src: &str, provider: Option<&str>) -> Result<(Envfile, Report), LoadError> {
+    parse_with(dir, src, provider, &providers())
+}
+
+fn parse_with(
+    dir: &Path,
+    src: &str,
+    provider: Option<&str>,
+    providers: &dyn Providers,
+) -> Result<(Envfile, Report), LoadError> {
     let opts = LoadOptions {
         env: &env,
         provider_override: provider,
-        capabilities: &docker_caps,
+        providers,
         check_paths: true,
     };
     parse(src, &dir.join("Envfile"), "Envfile", &opts)
@@ -161,8 +180,25 @@ fn the_spec_example_parses_whole() {
         ("libvirt", "debian-12")
     );
     assert_eq!(db.cpus, Some(1), "defaults apply");
-    // libvirt is not in this build: a warning, not an error.
+    assert_eq!(db.options()["machine_type"], OptionValue::Str("q35".into()));
+    assert!(report.diagnostics.is_empty(), "{}", report.render(false));
+}
+
+#[test]
+fn a_provider_this_envrig_cannot_use_is_a_warning_and_a_near_miss_an_error() {
+    let dir = project_dir();
+    // Found but not starting: its table and box references are taken as written.
+    let not_starting = LibvirtNotStarting(providers());
+    let (e, report) = parse_with(dir.path(), SPEC_EXAMPLE, None, &not_starting).unwrap();
+    assert_eq!(e.machines[1].base, "debian-12");
     insta::assert_snapshot!(report.render(false));
+    // Not here at all (a plugin of another host): the same, with its own words.
+    let docker_only = vec![envrig_provider_docker::schema()];
+    let (_, report) = parse_with(dir.path(), SPEC_EXAMPLE, None, &docker_only).unwrap();
+    insta::assert_snapshot!(report.render(false));
+    // A near miss of a provider, in each place a provider is named, is an error.
+    let src = "[boxes.b]\ndokcer = \"img\"\n[machines.a]\nbox = \"b\"\nprovider = \"dockr\"\n[machines.a.libvrt]\nx = 1\n";
+    insta::assert_snapshot!(errors(src));
 }
 
 #[test]
@@ -295,10 +331,13 @@ fn a_missing_box_and_no_machines_are_explained() {
 fn command_is_refused_where_the_provider_cannot_honour_it() {
     let dir = project_dir();
     let src = "[boxes.b]\ndocker = \"img\"\n[machines.web]\nbox = \"b\"\ncommand = [\"x\"]\n";
+    let mut docker = envrig_provider_docker::schema();
+    docker.capabilities = Capabilities::default();
+    let providers = vec![docker];
     let opts = LoadOptions {
         env: &env,
         provider_override: None,
-        capabilities: &|_| Some(Capabilities::default()),
+        providers: &providers,
         check_paths: true,
     };
     let Err(LoadError::Invalid(r)) = parse(src, &dir.path().join("Envfile"), "Envfile", &opts)
@@ -321,7 +360,7 @@ fn provider_override_changes_the_default_not_an_explicit_choice() {
     assert_eq!(e.machines[0].provider, "libvirt");
     assert_eq!(e.machines[0].base, "box");
     assert_eq!(e.machines[1].provider, "docker");
-    assert_eq!(r.diagnostics.len(), 1, "a warning for the libvirt machine");
+    assert!(r.diagnostics.is_empty(), "{}", r.render(false));
 }
 
 #[test]
@@ -342,12 +381,12 @@ fn project_name_defaults_to_the_folder() {
 #[test]
 fn every_template_is_a_valid_envfile() {
     let dir = project_dir();
+    let providers = providers();
     for t in crate::ops::TEMPLATES {
-        let caps = |_: &str| docker_caps("docker");
         let opts = LoadOptions {
             env: &env,
             provider_override: None,
-            capabilities: &caps,
+            providers: &providers,
             check_paths: true,
         };
         if let Err(LoadError::Invalid(r)) =

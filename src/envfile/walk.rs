@@ -11,7 +11,7 @@ use toml::de::DeTable;
 use super::cycles::check_cycles;
 use super::diag::{Diagnostic, did_you_mean};
 use super::machine::{MachineRaw, merge};
-use super::provider_schema::{DEFAULT_PROVIDER, KNOWN_PROVIDERS};
+use super::provider_schema::BoxRefAt;
 use super::read::{Parser, get, join};
 use super::values::{self, Name};
 use super::{BoxDef, DEFAULT_KEEP, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
@@ -72,7 +72,7 @@ pub(super) fn parse_document(
             }
         }
         if let Some(v) = get(t, "provider") {
-            project.provider = p.one_of("project.provider", v, KNOWN_PROVIDERS);
+            project.provider = p.provider("project.provider", v);
         }
         if let Some(v) = get(t, "immutable") {
             project.immutable = p.bool("project.immutable", v).unwrap_or(false);
@@ -101,8 +101,11 @@ pub(super) fn parse_document(
         }
     }
 
-    // [boxes.NAME]
+    // [boxes.NAME]: references are checked once the providers in use are known (a
+    // reference for a provider no machine uses starts no plugin), and reported here.
+    let provider_names = opts.providers.names();
     let mut boxes = Vec::new();
+    let mut box_refs = Vec::new();
     if let Some(v) = get(root, "boxes")
         && let Some(t) = p.table("boxes", v)
     {
@@ -127,28 +130,43 @@ pub(super) fn parse_document(
                 continue;
             }
             let Some(bt) = p.table(&bp, bv) else { continue };
-            p.check_keys(&bp, bt, KNOWN_PROVIDERS);
+            let elsewhere: Vec<&str> = bt
+                .iter()
+                .map(|(k, _)| k.get_ref().as_ref())
+                .filter(|k| !provider_names.contains(k) && p.names_provider(k, &provider_names))
+                .collect();
+            p.check_keys_except(&bp, bt, &provider_names, &elsewhere);
             let mut refs = BTreeMap::new();
-            for provider in KNOWN_PROVIDERS {
-                let Some(r) = get(bt, provider) else { continue };
+            for (k, r) in bt.iter() {
+                let provider = k.get_ref().as_ref();
+                if !provider_names.contains(&provider) && !elsewhere.contains(&provider) {
+                    continue;
+                }
                 let rp = join(&bp, provider);
                 let Some(s) = p.non_empty_str(&rp, r) else {
                     continue;
                 };
-                p.check_box_ref(provider, &rp, r, &s);
+                box_refs.push(BoxRefAt {
+                    provider: provider.to_string(),
+                    path: rp,
+                    span: r.span(),
+                    reference: s.clone(),
+                });
                 refs.insert(provider.to_string(), s);
             }
             if bt.is_empty() {
+                let help = format!("add {}", p.box_ref_examples(&provider_names).join(" or "));
                 p.error_help(
                     &bp,
                     bv.span(),
                     "a box needs a reference for at least one provider",
-                    "add `docker = \"IMAGE\"` or `libvirt = \"BOX\"`",
+                    help,
                 );
             }
             boxes.push((BoxDef { name, refs }, bv.span()));
         }
     }
+    let box_diags_at = p.diags.len();
 
     // [defaults]
     let defaults = match get(root, "defaults") {
@@ -210,9 +228,9 @@ pub(super) fn parse_document(
                 .provider_override
                 .map(str::to_string)
                 .or_else(|| project.provider.clone())
-                .unwrap_or_else(|| DEFAULT_PROVIDER.to_string()),
+                .unwrap_or_else(|| p.default_provider()),
         };
-        let caps = (opts.capabilities)(&provider);
+        let caps = opts.providers.schema(&provider).map(|s| s.capabilities);
         if caps.is_none() {
             let at = raw
                 .provider
@@ -222,9 +240,17 @@ pub(super) fn parse_document(
                     path: mp.clone(),
                     span: span.clone(),
                 });
+            let why = if provider_names.contains(&provider.as_str()) {
+                "whose plugin does not start".to_string()
+            } else {
+                format!(
+                    "which this envrig does not have (no `envrig-provider-{provider}` plugin found)"
+                )
+            };
+            let default = p.default_provider();
             p.diags.push(
-                Diagnostic::warning(at.path, at.span, format!("machine `{name}` uses the `{provider}` provider, which this build of envrig does not have yet"))
-                    .with_help("`envrig up` refuses this machine; pick `provider = \"docker\"` to run it now"),
+                Diagnostic::warning(at.path, at.span, format!("machine `{name}` uses the `{provider}` provider, {why}"))
+                    .with_help(format!("`envrig up` refuses this machine; pick `provider = \"{default}\"` to run it now")),
             );
         }
         let mut base = String::new();
@@ -234,7 +260,7 @@ pub(super) fn parse_document(
                 None => {
                     let help = match did_you_mean(&f.value, boxes.iter().map(|(b, _)| b.name.as_str())) {
                         Some(s) => format!("did you mean `{s}`?"),
-                        None => format!("declare it: [boxes.{}] with `docker = \"IMAGE\"`", f.value),
+                        None => format!("declare it: [boxes.{}] with {}", f.value, p.box_ref_examples(&[provider.as_str()])[0]),
                     };
                     p.error_help(&f.at.path, f.at.span.clone(), format!("unknown box `{}`", f.value), help);
                 }
@@ -252,18 +278,30 @@ pub(super) fn parse_document(
         if let Some(caps) = caps
             && let (Some(cmd), false) = (&raw.command, caps.custom_command)
         {
+            let can: Vec<&str> = provider_names
+                .iter()
+                .copied()
+                .filter(|n| {
+                    opts.providers
+                        .schema(n)
+                        .is_some_and(|s| s.capabilities.custom_command)
+                })
+                .collect();
             p.error_help(
                 &cmd.at.path,
                 cmd.at.span.clone(),
                 format!("the {provider} provider cannot set a machine's main process"),
-                "`command` applies to docker machines only; remove it",
+                match can.is_empty() {
+                    true => "no provider here can; remove it".to_string(),
+                    false => format!(
+                        "`command` applies to {} machines only; remove it",
+                        can.join(" and ")
+                    ),
+                },
             );
         }
-        for (own, f) in [("docker", &raw.docker), ("libvirt", &raw.libvirt)] {
-            if let Some(f) = f
-                && own != provider
-                && raw.provider.is_some()
-            {
+        for (own, f) in &raw.options {
+            if *own != provider && raw.provider.is_some() {
                 p.diags.push(Diagnostic::warning(&f.at.path, f.at.span.clone(), format!("machine `{name}` uses the {provider} provider, so its `{own}` settings have no effect")));
             }
         }
@@ -313,13 +351,11 @@ pub(super) fn parse_document(
             "hostname" => hostname, "ports" => ports, "synced" => synced, "env" => env,
             "depends_on" => depends_on, "ttl" => ttl, "command" => command, "ready" => ready,
             "provision" => provision);
-        let mut provider_options = BTreeMap::new();
-        if let Some(f) = &raw.docker {
-            provider_options.insert("docker".to_string(), f.value.clone());
-        }
-        if let Some(f) = &raw.libvirt {
-            provider_options.insert("libvirt".to_string(), f.value.clone());
-        }
+        let provider_options = raw
+            .options
+            .iter()
+            .map(|(k, f)| (k.clone(), f.value.clone()))
+            .collect();
         machines.push(Machine {
             hostname: raw
                 .hostname
@@ -345,6 +381,16 @@ pub(super) fn parse_document(
             span,
         });
     }
+    // Box references for the providers in use, reported where the boxes are.
+    let after = std::mem::take(&mut p.diags);
+    let (before, after) = after.split_at(box_diags_at);
+    p.diags = before.to_vec();
+    for r in &box_refs {
+        if machines.iter().any(|m| m.provider == r.provider) {
+            p.check_box_ref(r);
+        }
+    }
+    p.diags.extend_from_slice(after);
     check_cycles(&machines, &mut p.diags);
 
     let envfile = Envfile {

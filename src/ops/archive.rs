@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use envrig_provider_api::{Snapshot, labels};
+use envrig_provider_api::Snapshot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -165,18 +165,6 @@ pub async fn export(
             let made =
                 super::snapshot::save_locked(ctx, project, &temp_name, machines, false, true, true)
                     .await?;
-            let made = made
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.labels
-                            .get(labels::PROVIDER)
-                            .cloned()
-                            .unwrap_or_else(|| "docker".into()),
-                        s,
-                    )
-                })
-                .collect();
             (made, true)
         }
     };

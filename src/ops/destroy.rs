@@ -114,7 +114,7 @@ pub async fn destroy(
     if let Some(e) = stuck {
         return Err(OpError::provider(
             format!(
-                "every machine of `{}` is removed, but not all of its networks and volumes; `envrig gc` removes them once nothing holds them (a Docker network that \"has active endpoints\" while no container uses it is a Docker 20.10 leak that only a restart of dockerd clears)",
+                "every machine of `{}` is removed, but not all of its networks and volumes; `envrig gc` removes them once nothing holds them (a Docker network that \"has active endpoints\" while no container uses it is a Docker 20.10 leak that only a restart of dockerd clears)", // names-provider: a known engine bug, explained
                 project.envfile.project.name
             ),
             e,

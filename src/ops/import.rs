@@ -274,11 +274,10 @@ pub async fn import_check(
         }
         v
     };
-    let caps = |name: &str| ctx.registry.capabilities(name);
     let opts = LoadOptions {
         env: &env,
         provider_override: settings.provider_override.as_deref(),
-        capabilities: &caps,
+        providers: &ctx.registry,
         check_paths: false,
     };
     let display = format!(
@@ -422,11 +421,11 @@ mod tests {
     use super::*;
 
     fn envfile() -> Envfile {
-        let caps = |_: &str| Some(envrig_provider_api::Capabilities::default());
+        let providers = crate::envfile::tests::providers();
         let opts = LoadOptions {
             env: &|_| None,
             provider_override: None,
-            capabilities: &caps,
+            providers: &providers,
             check_paths: false,
         };
         let src = "[boxes.bb]\ndocker = \"busybox\"\n[machines.a]\nbox = \"bb\"\n";

@@ -26,7 +26,7 @@ pub const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "vm",
-        summary: "one libvirt/QEMU virtual machine",
+        summary: "one libvirt/QEMU virtual machine", // names-provider: the template's subject
         text: include_str!("../../templates/vm.toml"),
     },
 ];

@@ -43,11 +43,10 @@ impl Project {
         settings: &LoadSettings,
     ) -> Result<Project, LoadError> {
         let env = |name: &str| std::env::var(name).ok();
-        let caps = |name: &str| registry.capabilities(name);
         let opts = LoadOptions {
             env: &env,
             provider_override: settings.provider_override.as_deref(),
-            capabilities: &caps,
+            providers: registry,
             check_paths: true,
         };
         let (mut envfile, warnings) = envfile::load(path, display_path, &opts)?;

@@ -100,12 +100,12 @@ pub async fn snapshot_save(
         save_locked(ctx, project, name, machines, force, false, false)
             .await?
             .into_iter()
-            .map(|s| s.machine)
+            .map(|(_, s)| s.machine)
             .collect(),
     )
 }
 
-/// Saves with the project's lock already held; returns the snapshots made. With `flush`,
+/// Saves with the project's lock already held; returns the snapshots made, each with its provider. With `flush`,
 /// running machines first write what they hold in memory to their disks (so a disk alone
 /// holds every file: an export made now), and the snapshots say so (`dev.envrig.flushed`);
 /// without, the moment is taken at once (memory included where the engine keeps it), and
@@ -119,7 +119,7 @@ pub(super) async fn save_locked(
     force: bool,
     flush: bool,
     temp: bool,
-) -> Result<Vec<Snapshot>, OpError> {
+) -> Result<Vec<(String, Snapshot)>, OpError> {
     // What exists and which snapshots exist, asked at once.
     let (targets, found) = tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
     let (selected, observed) = targets?;
@@ -173,7 +173,7 @@ pub(super) async fn save_locked(
     // One moment for all: pause every running machine, save each, resume all. A single
     // machine is saved consistently by its provider alone (one pause fewer).
     let mut paused = Vec::new();
-    let mut result: Result<Vec<Snapshot>, OpError> = Ok(Vec::new());
+    let mut result: Result<Vec<(String, Snapshot)>, OpError> = Ok(Vec::new());
     for (m, o) in &work {
         if work.len() > 1 && o.state.can_exec() {
             let p = provider(ctx, &o.provider).await?;
@@ -225,6 +225,7 @@ pub(super) async fn save_locked(
                     o.state.can_exec() || o.state == envrig_provider_api::MachineState::Paused,
                 )
                 .await
+                .map(|s| (o.provider.clone(), s))
                 .map_err(|e| OpError::provider(format!("cannot save `{}`", m.name), e))
             }
         });

@@ -233,23 +233,16 @@ pub fn assess(
 mod tests {
     use super::*;
     use crate::envfile::{LoadOptions, parse};
-    use envrig_provider_api::Capabilities;
 
     const FOLDER: &str = "/imports/shop";
 
     fn envfile(src: &str) -> Envfile {
-        let caps = |_: &str| {
-            Some(Capabilities {
-                custom_command: true,
-                live_synced_folders: true,
-                ..Capabilities::default()
-            })
-        };
+        let providers = crate::envfile::tests::providers();
         let env = |v: &str| (v == "HOME").then(|| "/home/me".to_string());
         let opts = LoadOptions {
             env: &env,
             provider_override: None,
-            capabilities: &caps,
+            providers: &providers,
             check_paths: false,
         };
         let path = Path::new(FOLDER).join("Envfile");

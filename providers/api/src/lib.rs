@@ -26,11 +26,13 @@ use serde::{Deserialize, Serialize};
 pub mod drift;
 pub mod labels;
 pub mod plugin;
+pub mod schema;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod work;
 
 pub use labels::Selector;
+pub use schema::Schema;
 
 /// A boxed, thread-safe error source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use envrig_provider_api::drift::PathChange;
+use envrig_provider_api::schema::{BoxRef, Key, Schema};
 use envrig_provider_api::{
     BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec,
     NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result,
@@ -59,6 +60,17 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// The provider's name in Envfiles.
 pub const PROVIDER_NAME: &str = NAME;
+
+/// What the Envfile may say to this provider: `[machines.NAME.docker]`'s keys (each read
+/// in `machine.rs`) and image references as boxes.
+pub fn schema() -> Schema {
+    Schema {
+        name: NAME.to_string(),
+        capabilities: CAPABILITIES,
+        keys: vec![Key::bool("privileged"), Key::bool("init")],
+        box_ref: BoxRef::Image,
+    }
+}
 
 /// The default main process: keeps the container running until it is halted.
 const KEEPALIVE: [&str; 2] = ["sleep", "infinity"];

@@ -79,6 +79,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use envrig_provider_api::schema::{BoxRef, Key, Schema};
 use envrig_provider_api::{
     BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, NetworkSpec,
     OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result, Selector, Snapshot,
@@ -121,6 +122,24 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 
 /// The provider's name in Envfiles.
 pub const PROVIDER_NAME: &str = NAME;
+
+/// What the Envfile may say to this provider: `[machines.NAME.libvirt]`'s keys (read in
+/// `machine.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
+/// (any non-empty string: `store.rs` looks it up).
+pub fn schema() -> Schema {
+    Schema {
+        name: NAME.to_string(),
+        capabilities: CAPABILITIES,
+        keys: vec![
+            Key::word("machine_type", "a machine type like \"q35\" or \"pc\""),
+            Key::one_of("accel", &["auto", "kvm", "tcg"]),
+            Key::size("disk_size"),
+            Key::one_of("synced", &["auto", "virtiofs", "9p", "rsync"]),
+            Key::one_of("graphics", &["vnc", "spice", "none"]),
+        ],
+        box_ref: BoxRef::Any,
+    }
+}
 
 /// The libvirt provider: one connection, shared by every call.
 #[derive(Clone)]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use envrig_provider_api::Provider;
-use envrig_provider_libvirt::{CAPABILITIES, LibvirtProvider, PROVIDER_NAME};
+use envrig_provider_libvirt::{LibvirtProvider, schema};
 
 #[tokio::main]
 async fn main() {
@@ -20,7 +20,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
-    envrig_provider_api::plugin::serve(PROVIDER_NAME, CAPABILITIES, || async {
+    envrig_provider_api::plugin::serve(schema(), || async {
         let p = LibvirtProvider::connect().await?;
         Ok(Arc::new(p) as Arc<dyn Provider>)
     })

@@ -45,6 +45,12 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         },
     };
     let registry = Registry::discover(log);
+    if let Some(name) = &cli.provider
+        && let Some((message, hint)) = registry.unknown(name)
+    {
+        printer.error(&format!("`--provider {name}`: {message}"), Some(&hint));
+        return 2;
+    }
     let reporter: Arc<dyn ops::Reporter> = printer.reporter();
     let ctx = Context::new(registry, reporter, interrupts(printer.clone()));
 

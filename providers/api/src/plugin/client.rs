@@ -99,10 +99,10 @@ impl Plugin {
                 ),
             ));
         }
-        if hello.name != name {
+        if hello.schema.name != name {
             return Err(stopped(
                 &mut child,
-                format!("calls itself `{}`, not `{name}`", hello.name),
+                format!("calls itself `{}`, not `{name}`", hello.schema.name),
             ));
         }
         Ok(Plugin {
@@ -121,7 +121,7 @@ impl Plugin {
 
     /// Asks the plugin to connect to its engine; the provider it serves, once it has.
     pub async fn connect(self) -> Result<PluginProvider> {
-        let name: &'static str = intern(&self.hello.name);
+        let name: &'static str = intern(&self.hello.schema.name);
         let conn = Arc::new(Conn {
             name,
             path: self.path,
@@ -137,7 +137,7 @@ impl Plugin {
         std::thread::spawn(move || reader.read_answers(stdout));
         let p = PluginProvider {
             name,
-            capabilities: self.hello.capabilities,
+            capabilities: self.hello.schema.capabilities,
             conn,
         };
         p.call::<()>(Call::Connect).await?;

@@ -3,7 +3,8 @@
 //!
 //! An executable named `envrig-provider-NAME`, beside `envrig` or on `PATH`, is the provider
 //! `NAME`. envrig starts it when a command needs that provider (once per command), reads
-//! its [`Hello`] (protocol version, name, [`crate::Capabilities`]), and then makes calls,
+//! its [`Hello`] (protocol version, and the provider's [`crate::Schema`]: name,
+//! [`crate::Capabilities`], Envfile keys), and then makes calls,
 //! one JSON line each, many in flight at once; the plugin answers each with events
 //! (an exec's output, a pull's progress) and one result or [`crate::ProviderError`]. The
 //! plugin exits when its stdin closes.

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OnceCell, mpsc};
 
 use super::wire::{Body, Bytes, Call, FromPlugin, Hello, PROTOCOL, ToPlugin, WireError};
-use crate::{Capabilities, OutputStream, Provider, ProviderError, Result};
+use crate::{OutputStream, Provider, ProviderError, Result, Schema};
 
 /// Serves a provider to the envrig that started this process, until its stdin closes:
 /// writes the [`Hello`], then answers calls, many at once, each in a task of its own.
@@ -18,7 +18,7 @@ use crate::{Capabilities, OutputStream, Provider, ProviderError, Result};
 /// envrig that started it is done, or was killed): calls still running stop with it, as
 /// they would have inside envrig. Ctrl-C at a terminal reaches the whole process group;
 /// this process ignores it and lets envrig decide.
-pub async fn serve<F, Fut>(name: &str, capabilities: Capabilities, connect: F) -> !
+pub async fn serve<F, Fut>(schema: Schema, connect: F) -> !
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Arc<dyn Provider>>>,
@@ -35,10 +35,10 @@ where
             }
         }
     });
+    let name = schema.name.clone();
     let hello = Hello {
         protocol: PROTOCOL,
-        name: name.to_string(),
-        capabilities,
+        schema,
     };
     send_line(&tx, &hello);
     let provider: Arc<OnceCell<Arc<dyn Provider>>> = Arc::new(OnceCell::new());

@@ -7,21 +7,21 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    Capabilities, ExecRequest, MachineSpec, NetworkSpec, OutputStream, ProviderError, PullProgress,
-    Selector, Snapshot,
+    ExecRequest, MachineSpec, NetworkSpec, OutputStream, ProviderError, PullProgress, Selector,
+    Snapshot,
 };
 
 /// The protocol's version: a plugin and a core agree on it in the hello, or part.
 pub const PROTOCOL: u32 = 1;
 
 /// The first line a plugin writes, before it is asked anything (and before it connects to
-/// its engine): who it is and what it can do.
+/// its engine): who it is, what it can do and its Envfile keys, its [`crate::Schema`]
+/// (`name`, `capabilities`, `keys`, `box_ref`) beside the protocol version on one level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol: u32,
-    /// The provider's name as Envfiles use it.
-    pub name: String,
-    pub capabilities: Capabilities,
+    #[serde(flatten)]
+    pub schema: crate::Schema,
 }
 
 /// A line from the core to the plugin: a call, or the cancellation of one.
