@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use envrig::envfile::{self, Envfile, LoadOptions};
 use envrig::lock;
-use envrig::providers::Registry;
 use envrig_provider_api::BaseIdentity;
 use libfuzzer_sys::fuzz_target;
 
@@ -18,12 +17,11 @@ const ENVFILE: &str = "[boxes.bb]\ndocker = \"envrig-test/busybox:latest\"\n[mac
 fn envfile() -> &'static Envfile {
     static E: OnceLock<Envfile> = OnceLock::new();
     E.get_or_init(|| {
-        let registry = Registry::builtin();
-        let caps = |name: &str| registry.capabilities(name);
+        let providers = vec![envrig_provider_docker::schema()];
         let opts = LoadOptions {
             env: &|_| None,
             provider_override: None,
-            capabilities: &caps,
+            providers: &providers,
             check_paths: true,
         };
         let path = Path::new("/nonexistent/envrig-fuzz/Envfile");
