@@ -24,8 +24,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod drift;
+pub mod export;
+pub mod hash;
+pub mod home;
 pub mod labels;
 pub mod plugin;
+pub mod subnet;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod work;

@@ -96,6 +96,18 @@ pub fn tar_with(path: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A suffix no other test run on this host has: the process id and the clock's nanoseconds.
+pub fn unique() -> String {
+    format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
 /// The whole suite. `base` must be usable by `p`; `unique` keeps parallel runs apart.
 pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
     let env_id = format!("conf{unique}");

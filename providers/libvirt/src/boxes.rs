@@ -11,29 +11,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use envrig_provider_api::StoredBox;
-use sha2::{Digest, Sha256};
+use envrig_provider_api::hash::sha256_file;
 
 /// The files a box may hold besides its disk.
 pub const KERNEL_FILES: [&str; 3] = ["vmlinuz", "initrd.img", "cmdline"];
-
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-        size,
-    ))
-}
 
 /// A valid box name: what Envfiles may name (`[a-z0-9][a-z0-9._-]*`).
 pub fn valid_name(name: &str) -> bool {

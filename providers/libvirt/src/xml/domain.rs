@@ -187,14 +187,15 @@ impl Domain<'_> {
             close(&mut w, "interface")?;
         }
         // The serial console, kept in a file for diagnostics.
-        open(&mut w, "serial", &[("type", "file")])?;
-        empty(&mut w, "source", &[("path", self.console_log)])?;
-        empty(&mut w, "target", &[("port", "0")])?;
-        close(&mut w, "serial")?;
-        open(&mut w, "console", &[("type", "file")])?;
-        empty(&mut w, "source", &[("path", self.console_log)])?;
-        empty(&mut w, "target", &[("type", "serial"), ("port", "0")])?;
-        close(&mut w, "console")?;
+        for (device, target) in [
+            ("serial", &[("port", "0")][..]),
+            ("console", &[("type", "serial"), ("port", "0")][..]),
+        ] {
+            open(&mut w, device, &[("type", "file")])?;
+            empty(&mut w, "source", &[("path", self.console_log)])?;
+            empty(&mut w, "target", target)?;
+            close(&mut w, device)?;
+        }
         // A display for a viewer on this host only, as vagrant-libvirt makes one: a port
         // libvirt picks (`virsh domdisplay` tells it), and a cirrus card with 16 MiB.
         if let Some(kind) = self.graphics {
@@ -240,44 +241,23 @@ pub fn ports(xml: &str) -> Vec<PortSpec> {
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"portForward" => {
-                let mut proto = Protocol::Tcp;
-                let mut addr = String::new();
-                for a in e.attributes().flatten() {
-                    let v = a
-                        .unescape_value()
-                        .map(|v| v.into_owned())
-                        .unwrap_or_default();
-                    match a.key.as_ref() {
-                        b"proto" if v == "udp" => proto = Protocol::Udp,
-                        b"address" => addr = v,
-                        _ => {}
-                    }
-                }
-                current = Some((proto, addr));
+                let proto = match attr(&e, b"proto").as_deref() {
+                    Some("udp") => Protocol::Udp,
+                    _ => Protocol::Tcp,
+                };
+                current = Some((proto, attr(&e, b"address").unwrap_or_default()));
             }
             Ok(Event::Empty(e)) if e.local_name().as_ref() == b"range" => {
-                if let Some((proto, addr)) = &current {
-                    let mut start = None;
-                    let mut to = None;
-                    for a in e.attributes().flatten() {
-                        let v = a
-                            .unescape_value()
-                            .map(|v| v.into_owned())
-                            .unwrap_or_default();
-                        match a.key.as_ref() {
-                            b"start" => start = v.parse().ok(),
-                            b"to" => to = v.parse().ok(),
-                            _ => {}
-                        }
-                    }
-                    if let (Some(host_port), Some(guest_port)) = (start, to) {
-                        out.push(PortSpec {
-                            host_ip: addr.clone(),
-                            host_port,
-                            guest_port,
-                            protocol: *proto,
-                        });
-                    }
+                let port = |key: &[u8]| attr(&e, key).and_then(|v| v.parse().ok());
+                if let Some((proto, addr)) = &current
+                    && let (Some(host_port), Some(guest_port)) = (port(b"start"), port(b"to"))
+                {
+                    out.push(PortSpec {
+                        host_ip: addr.clone(),
+                        host_port,
+                        guest_port,
+                        protocol: *proto,
+                    });
                 }
             }
             Ok(Event::End(e)) if e.local_name().as_ref() == b"portForward" => current = None,
