@@ -20,6 +20,7 @@ mod init;
 mod lockfile;
 mod ls;
 mod observe;
+mod parallel;
 mod project;
 mod provision;
 mod report;

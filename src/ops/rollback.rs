@@ -11,14 +11,14 @@ use serde::Serialize;
 
 use super::context::{Context, provider};
 use super::error::OpError;
-use super::observe::observe;
+use super::observe::{created, observe};
 use super::project::Project;
 use super::provision::{run_always, wait_ready};
 use super::report::Phase;
 use super::session::Session;
 use super::start::StartRecipe;
 use crate::envfile::Machine;
-use crate::plan::{Observed, current};
+use crate::plan::Observed;
 
 /// One machine switched back.
 #[derive(Debug, Clone, Serialize)]
@@ -41,14 +41,10 @@ pub async fn rollback(
     let mut work = Vec::new();
     for m in &selected {
         let name = m.name.as_str();
-        let Some(cur) = current(name, &observed).0 else {
-            if machines.is_empty() {
-                continue;
-            }
-            return Err(OpError::NotRunning {
-                machine: name.to_string(),
-                state: "not created".into(),
-            });
+        let cur = match created(name, &observed) {
+            Ok(cur) => cur,
+            Err(_) if machines.is_empty() => continue,
+            Err(e) => return Err(e),
         };
         let prev = observed
             .iter()

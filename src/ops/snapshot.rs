@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use envrig_provider_api::{Selector, Snapshot, labels};
 use serde::Serialize;
 
-use super::context::{Context, provider};
+use super::context::{Context, provider, used_providers};
 use super::error::OpError;
-use super::observe::observe;
+use super::observe::{created, observe};
 use super::project::Project;
 use super::report::Phase;
 use super::resolved::Resolved;
@@ -35,11 +35,7 @@ pub async fn snapshots(
 ) -> Result<Vec<(String, Snapshot)>, OpError> {
     let selector = Selector::env(&project.identity.env_id);
     let mut out = Vec::new();
-    for name in project.provider_names() {
-        if ctx.registry.capabilities(&name).is_none() {
-            continue;
-        }
-        let p = provider(ctx, &name).await?;
+    for (name, p) in used_providers(ctx, project).await? {
         for s in p
             .snapshot_list(&selector)
             .await
@@ -125,15 +121,10 @@ pub(super) async fn save_locked(
     let (selected, observed) = targets?;
     let mut work = Vec::new();
     for m in &selected {
-        match current(m.name.as_str(), &observed).0 {
-            Some(o) => work.push((*m, o.clone())),
-            None if machines.is_empty() => {}
-            None => {
-                return Err(OpError::NotRunning {
-                    machine: m.name.to_string(),
-                    state: "not created".into(),
-                });
-            }
+        match created(m.name.as_str(), &observed) {
+            Ok(o) => work.push((*m, o.clone())),
+            Err(_) if machines.is_empty() => {}
+            Err(e) => return Err(e),
         }
     }
     if work.is_empty() {
@@ -404,12 +395,7 @@ pub async fn package(
         .ok_or_else(|| project.unknown_machine(machine))?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
-    let o = current(machine, &observed)
-        .0
-        .ok_or_else(|| OpError::NotRunning {
-            machine: machine.to_string(),
-            state: "not created".into(),
-        })?;
+    let o = created(machine, &observed)?;
     let p = provider(ctx, &o.provider).await?;
     let steps = session
         .provisioned(machine, &o.id)
