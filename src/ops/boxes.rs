@@ -89,18 +89,6 @@ fn parse_checksum(text: &str) -> Result<String, OpError> {
     }
 }
 
-/// Downloads `url` into `dir` as `KEY.EXT.part`, resuming what an earlier try left (an
-/// HTTP range request; a server that ignores it sends the whole file again), then checks
-/// `sha256` when given and renames the file to `KEY.EXT`. `progress(done, total)` follows.
-fn download(
-    url: &str,
-    dir: &Path,
-    sha256: Option<&str>,
-    progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<std::path::PathBuf, Download> {
-    download_inner(url, dir, sha256, progress)
-}
-
 /// Why a download did not give a file.
 enum Download {
     Failed(String),
@@ -113,7 +101,10 @@ impl From<String> for Download {
     }
 }
 
-fn download_inner(
+/// Downloads `url` into `dir` as `KEY.EXT.part`, resuming what an earlier try left (an
+/// HTTP range request; a server that ignores it sends the whole file again), then checks
+/// `sha256` when given and renames the file to `KEY.EXT`. `progress(done, total)` follows.
+fn download(
     url: &str,
     dir: &Path,
     sha256: Option<&str>,

@@ -28,11 +28,8 @@ pub async fn destroy(
     project: &Project,
     machines: &[String],
 ) -> Result<DestroySummary, OpError> {
-    for n in machines {
-        if project.machine(n).is_none() {
-            return Err(project.unknown_machine(n));
-        }
-    }
+    // Only to check the names: an orphan's resources are removed too.
+    project.select(machines, false)?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let doomed: Vec<_> = observed

@@ -12,12 +12,12 @@ use serde::Serialize;
 use super::context::{Context, provider, used_providers};
 use super::error::OpError;
 use super::observe::{created, observe};
-use super::project::Project;
+use super::project::{Project, found_for};
 use super::report::Phase;
 use super::resolved::Resolved;
 use super::session::Session;
 use super::spec::machine_spec;
-use crate::envfile::Name;
+use crate::envfile::{Machine, Name};
 use crate::plan::{Observed, current};
 
 /// One snapshot name of an environment, over its machines.
@@ -76,7 +76,7 @@ async fn targets<'a>(
     ctx: &Context,
     project: &'a Project,
     machines: &[String],
-) -> Result<(Vec<&'a crate::envfile::Machine>, Vec<Observed>), OpError> {
+) -> Result<(Vec<&'a Machine>, Vec<Observed>), OpError> {
     let selected = project.select(machines, false)?;
     let observed = observe(ctx, project).await?;
     Ok((selected, observed))
@@ -119,19 +119,12 @@ pub(super) async fn save_locked(
     // What exists and which snapshots exist, asked at once.
     let (targets, found) = tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
     let (selected, observed) = targets?;
-    let mut work = Vec::new();
-    for m in &selected {
-        match created(m.name.as_str(), &observed) {
-            Ok(o) => work.push((*m, o.clone())),
-            Err(_) if machines.is_empty() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if work.is_empty() {
-        return Err(OpError::Usage(
-            "no machine of this environment exists: `envrig up` first".into(),
-        ));
-    }
+    let work = found_for(
+        &selected,
+        machines,
+        |m| created(m.name.as_str(), &observed).cloned(),
+        || OpError::Usage("no machine of this environment exists: `envrig up` first".into()),
+    )?;
     let all = found?;
     delete_abandoned(ctx, &all).await;
     // A set a killed save left half-made is not listed, and is replaced without `--force`.
@@ -237,11 +230,7 @@ pub(super) async fn save_locked(
 }
 
 /// The spec a machine's resource was made with: the Envfile's, with the labels it has.
-fn spec_of(
-    project: &Project,
-    m: &crate::envfile::Machine,
-    o: &Observed,
-) -> envrig_provider_api::MachineSpec {
+fn spec_of(project: &Project, m: &Machine, o: &Observed) -> envrig_provider_api::MachineSpec {
     let mut spec = machine_spec(
         project,
         &Resolved::default(),
@@ -269,27 +258,16 @@ pub async fn snapshot_restore(
     let session = Session::open(ctx, project).await?;
     let (selected, observed) = targets(ctx, project, machines).await?;
     let all = super::snapset::listed(&snapshots(ctx, project).await?);
-    let mut work = Vec::new();
-    for m in &selected {
-        match all
-            .iter()
+    let find = |m: &Machine| {
+        all.iter()
             .find(|(_, s)| s.name == name && s.machine == m.name.as_str())
-        {
-            Some(found) => work.push((*m, found)),
-            None if machines.is_empty() => {}
-            None => {
-                return Err(OpError::Usage(format!(
-                    "snapshot `{name}` has no machine `{}`",
-                    m.name
-                )));
-            }
-        }
-    }
-    if work.is_empty() {
-        return Err(OpError::Usage(format!(
+            .ok_or_else(|| OpError::Usage(format!("snapshot `{name}` has no machine `{}`", m.name)))
+    };
+    let work = found_for(&selected, machines, find, || {
+        OpError::Usage(format!(
             "no snapshot named `{name}`; `envrig snapshot list` lists them"
-        )));
-    }
+        ))
+    })?;
     let jobs = work.iter().map(|(m, (pname, snap))| {
         let cur = current(m.name.as_str(), &observed).0.map(|o| o.id.clone());
         async move {
