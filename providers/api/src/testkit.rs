@@ -188,22 +188,13 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
 
     // Upload: a tar lands in the guest folder (`/root`, not `/tmp`: a guest may keep `/tmp`
     // in memory, and this file must survive a restart below).
-    p.upload(
-        &created.id,
-        "/root",
-        tar_with("conformance.txt", b"payload\n"),
-    )
-    .await
-    .expect("upload");
+    let tar = tar_with("conformance.txt", b"payload\n");
+    p.upload(&created.id, "/root", tar).await.expect("upload");
     let c = capture(p, &created.id, &["cat", "/root/conformance.txt"]).await;
     assert_eq!((c.stdout.as_str(), c.code), ("payload\n", 0));
-    p.upload(
-        &created.id,
-        "/",
-        tar_with("var/lib/conformance/deep/x.txt", b"deep\n"),
-    )
-    .await
-    .expect("upload with missing parents");
+    let tar = tar_with("var/lib/conformance/deep/x.txt", b"deep\n");
+    let uploaded = p.upload(&created.id, "/", tar).await;
+    uploaded.expect("upload with missing parents");
     let c = capture(
         p,
         &created.id,

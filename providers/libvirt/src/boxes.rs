@@ -82,12 +82,7 @@ fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
 
 /// Adds `source` as box `name` to `store`.
 pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Result<StoredBox> {
-    check_new(store, name, force)?;
-    std::fs::create_dir_all(store)?;
-    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let result = (|| -> std::io::Result<StoredBox> {
+    stage(store, name, force, &source.display().to_string(), |tmp| {
         let meta = std::fs::metadata(source)?;
         if meta.is_dir() {
             if !source.join("disk.qcow2").is_file() {
@@ -100,13 +95,30 @@ pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Res
                 }
             }
         } else if source.extension().is_some_and(|e| e == "box") {
-            unpack_vagrant_box(source, &tmp)?;
+            unpack_vagrant_box(source, tmp)?;
         } else {
             // A disk image; `qemu-img info` (run by the caller's first machine) checks it.
             std::fs::copy(source, tmp.join("disk.qcow2"))?;
         }
-        finish(store, name, &tmp, &source.display().to_string())
-    })();
+        Ok(())
+    })
+}
+
+/// Makes box `name` of `store` in a work folder with `fill`, then describes it and puts it in
+/// place (`source` says where it came from). Nothing is left behind when it fails.
+fn stage(
+    store: &Path,
+    name: &str,
+    force: bool,
+    source: &str,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<StoredBox> {
+    check_new(store, name, force)?;
+    std::fs::create_dir_all(store)?;
+    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = fill(&tmp).and_then(|()| finish(store, name, &tmp, source));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -138,12 +150,7 @@ pub fn adopt(
     built: &Path,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<StoredBox> {
-    check_new(store, name, true)?;
-    std::fs::create_dir_all(store)?;
-    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let result = (|| -> std::io::Result<StoredBox> {
+    stage(store, name, true, "package", |tmp| {
         for f in std::iter::once("disk.qcow2").chain(KERNEL_FILES) {
             let from = built.join(f);
             if from.is_file() && std::fs::rename(&from, tmp.join(f)).is_err() {
@@ -151,12 +158,8 @@ pub fn adopt(
             }
         }
         std::fs::write(tmp.join("labels.json"), serde_json::to_vec_pretty(labels)?)?;
-        finish(store, name, &tmp, "package")
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+        Ok(())
+    })
 }
 
 /// Describes the box built in `tmp` and renames it into place as `store/name`.

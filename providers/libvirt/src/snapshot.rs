@@ -126,7 +126,7 @@ impl LibvirtProvider {
                 ),
             });
         }
-        let (owner2, name2, running) = (owner.to_string(), name.to_string(), snap.running);
+        let running = snap.running;
         let booting = self
             .info(owner)
             .await
@@ -136,21 +136,12 @@ impl LibvirtProvider {
         if let Some(b) = &booting {
             let _ = std::fs::write(b, b"");
         }
-        self.blocking(move |c| {
-            let dom = c
-                .lookup_domain_by_uuid_string(&owner2)
-                .map_err(|e| engine("look up the domain", e))?;
-            let s = Domain::lookup_snapshot_by_name(&dom, &name2, 0)
-                .map_err(|e| engine(format!("find snapshot `{name2}`"), e))?;
-            let flags = if running {
-                virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
-            } else {
-                0
-            };
-            s.revert(flags)
-                .map_err(|e| engine(format!("revert to snapshot `{name2}`"), e))
-        })
-        .await?;
+        let flags = if running {
+            virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
+        } else {
+            0
+        };
+        self.revert(owner, name, flags).await?;
         if running {
             // The snapshot holds the environment's key already.
             self.wait_ready_with(owner, false).await?;

@@ -44,6 +44,17 @@ fn empty(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> std::io::Result<()> {
     w.write_event(Event::Empty(e))
 }
 
+/// An element holding one empty element: `<name attrs><child attrs/></name>`.
+fn holding(
+    w: &mut W,
+    (name, attrs): (&str, &[(&str, &str)]),
+    (child, child_attrs): (&str, &[(&str, &str)]),
+) -> std::io::Result<()> {
+    open(w, name, attrs)?;
+    empty(w, child, child_attrs)?;
+    close(w, name)
+}
+
 fn text(w: &mut W, name: &str, attrs: &[(&str, &str)], body: &str) -> std::io::Result<()> {
     open(w, name, attrs)?;
     w.write_event(Event::Text(BytesText::new(body)))?;

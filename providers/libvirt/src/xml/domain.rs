@@ -7,7 +7,7 @@ use envrig_provider_api::{PortSpec, Protocol};
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, Event};
 
-use super::{attr, close, empty, metadata, open, text};
+use super::{attr, close, empty, holding, metadata, open, text};
 
 /// Everything a domain is made of.
 #[derive(Debug, Clone)]
@@ -167,14 +167,8 @@ impl Domain<'_> {
                 "portForward",
                 &[("proto", proto), ("address", &p.host_ip)],
             )?;
-            empty(
-                &mut w,
-                "range",
-                &[
-                    ("start", &p.host_port.to_string()),
-                    ("to", &p.guest_port.to_string()),
-                ],
-            )?;
+            let (start, to) = (p.host_port.to_string(), p.guest_port.to_string());
+            empty(&mut w, "range", &[("start", &start), ("to", &to)])?;
             close(&mut w, "portForward")?;
         }
         close(&mut w, "interface")?;
@@ -199,29 +193,15 @@ impl Domain<'_> {
         // A display for a viewer on this host only, as vagrant-libvirt makes one: a port
         // libvirt picks (`virsh domdisplay` tells it), and a cirrus card with 16 MiB.
         if let Some(kind) = self.graphics {
-            open(&mut w, "graphics", &[("type", kind), ("autoport", "yes")])?;
-            empty(
-                &mut w,
-                "listen",
-                &[("type", "address"), ("address", "127.0.0.1")],
-            )?;
-            close(&mut w, "graphics")?;
-            open(&mut w, "video", &[])?;
-            empty(
-                &mut w,
-                "model",
-                &[("type", "cirrus"), ("vram", "16384"), ("heads", "1")],
-            )?;
-            close(&mut w, "video")?;
+            let graphics = [("type", kind), ("autoport", "yes")];
+            let listen = [("type", "address"), ("address", "127.0.0.1")];
+            holding(&mut w, ("graphics", &graphics), ("listen", &listen))?;
+            let model = [("type", "cirrus"), ("vram", "16384"), ("heads", "1")];
+            holding(&mut w, ("video", &[]), ("model", &model))?;
         }
         // The guest agent: exec and uploads without a network.
-        open(&mut w, "channel", &[("type", "unix")])?;
-        empty(
-            &mut w,
-            "target",
-            &[("type", "virtio"), ("name", "org.qemu.guest_agent.0")],
-        )?;
-        close(&mut w, "channel")?;
+        let agent = [("type", "virtio"), ("name", "org.qemu.guest_agent.0")];
+        holding(&mut w, ("channel", &[("type", "unix")]), ("target", &agent))?;
         // Without an RNG, key generation in the guest stalls for seconds under emulation.
         open(&mut w, "rng", &[("model", "virtio")])?;
         text(&mut w, "backend", &[("model", "random")], "/dev/urandom")?;

@@ -36,14 +36,8 @@ impl Network<'_> {
         if let Some(d) = self.domain {
             empty(&mut w, "domain", &[("name", d), ("localOnly", "yes")])?;
         }
-        open(
-            &mut w,
-            "ip",
-            &[
-                ("address", &self.address.to_string()),
-                ("prefix", &self.prefix.to_string()),
-            ],
-        )?;
+        let (address, prefix) = (self.address.to_string(), self.prefix.to_string());
+        open(&mut w, "ip", &[("address", &address), ("prefix", &prefix)])?;
         open(&mut w, "dhcp", &[])?;
         empty(
             &mut w,
