@@ -1,9 +1,10 @@
 //! Envfile diagnostics: every problem carries a span, a key path and what was expected, and
 //! all of them are reported at once, rendered like compiler errors (file:line:col and a caret).
 
-use std::ops::Range;
-
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
+
+/// A byte range in the Envfile's text.
+pub type Span = std::ops::Range<usize>;
 
 /// How serious a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -21,18 +22,14 @@ pub struct Diagnostic {
     pub key_path: String,
     /// Byte range in the source.
     #[serde(skip)]
-    pub span: Range<usize>,
+    pub span: Span,
     pub message: String,
     /// What was expected, or a "did you mean".
     pub help: Option<String>,
 }
 
 impl Diagnostic {
-    pub fn error(
-        key_path: impl Into<String>,
-        span: Range<usize>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn error(key_path: impl Into<String>, span: Span, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
             key_path: key_path.into(),
@@ -42,11 +39,7 @@ impl Diagnostic {
         }
     }
 
-    pub fn warning(
-        key_path: impl Into<String>,
-        span: Range<usize>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn warning(key_path: impl Into<String>, span: Span, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::error(key_path, span, message)
@@ -148,7 +141,7 @@ impl Report {
 }
 
 /// Keeps a span inside the source and on character boundaries, so rendering never panics.
-fn clamp_span(source: &str, span: Range<usize>) -> Range<usize> {
+fn clamp_span(source: &str, span: Span) -> Span {
     let mut start = span.start.min(source.len());
     let mut end = span.end.clamp(start, source.len());
     while !source.is_char_boundary(start) {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use envrig_provider_api::subnet::Ipv4Net;
 use envrig_provider_api::{PortSpec, Protocol};
 
 /// A validated machine or project name: `^[a-z][a-z0-9-]{0,62}$`. Nothing downstream takes a
@@ -208,11 +209,10 @@ pub fn parse_subnet(s: &str) -> Result<Subnet, String> {
     if !(8..=29).contains(&prefix) {
         return Err(format!("`{s}`: the prefix length must be between 8 and 29"));
     }
-    let mask = u32::MAX << (32 - prefix);
-    if u32::from(addr) & !mask != 0 {
-        let net = Ipv4Addr::from(u32::from(addr) & mask);
+    let net = Ipv4Net::new(addr, prefix).map_err(|_| expected())?.trunc();
+    if net.network() != addr {
         return Err(format!(
-            "`{s}` is not a network address; did you mean \"{net}/{prefix}\"?"
+            "`{s}` is not a network address; did you mean \"{net}\"?"
         ));
     }
     Ok(Subnet { addr, prefix })

@@ -17,8 +17,8 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use envrig_provider_api::Snapshot;
+use envrig_provider_api::hash::{sha256_copy, sha256_file};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::context::{Context, provider};
 use super::error::OpError;
@@ -26,7 +26,6 @@ use super::project::Project;
 use super::report::Phase;
 use super::session::Session;
 use crate::envfile::StepKind;
-use crate::identity::hex;
 
 /// The archive format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -66,22 +65,6 @@ pub struct Member {
 pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpError {
     let context = context.into();
     move |source| OpError::Io { context, source }
-}
-
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, hex(&h.finalize())))
 }
 
 /// The Envfile and every file it references, as (path in the archive, host path).
@@ -211,7 +194,7 @@ async fn write_archive(
         p.snapshot_export(s, &file)
             .await
             .map_err(|e| OpError::provider(format!("cannot save `{}`", s.machine), e))?;
-        let (size, sha256) = hash_file(&file).map_err(io_err("cannot read the saved state"))?;
+        let (sha256, size) = sha256_file(&file).map_err(io_err("cannot read the saved state"))?;
         members.push(Member {
             path: member.clone(),
             size,
@@ -228,8 +211,8 @@ async fn write_archive(
     for (member, host) in
         envfile_members(project).map_err(io_err("cannot read the Envfile's files"))?
     {
-        let (size, sha256) =
-            hash_file(&host).map_err(io_err(format!("cannot read {}", host.display())))?;
+        let (sha256, size) =
+            sha256_file(&host).map_err(io_err(format!("cannot read {}", host.display())))?;
         members.push(Member {
             path: member.clone(),
             size,
@@ -448,25 +431,13 @@ pub fn verify(file: &Path, staging: &Path) -> std::io::Result<Manifest> {
         }
         let dest = staging.join(format!("{:06}", i));
         let mut out = std::fs::File::create(&dest)?;
-        let mut h = Sha256::new();
-        let mut limited = entry.take(m.size);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut got = 0u64;
-        loop {
-            let n = limited.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-        }
+        let (sha256, got) = sha256_copy(entry.take(m.size), &mut out)?;
         if got != m.size {
             return Err(refuse(format!(
                 "member `{path}` is shorter than the manifest says"
             )));
         }
-        if hex(&h.finalize()) != m.sha256 {
+        if sha256 != m.sha256 {
             return Err(refuse(format!(
                 "member `{path}` does not match its checksum"
             )));

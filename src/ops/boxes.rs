@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use envrig_provider_api::StoredBox;
+use envrig_provider_api::hash::sha256_file;
 use serde::Serialize;
 
 use super::context::{Context, provider};
@@ -88,18 +89,6 @@ fn parse_checksum(text: &str) -> Result<String, OpError> {
     }
 }
 
-/// Downloads `url` into `dir` as `KEY.EXT.part`, resuming what an earlier try left (an
-/// HTTP range request; a server that ignores it sends the whole file again), then checks
-/// `sha256` when given and renames the file to `KEY.EXT`. `progress(done, total)` follows.
-fn download(
-    url: &str,
-    dir: &Path,
-    sha256: Option<&str>,
-    progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<std::path::PathBuf, Download> {
-    download_inner(url, dir, sha256, progress)
-}
-
 /// Why a download did not give a file.
 enum Download {
     Failed(String),
@@ -112,13 +101,15 @@ impl From<String> for Download {
     }
 }
 
-fn download_inner(
+/// Downloads `url` into `dir` as `KEY.EXT.part`, resuming what an earlier try left (an
+/// HTTP range request; a server that ignores it sends the whole file again), then checks
+/// `sha256` when given and renames the file to `KEY.EXT`. `progress(done, total)` follows.
+fn download(
     url: &str,
     dir: &Path,
     sha256: Option<&str>,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<std::path::PathBuf, Download> {
-    use sha2::Digest;
     use std::io::{Read, Write};
     let key = &crate::identity::sha256_hex(url.as_bytes())[..16];
     let last = url
@@ -190,18 +181,7 @@ fn download_inner(
         )));
     }
     if let Some(want) = sha256 {
-        let mut h = sha2::Sha256::new();
-        let mut f = std::fs::File::open(&part).map_err(|e| e.to_string())?;
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| Download::Failed(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let (got, _) = sha256_file(&part).map_err(|e| Download::Failed(e.to_string()))?;
         if got != want {
             let _ = std::fs::remove_file(&part);
             return Err(Download::Mismatch(format!(
@@ -264,7 +244,7 @@ pub async fn box_add(
     let source = source.as_path();
     if !downloaded && let Some(want) = &want {
         let (s2, w2) = (source.to_path_buf(), want.clone());
-        let got = tokio::task::spawn_blocking(move || crate::identity::sha256_file(&s2))
+        let got = tokio::task::spawn_blocking(move || sha256_file(&s2).map(|(h, _)| h))
             .await
             .map_err(|e| OpError::Usage(e.to_string()))?
             .map_err(|e| OpError::Usage(format!("cannot read {}: {e}", source.display())))?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use envrig_provider_api::{Provider, ProviderError};
 
 use super::error::OpError;
+use super::project::Project;
 use super::report::{Phase, Reporter};
 use crate::providers::Registry;
 
@@ -76,6 +77,22 @@ pub async fn running_providers(
         (true, Some(e)) => Err(e),
         _ => Ok(out),
     }
+}
+
+/// The providers `project` uses that this host has (a provider no plugin provides has
+/// nothing of it), connected, with their names, in the project's order.
+pub(super) async fn used_providers(
+    ctx: &Context,
+    project: &Project,
+) -> Result<Vec<(String, Arc<dyn Provider>)>, OpError> {
+    let mut out = Vec::new();
+    for name in project.provider_names() {
+        if ctx.registry.capabilities(&name).is_some() {
+            let p = provider(ctx, &name).await?;
+            out.push((name, p));
+        }
+    }
+    Ok(out)
 }
 
 /// Connects to the provider called `name`.

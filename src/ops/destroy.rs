@@ -1,14 +1,14 @@
 //! `destroy`: removes machines and everything created for them, dependants first, each wave
 //! in parallel; idempotent.
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use envrig_provider_api::Selector;
 
-use super::context::{Context, provider};
+use super::context::{Context, provider, used_providers};
 use super::error::OpError;
 use super::observe::observe;
+use super::parallel::each_in_wave;
 use super::project::Project;
 use super::report::Phase;
 use super::session::Session;
@@ -28,11 +28,8 @@ pub async fn destroy(
     project: &Project,
     machines: &[String],
 ) -> Result<DestroySummary, OpError> {
-    for n in machines {
-        if project.machine(n).is_none() {
-            return Err(project.unknown_machine(n));
-        }
-    }
+    // Only to check the names: an orphan's resources are removed too.
+    project.select(machines, false)?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let doomed: Vec<_> = observed
@@ -53,35 +50,28 @@ pub async fn destroy(
     let mut summary = DestroySummary::default();
     let mut failures = Vec::new();
     for wave in order {
-        let jobs = doomed
-            .iter()
-            .filter(|o| wave.contains(&o.machine))
-            .map(|o| async move {
-                let r = async {
-                    let p = provider(ctx, &o.provider).await?;
-                    ctx.reporter.event(
-                        Some(&o.machine),
-                        Phase::Remove,
-                        &format!("removing {}", o.resource_name),
-                    );
-                    p.remove(&o.id).await.map_err(|e| {
-                        OpError::provider(format!("cannot remove {}", o.resource_name), e)
-                    })
+        let wave = doomed.iter().copied().filter(|o| wave.contains(&o.machine));
+        let failed = each_in_wave(
+            wave,
+            |o| async move {
+                let p = provider(ctx, &o.provider).await?;
+                ctx.reporter.event(
+                    Some(&o.machine),
+                    Phase::Remove,
+                    &format!("removing {}", o.resource_name),
+                );
+                p.remove(&o.id)
+                    .await
+                    .map_err(|e| OpError::provider(format!("cannot remove {}", o.resource_name), e))
+            },
+            |o| {
+                if !summary.machines.contains(&o.machine) {
+                    summary.machines.push(o.machine.clone());
                 }
-                .await;
-                (o, r)
-            });
-        let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
-        while let Some((o, r)) = results.next().await {
-            match r {
-                Ok(()) => {
-                    if !summary.machines.contains(&o.machine) {
-                        summary.machines.push(o.machine.clone());
-                    }
-                }
-                Err(e) => failures.push((o.machine.clone(), e.to_string())),
-            }
-        }
+            },
+        )
+        .await;
+        failures.extend(failed);
     }
     summary.machines.sort();
     if failures.is_empty() {
@@ -94,11 +84,7 @@ pub async fn destroy(
     let mut stuck = None;
     if machines.is_empty() && failures.is_empty() {
         let selector = Selector::env(&project.identity.env_id);
-        for name in project.provider_names() {
-            if ctx.registry.capabilities(&name).is_none() {
-                continue;
-            }
-            let p = provider(ctx, &name).await?;
+        for (_, p) in used_providers(ctx, project).await? {
             match p.purge(&selector).await {
                 Ok(removed) => summary.resources.extend(removed),
                 Err(e) => stuck = Some(e),

@@ -7,9 +7,8 @@ use serde::Serialize;
 
 use super::context::{Context, provider};
 use super::error::OpError;
-use super::observe::observe;
+use super::observe::{observe, runnable};
 use super::project::Project;
-use crate::plan::current;
 
 /// Paths whose changes are never drift: kernel and runtime file systems, logs and caches.
 pub const VOLATILE: &[&str] = &[
@@ -84,18 +83,7 @@ pub async fn drift(
         .machine(machine)
         .ok_or_else(|| project.unknown_machine(machine))?;
     let observed = observe(ctx, project).await?;
-    let o = current(machine, &observed)
-        .0
-        .ok_or_else(|| OpError::NotRunning {
-            machine: machine.to_string(),
-            state: "not created".into(),
-        })?;
-    if !o.state.can_exec() {
-        return Err(OpError::NotRunning {
-            machine: machine.to_string(),
-            state: o.state.to_string(),
-        });
-    }
+    let o = runnable(machine, &observed)?;
     let p = provider(ctx, &o.provider).await?;
     let changes = p
         .drift(&o.id)

@@ -8,9 +8,9 @@ use envrig_provider_api::{ExecRequest, OutputStream, Provider, Terminal};
 
 use super::context::{Context, provider};
 use super::error::OpError;
-use super::observe::observe;
+use super::observe::{observe, runnable};
 use super::project::Project;
-use crate::plan::{Observed, current};
+use crate::plan::Observed;
 
 /// The running resource of `machine`, and its provider.
 pub async fn running_machine(
@@ -22,21 +22,7 @@ pub async fn running_machine(
         .machine(machine)
         .ok_or_else(|| project.unknown_machine(machine))?;
     let observed = observe(ctx, project).await?;
-    let o = match current(m.name.as_str(), &observed).0 {
-        None => {
-            return Err(OpError::NotRunning {
-                machine: machine.to_string(),
-                state: "not created".to_string(),
-            });
-        }
-        Some(o) if !o.state.can_exec() => {
-            return Err(OpError::NotRunning {
-                machine: machine.to_string(),
-                state: o.state.as_str().to_string(),
-            });
-        }
-        Some(o) => o.clone(),
-    };
+    let o = runnable(m.name.as_str(), &observed)?.clone();
     let p = provider(ctx, &o.provider).await?;
     Ok((p, o))
 }

@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use envrig_provider_api::MachineState;
 
 use super::context::{Context, provider};
 use super::error::OpError;
 use super::observe::observe;
+use super::parallel::each_in_wave;
 use super::project::Project;
 use super::report::Phase;
 use super::session::Session;
@@ -36,31 +35,27 @@ pub async fn halt(
     let mut stopped = Vec::new();
     let mut failures = Vec::new();
     for wave in project.teardown_waves(&selected) {
-        let jobs = running
+        let wave = running
             .iter()
-            .filter(|o| wave.contains(&o.machine))
-            .map(|o| async move {
-                let r = async {
-                    let p = provider(ctx, &o.provider).await?;
-                    ctx.reporter
-                        .event(Some(&o.machine), Phase::Stop, "stopping");
-                    p.stop(&o.id, timeout)
-                        .await
-                        .map_err(|e| OpError::provider(format!("cannot stop `{}`", o.machine), e))
-                }
-                .await;
-                (o, r)
-            });
-        let mut results = futures_util::stream::iter(jobs).buffer_unordered(8);
-        while let Some((o, r)) = results.next().await {
-            match r {
-                Ok(()) => {
-                    ctx.reporter.event(Some(&o.machine), Phase::Done, "stopped");
-                    stopped.push(o.machine.clone());
-                }
-                Err(e) => failures.push((o.machine.clone(), e.to_string())),
-            }
-        }
+            .copied()
+            .filter(|o| wave.contains(&o.machine));
+        let failed = each_in_wave(
+            wave,
+            |o| async move {
+                let p = provider(ctx, &o.provider).await?;
+                ctx.reporter
+                    .event(Some(&o.machine), Phase::Stop, "stopping");
+                p.stop(&o.id, timeout)
+                    .await
+                    .map_err(|e| OpError::provider(format!("cannot stop `{}`", o.machine), e))
+            },
+            |o| {
+                ctx.reporter.event(Some(&o.machine), Phase::Done, "stopped");
+                stopped.push(o.machine.clone());
+            },
+        )
+        .await;
+        failures.extend(failed);
     }
     let observed = observe(ctx, project).await?;
     session.refresh(&observed)?;

@@ -123,7 +123,7 @@ fn lock_path(project: &Project) -> std::path::PathBuf {
 /// The list of lock files envrig wrote on this host (`$ENVRIG_HOME/locks`, one path per
 /// line): `gc` keeps the baked layers they reference.
 pub fn registry() -> std::path::PathBuf {
-    super::home::home_dir().join("locks")
+    super::home_dir().join("locks")
 }
 
 /// Adds `path` to the [`registry`] (best effort: a lock that is not listed only loses its
@@ -135,7 +135,7 @@ fn register(path: &std::path::Path) {
     if text.lines().any(|l| l == line) {
         return;
     }
-    let _ = std::fs::create_dir_all(super::home::home_dir());
+    let _ = std::fs::create_dir_all(super::home_dir());
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use envrig_provider_api::Selector;
 
-use super::context::{Context, provider};
+use super::context::{Context, used_providers};
 use super::error::OpError;
 use super::project::Project;
-use crate::plan::Observed;
+use crate::plan::{Observed, current};
 
 /// Every resource of this environment on every provider it may use, decoded. Resources
 /// being removed (by a command that died half-way) are waited for, briefly: they are about
@@ -30,11 +30,7 @@ pub async fn observe(ctx: &Context, project: &Project) -> Result<Vec<Observed>, 
 async fn observe_once(ctx: &Context, project: &Project) -> Result<Vec<Observed>, OpError> {
     let selector = Selector::env(&project.identity.env_id);
     let mut out = Vec::new();
-    for name in project.provider_names() {
-        if ctx.registry.capabilities(&name).is_none() {
-            continue;
-        }
-        let p = provider(ctx, &name).await?;
+    for (name, p) in used_providers(ctx, project).await? {
         let infos = p
             .list(&selector)
             .await
@@ -46,6 +42,34 @@ async fn observe_once(ctx: &Context, project: &Project) -> Result<Vec<Observed>,
         );
     }
     Ok(out)
+}
+
+/// The current resource of `machine` (see [`current`]); "not created" when it has none.
+pub(super) fn created<'a>(
+    machine: &str,
+    observed: &'a [Observed],
+) -> Result<&'a Observed, OpError> {
+    current(machine, observed)
+        .0
+        .ok_or_else(|| OpError::NotRunning {
+            machine: machine.to_string(),
+            state: "not created".into(),
+        })
+}
+
+/// The current resource of `machine` when it can run commands; else why not (its state).
+pub(super) fn runnable<'a>(
+    machine: &str,
+    observed: &'a [Observed],
+) -> Result<&'a Observed, OpError> {
+    let o = created(machine, observed)?;
+    if !o.state.can_exec() {
+        return Err(OpError::NotRunning {
+            machine: machine.to_string(),
+            state: o.state.to_string(),
+        });
+    }
+    Ok(o)
 }
 
 /// Group observed resources by machine.

@@ -212,3 +212,27 @@ pub fn waves<'a>(machines: &[&'a Machine]) -> Vec<Vec<&'a Machine>> {
     }
     out
 }
+
+/// Each of `selected` with what `find` finds for it, for an operation on the machines
+/// `named` (every machine when none is): a machine `find` finds nothing for (`Err`) is the
+/// error when machines were named and is passed over when not; `none` is the error when
+/// nothing is found at all.
+pub(super) fn found_for<'m, T>(
+    selected: &[&'m Machine],
+    named: &[String],
+    mut find: impl FnMut(&'m Machine) -> Result<T, OpError>,
+    none: impl FnOnce() -> OpError,
+) -> Result<Vec<(&'m Machine, T)>, OpError> {
+    let mut out = Vec::new();
+    for m in selected {
+        match find(m) {
+            Ok(t) => out.push((*m, t)),
+            Err(_) if named.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if out.is_empty() {
+        return Err(none());
+    }
+    Ok(out)
+}

@@ -10,13 +10,12 @@ use envrig_provider_api::{ExecRequest, Provider};
 use super::context::{Context, provider};
 use super::error::OpError;
 use super::guest::{run_quiet, run_streamed, tar_bytes, tar_of};
-use super::observe::observe;
+use super::observe::{observe, runnable};
 use super::project::{Project, waves};
 use super::report::Phase;
 use super::resolved::Resolved;
 use super::session::Session;
 use crate::envfile::{Machine, Ready, StepKind};
-use crate::plan::current;
 use crate::provision::{self, HashedStep, Mode, Record};
 
 /// Whether the steps hashed now are those the machine's fingerprint was made of (at the
@@ -391,21 +390,7 @@ pub async fn provision(
     session.refresh(&observed)?;
     let mut targets = Vec::new();
     for m in &selected {
-        match current(m.name.as_str(), &observed).0 {
-            Some(o) if o.state.can_exec() => targets.push((*m, o.id.clone())),
-            Some(o) => {
-                return Err(OpError::NotRunning {
-                    machine: m.name.to_string(),
-                    state: o.state.as_str().to_string(),
-                });
-            }
-            None => {
-                return Err(OpError::NotRunning {
-                    machine: m.name.to_string(),
-                    state: "not created".to_string(),
-                });
-            }
-        }
+        targets.push((*m, runnable(m.name.as_str(), &observed)?.id.clone()));
     }
     let mut done = Vec::new();
     let mut failures = Vec::new();

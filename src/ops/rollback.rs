@@ -11,14 +11,14 @@ use serde::Serialize;
 
 use super::context::{Context, provider};
 use super::error::OpError;
-use super::observe::observe;
-use super::project::Project;
+use super::observe::{created, observe};
+use super::project::{Project, found_for};
 use super::provision::{run_always, wait_ready};
 use super::report::Phase;
 use super::session::Session;
 use super::start::StartRecipe;
 use crate::envfile::Machine;
-use crate::plan::{Observed, current};
+use crate::plan::Observed;
 
 /// One machine switched back.
 #[derive(Debug, Clone, Serialize)]
@@ -38,18 +38,9 @@ pub async fn rollback(
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     // Every machine must have somewhere to go back to before anything moves.
-    let mut work = Vec::new();
-    for m in &selected {
+    let find = |m: &Machine| {
         let name = m.name.as_str();
-        let Some(cur) = current(name, &observed).0 else {
-            if machines.is_empty() {
-                continue;
-            }
-            return Err(OpError::NotRunning {
-                machine: name.to_string(),
-                state: "not created".into(),
-            });
-        };
+        let cur = created(name, &observed)?;
         let prev = observed
             .iter()
             .filter(|o| {
@@ -57,26 +48,19 @@ pub async fn rollback(
                     && o.generation < cur.generation
                     && !o.labels.contains_key(labels::CANDIDATE)
             })
-            .max_by_key(|o| o.generation);
-        match prev {
-            Some(prev) => work.push((*m, cur.clone(), prev.clone())),
-            None if machines.is_empty() => {}
-            None => {
-                return Err(OpError::Usage(format!(
-                    "`{name}` has no kept generation to roll back to (generation {} is its only one; `keep` in [project] says how many are kept)",
-                    cur.generation
-                )));
-            }
-        }
-    }
-    if work.is_empty() {
-        return Err(OpError::Usage(
-            "no machine has a kept generation to roll back to".into(),
-        ));
-    }
+            .max_by_key(|o| o.generation)
+            .ok_or_else(|| OpError::Usage(format!(
+                "`{name}` has no kept generation to roll back to (generation {} is its only one; `keep` in [project] says how many are kept)",
+                cur.generation
+            )))?;
+        Ok((cur.clone(), prev.clone()))
+    };
+    let work = found_for(&selected, machines, find, || {
+        OpError::Usage("no machine has a kept generation to roll back to".into())
+    })?;
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    for (m, cur, prev) in work {
+    for (m, (cur, prev)) in work {
         let name = m.name.as_str();
         let p = provider(ctx, &cur.provider).await?;
         ctx.reporter.event(

@@ -9,15 +9,15 @@ use std::collections::BTreeMap;
 use envrig_provider_api::{Selector, Snapshot, labels};
 use serde::Serialize;
 
-use super::context::{Context, provider};
+use super::context::{Context, provider, used_providers};
 use super::error::OpError;
-use super::observe::observe;
-use super::project::Project;
+use super::observe::{created, observe};
+use super::project::{Project, found_for};
 use super::report::Phase;
 use super::resolved::Resolved;
 use super::session::Session;
 use super::spec::machine_spec;
-use crate::envfile::Name;
+use crate::envfile::{Machine, Name};
 use crate::plan::{Observed, current};
 
 /// One snapshot name of an environment, over its machines.
@@ -35,11 +35,7 @@ pub async fn snapshots(
 ) -> Result<Vec<(String, Snapshot)>, OpError> {
     let selector = Selector::env(&project.identity.env_id);
     let mut out = Vec::new();
-    for name in project.provider_names() {
-        if ctx.registry.capabilities(&name).is_none() {
-            continue;
-        }
-        let p = provider(ctx, &name).await?;
+    for (name, p) in used_providers(ctx, project).await? {
         for s in p
             .snapshot_list(&selector)
             .await
@@ -80,7 +76,7 @@ async fn targets<'a>(
     ctx: &Context,
     project: &'a Project,
     machines: &[String],
-) -> Result<(Vec<&'a crate::envfile::Machine>, Vec<Observed>), OpError> {
+) -> Result<(Vec<&'a Machine>, Vec<Observed>), OpError> {
     let selected = project.select(machines, false)?;
     let observed = observe(ctx, project).await?;
     Ok((selected, observed))
@@ -123,24 +119,12 @@ pub(super) async fn save_locked(
     // What exists and which snapshots exist, asked at once.
     let (targets, found) = tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
     let (selected, observed) = targets?;
-    let mut work = Vec::new();
-    for m in &selected {
-        match current(m.name.as_str(), &observed).0 {
-            Some(o) => work.push((*m, o.clone())),
-            None if machines.is_empty() => {}
-            None => {
-                return Err(OpError::NotRunning {
-                    machine: m.name.to_string(),
-                    state: "not created".into(),
-                });
-            }
-        }
-    }
-    if work.is_empty() {
-        return Err(OpError::Usage(
-            "no machine of this environment exists: `envrig up` first".into(),
-        ));
-    }
+    let work = found_for(
+        &selected,
+        machines,
+        |m| created(m.name.as_str(), &observed).cloned(),
+        || OpError::Usage("no machine of this environment exists: `envrig up` first".into()),
+    )?;
     let all = found?;
     delete_abandoned(ctx, &all).await;
     // A set a killed save left half-made is not listed, and is replaced without `--force`.
@@ -247,11 +231,7 @@ pub(super) async fn save_locked(
 }
 
 /// The spec a machine's resource was made with: the Envfile's, with the labels it has.
-fn spec_of(
-    project: &Project,
-    m: &crate::envfile::Machine,
-    o: &Observed,
-) -> envrig_provider_api::MachineSpec {
+fn spec_of(project: &Project, m: &Machine, o: &Observed) -> envrig_provider_api::MachineSpec {
     let mut spec = machine_spec(
         project,
         &Resolved::default(),
@@ -279,27 +259,16 @@ pub async fn snapshot_restore(
     let session = Session::open(ctx, project).await?;
     let (selected, observed) = targets(ctx, project, machines).await?;
     let all = super::snapset::listed(&snapshots(ctx, project).await?);
-    let mut work = Vec::new();
-    for m in &selected {
-        match all
-            .iter()
+    let find = |m: &Machine| {
+        all.iter()
             .find(|(_, s)| s.name == name && s.machine == m.name.as_str())
-        {
-            Some(found) => work.push((*m, found)),
-            None if machines.is_empty() => {}
-            None => {
-                return Err(OpError::Usage(format!(
-                    "snapshot `{name}` has no machine `{}`",
-                    m.name
-                )));
-            }
-        }
-    }
-    if work.is_empty() {
-        return Err(OpError::Usage(format!(
+            .ok_or_else(|| OpError::Usage(format!("snapshot `{name}` has no machine `{}`", m.name)))
+    };
+    let work = found_for(&selected, machines, find, || {
+        OpError::Usage(format!(
             "no snapshot named `{name}`; `envrig snapshot list` lists them"
-        )));
-    }
+        ))
+    })?;
     let jobs = work.iter().map(|(m, (pname, snap))| {
         let cur = current(m.name.as_str(), &observed).0.map(|o| o.id.clone());
         async move {
@@ -405,12 +374,7 @@ pub async fn package(
         .ok_or_else(|| project.unknown_machine(machine))?;
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
-    let o = current(machine, &observed)
-        .0
-        .ok_or_else(|| OpError::NotRunning {
-            machine: machine.to_string(),
-            state: "not created".into(),
-        })?;
+    let o = created(machine, &observed)?;
     let p = provider(ctx, &o.provider).await?;
     let steps = session
         .provisioned(machine, &o.id)

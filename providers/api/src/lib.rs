@@ -24,9 +24,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod drift;
+pub mod export;
+pub mod hash;
+pub mod home;
 pub mod labels;
 pub mod plugin;
 pub mod schema;
+pub mod subnet;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod work;

@@ -96,6 +96,18 @@ pub fn tar_with(path: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A suffix no other test run on this host has: the process id and the clock's nanoseconds.
+pub fn unique() -> String {
+    format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
 /// The whole suite. `base` must be usable by `p`; `unique` keeps parallel runs apart.
 pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
     let env_id = format!("conf{unique}");
@@ -176,22 +188,13 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
 
     // Upload: a tar lands in the guest folder (`/root`, not `/tmp`: a guest may keep `/tmp`
     // in memory, and this file must survive a restart below).
-    p.upload(
-        &created.id,
-        "/root",
-        tar_with("conformance.txt", b"payload\n"),
-    )
-    .await
-    .expect("upload");
+    let tar = tar_with("conformance.txt", b"payload\n");
+    p.upload(&created.id, "/root", tar).await.expect("upload");
     let c = capture(p, &created.id, &["cat", "/root/conformance.txt"]).await;
     assert_eq!((c.stdout.as_str(), c.code), ("payload\n", 0));
-    p.upload(
-        &created.id,
-        "/",
-        tar_with("var/lib/conformance/deep/x.txt", b"deep\n"),
-    )
-    .await
-    .expect("upload with missing parents");
+    let tar = tar_with("var/lib/conformance/deep/x.txt", b"deep\n");
+    let uploaded = p.upload(&created.id, "/", tar).await;
+    uploaded.expect("upload with missing parents");
     let c = capture(
         p,
         &created.id,

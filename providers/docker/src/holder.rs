@@ -33,9 +33,9 @@ use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig}
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions,
 };
+use envrig_provider_api::hash::sha256_hex;
 use envrig_provider_api::{MachineSpec, PortSpec, ProviderError, Result, Selector, labels};
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 
 use crate::error::map_err;
 use crate::{DockerProvider, KEEPALIVE, label_filters};
@@ -101,13 +101,6 @@ fn holder_rootfs() -> std::io::Result<Vec<u8>> {
     header.set_cksum();
     builder.append_data(&mut header, "pause", program.as_slice())?;
     builder.into_inner()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The hash of what a holder for `spec` holds: host ports, hostname and network names.

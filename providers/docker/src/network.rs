@@ -18,7 +18,9 @@ use bollard::models::{
     NetworkCreateRequest, NetworkDisconnectRequest, Volume,
 };
 use bollard::query_parameters::{ListNetworksOptions, ListVolumesOptions, RemoveImageOptions};
-use envrig_provider_api::{NetworkSpec, OtherResource, ProviderError, Result, Selector, labels};
+use envrig_provider_api::{
+    NetworkSpec, OtherResource, ProviderError, Result, Selector, labels, subnet,
+};
 
 use crate::error::map_err;
 use crate::{DockerProvider, label_filters};
@@ -173,49 +175,24 @@ impl DockerProvider {
 impl DockerProvider {
     /// The first /24 of `pool` that no docker network uses.
     async fn free_subnet(&self, pool: &str) -> Result<String> {
-        let bad = || ProviderError::Conflict {
+        let pool_net = subnet::parse(pool, 8..=24).ok_or_else(|| ProviderError::Conflict {
             message: format!("ENVRIG_SUBNET_POOL `{pool}` is not an IPv4 CIDR like 198.18.0.0/15"),
-        };
-        let (addr, prefix) = pool.split_once('/').ok_or_else(bad)?;
-        let base: u32 = addr
-            .parse::<std::net::Ipv4Addr>()
-            .map_err(|_| bad())?
-            .into();
-        let prefix: u32 = prefix.parse().map_err(|_| bad())?;
-        if !(8..=24).contains(&prefix) {
-            return Err(bad());
-        }
+        })?;
         let networks = self
             .docker
             .list_networks(None::<ListNetworksOptions>)
             .await
             .map_err(|e| map_err("list networks", e))?;
-        let used: Vec<(u32, u32)> = networks
+        let used: Vec<subnet::Ipv4Net> = networks
             .iter()
             .flat_map(|n| n.ipam.iter().flat_map(|i| i.config.iter().flatten()))
-            .filter_map(|c| {
-                let (a, p) = c.subnet.as_deref()?.split_once('/')?;
-                Some((
-                    a.parse::<std::net::Ipv4Addr>().ok()?.into(),
-                    p.parse().ok()?,
-                ))
-            })
+            .filter_map(|c| subnet::parse(c.subnet.as_deref()?, 0..=32))
             .collect();
-        let overlaps = |a: u32, pa: u32, b: u32, pb: u32| {
-            let p = pa.min(pb);
-            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-            a & mask == b & mask
-        };
-        let count = 1u32 << (24 - prefix);
-        for i in 0..count {
-            let candidate = (base & (u32::MAX << (32 - prefix))) + (i << 8);
-            if !used.iter().any(|&(a, p)| overlaps(candidate, 24, a, p)) {
-                return Ok(format!("{}/24", std::net::Ipv4Addr::from(candidate)));
-            }
-        }
-        Err(ProviderError::Conflict {
-            message: format!("no free /24 left in ENVRIG_SUBNET_POOL `{pool}`"),
-        })
+        subnet::pick(pool_net, &used, 0)
+            .map(|s| s.to_string())
+            .ok_or_else(|| ProviderError::Conflict {
+                message: format!("no free /24 left in ENVRIG_SUBNET_POOL `{pool}`"),
+            })
     }
 
     pub(crate) async fn list_other_resources(

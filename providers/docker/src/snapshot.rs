@@ -122,18 +122,13 @@ impl DockerProvider {
 
     pub(crate) async fn check_image_archive(&self, src: &std::path::Path) -> Result<()> {
         let src = src.to_path_buf();
-        let checked = tokio::task::spawn_blocking(move || export_check::check(&src))
-            .await
-            .map_err(|e| engine_err("read the image archive", e))?;
-        match checked {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(ProviderError::Refused {
-                message: format!("its image archive is refused: {why}"),
-            }),
-            Err(e) => Err(ProviderError::Refused {
-                message: format!("its image archive cannot be read as a tar: {e}"),
-            }),
-        }
+        envrig_provider_api::export::check_archive(
+            move || export_check::check(&src),
+            "image archive",
+            "image archive",
+            |e| engine_err("read the image archive", e),
+        )
+        .await
     }
 
     pub(crate) async fn import_snapshot(

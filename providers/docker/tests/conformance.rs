@@ -16,13 +16,5 @@ async fn docker_passes_the_conformance_suite() {
     let provider = DockerProvider::connect()
         .await
         .unwrap_or_else(|e| panic!("Docker is not usable: {e}; run scripts/host-setup.sh"));
-    let unique = format!(
-        "{}{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    testkit::run_all(Arc::new(provider), TEST_IMAGE, &unique).await;
+    testkit::run_all(Arc::new(provider), TEST_IMAGE, &testkit::unique()).await;
 }

@@ -11,29 +11,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use envrig_provider_api::StoredBox;
-use sha2::{Digest, Sha256};
+use envrig_provider_api::hash::sha256_file;
 
 /// The files a box may hold besides its disk.
 pub const KERNEL_FILES: [&str; 3] = ["vmlinuz", "initrd.img", "cmdline"];
-
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-        size,
-    ))
-}
 
 /// A valid box name: what Envfiles may name (`[a-z0-9][a-z0-9._-]*`).
 pub fn valid_name(name: &str) -> bool {
@@ -101,12 +82,7 @@ fn unpack_vagrant_box(source: &Path, dest: &Path) -> std::io::Result<()> {
 
 /// Adds `source` as box `name` to `store`.
 pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Result<StoredBox> {
-    check_new(store, name, force)?;
-    std::fs::create_dir_all(store)?;
-    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let result = (|| -> std::io::Result<StoredBox> {
+    stage(store, name, force, &source.display().to_string(), |tmp| {
         let meta = std::fs::metadata(source)?;
         if meta.is_dir() {
             if !source.join("disk.qcow2").is_file() {
@@ -119,13 +95,30 @@ pub fn add(store: &Path, name: &str, source: &Path, force: bool) -> std::io::Res
                 }
             }
         } else if source.extension().is_some_and(|e| e == "box") {
-            unpack_vagrant_box(source, &tmp)?;
+            unpack_vagrant_box(source, tmp)?;
         } else {
             // A disk image; `qemu-img info` (run by the caller's first machine) checks it.
             std::fs::copy(source, tmp.join("disk.qcow2"))?;
         }
-        finish(store, name, &tmp, &source.display().to_string())
-    })();
+        Ok(())
+    })
+}
+
+/// Makes box `name` of `store` in a work folder with `fill`, then describes it and puts it in
+/// place (`source` says where it came from). Nothing is left behind when it fails.
+fn stage(
+    store: &Path,
+    name: &str,
+    force: bool,
+    source: &str,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<StoredBox> {
+    check_new(store, name, force)?;
+    std::fs::create_dir_all(store)?;
+    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = fill(&tmp).and_then(|()| finish(store, name, &tmp, source));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -157,12 +150,7 @@ pub fn adopt(
     built: &Path,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<StoredBox> {
-    check_new(store, name, true)?;
-    std::fs::create_dir_all(store)?;
-    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let result = (|| -> std::io::Result<StoredBox> {
+    stage(store, name, true, "package", |tmp| {
         for f in std::iter::once("disk.qcow2").chain(KERNEL_FILES) {
             let from = built.join(f);
             if from.is_file() && std::fs::rename(&from, tmp.join(f)).is_err() {
@@ -170,12 +158,8 @@ pub fn adopt(
             }
         }
         std::fs::write(tmp.join("labels.json"), serde_json::to_vec_pretty(labels)?)?;
-        finish(store, name, &tmp, "package")
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+        Ok(())
+    })
 }
 
 /// Describes the box built in `tmp` and renames it into place as `store/name`.

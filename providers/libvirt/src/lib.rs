@@ -180,13 +180,7 @@ impl LibvirtProvider {
                 hint: Some("start libvirtd (`scripts/libvirt-setup.sh` does it on Debian), or set LIBVIRT_DEFAULT_URI".to_string()),
             })?;
             let system = uri.ends_with("/system");
-            let home = std::env::var_os("ENVRIG_HOME").map(PathBuf::from).unwrap_or_else(|| {
-                std::env::var_os("XDG_DATA_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-                    .unwrap_or_else(|| PathBuf::from("/tmp"))
-                    .join("envrig")
-            });
+            let home = envrig_provider_api::home::home_dir();
             // The system daemon's QEMU runs as its own user: overlays live where it can read.
             let images = std::env::var_os("ENVRIG_LIBVIRT_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
                 if system {

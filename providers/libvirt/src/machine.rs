@@ -426,19 +426,11 @@ impl LibvirtProvider {
     pub(crate) async fn list_machines(&self, selector: &Selector) -> Result<Vec<MachineInfo>> {
         let selector = selector.clone();
         self.blocking(move |c| {
-            let doms = c
-                .list_all_domains(0)
-                .map_err(|e| engine("list domains", e))?;
-            let mut out = Vec::new();
-            for d in doms {
-                // A domain that vanished while we looked is simply not listed.
-                if let Ok(info) = describe(&d)
-                    && selector.matches(&info.labels)
-                {
-                    out.push(info);
-                }
-            }
-            Ok(out)
+            Ok(described_domains(c)?
+                .into_iter()
+                .map(|(_, info)| info)
+                .filter(|info| selector.matches(&info.labels))
+                .collect())
         })
         .await
     }
@@ -521,6 +513,18 @@ async fn write_seed(mdir: &Path, instance: &str, hostname: &str, key: &str) -> O
             None
         }
     }
+}
+
+/// Every domain of the connection with what it says of itself; a domain that vanished
+/// while we looked is simply not listed.
+pub(crate) fn described_domains(c: &virt::connect::Connect) -> Result<Vec<(Domain, MachineInfo)>> {
+    let doms = c
+        .list_all_domains(0)
+        .map_err(|e| engine("list domains", e))?;
+    Ok(doms
+        .into_iter()
+        .filter_map(|d| describe(&d).ok().map(|info| (d, info)))
+        .collect())
 }
 
 pub(crate) fn describe(dom: &Domain) -> Result<MachineInfo> {

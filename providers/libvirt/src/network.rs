@@ -43,23 +43,18 @@ impl LibvirtProvider {
                 return Ok(());
             }
             let fixed = match &spec.subnet {
-                Some(s) => {
-                    Some(
-                        address::Subnet::parse(s).ok_or_else(|| ProviderError::Conflict {
-                            message: format!("subnet `{s}` is not an IPv4 subnet libvirt can use"),
-                        })?,
-                    )
-                }
+                Some(s) => Some(address::parse(s).ok_or_else(|| ProviderError::Conflict {
+                    message: format!("subnet `{s}` is not an IPv4 subnet libvirt can use"),
+                })?),
                 None => None,
             };
             let pool_text = spec
                 .subnet_pool
                 .clone()
                 .unwrap_or_else(|| address::DEFAULT_POOL.to_string());
-            let pool =
-                address::Subnet::parse(&pool_text).ok_or_else(|| ProviderError::Conflict {
-                    message: format!("subnet pool `{pool_text}` is not an IPv4 subnet"),
-                })?;
+            let pool = address::parse(&pool_text).ok_or_else(|| ProviderError::Conflict {
+                message: format!("subnet pool `{pool_text}` is not an IPv4 subnet"),
+            })?;
             let bridge = address::bridge_for(&spec.name);
             let mut last = None;
             // A subnet another process took between our look and our start: the next one.
@@ -67,7 +62,7 @@ impl LibvirtProvider {
                 let mut used = address::routed();
                 for n in c.list_all_networks(0).unwrap_or_default() {
                     if let Some((a, p)) = xml::network_ip(&n.xml_desc(0).unwrap_or_default())
-                        && let Some(s) = address::Subnet::parse(&format!("{a}/{p}"))
+                        && let Some(s) = address::parse(&format!("{a}/{p}"))
                     {
                         used.push(s);
                     }
@@ -80,13 +75,13 @@ impl LibvirtProvider {
                         }
                     })?,
                 };
-                let (address, dhcp, _) = subnet.layout();
+                let (address, dhcp, _) = address::layout(subnet);
                 let text = xml::Network {
                     name: &spec.name,
                     bridge: &bridge,
                     labels: &spec.labels,
                     address,
-                    prefix: subnet.prefix,
+                    prefix: subnet.prefix_len(),
                     dhcp,
                     domain: spec.domain.as_deref(),
                 }
@@ -145,7 +140,7 @@ impl LibvirtProvider {
             let (addr, prefix) = xml::network_ip(&text).ok_or_else(|| ProviderError::Conflict {
                 message: format!("network `{network}` has no IPv4 address"),
             })?;
-            let subnet = address::Subnet::parse(&format!("{addr}/{prefix}")).ok_or_else(|| {
+            let subnet = address::parse(&format!("{addr}/{prefix}")).ok_or_else(|| {
                 ProviderError::Conflict {
                     message: format!("network `{network}` has an unusable subnet {addr}/{prefix}"),
                 }
@@ -169,9 +164,9 @@ impl LibvirtProvider {
                 .map(|(_, ip)| *ip)
                 .collect();
             taken.extend(leased_elsewhere(&text, &mac));
-            let (_, _, fixed) = subnet.layout();
+            let (_, _, fixed) = address::layout(subnet);
             let ip = fixed
-                .map(|i| subnet.host(i))
+                .map(|i| address::host(subnet, i))
                 .find(|ip| !taken.contains(ip))
                 .ok_or_else(|| ProviderError::Conflict {
                     message: format!("network `{network}` has no free address left"),
@@ -438,12 +433,7 @@ fn name_address(
 /// XML is `net_xml` (from libvirt's lease status file for its bridge; none when it cannot
 /// be read).
 fn leased_elsewhere(net_xml: &str, mac: &str) -> Vec<std::net::Ipv4Addr> {
-    let Some(bridge) = net_xml
-        .split("<bridge name=")
-        .nth(1)
-        .and_then(|r| r.get(1..))
-        .and_then(|r| r.split(['\'', '"']).next())
-    else {
+    let Some(bridge) = xml::network_bridge(net_xml) else {
         return Vec::new();
     };
     let file = Path::new("/var/lib/libvirt/dnsmasq").join(format!("{bridge}.status"));

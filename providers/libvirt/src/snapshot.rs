@@ -13,7 +13,7 @@ use virt::domain::Domain;
 use crate::boot::{BOOTING, Marker};
 use crate::disk::Disk;
 use crate::error::{engine, io, refused_disk};
-use crate::machine::describe;
+use crate::machine::described_domains;
 use crate::{LibvirtProvider, boxes, qcow2, xml};
 
 /// What envrig keeps in a domain snapshot's description.
@@ -78,12 +78,8 @@ impl LibvirtProvider {
     pub(crate) async fn list_snapshots(&self, selector: &Selector) -> Result<Vec<Snapshot>> {
         let selector = selector.clone();
         self.blocking(move |c| {
-            let doms = c
-                .list_all_domains(0)
-                .map_err(|e| engine("list domains", e))?;
             let mut out = Vec::new();
-            for d in doms {
-                let Ok(info) = describe(&d) else { continue };
+            for (d, info) in described_domains(c)? {
                 if info.labels.is_empty() {
                     continue;
                 }
@@ -130,7 +126,7 @@ impl LibvirtProvider {
                 ),
             });
         }
-        let (owner2, name2, running) = (owner.to_string(), name.to_string(), snap.running);
+        let running = snap.running;
         let booting = self
             .info(owner)
             .await
@@ -140,21 +136,12 @@ impl LibvirtProvider {
         if let Some(b) = &booting {
             let _ = std::fs::write(b, b"");
         }
-        self.blocking(move |c| {
-            let dom = c
-                .lookup_domain_by_uuid_string(&owner2)
-                .map_err(|e| engine("look up the domain", e))?;
-            let s = Domain::lookup_snapshot_by_name(&dom, &name2, 0)
-                .map_err(|e| engine(format!("find snapshot `{name2}`"), e))?;
-            let flags = if running {
-                virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
-            } else {
-                0
-            };
-            s.revert(flags)
-                .map_err(|e| engine(format!("revert to snapshot `{name2}`"), e))
-        })
-        .await?;
+        let flags = if running {
+            virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
+        } else {
+            0
+        };
+        self.revert(owner, name, flags).await?;
         if running {
             // The snapshot holds the environment's key already.
             self.wait_ready_with(owner, false).await?;
@@ -341,19 +328,14 @@ impl LibvirtProvider {
     }
 
     pub(crate) async fn check_disk_export(&self, src: &Path) -> Result<()> {
-        let src2 = src.to_path_buf();
-        match tokio::task::spawn_blocking(move || qcow2::check_export_tar(&src2))
-            .await
-            .map_err(|e| io("read the disk export", std::io::Error::other(e)))?
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(ProviderError::Refused {
-                message: format!("its disk is refused: {why}"),
-            }),
-            Err(e) => Err(ProviderError::Refused {
-                message: format!("its disk export cannot be read as a tar: {e}"),
-            }),
-        }
+        let src = src.to_path_buf();
+        envrig_provider_api::export::check_archive(
+            move || qcow2::check_export_tar(&src),
+            "disk",
+            "disk export",
+            |e| io("read the disk export", std::io::Error::other(e)),
+        )
+        .await
     }
 
     pub(crate) async fn import_snapshot(

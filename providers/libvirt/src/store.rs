@@ -111,10 +111,12 @@ impl LibvirtProvider {
             Ok(s) if s.len() == 64 => s,
             _ => {
                 let d2 = disk.clone();
-                let (sha, _) = tokio::task::spawn_blocking(move || boxes::sha256_file(&d2))
-                    .await
-                    .map_err(|e| io("hash the box", std::io::Error::other(e)))?
-                    .map_err(|e| io("hash the box", e))?;
+                let (sha, _) = tokio::task::spawn_blocking(move || {
+                    envrig_provider_api::hash::sha256_file(&d2)
+                })
+                .await
+                .map_err(|e| io("hash the box", std::io::Error::other(e)))?
+                .map_err(|e| io("hash the box", e))?;
                 let _ = std::fs::create_dir_all(self.images.join(".hashes"));
                 let _ = std::fs::write(&cache, &sha);
                 sha

@@ -14,7 +14,8 @@ mod snapshot;
 
 pub use domain::{Domain, Share, graphics_types, network_nic, ports};
 pub use network::{
-    Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_domain, network_ip, qualified,
+    Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_bridge, network_domain,
+    network_ip, qualified,
 };
 pub use snapshot::{snapshot, snapshot_description};
 
@@ -43,6 +44,17 @@ fn empty(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> std::io::Result<()> {
     w.write_event(Event::Empty(e))
 }
 
+/// An element holding one empty element: `<name attrs><child attrs/></name>`.
+fn holding(
+    w: &mut W,
+    (name, attrs): (&str, &[(&str, &str)]),
+    (child, child_attrs): (&str, &[(&str, &str)]),
+) -> std::io::Result<()> {
+    open(w, name, attrs)?;
+    empty(w, child, child_attrs)?;
+    close(w, name)
+}
+
 fn text(w: &mut W, name: &str, attrs: &[(&str, &str)], body: &str) -> std::io::Result<()> {
     open(w, name, attrs)?;
     w.write_event(Event::Text(BytesText::new(body)))?;
@@ -68,6 +80,20 @@ fn attr(e: &BytesStart<'_>, key: &[u8]) -> Option<String> {
         .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
 }
 
+/// What `f` reads from the first element named `name` (in any namespace) of `xml`.
+fn first<T>(xml: &str, name: &[u8], f: impl FnOnce(&BytesStart<'_>) -> Option<T>) -> Option<T> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) if e.local_name().as_ref() == name => {
+                return f(&e);
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
 /// The envrig labels in a domain's XML (empty when it is not envrig's).
 pub fn labels(xml: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -75,20 +101,7 @@ pub fn labels(xml: &str) -> BTreeMap<String, String> {
     loop {
         match reader.read_event() {
             Ok(Event::Empty(e)) | Ok(Event::Start(e)) if e.local_name().as_ref() == b"label" => {
-                let mut name = None;
-                let mut value = None;
-                for a in e.attributes().flatten() {
-                    let v = a
-                        .unescape_value()
-                        .map(|v| v.into_owned())
-                        .unwrap_or_default();
-                    match a.key.as_ref() {
-                        b"name" => name = Some(v),
-                        b"value" => value = Some(v),
-                        _ => {}
-                    }
-                }
-                if let (Some(n), Some(v)) = (name, value) {
+                if let (Some(n), Some(v)) = (attr(&e, b"name"), attr(&e, b"value")) {
                     out.insert(n, v);
                 }
             }

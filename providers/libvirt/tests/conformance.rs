@@ -27,13 +27,10 @@ async fn libvirt_passes_the_conformance_suite() {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("libvirt is not usable: {e}; run scripts/libvirt-setup.sh"));
-    let unique = format!(
-        "{}{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    testkit::run_all(Arc::new(provider), guest.to_str().unwrap(), &unique).await;
+    testkit::run_all(
+        Arc::new(provider),
+        guest.to_str().unwrap(),
+        &testkit::unique(),
+    )
+    .await;
 }

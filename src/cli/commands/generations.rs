@@ -13,12 +13,9 @@ pub(super) async fn rollback(
 ) -> i32 {
     match settle(ctx, ops::rollback(ctx, project, machines)).await {
         Ok(done) => {
-            if printer.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"schema": "envrig.rollback/1", "machines": done})
-                );
-            } else {
+            if !printer
+                .as_json(serde_json::json!({"schema": "envrig.rollback/1", "machines": done}))
+            {
                 for r in &done {
                     printer.done(&format!(
                         "`{}` rolled back: generation {} -> {}",
@@ -42,25 +39,23 @@ pub(super) async fn drift(
 ) -> i32 {
     match settle(ctx, ops::drift(ctx, project, machine)).await {
         Ok(r) => {
-            if printer.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "schema": "envrig.drift/1",
-                        "machine": r.machine,
-                        "drifted": !r.changes.is_empty(),
-                        "changes": r.changes,
-                        "ignored": r.ignored,
-                    })
-                );
-            } else if r.changes.is_empty() {
-                printer.done(&format!(
-                    "no drift in `{}` since it was provisioned",
-                    r.machine
-                ));
-            } else {
-                for c in &r.changes {
-                    println!("{} {}", c.kind.letter(), c.path);
+            let doc = serde_json::json!({
+                "schema": "envrig.drift/1",
+                "machine": r.machine,
+                "drifted": !r.changes.is_empty(),
+                "changes": r.changes,
+                "ignored": r.ignored,
+            });
+            if !printer.as_json(doc) {
+                if r.changes.is_empty() {
+                    printer.done(&format!(
+                        "no drift in `{}` since it was provisioned",
+                        r.machine
+                    ));
+                } else {
+                    for c in &r.changes {
+                        println!("{} {}", c.kind.letter(), c.path);
+                    }
                 }
             }
             if exit_code && !r.changes.is_empty() {

@@ -94,12 +94,7 @@ pub(super) async fn provision(
 pub(super) async fn lock(ctx: &Context, printer: &Printer, project: &Project) -> i32 {
     match settle(ctx, ops::lock(ctx, project)).await {
         Ok(l) => {
-            if printer.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"schema": "envrig.lock/1", "lock": l})
-                );
-            } else {
+            if !printer.as_json(serde_json::json!({"schema": "envrig.lock/1", "lock": l})) {
                 printer.done(&format!(
                     "wrote {} ({} boxes, {} machines)",
                     crate::lock::FILE_NAME,

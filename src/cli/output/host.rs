@@ -1,25 +1,22 @@
 //! What the commands on the whole host print: `ls`, `gc` and `box`.
 
-use super::{Printer, SCHEMA_BOXES, SCHEMA_GC, SCHEMA_LS, json_line, out, table};
+use super::{Printer, SCHEMA_BOXES, SCHEMA_GC, SCHEMA_LS, header, json_line, out, table};
 use crate::ops::{self, EnvRow, GcItem, GcReport};
 
 impl Printer {
     pub fn ls(&self, rows: &[EnvRow]) {
-        if self.json {
-            out(&json_line(
-                &serde_json::json!({"schema": SCHEMA_LS, "environments": rows}),
-            ));
+        if self.as_json(serde_json::json!({"schema": SCHEMA_LS, "environments": rows})) {
             return;
         }
-        let mut t = vec![vec![
-            "PROJECT".into(),
-            "ID".into(),
-            "FOLDER".into(),
-            "MACHINES".into(),
-            "PROVIDERS".into(),
-            "AGE".into(),
-            "EXPIRES".into(),
-        ]];
+        let mut t = header(&[
+            "PROJECT",
+            "ID",
+            "FOLDER",
+            "MACHINES",
+            "PROVIDERS",
+            "AGE",
+            "EXPIRES",
+        ]);
         for r in rows {
             let machines: Vec<String> =
                 r.machines.iter().map(|(m, s)| format!("{m}={s}")).collect();
@@ -101,24 +98,15 @@ impl Printer {
     }
 
     pub fn boxes(&self, rows: &[ops::BoxRow]) {
-        if self.json {
-            out(&json_line(
-                &serde_json::json!({"schema": SCHEMA_BOXES, "boxes": rows}),
-            ));
+        let doc = serde_json::json!({"schema": SCHEMA_BOXES, "boxes": rows});
+        if self.listed_already(
+            doc,
+            rows.len(),
+            "no boxes; `envrig box add NAME FILE` adds one",
+        ) {
             return;
         }
-        if rows.is_empty() {
-            self.done("no boxes; `envrig box add NAME FILE` adds one");
-            return;
-        }
-        let mut t = vec![vec![
-            "NAME".to_string(),
-            "PROVIDER".into(),
-            "SIZE".into(),
-            "SHA256".into(),
-            "KERNEL".into(),
-            "SOURCE".into(),
-        ]];
+        let mut t = header(&["NAME", "PROVIDER", "SIZE", "SHA256", "KERNEL", "SOURCE"]);
         for r in rows {
             t.push(vec![
                 r.stored.name.clone(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Printer, SCHEMA_DESTROY, SCHEMA_HALT, SCHEMA_PROVISION, SCHEMA_RUN, SCHEMA_STATUS, SCHEMA_UP,
-    json_line, out, table,
+    header, json_line, out, table,
 };
 use crate::ops::{self, DestroySummary, Project, RunOutcome, StatusReport, UpOutcome};
 
@@ -48,13 +48,7 @@ impl Printer {
             })));
             return;
         }
-        let mut rows = vec![vec![
-            "MACHINE".into(),
-            "PROVIDER".into(),
-            "STATE".into(),
-            "PORTS".into(),
-            "AGE".into(),
-        ]];
+        let mut rows = header(&["MACHINE", "PROVIDER", "STATE", "PORTS", "AGE"]);
         for r in &report.machines {
             let state = match (&r.state, &r.engine_state) {
                 (s, Some(e)) if (s == "stale" || s == "orphan") => format!("{s} ({e})"),

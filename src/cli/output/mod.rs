@@ -95,6 +95,28 @@ impl Printer {
         }
     }
 
+    /// With `--json`, prints `doc` on stdout as one line and says so; else prints nothing
+    /// (the caller prints for people).
+    pub fn as_json(&self, doc: serde_json::Value) -> bool {
+        if self.json {
+            out(&json_line(&doc));
+        }
+        self.json
+    }
+
+    /// Whether a listing is printed already: as `doc` with `--json`, else as the message
+    /// `none` when it has no rows.
+    fn listed_already(&self, doc: serde_json::Value, rows: usize, none: &str) -> bool {
+        if self.as_json(doc) {
+            return true;
+        }
+        if rows == 0 {
+            self.done(none);
+            return true;
+        }
+        false
+    }
+
     /// A closing one-line summary, on stderr.
     pub fn done(&self, message: &str) {
         if !self.quiet && !self.json {
@@ -110,6 +132,11 @@ fn paint(color: bool, code: &str, s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// A table with only its first row: the column names.
+fn header(names: &[&str]) -> Vec<Vec<String>> {
+    vec![names.iter().map(|n| n.to_string()).collect()]
 }
 
 /// Prints rows as left-aligned columns on stdout.

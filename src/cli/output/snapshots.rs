@@ -3,7 +3,7 @@
 
 use super::{
     Printer, SCHEMA_EXPORT, SCHEMA_IMPORT, SCHEMA_PACKAGE, SCHEMA_SNAPSHOT, SCHEMA_SNAPSHOTS,
-    json_line, out, table,
+    header, json_line, out, table,
 };
 use crate::ops;
 
@@ -20,21 +20,11 @@ impl Printer {
     }
 
     pub fn snapshots(&self, rows: &[ops::SnapshotRow]) {
-        if self.json {
-            out(&json_line(
-                &serde_json::json!({"schema": SCHEMA_SNAPSHOTS, "snapshots": rows}),
-            ));
+        let doc = serde_json::json!({"schema": SCHEMA_SNAPSHOTS, "snapshots": rows});
+        if self.listed_already(doc, rows.len(), "no snapshots") {
             return;
         }
-        if rows.is_empty() {
-            self.done("no snapshots");
-            return;
-        }
-        let mut t = vec![vec![
-            "NAME".to_string(),
-            "MACHINES".to_string(),
-            "AGE".to_string(),
-        ]];
+        let mut t = header(&["NAME", "MACHINES", "AGE"]);
         for r in rows {
             t.push(vec![
                 r.name.clone(),

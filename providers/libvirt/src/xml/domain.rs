@@ -7,7 +7,7 @@ use envrig_provider_api::{PortSpec, Protocol};
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, Event};
 
-use super::{attr, close, empty, metadata, open, text};
+use super::{attr, close, empty, holding, metadata, open, text};
 
 /// Everything a domain is made of.
 #[derive(Debug, Clone)]
@@ -167,14 +167,8 @@ impl Domain<'_> {
                 "portForward",
                 &[("proto", proto), ("address", &p.host_ip)],
             )?;
-            empty(
-                &mut w,
-                "range",
-                &[
-                    ("start", &p.host_port.to_string()),
-                    ("to", &p.guest_port.to_string()),
-                ],
-            )?;
+            let (start, to) = (p.host_port.to_string(), p.guest_port.to_string());
+            empty(&mut w, "range", &[("start", &start), ("to", &to)])?;
             close(&mut w, "portForward")?;
         }
         close(&mut w, "interface")?;
@@ -187,40 +181,27 @@ impl Domain<'_> {
             close(&mut w, "interface")?;
         }
         // The serial console, kept in a file for diagnostics.
-        open(&mut w, "serial", &[("type", "file")])?;
-        empty(&mut w, "source", &[("path", self.console_log)])?;
-        empty(&mut w, "target", &[("port", "0")])?;
-        close(&mut w, "serial")?;
-        open(&mut w, "console", &[("type", "file")])?;
-        empty(&mut w, "source", &[("path", self.console_log)])?;
-        empty(&mut w, "target", &[("type", "serial"), ("port", "0")])?;
-        close(&mut w, "console")?;
+        for (device, target) in [
+            ("serial", &[("port", "0")][..]),
+            ("console", &[("type", "serial"), ("port", "0")][..]),
+        ] {
+            open(&mut w, device, &[("type", "file")])?;
+            empty(&mut w, "source", &[("path", self.console_log)])?;
+            empty(&mut w, "target", target)?;
+            close(&mut w, device)?;
+        }
         // A display for a viewer on this host only, as vagrant-libvirt makes one: a port
         // libvirt picks (`virsh domdisplay` tells it), and a cirrus card with 16 MiB.
         if let Some(kind) = self.graphics {
-            open(&mut w, "graphics", &[("type", kind), ("autoport", "yes")])?;
-            empty(
-                &mut w,
-                "listen",
-                &[("type", "address"), ("address", "127.0.0.1")],
-            )?;
-            close(&mut w, "graphics")?;
-            open(&mut w, "video", &[])?;
-            empty(
-                &mut w,
-                "model",
-                &[("type", "cirrus"), ("vram", "16384"), ("heads", "1")],
-            )?;
-            close(&mut w, "video")?;
+            let graphics = [("type", kind), ("autoport", "yes")];
+            let listen = [("type", "address"), ("address", "127.0.0.1")];
+            holding(&mut w, ("graphics", &graphics), ("listen", &listen))?;
+            let model = [("type", "cirrus"), ("vram", "16384"), ("heads", "1")];
+            holding(&mut w, ("video", &[]), ("model", &model))?;
         }
         // The guest agent: exec and uploads without a network.
-        open(&mut w, "channel", &[("type", "unix")])?;
-        empty(
-            &mut w,
-            "target",
-            &[("type", "virtio"), ("name", "org.qemu.guest_agent.0")],
-        )?;
-        close(&mut w, "channel")?;
+        let agent = [("type", "virtio"), ("name", "org.qemu.guest_agent.0")];
+        holding(&mut w, ("channel", &[("type", "unix")]), ("target", &agent))?;
         // Without an RNG, key generation in the guest stalls for seconds under emulation.
         open(&mut w, "rng", &[("model", "virtio")])?;
         text(&mut w, "backend", &[("model", "random")], "/dev/urandom")?;
@@ -240,44 +221,23 @@ pub fn ports(xml: &str) -> Vec<PortSpec> {
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"portForward" => {
-                let mut proto = Protocol::Tcp;
-                let mut addr = String::new();
-                for a in e.attributes().flatten() {
-                    let v = a
-                        .unescape_value()
-                        .map(|v| v.into_owned())
-                        .unwrap_or_default();
-                    match a.key.as_ref() {
-                        b"proto" if v == "udp" => proto = Protocol::Udp,
-                        b"address" => addr = v,
-                        _ => {}
-                    }
-                }
-                current = Some((proto, addr));
+                let proto = match attr(&e, b"proto").as_deref() {
+                    Some("udp") => Protocol::Udp,
+                    _ => Protocol::Tcp,
+                };
+                current = Some((proto, attr(&e, b"address").unwrap_or_default()));
             }
             Ok(Event::Empty(e)) if e.local_name().as_ref() == b"range" => {
-                if let Some((proto, addr)) = &current {
-                    let mut start = None;
-                    let mut to = None;
-                    for a in e.attributes().flatten() {
-                        let v = a
-                            .unescape_value()
-                            .map(|v| v.into_owned())
-                            .unwrap_or_default();
-                        match a.key.as_ref() {
-                            b"start" => start = v.parse().ok(),
-                            b"to" => to = v.parse().ok(),
-                            _ => {}
-                        }
-                    }
-                    if let (Some(host_port), Some(guest_port)) = (start, to) {
-                        out.push(PortSpec {
-                            host_ip: addr.clone(),
-                            host_port,
-                            guest_port,
-                            protocol: *proto,
-                        });
-                    }
+                let port = |key: &[u8]| attr(&e, key).and_then(|v| v.parse().ok());
+                if let Some((proto, addr)) = &current
+                    && let (Some(host_port), Some(guest_port)) = (port(b"start"), port(b"to"))
+                {
+                    out.push(PortSpec {
+                        host_ip: addr.clone(),
+                        host_port,
+                        guest_port,
+                        protocol: *proto,
+                    });
                 }
             }
             Ok(Event::End(e)) if e.local_name().as_ref() == b"portForward" => current = None,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use quick_xml::Writer;
 use quick_xml::events::Event;
 
-use super::{attr, close, empty, metadata, open, text};
+use super::{attr, close, empty, first, metadata, open, text};
 
 /// An isolated libvirt network (no `<forward>`: nothing leaves the host): a bridge, an
 /// address for the host, DHCP for a range, and envrig's labels in `<metadata>`.
@@ -36,14 +36,8 @@ impl Network<'_> {
         if let Some(d) = self.domain {
             empty(&mut w, "domain", &[("name", d), ("localOnly", "yes")])?;
         }
-        open(
-            &mut w,
-            "ip",
-            &[
-                ("address", &self.address.to_string()),
-                ("prefix", &self.prefix.to_string()),
-            ],
-        )?;
+        let (address, prefix) = (self.address.to_string(), self.prefix.to_string());
+        open(&mut w, "ip", &[("address", &address), ("prefix", &prefix)])?;
         open(&mut w, "dhcp", &[])?;
         empty(
             &mut w,
@@ -95,38 +89,27 @@ pub fn dns_host_named(name: &str) -> std::io::Result<String> {
 
 /// A network's address and prefix (from `prefix` or `netmask`).
 pub fn network_ip(xml: &str) -> Option<(std::net::Ipv4Addr, u8)> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) if e.local_name().as_ref() == b"ip" => {
-                let address = attr(&e, b"address")?.parse().ok()?;
-                let prefix = match (attr(&e, b"prefix"), attr(&e, b"netmask")) {
-                    (Some(p), _) => p.parse().ok()?,
-                    (None, Some(m)) => {
-                        u32::from(m.parse::<std::net::Ipv4Addr>().ok()?).count_ones() as u8
-                    }
-                    _ => 24,
-                };
-                return Some((address, prefix));
-            }
-            Ok(Event::Eof) | Err(_) => return None,
-            _ => {}
-        }
-    }
+    first(xml, b"ip", |e| {
+        let address = attr(e, b"address")?.parse().ok()?;
+        let prefix = match (attr(e, b"prefix"), attr(e, b"netmask")) {
+            (Some(p), _) => p.parse().ok()?,
+            (None, Some(m)) => u32::from(m.parse::<std::net::Ipv4Addr>().ok()?).count_ones() as u8,
+            _ => 24,
+        };
+        Some((address, prefix))
+    })
 }
 
 /// A network's DNS domain (`<domain name=…>`), if it has one.
 pub fn network_domain(xml: &str) -> Option<String> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) if e.local_name().as_ref() == b"domain" => {
-                return attr(&e, b"name").filter(|n| !n.is_empty());
-            }
-            Ok(Event::Eof) | Err(_) => return None,
-            _ => {}
-        }
-    }
+    first(xml, b"domain", |e| {
+        attr(e, b"name").filter(|n| !n.is_empty())
+    })
+}
+
+/// The name of a network's bridge (`<bridge name=…>`).
+pub fn network_bridge(xml: &str) -> Option<String> {
+    first(xml, b"bridge", |e| attr(e, b"name"))
 }
 
 /// `names` and, on a network with a DNS domain, each fully qualified too (`db`,

@@ -176,6 +176,12 @@ fn networks_are_written_and_read_back() {
     assert_eq!(qualified(&["db".into()], None), ["db"]);
     assert_eq!(network_ip(&xml), Some(("198.19.7.1".parse().unwrap(), 24)));
     assert!(!xml.contains("forward"), "isolated: {xml}");
+    assert_eq!(network_bridge(&xml).as_deref(), Some("envrig1234abcd"));
+    assert_eq!(
+        network_bridge("<network><bridge name=\"virbr0\" stp='on'/></network>").as_deref(),
+        Some("virbr0")
+    );
+    assert_eq!(network_bridge("<network/>"), None);
     let live = "<network><ip address='10.0.0.1' netmask='255.255.0.0'><dhcp><range start='10.0.0.9' end='10.0.0.20'/><host mac='52:54:00:AA:00:01' name='x' ip='10.0.0.10'/></dhcp></ip></network>";
     assert_eq!(network_ip(live), Some(("10.0.0.1".parse().unwrap(), 16)));
     assert_eq!(
