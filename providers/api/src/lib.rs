@@ -18,9 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod drift;
@@ -29,6 +27,7 @@ pub mod hash;
 pub mod home;
 pub mod labels;
 pub mod plugin;
+mod provider;
 pub mod schema;
 pub mod subnet;
 #[cfg(feature = "testkit")]
@@ -36,6 +35,7 @@ pub mod testkit;
 pub mod work;
 
 pub use labels::Selector;
+pub use provider::Provider;
 pub use schema::Schema;
 
 /// A boxed, thread-safe error source.
@@ -434,226 +434,6 @@ pub struct SshEndpoint {
     pub user: String,
     pub identity_file: String,
     pub known_hosts_file: Option<String>,
-}
-
-/// One engine that runs machines. Held as `Arc<dyn Provider>`; see the crate docs for the
-/// contract every implementation keeps.
-#[async_trait]
-pub trait Provider: Send + Sync + fmt::Debug {
-    /// The name used in Envfiles (`provider = "docker"`).
-    fn name(&self) -> &'static str;
-
-    fn capabilities(&self) -> Capabilities;
-
-    /// Makes sure `reference` is available locally, fetching it when missing.
-    async fn ensure_base(
-        &self,
-        reference: &str,
-        progress: &mut (dyn FnMut(PullProgress) + Send),
-    ) -> Result<BaseInfo>;
-
-    /// The identity `reference` resolves to on this host, without fetching anything;
-    /// `None` when it is not here.
-    async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>>;
-
-    /// Creates the machine (not started). Fails with [`ProviderError::NotFound`] when the base
-    /// is missing locally; the caller then calls [`Provider::ensure_base`] and tries again.
-    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo>;
-
-    async fn start(&self, id: &str) -> Result<()>;
-
-    /// Starts machine `id`, which this provider has just created from `spec` (so it need
-    /// not look the machine up again). Default: [`Provider::start`].
-    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
-        let _ = spec;
-        self.start(id).await
-    }
-
-    /// Stops gracefully, then hard after `timeout`. Stopping a stopped machine succeeds.
-    async fn stop(&self, id: &str, timeout: Duration) -> Result<()>;
-
-    /// Stops a generation that another generation of the same machine replaces at once
-    /// (started right after): what the machine holds beyond its own resource (host ports,
-    /// names) stays for the next one. The default is [`Provider::stop`].
-    async fn stop_for_handover(&self, id: &str, timeout: Duration) -> Result<()> {
-        self.stop(id, timeout).await
-    }
-
-    /// Removes the machine and everything created only for it. Removing a missing one succeeds.
-    async fn remove(&self, id: &str) -> Result<()>;
-
-    async fn inspect(&self, id: &str) -> Result<MachineInfo>;
-
-    /// Creates the environment's private network unless it exists (idempotent, safe to race);
-    /// a network of that name that is not the environment's is a [`ProviderError::Conflict`].
-    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()>;
-
-    /// Every non-machine resource (networks, volumes) whose labels match `selector`.
-    async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>>;
-
-    /// Every machine whose labels match `selector`, in any state.
-    async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>>;
-
-    /// Removes every non-machine resource (networks, volumes) whose labels match `selector`;
-    /// returns what it removed, one short description each.
-    async fn purge(&self, selector: &Selector) -> Result<Vec<String>>;
-
-    /// Runs a command to completion, streaming its output; returns its exit code.
-    async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64>;
-
-    /// Runs a command attached to a terminal (a TTY); returns its exit code.
-    async fn exec_interactive(
-        &self,
-        id: &str,
-        req: &ExecRequest,
-        terminal: Terminal,
-    ) -> Result<i64>;
-
-    /// Unpacks a tar archive into `dest` (an absolute guest folder that exists). Folders an
-    /// entry needs that do not exist are created (mode 0755, root); existing ones are kept.
-    async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()>;
-
-    /// The content of the small file `path` inside a running machine; `None` when there is
-    /// no such file. The default runs `cat` in the machine.
-    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
-        let req = ExecRequest {
-            argv: vec!["cat".to_string(), "--".to_string(), path.to_string()],
-            ..ExecRequest::default()
-        };
-        let mut out = Vec::new();
-        let mut sink = |s: OutputStream, b: &[u8]| {
-            if s == OutputStream::Stdout {
-                out.extend_from_slice(b)
-            }
-        };
-        let code = self.exec(id, &req, &mut sink).await?;
-        Ok((code == 0).then_some(out))
-    }
-
-    /// Freezes a running machine's processes (for a consistent multi-machine snapshot).
-    async fn pause(&self, id: &str) -> Result<()>;
-
-    /// Thaws a paused machine. Resuming one that is not paused succeeds.
-    async fn unpause(&self, id: &str) -> Result<()>;
-
-    /// Saves machine `id` as snapshot `name`; `spec` is the machine's spec, `labels` are
-    /// written on the snapshot (they carry the environment's identity), `running` says
-    /// whether the machine runs (or is paused by the caller), as the caller just saw it: a
-    /// restore leaves it that way. A running machine is saved consistently by the provider
-    /// itself (frozen while saved); to save several at one moment the caller pauses them
-    /// all first. Saving over an existing name is the caller's decision: the provider
-    /// replaces it.
-    async fn snapshot_save(
-        &self,
-        id: &str,
-        name: &str,
-        spec: &MachineSpec,
-        labels: &BTreeMap<String, String>,
-        running: bool,
-    ) -> Result<Snapshot>;
-
-    /// Every snapshot whose labels match `selector`.
-    async fn snapshot_list(&self, selector: &Selector) -> Result<Vec<Snapshot>>;
-
-    /// Replaces the machine (`current`, when it exists) by one made from `snap` with `spec`
-    /// (whose labels name the environment it now belongs to), in the state it was saved in.
-    async fn snapshot_restore(
-        &self,
-        snap: &Snapshot,
-        current: Option<&str>,
-        spec: &MachineSpec,
-    ) -> Result<MachineInfo>;
-
-    /// Deletes a snapshot; deleting one that is gone succeeds.
-    async fn snapshot_delete(&self, snap: &Snapshot) -> Result<()>;
-
-    /// Writes a snapshot's state to `dest` (a file), streaming; returns its size.
-    async fn snapshot_export(&self, snap: &Snapshot, dest: &std::path::Path) -> Result<u64>;
-
-    /// Checks a file that [`Provider::snapshot_export`] wrote on another host (a member of
-    /// an archive given to `import`) before anything is loaded from it, without the engine:
-    /// refuses ([`ProviderError::Refused`]) a file that reaches beyond itself, such as a
-    /// disk image naming a host file as its backing file. The default accepts.
-    async fn check_export(&self, _src: &std::path::Path) -> Result<()> {
-        Ok(())
-    }
-
-    /// Loads a snapshot exported by [`Provider::snapshot_export`] (checked by the caller),
-    /// labelling it with `labels`; returns it as this engine knows it.
-    async fn snapshot_import(
-        &self,
-        src: &std::path::Path,
-        snap: &Snapshot,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Snapshot>;
-
-    /// Bakes machine `id` into a new base named `name` (a docker image reference, a box),
-    /// labelled with `labels`.
-    async fn package(
-        &self,
-        id: &str,
-        name: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<BaseInfo>;
-
-    /// Adds a base to the provider's store from a local file or folder (providers with
-    /// [`Capabilities::box_store`]); an existing name is replaced only with `force`. Never
-    /// leaves a half-added box listed.
-    async fn box_add(&self, name: &str, source: &std::path::Path, force: bool)
-    -> Result<StoredBox>;
-
-    /// The bases in the provider's store.
-    async fn box_list(&self) -> Result<Vec<StoredBox>>;
-
-    /// Removes a base from the store; refused while a machine uses it.
-    async fn box_remove(&self, name: &str) -> Result<()>;
-
-    /// How to reach the machine with OpenSSH, when the provider has SSH.
-    async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint>;
-
-    /// Brings the machine's synced folders up to date where they are copies rather than
-    /// live mounts (`provision` calls it before the steps); returns one line per folder
-    /// copied, for the user. Live mounts need nothing: the default does nothing.
-    async fn refresh_synced(&self, _id: &str) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// Asks a running machine to write what it holds in memory for its files to its disk,
-    /// best effort, so that a snapshot's disk alone (an export) holds every file written
-    /// before it. `snapshot save` calls it on every running machine while it does its own
-    /// bookkeeping, before the moment is taken. Engines whose snapshot is the file system
-    /// itself need nothing: the default does nothing.
-    async fn flush(&self, _id: &str) -> Result<()> {
-        Ok(())
-    }
-
-    /// Every baked layer on this host (labelled [`labels::BAKED`]); none by default.
-    async fn baked_layers(&self) -> Result<Vec<BakedLayer>> {
-        Ok(Vec::new())
-    }
-
-    /// Removes baked layer `name`; refused (`Conflict`) while a machine is made from it.
-    async fn remove_baked(&self, name: &str) -> Result<()> {
-        Err(ProviderError::NotFound {
-            what: format!("baked layer `{name}`"),
-        })
-    }
-
-    /// Removes the work files and folders ([`work`]) of envrig processes that are gone from
-    /// the provider's own store (half-added boxes, unpacked imports, packaging folders);
-    /// returns what went. Nothing by default.
-    async fn sweep_work(&self) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// Takes the machine's file system as it is now as the baseline [`Provider::drift`]
-    /// compares with; called once its generation is provisioned (and after `provision`).
-    async fn mark_baseline(&self, id: &str) -> Result<()>;
-
-    /// The paths added, changed and deleted inside running machine `id` since its
-    /// baseline, envrig's own records ([`drift::ENVRIG_DIR`]) left out; the core leaves out
-    /// volatile and ignored paths.
-    async fn drift(&self, id: &str) -> Result<Vec<drift::PathChange>>;
 }
 
 #[cfg(test)]
