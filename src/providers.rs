@@ -183,8 +183,8 @@ impl Registry {
                 })
                 .as_ref()
                 .map_err(|message| ProviderError::Unavailable {
-                    provider: "envrig",
-                    message: format!("the `{name}` provider's plugin does not start: {message}"),
+                    provider: leak(name),
+                    message: format!("its plugin does not start: {message}"),
                     hint: Some(format!(
                         "install what the plugin needs (`ldd {}` names missing libraries), or remove it",
                         path.display()
@@ -209,8 +209,8 @@ impl Registry {
                             None => {
                                 return Err(self.describe(name).err().unwrap_or_else(|| {
                                     ProviderError::Unavailable {
-                                        provider: "envrig",
-                                        message: format!("the `{name}` provider's plugin stopped"),
+                                        provider: leak(name),
+                                        message: "its plugin stopped".to_string(),
                                         hint: None,
                                     }
                                 }));
@@ -234,6 +234,12 @@ impl crate::envfile::Providers for Registry {
     fn schema(&self, name: &str) -> Option<&Schema> {
         Registry::schema(self, name)
     }
+}
+
+/// A provider's name for an error, which names it for the life of the process (an error
+/// about a plugin is made at most once or twice per command).
+fn leak(name: &str) -> &'static str {
+    Box::leak(name.to_string().into_boxed_str())
 }
 
 /// The plugins in `dirs`, in order: executables named `envrig-provider-NAME` whose NAME is

@@ -101,9 +101,20 @@ impl Run {
         self
     }
 
+    /// The command's JSON document: the last line of stdout (docs/json.md); every line
+    /// before it must be an `envrig.event/1` event.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        let text = self.stdout.trim_end();
+        let (events, last) = match text.rsplit_once('\n') {
+            Some((events, last)) if last.starts_with('{') => (events, last),
+            _ => ("", text),
+        };
+        for line in events.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\nin: {text}"));
+            assert_eq!(v["schema"], "envrig.event/1", "not an event: {line}");
+        }
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
