@@ -26,7 +26,7 @@ pub struct Plugin {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<std::process::ChildStdout>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Words,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -69,8 +69,6 @@ impl Plugin {
         let stopped = |child: &mut Child, why: String| {
             let _ = child.kill();
             let status = child.wait().ok();
-            // The stderr thread has had a moment to take the last words.
-            std::thread::sleep(Duration::from_millis(20));
             let words = stderr_tail(&stderr);
             let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
             format!("{}: {why}{status}{words}", path.display())
@@ -145,9 +143,12 @@ impl Plugin {
     }
 }
 
+/// A plugin's last words on stderr, and whether its stderr has ended.
+type Words = Arc<(Mutex<String>, std::sync::atomic::AtomicBool)>;
+
 /// Copies a plugin's stderr to this process's stderr, keeping its last words.
-fn pass_on_stderr(mut err: std::process::ChildStderr) -> Arc<Mutex<String>> {
-    let kept = Arc::new(Mutex::new(String::new()));
+fn pass_on_stderr(mut err: std::process::ChildStderr) -> Words {
+    let kept: Words = Arc::new((Mutex::new(String::new()), Default::default()));
     let k = kept.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -156,7 +157,7 @@ fn pass_on_stderr(mut err: std::process::ChildStderr) -> Arc<Mutex<String>> {
                 break;
             }
             let _ = std::io::stderr().write_all(&buf[..n]);
-            let mut k = k.lock().unwrap_or_else(|p| p.into_inner());
+            let mut k = k.0.lock().unwrap_or_else(|p| p.into_inner());
             k.push_str(&String::from_utf8_lossy(&buf[..n]));
             if k.len() > STDERR_KEPT {
                 let cut = k.len() - STDERR_KEPT;
@@ -164,12 +165,19 @@ fn pass_on_stderr(mut err: std::process::ChildStderr) -> Arc<Mutex<String>> {
                 k.drain(..cut);
             }
         }
+        k.1.store(true, Ordering::Release);
     });
     kept
 }
 
-fn stderr_tail(kept: &Mutex<String>) -> String {
-    let k = kept.lock().unwrap_or_else(|p| p.into_inner());
+/// The last line a plugin that stopped wrote on stderr: waits (up to a second) for its
+/// stderr to end first, so the words are not lost to the race with its exit.
+fn stderr_tail(kept: &Words) -> String {
+    let t0 = std::time::Instant::now();
+    while !kept.1.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let k = kept.0.lock().unwrap_or_else(|p| p.into_inner());
     let t = k.trim();
     if t.is_empty() {
         String::new()
@@ -199,7 +207,7 @@ struct Conn {
     /// Why the plugin can no longer answer, once it cannot.
     ended: Mutex<Option<String>>,
     child: Mutex<Child>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Words,
 }
 
 impl Conn {
@@ -218,8 +226,9 @@ impl Conn {
                 let _ = tx.send(msg.body);
             }
         }
-        // Stopped: every call still waiting learns it (its sender goes).
-        std::thread::sleep(Duration::from_millis(20));
+        // Stopped: every call still waiting learns it (its sender goes). Its last words
+        // first: by the time its stderr ends, the process has exited.
+        let words = stderr_tail(&self.stderr);
         let status = self
             .child
             .lock()
@@ -229,9 +238,8 @@ impl Conn {
             .map(|s| format!(" ({s})"))
             .unwrap_or_default();
         *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-            "its plugin {} stopped{status}{}",
+            "its plugin {} stopped{status}{words}",
             self.path.display(),
-            stderr_tail(&self.stderr)
         ));
         self.pending
             .lock()
