@@ -216,7 +216,7 @@ impl Registry {
                                 }));
                             }
                         };
-                        Ok(Arc::new(plugin.connect().await?) as Arc<dyn Provider>)
+                        Ok(Arc::new(plugin.connect(None).await?) as Arc<dyn Provider>)
                     }
                 }
             })

@@ -395,6 +395,7 @@ pub(super) async fn ensure_networks(
                 .ok()
                 .filter(|s| !s.is_empty()),
             domain: Some(format!("{}.envrig.internal", project.envfile.project.name)),
+            span: false,
         };
         p.ensure_network(&spec)
             .await

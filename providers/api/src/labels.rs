@@ -21,6 +21,9 @@ pub const MACHINE: &str = "dev.envrig.machine";
 pub const GENERATION: &str = "dev.envrig.generation";
 /// The provider that created the resource.
 pub const PROVIDER: &str = "dev.envrig.provider";
+/// The engine endpoint the resource was placed on (`envrig engine add` NAME, `local` for
+/// the provider's local engine).
+pub const ENGINE: &str = "dev.envrig.engine";
 /// The envrig version that created the resource.
 pub const VERSION: &str = "dev.envrig.version";
 /// When the resource was created (RFC 3339, UTC).

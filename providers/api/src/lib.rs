@@ -282,6 +282,47 @@ pub struct NetworkSpec {
     /// `db.DOMAIN`, the domain coming by DHCP as a search domain). Engines that resolve bare
     /// names themselves (Docker's embedded DNS) may ignore it.
     pub domain: Option<String>,
+    /// The environment's machines are on several engines of one cluster (a Docker Swarm)
+    /// and reach each other through this network across them: made once through a
+    /// manager engine (Docker: an attachable overlay network), joined by each machine
+    /// through its own engine. False: the network lives on one engine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub span: bool,
+}
+
+/// Where an engine is: an endpoint of `envrig engine add` (none: the provider's local
+/// engine, as `DOCKER_HOST` or `LIBVIRT_DEFAULT_URI` say).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EngineAddress {
+    /// `tcp://198.18.200.11:2375`, `ssh://ci@host`, `qemu+tcp://host/system`...
+    pub uri: String,
+    /// A folder holding `ca.pem`, `cert.pem` and `key.pem` (as `DOCKER_CERT_PATH`): the
+    /// engine is reached over TLS with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_path: Option<std::path::PathBuf>,
+}
+
+/// What an engine says of itself: `envrig engine ls`, and the headroom placement weighs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// The engine's own version (`20.10.24`, `libvirt 11.3.0`).
+    pub version: String,
+    /// CPUs of the host the engine runs machines on.
+    pub cpus: u32,
+    /// Memory of that host, in bytes.
+    pub memory: u64,
+    /// The cluster the engine belongs to, when it is part of one (a Docker Swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// An engine's place in a cluster of engines (a Docker Swarm) that shares networks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// The cluster's id: engines with the same id share spanning networks.
+    pub id: String,
+    /// This engine can make cluster-wide networks (a Swarm manager).
+    pub manager: bool,
 }
 
 /// A provider-specific setting's value.

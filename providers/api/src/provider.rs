@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec,
-    NetworkSpec, OtherResource, OutputSink, OutputStream, ProviderError, PullProgress, Result,
-    Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
+    BakedLayer, BaseIdentity, BaseInfo, Capabilities, EngineInfo, ExecRequest, MachineInfo,
+    MachineSpec, NetworkSpec, OtherResource, OutputSink, OutputStream, ProviderError, PullProgress,
+    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
 };
 
 /// One engine that runs machines. Held as `Arc<dyn Provider>`; see the crate docs for the
@@ -60,6 +60,14 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn remove(&self, id: &str) -> Result<()>;
 
     async fn inspect(&self, id: &str) -> Result<MachineInfo>;
+
+    /// What the engine says of itself: version, the host's CPUs and memory, its cluster.
+    async fn engine_info(&self) -> Result<EngineInfo> {
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "describing its engine".into(),
+        })
+    }
 
     /// Creates the environment's private network unless it exists (idempotent, safe to race);
     /// a network of that name that is not the environment's is a [`ProviderError::Conflict`].

@@ -25,6 +25,11 @@ pub struct Schema {
     /// How a `[boxes.NAME] <provider> = "..."` reference is checked.
     #[serde(default)]
     pub box_ref: BoxRef,
+    /// The URI schemes of the engines this provider connects to (`tcp`, `qemu+ssh`): an
+    /// engine endpoint (`envrig engine add NAME URI`) belongs to the provider whose
+    /// schemes include its URI's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_schemes: Vec<String>,
 }
 
 /// One key of a provider's table and the type of its value.
@@ -119,6 +124,7 @@ mod tests {
                 Key::word("w", "a word like \"w\""),
             ],
             box_ref: BoxRef::Image,
+            engine_schemes: vec!["tcp".into()],
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(

@@ -33,6 +33,7 @@ use envrig_provider_api::{
 use tokio::io::AsyncWriteExt;
 
 mod drift;
+mod engine;
 mod error;
 mod exec;
 mod export_check;
@@ -69,6 +70,9 @@ pub fn schema() -> Schema {
         capabilities: CAPABILITIES,
         keys: vec![Key::bool("privileged"), Key::bool("init")],
         box_ref: BoxRef::Image,
+        engine_schemes: ["unix", "tcp", "ssh", "http", "https"]
+            .map(String::from)
+            .to_vec(),
     }
 }
 
@@ -122,6 +126,40 @@ impl DockerProvider {
     /// Connects to the engine named by `DOCKER_HOST` (else the local socket) and negotiates
     /// the API version.
     pub async fn connect() -> Result<Self> {
+        Self::connect_to(None).await
+    }
+
+    /// Connects to the engine at `engine` (an endpoint of `envrig engine add`: `unix://`,
+    /// `tcp://` (TLS with `cert_path`), `ssh://`); the local one (`DOCKER_HOST`) when none.
+    pub async fn connect_to(engine: Option<&envrig_provider_api::EngineAddress>) -> Result<Self> {
+        if let Some(e) = engine {
+            let v = bollard::API_DEFAULT_VERSION;
+            let docker = match (&e.cert_path, e.uri.split_once("://").map(|s| s.0)) {
+                (Some(certs), Some("tcp" | "https")) => Docker::connect_with_ssl(
+                    &e.uri,
+                    &certs.join("key.pem"),
+                    &certs.join("cert.pem"),
+                    &certs.join("ca.pem"),
+                    120,
+                    v,
+                ),
+                (_, Some("unix")) => Docker::connect_with_unix(&e.uri, 120, v),
+                (_, Some("tcp" | "http")) => Docker::connect_with_http(&e.uri, 120, v),
+                (_, Some("ssh")) => Docker::connect_with_ssh(&e.uri, 120, v, None),
+                _ => {
+                    return Err(unavailable(format!(
+                        "{}: not a Docker engine address (unix://, tcp://, ssh://)",
+                        e.uri
+                    )));
+                }
+            }
+            .map_err(|err| unavailable(format!("{}: {err}", e.uri)))?;
+            let docker = docker
+                .negotiate_version()
+                .await
+                .map_err(|err| unavailable(format!("{}: {err}", e.uri)))?;
+            return Ok(DockerProvider::with(docker));
+        }
         // On a local socket the API version comes from `/_ping`'s header (under a
         // millisecond) rather than `/version` (about 8 ms: the daemon gathers its facts).
         if let Some(path) = unix_socket()
@@ -217,6 +255,10 @@ impl Provider for DockerProvider {
     }
 
     // The private network and the other resources of an environment: `network.rs`.
+
+    async fn engine_info(&self) -> Result<envrig_provider_api::EngineInfo> {
+        self.describe_engine().await
+    }
 
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
         self.ensure_bridge_network(spec).await

@@ -138,6 +138,9 @@ pub fn schema() -> Schema {
             Key::one_of("graphics", &["vnc", "spice", "none"]),
         ],
         box_ref: BoxRef::Any,
+        engine_schemes: ["qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix"]
+            .map(String::from)
+            .to_vec(),
     }
 }
 
@@ -171,9 +174,18 @@ impl std::fmt::Debug for LibvirtProvider {
 impl LibvirtProvider {
     /// Connects to `LIBVIRT_DEFAULT_URI` (else `qemu:///system`).
     pub async fn connect() -> Result<Self> {
-        tokio::task::spawn_blocking(|| {
+        Self::connect_to(None).await
+    }
+
+    /// Connects to the libvirt daemon at `uri` (an engine endpoint); `LIBVIRT_DEFAULT_URI`,
+    /// else `qemu:///system`, when none.
+    pub async fn connect_to(uri: Option<&str>) -> Result<Self> {
+        let uri = uri.map(str::to_string);
+        tokio::task::spawn_blocking(move || {
             virt::error::clear_error_callback();
-            let uri = std::env::var("LIBVIRT_DEFAULT_URI").unwrap_or_else(|_| "qemu:///system".to_string());
+            let uri = uri
+                .or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok())
+                .unwrap_or_else(|| "qemu:///system".to_string());
             let conn = Connect::open(Some(&uri)).map_err(|e| ProviderError::Unavailable {
                 provider: NAME,
                 message: format!("{uri}: {e}"),

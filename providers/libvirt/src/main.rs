@@ -20,8 +20,9 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
-    envrig_provider_api::plugin::serve(schema(), || async {
-        let p = LibvirtProvider::connect().await?;
+    envrig_provider_api::plugin::serve(schema(), |engine| async move {
+        let uri = engine.map(|e| e.uri);
+        let p = LibvirtProvider::connect_to(uri.as_deref()).await?;
         Ok(Arc::new(p) as Arc<dyn Provider>)
     })
     .await

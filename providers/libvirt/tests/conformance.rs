@@ -24,7 +24,7 @@ async fn libvirt_passes_the_conformance_suite() {
     )
     .unwrap_or_else(|e| panic!("the libvirt plugin does not start: {e}"));
     let provider = plugin
-        .connect()
+        .connect(None)
         .await
         .unwrap_or_else(|e| panic!("libvirt is not usable: {e}; run scripts/libvirt-setup.sh"));
     testkit::run_all(

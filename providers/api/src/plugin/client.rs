@@ -117,8 +117,9 @@ impl Plugin {
         &self.hello
     }
 
-    /// Asks the plugin to connect to its engine; the provider it serves, once it has.
-    pub async fn connect(self) -> Result<PluginProvider> {
+    /// Asks the plugin to connect to the engine at `engine` (its local engine when none);
+    /// the provider it serves, once it has.
+    pub async fn connect(self, engine: Option<&crate::EngineAddress>) -> Result<PluginProvider> {
         let name: &'static str = intern(&self.hello.schema.name);
         let conn = Arc::new(Conn {
             name,
@@ -138,7 +139,10 @@ impl Plugin {
             capabilities: self.hello.schema.capabilities,
             conn,
         };
-        p.call::<()>(Call::Connect).await?;
+        p.call::<()>(Call::Connect {
+            engine: engine.cloned(),
+        })
+        .await?;
         Ok(p)
     }
 }

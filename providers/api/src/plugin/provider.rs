@@ -100,6 +100,10 @@ impl Provider for PluginProvider {
         self.call(Call::Inspect { id: id.into() }).await
     }
 
+    async fn engine_info(&self) -> Result<crate::EngineInfo> {
+        self.call(Call::EngineInfo).await
+    }
+
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
         self.call(Call::EnsureNetwork { spec: spec.clone() }).await
     }

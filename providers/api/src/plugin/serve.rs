@@ -20,7 +20,7 @@ use crate::{OutputStream, Provider, ProviderError, Result, Schema};
 /// this process ignores it and lets envrig decide.
 pub async fn serve<F, Fut>(schema: Schema, connect: F) -> !
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<crate::EngineAddress>) -> Fut,
     Fut: Future<Output = Result<Arc<dyn Provider>>>,
 {
     let _interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
@@ -76,7 +76,12 @@ where
         if provider.get().is_none()
             && let Some(c) = connect.take()
         {
-            match c().await {
+            // The engine named by a first `connect`; the local one for any other call.
+            let engine = match &call {
+                Call::Connect { engine } => engine.clone(),
+                _ => None,
+            };
+            match c(engine).await {
                 Ok(p) => {
                     let _ = provider.set(p);
                 }
@@ -147,7 +152,8 @@ fn ok<T: Serialize>(r: Result<T>) -> Body {
 async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSender<String>) -> Body {
     let ms = Duration::from_millis;
     match call {
-        Call::Connect => ok(Ok(())),
+        Call::Connect { .. } => ok(Ok(())),
+        Call::EngineInfo => ok(p.engine_info().await),
         Call::EnsureBase { reference } => {
             let mut progress = |pr| {
                 send_line(

@@ -66,8 +66,14 @@ pub enum Body {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", content = "params", rename_all = "snake_case")]
 pub enum Call {
-    /// Connects to the engine (every other call connects first when this one did not).
-    Connect,
+    /// Connects to the engine at `engine` (the provider's local engine when none); every
+    /// other call connects to the local engine first when this one did not come first.
+    Connect {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<crate::EngineAddress>,
+    },
+    /// What the engine says of itself ([`crate::EngineInfo`]).
+    EngineInfo,
     EnsureBase {
         reference: String,
     },
