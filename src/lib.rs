@@ -6,10 +6,12 @@
 //! command ([`ops`]). The binary (`src/main.rs`) is the CLI ([`cli`]).
 
 pub mod cli;
+pub mod engines;
 pub mod envfile;
 pub mod identity;
 pub mod lock;
 pub mod ops;
+pub mod placement;
 pub mod plan;
 pub mod providers;
 pub mod provision;

@@ -25,6 +25,8 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub provider: String,
+    /// The engine endpoint it was found on (`local`: the provider's local engine).
+    pub engine: String,
     pub machine: String,
     pub generation: u32,
     pub id: String,
@@ -38,7 +40,8 @@ pub struct Observed {
 
 impl Observed {
     /// Decodes a provider's report; resources without a machine label are not envrig's.
-    pub fn from_info(provider: &str, mut info: MachineInfo) -> Option<Observed> {
+    /// `engine`: the endpoint the provider listed it on.
+    pub fn from_info(provider: &str, engine: &str, mut info: MachineInfo) -> Option<Observed> {
         // An empty label is no label: images baked from machines blank out the labels they
         // must not pass on (an owner, an expiry) and containers inherit image labels.
         info.labels.retain(|_, v| !v.is_empty());
@@ -66,6 +69,7 @@ impl Observed {
                 .get(labels::PROVIDER)
                 .cloned()
                 .unwrap_or_else(|| provider.to_string()),
+            engine: engine.to_string(),
             generation: label(labels::GENERATION).parse().unwrap_or(1),
             config: label(labels::CONFIG),
             created: label(labels::CREATED),
@@ -109,6 +113,9 @@ pub struct MachinePlan {
     /// Why the machine's resource is out of date with the Envfile (its fingerprint's inputs
     /// changed), when it is kept all the same (not immutable, no `--recreate`).
     pub outdated: Vec<String>,
+    /// The engine it is on (a new generation goes beside the old one), or goes to: set
+    /// by placement for a machine to create (`local` until then).
+    pub engine: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +178,7 @@ pub fn plan_up(
     let mut machines = Vec::new();
     for d in desired {
         let (cur, dups) = current(d.machine.as_str(), observed);
+        let engine = cur.map_or_else(|| "local".to_string(), |o| o.engine.clone());
         let mut outdated = Vec::new();
         let (action, generation) = match cur {
             None => (Action::Create, 1),
@@ -251,6 +259,7 @@ pub fn plan_up(
                 .collect(),
             generation,
             outdated,
+            engine,
         });
     }
     Plan {
@@ -284,6 +293,11 @@ pub struct StatusRow {
     pub ports: Vec<String>,
     /// The fingerprint written on the resource (see `Envfile.lock`), when it has one.
     pub fingerprint: Option<String>,
+    /// The engine it is on (`local`, or an endpoint's name).
+    pub engine: Option<String>,
+    /// Why it is `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Status rows for `desired` in order, then orphans (when `with_orphans`).
@@ -306,6 +320,8 @@ pub fn status(desired: &[Desired], observed: &[Observed], with_orphans: bool) ->
                 .get(envrig_provider_api::labels::FINGERPRINT)
                 .cloned()
         }),
+        engine: o.map(|o| o.engine.clone()),
+        reason: None,
     };
     for d in desired {
         let (cur, _) = current(d.machine.as_str(), observed);
@@ -368,17 +384,17 @@ mod tests {
             ]),
             ports: vec![],
         };
-        assert!(Observed::from_info("docker", info("shop-01234567-web-2")).is_some());
-        assert!(Observed::from_info("docker", info("shop-01234567-web-2-next")).is_some());
+        assert!(Observed::from_info("docker", "local", info("shop-01234567-web-2")).is_some());
+        assert!(Observed::from_info("docker", "local", info("shop-01234567-web-2-next")).is_some());
         // Run by hand from a snapshot image: the image's labels, another name.
-        assert!(Observed::from_info("docker", info("festive_bell")).is_none());
-        assert!(Observed::from_info("docker", info("shop-01234567-web-1")).is_none());
+        assert!(Observed::from_info("docker", "local", info("festive_bell")).is_none());
+        assert!(Observed::from_info("docker", "local", info("shop-01234567-web-1")).is_none());
         // The relabel helper of an import is the provider's own, whatever its name.
         let mut helper = info("brave_turing");
         helper
             .labels
             .insert(labels::CANDIDATE.to_string(), "relabel".to_string());
-        assert!(Observed::from_info("docker", helper).is_some());
+        assert!(Observed::from_info("docker", "local", helper).is_some());
     }
 
     fn d(name: &str, config: &str) -> Desired {
@@ -394,6 +410,7 @@ mod tests {
     fn o(machine: &str, id: &str, state: MachineState, config: &str, created: &str) -> Observed {
         Observed {
             provider: "docker".into(),
+            engine: "local".into(),
             machine: machine.into(),
             generation: 1,
             id: id.into(),

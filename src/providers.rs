@@ -9,6 +9,7 @@
 //! or the provider itself), once per command; connections to engines are made lazily, once per process, so a
 //! command that needs only Docker starts no plugin and loads no engine library.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -16,12 +17,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use envrig_provider_api::plugin::Plugin;
 // The one provider the core names: built in, and so the default (`names-provider` test).
-use envrig_provider_api::{Capabilities, Provider, ProviderError, Schema};
+use envrig_provider_api::{Capabilities, EngineAddress, Provider, ProviderError, Schema};
 use envrig_provider_docker::{DockerProvider as Builtin, schema as builtin_schema};
 use tokio::sync::OnceCell;
 
-type Connect =
-    fn() -> Pin<Box<dyn Future<Output = Result<Arc<dyn Provider>, ProviderError>> + Send>>;
+type Connect = fn(
+    Option<EngineAddress>,
+)
+    -> Pin<Box<dyn Future<Output = Result<Arc<dyn Provider>, ProviderError>> + Send>>;
 
 /// The prefix of a plugin's executable name.
 pub const PLUGIN_PREFIX: &str = "envrig-provider-";
@@ -40,10 +43,16 @@ enum Source {
     },
 }
 
+/// A provider once connected to one engine.
+type Connected = OnceCell<Arc<dyn Provider>>;
+
 struct Entry {
     name: String,
     source: Source,
+    /// The provider connected to its local engine.
     cell: OnceCell<Arc<dyn Provider>>,
+    /// The provider connected to each engine endpoint asked for (a plugin process each).
+    at: Mutex<HashMap<EngineAddress, Arc<Connected>>>,
 }
 
 /// The providers of this envrig: built-in ones and the plugins found. The first is the
@@ -72,14 +81,15 @@ impl Registry {
             name: builtin.name.clone(),
             source: Source::Builtin {
                 schema: builtin,
-                connect: || {
-                    Box::pin(async {
-                        let p = Builtin::connect().await?;
+                connect: |engine| {
+                    Box::pin(async move {
+                        let p = Builtin::connect_to(engine.as_ref()).await?;
                         Ok(Arc::new(p) as Arc<dyn Provider>)
                     })
                 },
             },
             cell: OnceCell::new(),
+            at: Mutex::default(),
         }];
         let beside = std::env::current_exe()
             .ok()
@@ -101,6 +111,7 @@ impl Registry {
                     started: Mutex::new(None),
                 },
                 cell: OnceCell::new(),
+                at: Mutex::default(),
             });
         }
         Registry {
@@ -200,28 +211,68 @@ impl Registry {
             .cell
             .get_or_try_init(|| async {
                 match &entry.source {
-                    Source::Builtin { connect, .. } => connect().await,
-                    Source::Plugin { started, .. } => {
+                    Source::Builtin { connect, .. } => connect(None).await,
+                    Source::Plugin { path, started, .. } => {
                         self.describe(name)?;
-                        let plugin = started.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        let plugin = match plugin {
-                            Some(p) => p,
-                            None => {
-                                return Err(self.describe(name).err().unwrap_or_else(|| {
-                                    ProviderError::Unavailable {
-                                        provider: leak(name),
-                                        message: "its plugin stopped".to_string(),
-                                        hint: None,
-                                    }
-                                }));
-                            }
-                        };
+                        let plugin = self.plugin(name, path, started)?;
                         Ok(Arc::new(plugin.connect(None).await?) as Arc<dyn Provider>)
                     }
                 }
             })
             .await
             .cloned()
+    }
+
+    /// A started plugin to connect: the one started to read its schema serves the first
+    /// engine asked for, a new one each other engine.
+    fn plugin(
+        &self,
+        name: &str,
+        path: &Path,
+        started: &Mutex<Option<Box<Plugin>>>,
+    ) -> Result<Box<Plugin>, ProviderError> {
+        if let Some(p) = started.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Ok(p);
+        }
+        Plugin::start(path, name, &self.log)
+            .map(Box::new)
+            .map_err(|e| ProviderError::Unavailable {
+                provider: leak(name),
+                message: format!("its plugin does not start: {e}"),
+                hint: None,
+            })
+    }
+
+    /// The provider called `name` connected to the engine at `engine`; its local engine
+    /// when none. A plugin is started for each endpoint.
+    pub async fn get_at(
+        &self,
+        name: &str,
+        engine: Option<&EngineAddress>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        let Some(engine) = engine else {
+            return self.get(name).await;
+        };
+        let entry = self.entry(name)?;
+        let cell = entry
+            .at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(engine.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            match &entry.source {
+                Source::Builtin { connect, .. } => connect(Some(engine.clone())).await,
+                Source::Plugin { path, started, .. } => {
+                    self.describe(name)?;
+                    let plugin = self.plugin(name, path, started)?;
+                    Ok(Arc::new(plugin.connect(Some(engine)).await?) as Arc<dyn Provider>)
+                }
+            }
+        })
+        .await
+        .cloned()
     }
 }
 

@@ -27,6 +27,9 @@ pub struct StateCache {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineRecord {
     pub provider: String,
+    /// The engine it is on (`local`: the provider's local engine).
+    #[serde(default = "local_engine")]
+    pub engine: String,
     pub id: String,
     pub resource_name: String,
     pub generation: u32,
@@ -36,6 +39,10 @@ pub struct MachineRecord {
     /// the machine is read).
     #[serde(default)]
     pub provisioned: Option<crate::provision::Record>,
+}
+
+fn local_engine() -> String {
+    crate::engines::LOCAL.to_string()
 }
 
 /// The `.envrig/` folder of one project.
@@ -220,6 +227,7 @@ mod tests {
             "web".into(),
             MachineRecord {
                 provider: "docker".into(),
+                engine: "local".into(),
                 id: "123".into(),
                 resource_name: "p-abc-web-1".into(),
                 generation: 1,

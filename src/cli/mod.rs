@@ -177,6 +177,10 @@ enum Command {
     /// The local store of base boxes for libvirt
     #[command(subcommand)]
     Box(BoxCommand),
+    /// Engine endpoints beyond the local ones (kept outside the Envfile, for this user or
+    /// the file ENVRIG_ENGINES names)
+    #[command(subcommand)]
+    Engine(EngineCommand),
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
 }
@@ -207,6 +211,12 @@ struct UpArgs {
     /// Ignore baked layers: machines created now run all their steps
     #[arg(long)]
     fresh: bool,
+    /// Say what would be done and on which engine, doing nothing
+    #[arg(long)]
+    plan: bool,
+    /// Make machines whose engine does not answer again on another one
+    #[arg(long)]
+    reschedule: bool,
 }
 
 /// The flags of `run`.
@@ -245,6 +255,38 @@ enum BoxCommand {
     },
     /// Remove a box (refused while a machine uses it)
     Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum EngineCommand {
+    /// Add an engine endpoint: Docker `unix://`, `tcp://`, `ssh://`; libvirt `qemu:///system`,
+    /// `qemu+ssh://`, `qemu+tcp://`, `qemu+tls://`
+    Add {
+        name: String,
+        uri: String,
+        /// A label machines may ask for (`engine_labels` in the Envfile)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// At most this many envrig machines on it at a time
+        #[arg(long, value_name = "N")]
+        max_machines: Option<u32>,
+        /// A folder with ca.pem, cert.pem and key.pem: reach the engine over TLS
+        #[arg(long, value_name = "DIR")]
+        cert_path: Option<std::path::PathBuf>,
+        /// Replace an endpoint of that name
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Every endpoint: reachable?, version, CPUs, memory, envrig machines
+    Ls,
+    /// Stop using an endpoint (refused while it holds envrig machines, unless --force)
+    Rm {
+        name: String,
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Ask endpoints (all, or those named) whether they answer; exit 1 when one does not
+    Check { names: Vec<String> },
 }
 
 #[derive(Debug, Subcommand)]

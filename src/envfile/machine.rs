@@ -31,6 +31,8 @@ const MACHINE_KEYS: &[&str] = &[
     "drift_ignore",
     "ready",
     "provision",
+    "engine",
+    "engine_labels",
 ];
 const READY_KEYS: &[&str] = &["command", "timeout", "interval"];
 const STEP_KEYS: &[&str] = &[
@@ -63,6 +65,8 @@ pub(super) struct MachineRaw {
     pub(super) drift_ignore: Option<Field<Vec<String>>>,
     pub(super) ready: Option<Field<Ready>>,
     pub(super) provision: Option<Field<Vec<Step>>>,
+    pub(super) engine: Option<Field<String>>,
+    pub(super) engine_labels: Option<Field<BTreeMap<String, String>>>,
     /// `[machines.NAME.<provider>]` tables, by provider name.
     pub(super) options: BTreeMap<String, Field<BTreeMap<String, OptionValue>>>,
 }
@@ -414,6 +418,14 @@ impl Parser<'_> {
                 ),
                 "ready" => set!(ready, self.ready(&p, v)),
                 "provision" => set!(provision, self.steps(&p, v)),
+                "engine" => {
+                    let parsed = self.str(&p, v).and_then(|s| {
+                        let r = crate::engines::check_name(&s).map(|_| s);
+                        self.with(&p, v, r)
+                    });
+                    set!(engine, parsed)
+                }
+                "engine_labels" => set!(engine_labels, self.label_map(&p, v)),
                 _ if providers.contains(&key) => {
                     if let Some(value) = self.options(&p, v, key) {
                         m.options.insert(key.to_string(), Field { value, at });
@@ -451,6 +463,8 @@ pub(super) fn merge(defaults: &MachineRaw, own: MachineRaw) -> MachineRaw {
         drift_ignore: own.drift_ignore.or_else(|| defaults.drift_ignore.clone()),
         ready: own.ready.or_else(|| defaults.ready.clone()),
         provision: own.provision.or_else(|| defaults.provision.clone()),
+        engine: own.engine.or_else(|| defaults.engine.clone()),
+        engine_labels: own.engine_labels.or_else(|| defaults.engine_labels.clone()),
         options: {
             let mut options = defaults.options.clone();
             options.extend(own.options);

@@ -59,6 +59,10 @@ pub struct Project {
     pub immutable: bool,
     pub keep: u32,
     pub bake: bool,
+    /// `placement = "spread"`: with several engine endpoints, machines go to the engine
+    /// with the most headroom each; else (`pack`) an environment's machines of one provider
+    /// go to one engine.
+    pub spread: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -102,6 +106,10 @@ pub struct Machine {
     pub drift_ignore: Vec<String>,
     pub ready: Option<Ready>,
     pub provision: Vec<Step>,
+    /// `engine = "NAME"`: pinned to that engine endpoint.
+    pub engine: Option<String>,
+    /// `engine_labels = { k = "v" }`: any engine endpoint whose labels match.
+    pub engine_labels: BTreeMap<String, String>,
     /// `[machines.NAME.<provider>]` tables, by provider name.
     pub provider_options: BTreeMap<String, BTreeMap<String, OptionValue>>,
     /// Where each key was written, for diagnostics found after parsing.

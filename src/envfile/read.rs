@@ -259,6 +259,23 @@ impl<'a> Parser<'a> {
     }
 
     /// An `env`-style table: names checked, values strings (numbers and booleans accepted).
+    /// A table of string values (`engine_labels = { gpu = "yes" }`).
+    pub(super) fn label_map(&mut self, path: &str, v: &V<'_>) -> Option<BTreeMap<String, String>> {
+        let table = self.table(path, v)?;
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (k, val) in table.iter() {
+            let p = join(path, k.get_ref().as_ref());
+            match self.str(&p, val) {
+                Some(s) => {
+                    out.insert(k.get_ref().to_string(), s);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
     pub(super) fn env_map(&mut self, path: &str, v: &V<'_>) -> Option<BTreeMap<String, String>> {
         let table = self.table(path, v)?;
         let mut out = BTreeMap::new();

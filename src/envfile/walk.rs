@@ -17,7 +17,7 @@ use super::values::{self, Name};
 use super::{BoxDef, DEFAULT_KEEP, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
 
 const TOP_KEYS: &[&str] = &["project", "network", "boxes", "defaults", "machines"];
-const PROJECT_KEYS: &[&str] = &["name", "provider", "immutable", "keep", "bake"];
+const PROJECT_KEYS: &[&str] = &["name", "provider", "immutable", "keep", "bake", "placement"];
 const NETWORK_KEYS: &[&str] = &["subnet"];
 
 pub(super) fn parse_document(
@@ -57,6 +57,7 @@ pub(super) fn parse_document(
         immutable: false,
         keep: DEFAULT_KEEP,
         bake: true,
+        spread: false,
     };
     if let Some(v) = get(root, "project")
         && let Some(t) = p.table("project", v)
@@ -84,6 +85,11 @@ pub(super) fn parse_document(
         }
         if let Some(v) = get(t, "bake") {
             project.bake = p.bool("project.bake", v).unwrap_or(true);
+        }
+        if let Some(v) = get(t, "placement") {
+            project.spread = p
+                .one_of("project.placement", v, &["pack", "spread"])
+                .is_some_and(|s| s == "spread");
         }
     }
 
@@ -350,7 +356,7 @@ pub(super) fn parse_document(
         origin!("box" => box_name, "provider" => provider, "cpus" => cpus, "memory" => memory,
             "hostname" => hostname, "ports" => ports, "synced" => synced, "env" => env,
             "depends_on" => depends_on, "ttl" => ttl, "command" => command, "ready" => ready,
-            "provision" => provision);
+            "provision" => provision, "engine" => engine, "engine_labels" => engine_labels);
         let provider_options = raw
             .options
             .iter()
@@ -376,6 +382,8 @@ pub(super) fn parse_document(
             drift_ignore: raw.drift_ignore.map(|f| f.value).unwrap_or_default(),
             ready: raw.ready.map(|f| f.value),
             provision: raw.provision.map(|f| f.value).unwrap_or_default(),
+            engine: raw.engine.map(|f| f.value),
+            engine_labels: raw.engine_labels.map(|f| f.value).unwrap_or_default(),
             provider_options,
             origins,
             span,

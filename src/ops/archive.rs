@@ -20,7 +20,7 @@ use envrig_provider_api::Snapshot;
 use envrig_provider_api::hash::{sha256_copy, sha256_file};
 use serde::{Deserialize, Serialize};
 
-use super::context::{Context, provider};
+use super::context::{Context, EngineRef, on};
 use super::error::OpError;
 use super::project::Project;
 use super::report::Phase;
@@ -131,7 +131,7 @@ pub async fn export(
     let (snaps, temporary) = match snapshot {
         Some(name) => {
             let all = super::snapshot::listed_snapshots(ctx, project).await?;
-            let chosen: Vec<(String, Snapshot)> = all
+            let chosen: Vec<(EngineRef, Snapshot)> = all
                 .into_iter()
                 .filter(|(_, s)| {
                     s.name == name && (machines.is_empty() || machines.contains(&s.machine))
@@ -154,7 +154,7 @@ pub async fn export(
     let result = write_archive(ctx, project, snapshot, &snaps, out).await;
     if temporary {
         for (pname, s) in &snaps {
-            if let Ok(p) = provider(ctx, pname).await {
+            if let Ok(p) = on(ctx, pname).await {
                 let _ = p.snapshot_delete(s).await;
             }
         }
@@ -166,7 +166,7 @@ async fn write_archive(
     ctx: &Context,
     project: &Project,
     snapshot: Option<&str>,
-    snaps: &[(String, Snapshot)],
+    snaps: &[(EngineRef, Snapshot)],
     out: &Path,
 ) -> Result<Manifest, OpError> {
     let out = std::env::current_dir()
@@ -186,7 +186,7 @@ async fn write_archive(
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
     let mut machines = Vec::new();
     for (pname, s) in snaps {
-        let p = provider(ctx, pname).await?;
+        let p = on(ctx, pname).await?;
         let member = format!("machines/{}.image", s.machine);
         let file = staging.path().join(format!("{}.image", s.machine));
         ctx.reporter
@@ -203,7 +203,7 @@ async fn write_archive(
         sources.push((member.clone(), file));
         machines.push(ManifestMachine {
             machine: s.machine.clone(),
-            provider: pname.clone(),
+            provider: pname.provider.clone(),
             member,
             snapshot: s.clone(),
         });

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use envrig_provider_api::{Provider, ProviderError};
+use envrig_provider_api::{Provider, ProviderError, labels};
 
 use super::context::Context;
 use super::project::Project;
@@ -25,6 +25,8 @@ pub(super) struct Job<'a> {
     pub resolved: &'a Resolved,
     pub p: &'a Arc<dyn Provider>,
     pub m: &'a Machine,
+    /// The engine `p` is connected to (written on what is created).
+    pub engine: &'a str,
 }
 
 /// Creates the machine's resource of `generation`, fetching its base when missing; not
@@ -46,10 +48,15 @@ pub(super) async fn create(
         resolved,
         p,
         m,
+        engine,
         ..
     } = job;
     let name = m.name.as_str();
     let mut spec = machine_spec(project, resolved, m, generation, &now_rfc3339());
+    spec.labels
+        .insert(labels::ENGINE.to_string(), engine.to_string());
+    spec.labels
+        .insert(labels::RESERVES.to_string(), super::placement::reserves(m));
     if candidate {
         // Beside the generation that serves: no host ports, no names on the network.
         spec.resource_name.push_str("-next");

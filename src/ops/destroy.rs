@@ -5,9 +5,9 @@ use serde::Serialize;
 
 use envrig_provider_api::Selector;
 
-use super::context::{Context, provider, used_providers};
+use super::context::{Context, at, used_engines};
 use super::error::OpError;
-use super::observe::observe;
+use super::observe::{observe, observe_all};
 use super::parallel::each_in_wave;
 use super::project::Project;
 use super::report::Phase;
@@ -31,7 +31,7 @@ pub async fn destroy(
     // Only to check the names: an orphan's resources are removed too.
     project.select(machines, false)?;
     let session = Session::open(ctx, project).await?;
-    let observed = observe(ctx, project).await?;
+    let (observed, unreachable) = observe_all(ctx, project).await?;
     let doomed: Vec<_> = observed
         .iter()
         .filter(|o| machines.is_empty() || machines.contains(&o.machine))
@@ -54,7 +54,7 @@ pub async fn destroy(
         let failed = each_in_wave(
             wave,
             |o| async move {
-                let p = provider(ctx, &o.provider).await?;
+                let p = at(ctx, o).await?;
                 ctx.reporter.event(
                     Some(&o.machine),
                     Phase::Remove,
@@ -84,19 +84,40 @@ pub async fn destroy(
     let mut stuck = None;
     if machines.is_empty() && failures.is_empty() {
         let selector = Selector::env(&project.identity.env_id);
-        for (_, p) in used_providers(ctx, project).await? {
-            match p.purge(&selector).await {
+        let (engines, _) = used_engines(ctx, project).await;
+        for e in engines {
+            match e.p.purge(&selector).await {
                 Ok(removed) => summary.resources.extend(removed),
-                Err(e) => stuck = Some(e),
+                Err(err) => stuck = Some(err),
             }
         }
     }
-    let left = if failures.is_empty() && machines.is_empty() {
+    let left = if failures.is_empty() && machines.is_empty() && unreachable.is_empty() {
         Vec::new()
     } else {
         observe(ctx, project).await?
     };
-    session.refresh(&left)?;
+    session.refresh_reachable(&left, &unreachable)?;
+    // What is on engines that do not answer stays, and is said.
+    for u in &unreachable {
+        let there = session.machines_on(&u.provider, &u.engine);
+        let there: Vec<_> = there
+            .into_iter()
+            .filter(|m| machines.is_empty() || machines.contains(m))
+            .collect();
+        failures.push((
+            format!("engine `{}`", u.engine),
+            format!(
+                "unreachable ({}): {} left there; `envrig destroy` again once it answers",
+                u.reason,
+                if there.is_empty() {
+                    "whatever of this environment is".to_string()
+                } else {
+                    format!("machines {}", there.join(", "))
+                }
+            ),
+        ));
+    }
     if let Some(e) = stuck {
         return Err(OpError::provider(
             format!(

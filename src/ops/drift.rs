@@ -5,7 +5,7 @@
 use envrig_provider_api::drift::PathChange;
 use serde::Serialize;
 
-use super::context::{Context, provider};
+use super::context::{Context, at};
 use super::error::OpError;
 use super::observe::{observe, runnable};
 use super::project::Project;
@@ -84,7 +84,7 @@ pub async fn drift(
         .ok_or_else(|| project.unknown_machine(machine))?;
     let observed = observe(ctx, project).await?;
     let o = runnable(machine, &observed)?;
-    let p = provider(ctx, &o.provider).await?;
+    let p = at(ctx, o).await?;
     let changes = p
         .drift(&o.id)
         .await

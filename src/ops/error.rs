@@ -38,6 +38,8 @@ pub enum OpError {
     PortsBusy(Vec<String>),
     #[error("interrupted: {done}")]
     Interrupted { done: String, hint: String },
+    #[error("the {} engine `{}` is unreachable: {}", .0.provider, .0.engine, .0.reason)]
+    Unreachable(super::context::Unreachable),
 }
 
 fn ports_busy(ports: &[String]) -> String {
@@ -92,6 +94,11 @@ impl OpError {
             OpError::PortsBusy(_) => {
                 Some("free them, or change `ports` in the Envfile".to_string())
             }
+            OpError::Unreachable(u) => Some(format!(
+                "start that engine again, or check it with `envrig engine check`; \
+                 `envrig engine rm {}` stops using it",
+                u.engine
+            )),
             _ => None,
         }
     }

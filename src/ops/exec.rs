@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use envrig_provider_api::{ExecRequest, OutputStream, Provider, Terminal};
 
-use super::context::{Context, provider};
+use super::context::{Context, at};
 use super::error::OpError;
-use super::observe::{observe, runnable};
+use super::observe::runnable;
 use super::project::Project;
 use crate::plan::Observed;
 
@@ -21,9 +21,13 @@ pub async fn running_machine(
     let m = project
         .machine(machine)
         .ok_or_else(|| project.unknown_machine(machine))?;
-    let observed = observe(ctx, project).await?;
-    let o = runnable(m.name.as_str(), &observed)?.clone();
-    let p = provider(ctx, &o.provider).await?;
+    let (observed, down) = super::observe::observe_all(ctx, project).await?;
+    let o = match runnable(m.name.as_str(), &observed) {
+        Ok(o) => o.clone(),
+        // Not seen, and an engine it may be on does not answer: say that.
+        Err(e) => return Err(down.into_iter().next().map_or(e, OpError::Unreachable)),
+    };
+    let p = at(ctx, &o).await?;
     Ok((p, o))
 }
 

@@ -208,15 +208,34 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
     };
     let now = std::time::SystemTime::now();
     let here = crate::identity::host_token();
-    for (name, p) in super::context::running_providers(ctx).await? {
-        let all = Selector::all_envrig();
-        let machines: Vec<Observed> = p
-            .list(&all)
-            .await
-            .map_err(|e| OpError::provider(format!("cannot list the {name} machines"), e))?
-            .into_iter()
-            .filter_map(|i| Observed::from_info(name, i))
-            .collect();
+    let (engines, mut down) = super::context::running_engines(ctx).await?;
+    let all = Selector::all_envrig();
+    // Every machine on every engine that answers: an environment spread over engines has
+    // machines left while one engine holds only its network.
+    let lists = futures_util::future::join_all(engines.iter().map(|e| e.p.list(&all))).await;
+    let mut listed = Vec::new();
+    for (e, r) in engines.iter().zip(lists) {
+        match r {
+            Ok(infos) => {
+                let ms: Vec<Observed> = infos
+                    .into_iter()
+                    .filter_map(|i| Observed::from_info(&e.provider, &e.name, i))
+                    .collect();
+                listed.push((e, ms));
+            }
+            Err(err) => down.push(super::context::Unreachable {
+                provider: e.provider.clone(),
+                engine: e.name.clone(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+    let everywhere: Vec<&Observed> = listed.iter().flat_map(|(_, ms)| ms.iter()).collect();
+    for (e, machines) in &listed {
+        let (name, p) = (e.provider.as_str(), &e.p);
+        // An engine of this provider that does not answer may hold any environment's
+        // machines: "no machine of it is left" cannot be known.
+        let blind = down.iter().find(|u| u.provider == name);
         let others = p.list_other(&all).await.map_err(|e| {
             OpError::provider(format!("cannot list the {name} networks and volumes"), e)
         })?;
@@ -279,7 +298,10 @@ pub async fn gc(ctx: &Context, dry_run: bool) -> Result<GcReport, OpError> {
             } else {
                 match env_gone(&l) {
                     Ok(gone) => gone.or_else(|| {
-                        mine.is_empty()
+                        let anywhere = everywhere
+                            .iter()
+                            .any(|m| m.labels.get(labels::ENV) == Some(&env_id));
+                        (!anywhere && blind.is_none())
                             .then(|| "no machine of it is left".to_string())
                     }),
                     Err(why) => {

@@ -4,7 +4,7 @@
 //! `rollback` switches back.
 
 use super::bake::{baked_steps, layer_name};
-use super::context::{Context, provider};
+use super::context::{Context, at};
 use super::create::{Job, create};
 use super::observe::observe;
 use super::project::Project;
@@ -38,7 +38,7 @@ pub(super) async fn prune_generations(ctx: &Context, project: &Project, selected
             .collect();
         others.sort_by_key(|o| std::cmp::Reverse(o.generation));
         for old in others.into_iter().skip(keep - 1) {
-            let Ok(p) = provider(ctx, &old.provider).await else {
+            let Ok(p) = at(ctx, old).await else {
                 continue;
             };
             match p.remove(&old.id).await {
@@ -161,6 +161,7 @@ async fn build_beside(job: Job<'_>, generation: u32) -> Result<(String, Option<S
         resolved,
         p,
         m,
+        ..
     } = job;
     let name = m.name.as_str();
     ctx.reporter.event(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use envrig_provider_api::MachineState;
 
-use super::context::{Context, provider};
+use super::context::{Context, at};
 use super::error::OpError;
 use super::observe::observe;
 use super::parallel::each_in_wave;
@@ -42,7 +42,7 @@ pub async fn halt(
         let failed = each_in_wave(
             wave,
             |o| async move {
-                let p = provider(ctx, &o.provider).await?;
+                let p = at(ctx, o).await?;
                 ctx.reporter
                     .event(Some(&o.machine), Phase::Stop, "stopping");
                 p.stop(&o.id, timeout)

@@ -357,7 +357,8 @@ pub async fn import_apply(
     let project = load(&dir.join(envfile::FILE_NAME))?;
     let session = Session::open(ctx, &project).await?;
     let all: Vec<&envfile::Machine> = project.envfile.machines.iter().collect();
-    super::up::ensure_networks(ctx, &project, &all).await?;
+    let placed = super::placement::Placed::on_first(ctx, &all);
+    super::up::ensure_networks(ctx, &project, &all, &placed).await?;
     let observed = observe(ctx, &project).await?;
     let mut made = Vec::new();
     // The imported state is one snapshot set of this environment, named as exported (a

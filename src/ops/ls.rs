@@ -19,6 +19,8 @@ pub struct EnvRow {
     /// Whether the Envfile the resources name still exists.
     pub envfile_exists: bool,
     pub providers: Vec<String>,
+    /// The engines its machines are on (`local`, or endpoints' names).
+    pub engines: Vec<String>,
     /// Machine name → state.
     pub machines: BTreeMap<String, String>,
     /// The oldest resource's creation time.
@@ -31,16 +33,27 @@ pub struct EnvRow {
 
 pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
     let mut envs: BTreeMap<String, EnvRow> = BTreeMap::new();
-    for (name, p) in super::context::running_providers(ctx).await? {
-        let infos = p
-            .list(&Selector::all_envrig())
-            .await
-            .map_err(|e| OpError::provider(format!("cannot list the {name} machines"), e))?;
+    let (engines, _) = super::context::running_engines(ctx).await?;
+    let all = Selector::all_envrig();
+    let lists = futures_util::future::join_all(engines.iter().map(|e| e.p.list(&all))).await;
+    for (e, infos) in engines.iter().zip(lists) {
+        let name = e.provider.as_str();
+        let infos = match infos {
+            Ok(v) => v,
+            Err(err) => {
+                ctx.reporter.event(
+                    None,
+                    super::report::Phase::Warning,
+                    &format!("skipping the {name} engine `{}`: {err}", e.name),
+                );
+                continue;
+            }
+        };
         for info in infos {
             let Some(env_id) = info.labels.get(labels::ENV).cloned() else {
                 continue;
             };
-            let Some(o) = Observed::from_info(name, info) else {
+            let Some(o) = Observed::from_info(name, &e.name, info) else {
                 continue;
             };
             let label = |k: &str| o.labels.get(k).cloned().unwrap_or_default();
@@ -53,6 +66,7 @@ pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
                     envfile_exists: !envfile.is_empty() && std::path::Path::new(&envfile).is_file(),
                     envfile,
                     providers: Vec::new(),
+                    engines: Vec::new(),
                     machines: BTreeMap::new(),
                     created: None,
                     expires: None,
@@ -61,6 +75,10 @@ pub async fn ls(ctx: &Context) -> Result<Vec<EnvRow>, OpError> {
             });
             if !row.providers.contains(&o.provider) {
                 row.providers.push(o.provider.clone());
+            }
+            if !row.engines.contains(&o.engine) {
+                row.engines.push(o.engine.clone());
+                row.engines.sort();
             }
             let state = o.state.as_str().to_string();
             // Several resources of one machine (generations, duplicates): show the best state.

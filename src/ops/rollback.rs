@@ -9,7 +9,7 @@ use std::time::Duration;
 use envrig_provider_api::{Provider, labels};
 use serde::Serialize;
 
-use super::context::{Context, provider};
+use super::context::{Context, at};
 use super::error::OpError;
 use super::observe::{created, observe};
 use super::project::{Project, found_for};
@@ -62,7 +62,7 @@ pub async fn rollback(
     let mut failures = Vec::new();
     for (m, (cur, prev)) in work {
         let name = m.name.as_str();
-        let p = provider(ctx, &cur.provider).await?;
+        let p = at(ctx, &cur).await?;
         ctx.reporter.event(
             Some(name),
             Phase::Stop,

@@ -58,6 +58,7 @@ pub async fn run(
         return Err((project.unknown_machine(&machine), outcome));
     }
     let up_opts = UpOptions {
+        reschedule: false,
         machines: Vec::new(),
         recreate: false,
         parallel: opts.parallel,

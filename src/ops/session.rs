@@ -76,8 +76,30 @@ impl Session {
     /// Rewrites the machines from what the engines report now, keeping what is known of the
     /// provisioning of resources that are still the same.
     pub fn refresh(&self, observed: &[Observed]) -> Result<(), OpError> {
+        self.refresh_reachable(observed, &[])
+    }
+
+    /// As [`Session::refresh`], keeping what the cache knows of machines on engines that
+    /// do not answer (they are still there, as far as anyone knows).
+    pub fn refresh_reachable(
+        &self,
+        observed: &[Observed],
+        unreachable: &[super::context::Unreachable],
+    ) -> Result<(), OpError> {
         self.with(|cache| {
-            let old = std::mem::take(&mut cache.machines);
+            let mut old = std::mem::take(&mut cache.machines);
+            let away = |r: &crate::state::MachineRecord| {
+                unreachable
+                    .iter()
+                    .any(|u| u.provider == r.provider && u.engine == r.engine)
+            };
+            old.retain(|name, r| {
+                let keep = away(r) && !observed.iter().any(|o| &o.machine == name);
+                if keep {
+                    cache.machines.insert(name.clone(), r.clone());
+                }
+                !keep
+            });
             for o in observed {
                 let (cur, _) = crate::plan::current(&o.machine, observed);
                 if cur.map(|c| &c.id) != Some(&o.id) {
@@ -91,6 +113,7 @@ impl Session {
                     o.machine.clone(),
                     crate::state::MachineRecord {
                         provider: o.provider.clone(),
+                        engine: o.engine.clone(),
                         id: o.id.clone(),
                         resource_name: o.resource_name.clone(),
                         generation: o.generation,
@@ -101,6 +124,26 @@ impl Session {
                 );
             }
         })
+    }
+
+    /// The machines the cache places on `provider`'s engine `engine`.
+    pub fn machines_on(&self, provider: &str, engine: &str) -> Vec<String> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .machines
+            .iter()
+            .filter(|(_, r)| r.provider == provider && r.engine == engine)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Where the cache says `machine` is (provider, engine), when it knows.
+    pub fn placed(&self, machine: &str) -> Option<(String, String)> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .machines
+            .get(machine)
+            .map(|r| (r.provider.clone(), r.engine.clone()))
     }
 
     /// What the cache knows ran on resource `id` of `machine`; `None` when it does not know.
@@ -127,6 +170,7 @@ impl Session {
                 .entry(machine.to_string())
                 .or_insert_with(|| crate::state::MachineRecord {
                     provider: provider.to_string(),
+                    engine: crate::engines::LOCAL.to_string(),
                     id: id.to_string(),
                     resource_name: String::new(),
                     generation: 1,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use envrig_provider_api::{Selector, Snapshot, labels};
 use serde::Serialize;
 
-use super::context::{Context, provider, used_providers};
+use super::context::{Context, EngineRef, at, on, used_engines};
 use super::error::OpError;
 use super::observe::{created, observe};
 use super::project::{Project, found_for};
@@ -28,20 +28,34 @@ pub struct SnapshotRow {
     pub created: String,
 }
 
-/// Every snapshot of the environment, on every provider it uses.
+/// Every snapshot of the environment, on every engine it uses (an engine that does not
+/// answer is an error: a set would be listed without its machines there).
 pub async fn snapshots(
     ctx: &Context,
     project: &Project,
-) -> Result<Vec<(String, Snapshot)>, OpError> {
+) -> Result<Vec<(EngineRef, Snapshot)>, OpError> {
     let selector = Selector::env(&project.identity.env_id);
+    let (engines, down) = used_engines(ctx, project).await;
+    if let Some(u) = down.into_iter().next() {
+        return Err(OpError::Unreachable(u));
+    }
+    let lists = engines.iter().map(|e| e.p.snapshot_list(&selector));
     let mut out = Vec::new();
-    for (name, p) in used_providers(ctx, project).await? {
-        for s in p
-            .snapshot_list(&selector)
-            .await
-            .map_err(|e| OpError::provider(format!("cannot list the {name} snapshots"), e))?
-        {
-            out.push((name.clone(), s));
+    for (e, r) in engines
+        .iter()
+        .zip(futures_util::future::join_all(lists).await)
+    {
+        let where_ = EngineRef {
+            provider: e.provider.clone(),
+            engine: e.name.clone(),
+        };
+        for s in r.map_err(|err| {
+            OpError::provider(
+                format!("cannot list the {} snapshots on `{}`", e.provider, e.name),
+                err,
+            )
+        })? {
+            out.push((where_.clone(), s));
         }
     }
     Ok(out)
@@ -52,14 +66,14 @@ pub async fn snapshots(
 pub async fn listed_snapshots(
     ctx: &Context,
     project: &Project,
-) -> Result<Vec<(String, Snapshot)>, OpError> {
+) -> Result<Vec<(EngineRef, Snapshot)>, OpError> {
     Ok(super::snapset::listed(&snapshots(ctx, project).await?))
 }
 
 /// Deletes the temporary snapshots of exports that were killed (their process is gone).
-async fn delete_abandoned(ctx: &Context, all: &[(String, Snapshot)]) {
+async fn delete_abandoned(ctx: &Context, all: &[(EngineRef, Snapshot)]) {
     for (pname, s) in all.iter().filter(|(_, s)| super::snapset::abandoned(s)) {
-        if let Ok(p) = provider(ctx, pname).await {
+        if let Ok(p) = on(ctx, pname).await {
             let _ = p.snapshot_delete(s).await;
         }
     }
@@ -115,7 +129,7 @@ pub(super) async fn save_locked(
     force: bool,
     flush: bool,
     temp: bool,
-) -> Result<Vec<(String, Snapshot)>, OpError> {
+) -> Result<Vec<(EngineRef, Snapshot)>, OpError> {
     // What exists and which snapshots exist, asked at once.
     let (targets, found) = tokio::join!(targets(ctx, project, machines), snapshots(ctx, project));
     let (selected, observed) = targets?;
@@ -134,12 +148,12 @@ pub(super) async fn save_locked(
         .iter()
         .filter(|(_, o)| flush && o.state.can_exec())
         .map(|(_, o)| async move {
-            if let Ok(p) = provider(ctx, &o.provider).await {
+            if let Ok(p) = at(ctx, o).await {
                 let _ = p.flush(&o.id).await;
             }
         });
     futures_util::future::join_all(flushes).await;
-    let clash: Vec<&(String, Snapshot)> = existing
+    let clash: Vec<&(EngineRef, Snapshot)> = existing
         .iter()
         .filter(|(_, s)| s.name == name && work.iter().any(|(m, _)| m.name.as_str() == s.machine))
         .collect();
@@ -157,10 +171,10 @@ pub(super) async fn save_locked(
     // One moment for all: pause every running machine, save each, resume all. A single
     // machine is saved consistently by its provider alone (one pause fewer).
     let mut paused = Vec::new();
-    let mut result: Result<Vec<(String, Snapshot)>, OpError> = Ok(Vec::new());
+    let mut result: Result<Vec<(EngineRef, Snapshot)>, OpError> = Ok(Vec::new());
     for (m, o) in &work {
         if work.len() > 1 && o.state.can_exec() {
-            let p = provider(ctx, &o.provider).await?;
+            let p = at(ctx, o).await?;
             match p.pause(&o.id).await {
                 Ok(()) => paused.push((p, o.id.clone())),
                 Err(e) => {
@@ -188,7 +202,7 @@ pub(super) async fn save_locked(
         let saves = work.iter().map(|(m, o)| {
             let created = created.clone();
             async move {
-                let p = provider(ctx, &o.provider).await?;
+                let p = at(ctx, o).await?;
                 ctx.reporter.event(
                     Some(m.name.as_str()),
                     Phase::Create,
@@ -209,7 +223,13 @@ pub(super) async fn save_locked(
                     o.state.can_exec() || o.state == envrig_provider_api::MachineState::Paused,
                 )
                 .await
-                .map(|s| (o.provider.clone(), s))
+                .map(|s| {
+                    let r = EngineRef {
+                        provider: o.provider.clone(),
+                        engine: o.engine.clone(),
+                    };
+                    (r, s)
+                })
                 .map_err(|e| OpError::provider(format!("cannot save `{}`", m.name), e))
             }
         });
@@ -272,7 +292,7 @@ pub async fn snapshot_restore(
     let jobs = work.iter().map(|(m, (pname, snap))| {
         let cur = current(m.name.as_str(), &observed).0.map(|o| o.id.clone());
         async move {
-            let p = provider(ctx, pname).await?;
+            let p = on(ctx, pname).await?;
             ctx.reporter.event(
                 Some(m.name.as_str()),
                 Phase::Create,
@@ -324,7 +344,7 @@ pub async fn snapshot_delete(
         .into_iter()
         .filter(|(_, s)| s.name == name)
     {
-        let p = provider(ctx, &pname).await?;
+        let p = on(ctx, &pname).await?;
         p.snapshot_delete(&s).await.map_err(|e| {
             OpError::provider(
                 format!("cannot delete snapshot `{name}` of `{}`", s.machine),
@@ -351,7 +371,7 @@ pub async fn delete_snapshots_of(
         if !machines.is_empty() && !machines.contains(&s.machine) {
             continue;
         }
-        let p = provider(ctx, &pname).await?;
+        let p = on(ctx, &pname).await?;
         p.snapshot_delete(&s)
             .await
             .map_err(|e| OpError::provider("cannot delete a snapshot", e))?;
@@ -375,7 +395,7 @@ pub async fn package(
     let session = Session::open(ctx, project).await?;
     let observed = observe(ctx, project).await?;
     let o = created(machine, &observed)?;
-    let p = provider(ctx, &o.provider).await?;
+    let p = at(ctx, o).await?;
     let steps = session
         .provisioned(machine, &o.id)
         .map(|r| {

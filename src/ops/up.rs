@@ -10,20 +10,20 @@ use envrig_provider_api::{NetworkSpec, Protocol};
 use tokio::sync::{Semaphore, watch};
 
 use super::bake::{baked_steps, choose_layers};
-use super::context::{Context, provider};
+use super::context::{Context, provider_at};
 use super::create::{Job, create_and_start};
 use super::error::OpError;
 use super::generations::{prune_generations, switch};
 use super::lockfile::{after_up, before_up};
 use super::observe::observe;
+use super::placement::{Placed, planned};
 use super::project::Project;
 use super::provision::{Target, provision_machine, wait_ready};
 use super::report::Phase;
 use super::resolved::Resolved;
 use super::session::Session;
-use super::spec::desired;
 use crate::envfile::Machine;
-use crate::plan::{Action, MachinePlan, plan_up};
+use crate::plan::{Action, MachinePlan};
 use crate::provision::Mode;
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub struct UpOptions {
     pub locked: bool,
     /// Ignore baked layers: machines created now run every step (`--fresh`).
     pub fresh: bool,
+    /// Make machines the cache places on an engine that does not answer again elsewhere.
+    pub reschedule: bool,
 }
 
 /// What `up` did to one machine.
@@ -123,19 +125,8 @@ pub async fn up(
     }
     let (had_lock, mut resolved) = before_up(ctx, project, &selected, opts.locked).await?;
     let session = Session::open(ctx, project).await?;
-    let observed = observe(ctx, project).await?;
-    let declared: Vec<&str> = project
-        .envfile
-        .machines
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    let plan = plan_up(
-        &desired(project, &resolved, &selected),
-        &declared,
-        &observed,
-        opts.recreate || project.envfile.project.immutable,
-    );
+    let (observed, plan, placed) =
+        planned(ctx, project, &session, &selected, &resolved, opts).await?;
     for o in &plan.orphans {
         ctx.reporter.event(
             Some(&o.machine),
@@ -167,7 +158,7 @@ pub async fn up(
             Action::Create | Action::Recreate { .. } | Action::Start { .. }
         ) || matches!(m.action, Action::Stale { start: true, .. })
     }) {
-        ensure_networks(ctx, project, &selected).await?;
+        ensure_networks(ctx, project, &selected, &placed).await?;
     }
     if plan
         .machines
@@ -369,16 +360,15 @@ pub(super) async fn ensure_networks(
     ctx: &Context,
     project: &Project,
     selected: &[&Machine],
+    placed: &Placed,
 ) -> Result<(), OpError> {
     let Some(name) = project.network_name() else {
         return Ok(());
     };
-    let mut done: Vec<&str> = Vec::new();
+    // Each engine the machines are on, once; a network spanning a cluster once, through
+    // its manager.
+    let mut done: Vec<(String, String)> = Vec::new();
     for m in selected {
-        if done.contains(&m.provider.as_str()) {
-            continue;
-        }
-        done.push(&m.provider);
         if !ctx
             .registry
             .capabilities(&m.provider)
@@ -386,7 +376,14 @@ pub(super) async fn ensure_networks(
         {
             continue;
         }
-        let p = provider(ctx, &m.provider).await?;
+        let through = placed.span_through(&m.provider);
+        let engine = through.clone().unwrap_or_else(|| placed.engine(m));
+        let key = (m.provider.clone(), engine.clone());
+        if done.contains(&key) {
+            continue;
+        }
+        done.push(key);
+        let p = provider_at(ctx, &m.provider, &engine).await?;
         let spec = NetworkSpec {
             name: name.clone(),
             labels: project.network_labels(),
@@ -395,7 +392,7 @@ pub(super) async fn ensure_networks(
                 .ok()
                 .filter(|s| !s.is_empty()),
             domain: Some(format!("{}.envrig.internal", project.envfile.project.name)),
-            span: false,
+            span: through.is_some(),
         };
         p.ensure_network(&spec)
             .await
@@ -416,7 +413,7 @@ async fn run_one(
     no_provision: bool,
 ) -> Result<UpOutcome, String> {
     let name = m.name.to_string();
-    let p = provider(ctx, &m.provider)
+    let p = provider_at(ctx, &m.provider, &mp.engine)
         .await
         .map_err(|e| e.to_string())?;
     let job = Job {
@@ -426,6 +423,7 @@ async fn run_one(
         resolved,
         p: &p,
         m,
+        engine: &mp.engine,
     };
     for dup in &mp.duplicates {
         ctx.reporter.event(

@@ -24,6 +24,9 @@ pub const PROVIDER: &str = "dev.envrig.provider";
 /// The engine endpoint the resource was placed on (`envrig engine add` NAME, `local` for
 /// the provider's local engine).
 pub const ENGINE: &str = "dev.envrig.engine";
+/// What the machine reserves of its engine, for placement's headroom: memory in bytes
+/// and CPUs, as `MEMORY,CPUS`.
+pub const RESERVES: &str = "dev.envrig.reserves";
 /// The envrig version that created the resource.
 pub const VERSION: &str = "dev.envrig.version";
 /// When the resource was created (RFC 3339, UTC).

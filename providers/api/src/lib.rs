@@ -108,6 +108,9 @@ pub struct Capabilities {
     /// `drift` compares a machine with its base by itself (Docker's diff): a machine on
     /// which no step ran needs no baseline taken.
     pub drift_from_base: bool,
+    /// The private network can span the engines of one cluster ([`NetworkSpec::span`]):
+    /// an environment's machines may be on several of them and still reach each other by name.
+    pub spanning_network: bool,
 }
 
 /// A base in a provider's own store (`envrig box list`).

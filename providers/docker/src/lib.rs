@@ -57,6 +57,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     private_network: true,
     box_store: false,
     drift_from_base: true,
+    spanning_network: true,
 };
 
 /// The provider's name in Envfiles.

@@ -173,6 +173,15 @@ impl DockerProvider {
 }
 
 impl DockerProvider {
+    /// Whether this engine manages a Swarm (may make and remove Swarm-wide networks).
+    async fn is_swarm_manager(&self) -> bool {
+        self.describe_engine()
+            .await
+            .ok()
+            .and_then(|i| i.cluster)
+            .is_some_and(|c| c.manager)
+    }
+
     /// The first /24 of `pool` that no docker network uses.
     async fn free_subnet(&self, pool: &str) -> Result<String> {
         let pool_net = subnet::parse(pool, 8..=24).ok_or_else(|| ProviderError::Conflict {
@@ -265,9 +274,12 @@ impl DockerProvider {
                 (None, Some(pool)) => Some(self.free_subnet(pool).await?),
                 (None, None) => None,
             };
+            // Spanning a Swarm's engines: an attachable overlay, which each machine joins as
+            // a plain container through its own engine (no service: no VIP, no IPVS).
             let request = NetworkCreateRequest {
                 name: spec.name.clone(),
-                driver: Some("bridge".to_string()),
+                driver: Some(if spec.span { "overlay" } else { "bridge" }.to_string()),
+                attachable: spec.span.then_some(true),
                 labels: Some(spec.labels.clone().into_iter().collect()),
                 ipam: subnet.map(|s| Ipam {
                     config: Some(vec![IpamConfig {
@@ -329,6 +341,11 @@ impl DockerProvider {
         let (networks, volumes) = self.networks_and_volumes(selector).await?;
         for n in networks {
             let Some(name) = n.name else { continue };
+            // A Swarm-wide network seen from a worker: its manager removes it (a worker may
+            // not), and it leaves the worker with its last container.
+            if n.scope.as_deref() == Some("swarm") && !self.is_swarm_manager().await {
+                continue;
+            }
             // By id: two networks may share a name (see `dedupe_network`).
             let id = n.id.unwrap_or_else(|| name.clone());
             match self.docker.remove_network(&id).await {

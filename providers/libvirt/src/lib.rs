@@ -118,6 +118,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     private_network: true,
     box_store: true,
     drift_from_base: false,
+    spanning_network: false,
 };
 
 /// The provider's name in Envfiles.

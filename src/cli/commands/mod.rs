@@ -4,6 +4,7 @@
 //! (awaiting an operation, mapping an error to an exit code).
 
 mod boxes;
+mod engine;
 mod generations;
 mod host;
 mod import;
@@ -51,8 +52,18 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         printer.error(&format!("`--provider {name}`: {message}"), Some(&hint));
         return 2;
     }
+    let engines = match crate::engines::Engines::load(&crate::engines::file()) {
+        Ok(e) => e,
+        Err(e) => {
+            printer.error(
+                &format!("the engine endpoints: {e}"),
+                Some("fix the file, or remove it to use the local engines"),
+            );
+            return 2;
+        }
+    };
     let reporter: Arc<dyn ops::Reporter> = printer.reporter();
-    let ctx = Context::new(registry, reporter, interrupts(printer.clone()));
+    let ctx = Context::new(registry, engines, reporter, interrupts(printer.clone()));
 
     // Commands that need no Envfile.
     match &cli.command {
@@ -62,6 +73,7 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         Command::Ls => return host::ls(&ctx, &printer).await,
         Command::Gc { dry_run } => return host::gc(&ctx, &printer, *dry_run).await,
         Command::Box(sub) => return boxes::boxes(&ctx, &printer, &cwd, sub).await,
+        Command::Engine(sub) => return engine::engine(&ctx, &printer, sub).await,
         Command::Import {
             file,
             dir,
@@ -109,6 +121,7 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         | Command::Gc { .. }
         | Command::Import { .. }
         | Command::Box(_)
+        | Command::Engine(_)
         | Command::Completions { .. } => 0,
         Command::Snapshot(sub) => snapshot::snapshot(&ctx, &printer, &project, sub).await,
         Command::Export {

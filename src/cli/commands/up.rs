@@ -22,9 +22,12 @@ pub(super) async fn up(
         ttl,
         locked,
         fresh,
+        plan,
+        reschedule,
     } = args;
     project.ttl = ttl;
     let opts = UpOptions {
+        reschedule,
         machines,
         recreate,
         parallel: usize::from(parallel),
@@ -33,6 +36,15 @@ pub(super) async fn up(
         locked,
         fresh,
     };
+    if plan {
+        return match ops::up_plan(ctx, project, &opts).await {
+            Ok(rows) => {
+                printer.up_plan(&rows);
+                0
+            }
+            Err(e) => fail(printer, e),
+        };
+    }
     run_up(ctx, printer, project, &opts).await
 }
 
@@ -63,6 +75,7 @@ pub(super) async fn reload(
         return fail(printer, e);
     }
     let opts = UpOptions {
+        reschedule: false,
         machines,
         recreate: true,
         parallel: 8,

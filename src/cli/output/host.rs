@@ -1,9 +1,49 @@
 //! What the commands on the whole host print: `ls`, `gc` and `box`.
 
-use super::{Printer, SCHEMA_BOXES, SCHEMA_GC, SCHEMA_LS, header, json_line, out, table};
-use crate::ops::{self, EnvRow, GcItem, GcReport};
+use super::{
+    Printer, SCHEMA_BOXES, SCHEMA_ENGINES, SCHEMA_GC, SCHEMA_LS, header, json_line, out, table,
+};
+use crate::ops::{self, EngineRow, EnvRow, GcItem, GcReport};
 
 impl Printer {
+    /// `engine ls` / `engine check`.
+    pub fn engines(&self, rows: &[EngineRow]) {
+        if self.as_json(serde_json::json!({"schema": SCHEMA_ENGINES, "engines": rows})) {
+            return;
+        }
+        let mut t = header(&[
+            "NAME", "PROVIDER", "URI", "STATE", "VERSION", "CPUS", "MEMORY", "MACHINES", "LABELS",
+        ]);
+        for r in rows {
+            let info = r.info.as_ref();
+            t.push(vec![
+                r.name.clone(),
+                r.provider.clone(),
+                r.uri.clone(),
+                match &r.reason {
+                    None => "reachable".into(),
+                    Some(why) => format!("unreachable: {why}"),
+                },
+                info.map_or("-".into(), |i| i.version.clone()),
+                info.map_or("-".into(), |i| i.cpus.to_string()),
+                info.map_or("-".into(), |i| {
+                    format!("{:.1}GiB", i.memory as f64 / (1u64 << 30) as f64)
+                }),
+                match (r.machines, r.max_machines) {
+                    (Some(n), Some(m)) => format!("{n}/{m}"),
+                    (Some(n), None) => n.to_string(),
+                    _ => "-".into(),
+                },
+                r.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]);
+        }
+        table(&t);
+    }
+
     pub fn ls(&self, rows: &[EnvRow]) {
         if self.as_json(serde_json::json!({"schema": SCHEMA_LS, "environments": rows})) {
             return;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Printer, SCHEMA_DESTROY, SCHEMA_HALT, SCHEMA_PROVISION, SCHEMA_RUN, SCHEMA_STATUS, SCHEMA_UP,
-    header, json_line, out, table,
+    Printer, SCHEMA_DESTROY, SCHEMA_HALT, SCHEMA_PLAN, SCHEMA_PROVISION, SCHEMA_RUN, SCHEMA_STATUS,
+    SCHEMA_UP, header, json_line, out, table,
 };
 use crate::ops::{self, DestroySummary, Project, RunOutcome, StatusReport, UpOutcome};
 
@@ -36,6 +36,24 @@ impl Printer {
         ));
     }
 
+    /// `up --plan`: what `up` would do, and where.
+    pub fn up_plan(&self, rows: &[ops::PlanRow]) {
+        if self.as_json(serde_json::json!({"schema": SCHEMA_PLAN, "machines": rows})) {
+            return;
+        }
+        let mut t = header(&["MACHINE", "PROVIDER", "ACTION", "ENGINE", "WHY"]);
+        for r in rows {
+            t.push(vec![
+                r.machine.clone(),
+                r.provider.clone(),
+                r.action.clone(),
+                r.engine.clone(),
+                r.why.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table(&t);
+    }
+
     pub fn status(&self, report: &StatusReport) {
         if self.json {
             out(&json_line(&serde_json::json!({
@@ -48,7 +66,7 @@ impl Printer {
             })));
             return;
         }
-        let mut rows = header(&["MACHINE", "PROVIDER", "STATE", "PORTS", "AGE"]);
+        let mut rows = header(&["MACHINE", "PROVIDER", "ENGINE", "STATE", "PORTS", "AGE"]);
         for r in &report.machines {
             let state = match (&r.state, &r.engine_state) {
                 (s, Some(e)) if (s == "stale" || s == "orphan") => format!("{s} ({e})"),
@@ -57,6 +75,7 @@ impl Printer {
             rows.push(vec![
                 r.machine.clone(),
                 r.provider.clone(),
+                r.engine.clone().unwrap_or_else(|| "-".into()),
                 state,
                 if r.ports.is_empty() {
                     "-".into()
@@ -72,6 +91,14 @@ impl Printer {
         table(&rows);
         if report.machines.iter().any(|r| r.state == "stale") {
             self.hint("a stale machine was made from older settings; `envrig reload MACHINE` recreates it");
+        }
+        for r in report.machines.iter().filter(|r| r.state == "unreachable") {
+            self.hint(&format!(
+                "`{}` is on the engine `{}`, which does not answer ({}); `envrig engine check` asks it",
+                r.machine,
+                r.engine.as_deref().unwrap_or("?"),
+                r.reason.as_deref().unwrap_or("")
+            ));
         }
         if report.machines.iter().any(|r| r.state == "orphan") {
             self.hint("an orphan is no longer in the Envfile; `envrig destroy MACHINE` removes it");
