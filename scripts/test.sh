@@ -16,6 +16,15 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The rig of extra engines (Docker daemons in a Swarm, libvirt hosts, each in namespaces of
+# its own) for the tests of machines over several engines; taken down whatever happens.
+echo "== engine rig"
+trap 'scripts/engines.sh down >/dev/null 2>&1 || true' EXIT
+rig=$(scripts/engines.sh up 3 2)
+echo "$rig"
+ENVRIG_TEST_LIBVIRT_REMOTE=$(awk '$1 == "l1" {print $2}' <<<"$rig")
+export ENVRIG_TEST_LIBVIRT_REMOTE
+
 echo "== tests (end-to-end included)"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast --failure-output final --run-ignored all

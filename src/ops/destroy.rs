@@ -74,7 +74,7 @@ pub async fn destroy(
         failures.extend(failed);
     }
     summary.machines.sort();
-    if failures.is_empty() {
+    if failures.is_empty() && unreachable.is_empty() {
         // A machine's snapshots go with it.
         let gone = super::snapshot::delete_snapshots_of(ctx, project, machines).await?;
         summary.resources.extend(gone);
@@ -82,7 +82,7 @@ pub async fn destroy(
     // What the engine would not remove once every machine was gone (Docker 20.10 now and
     // then keeps an endpoint on a network after many containers went at once).
     let mut stuck = None;
-    if machines.is_empty() && failures.is_empty() {
+    if machines.is_empty() && failures.is_empty() && unreachable.is_empty() {
         let selector = Selector::env(&project.identity.env_id);
         let (engines, _) = used_engines(ctx, project).await;
         for e in engines {
