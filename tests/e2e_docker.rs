@@ -387,7 +387,7 @@ fn ls_and_status_print_aligned_tables() {
             .unwrap()
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["MACHINE", "PROVIDER", "STATE", "PORTS", "AGE"]
+        ["MACHINE", "PROVIDER", "ENGINE", "STATE", "PORTS", "AGE"]
     );
     assert!(st.lines().nth(1).unwrap().starts_with("one "), "{st}");
 }

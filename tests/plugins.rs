@@ -215,7 +215,7 @@ fn docker_machines_need_no_libvirt_library() {
     // `ls` looks at every provider: the libvirt one is skipped, with why.
     let ls = run(&["ls"]).ok();
     assert!(
-        ls.stderr.contains("skipping the libvirt provider"),
+        ls.stderr.contains("skipping the libvirt engine"),
         "{}",
         ls.stderr
     );
