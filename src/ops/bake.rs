@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use envrig_provider_api::{Provider, labels};
 
-use super::context::{Context, provider};
+use super::context::{Context, provider_at};
 use super::error::OpError;
 use super::project::Project;
 use super::report::Phase;
@@ -50,6 +50,7 @@ pub async fn choose_layers(
     project: &Project,
     resolved: &Resolved,
     machines: &[&Machine],
+    placed: &super::placement::Placed,
 ) -> Result<BTreeMap<String, String>, OpError> {
     let mut found = BTreeMap::new();
     for m in machines {
@@ -59,7 +60,8 @@ pub async fn choose_layers(
         let Some(fp) = resolved.fingerprint(m.name.as_str()) else {
             continue;
         };
-        let p = provider(ctx, &m.provider).await?;
+        // On the engine it goes to: a layer is on the engine that baked it.
+        let p = provider_at(ctx, &m.provider, &placed.engine(m)).await?;
         let name = layer_name(fp);
         if let Ok(Some(_)) = p.resolve_base(&name).await {
             found.insert(m.name.to_string(), name);

@@ -1,13 +1,14 @@
 //! Running provisioning steps and readiness checks through the provider trait (exec and
 //! upload only), so every provider gets them unchanged; and the `provision` command.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envrig_provider_api::{ExecRequest, Provider};
 
-use super::context::{Context, provider};
+use super::context::{Context, provider_at};
 use super::error::OpError;
 use super::guest::{run_quiet, run_streamed, tar_bytes, tar_of};
 use super::observe::{observe, runnable};
@@ -389,8 +390,11 @@ pub async fn provision(
     let observed = observe(ctx, project).await?;
     session.refresh(&observed)?;
     let mut targets = Vec::new();
+    let mut engines = BTreeMap::new();
     for m in &selected {
-        targets.push((*m, runnable(m.name.as_str(), &observed)?.id.clone()));
+        let o = runnable(m.name.as_str(), &observed)?;
+        engines.insert(m.name.to_string(), o.engine.clone());
+        targets.push((*m, o.id.clone()));
     }
     let mut done = Vec::new();
     let mut failures = Vec::new();
@@ -425,8 +429,9 @@ pub async fn provision(
                 .map(|(_, id)| id.clone())
                 .unwrap_or_default();
             let (session, mode, resolved) = (&session, &mode, &resolved);
+            let engine = engines.get(m.name.as_str()).cloned().unwrap_or_default();
             async move {
-                let r = match provider(ctx, &m.provider).await {
+                let r = match provider_at(ctx, &m.provider, &engine).await {
                     Ok(p) => {
                         // Synced folders that are copies, not live mounts, are copied again
                         // first, so the steps see the host's files.

@@ -146,7 +146,7 @@ pub async fn up(
             })
             .copied()
             .collect();
-        resolved.layers = choose_layers(ctx, project, &resolved, &creating).await?;
+        resolved.layers = choose_layers(ctx, project, &resolved, &creating, &placed).await?;
     }
     let resolved = &resolved;
     // Machines about to be made or started need the network; it is made again when it went

@@ -54,6 +54,7 @@ impl Printer {
             "FOLDER",
             "MACHINES",
             "PROVIDERS",
+            "ENGINES",
             "AGE",
             "EXPIRES",
         ]);
@@ -73,6 +74,7 @@ impl Printer {
                 },
                 machines.join(","),
                 r.providers.join(","),
+                r.engines.join(","),
                 r.created
                     .as_deref()
                     .and_then(ops::age)
