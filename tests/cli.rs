@@ -296,3 +296,88 @@ fn a_lock_with_a_multibyte_character_in_a_fingerprint_is_exit_2() {
     );
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
+
+/// Runs envrig with its endpoints in `engines` (no engine is asked).
+fn with_engines(dir: &std::path::Path, engines: &std::path::Path, args: &[&str]) -> common::Run {
+    common::envrig_home_env(
+        dir,
+        &dir.join("home"),
+        &[("ENVRIG_ENGINES", engines.to_str().unwrap())],
+        args,
+    )
+}
+
+#[test]
+fn engine_endpoints_are_kept_outside_the_envfile_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engines.toml");
+    let e = |args: &[&str]| with_engines(dir.path(), &file, args);
+    e(&[
+        "engine",
+        "add",
+        "ci-1",
+        "tcp://198.18.200.11:2375",
+        "--label",
+        "gpu=yes",
+    ])
+    .ok();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("[engines.ci-1]") && text.contains("provider = \"docker\""),
+        "{text}"
+    );
+    assert!(text.contains("gpu = \"yes\""), "{text}");
+    // The same name again: refused unless --force.
+    let again = e(&["engine", "add", "ci-1", "tcp://198.18.200.12:2375"]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    e(&[
+        "engine",
+        "add",
+        "ci-1",
+        "tcp://198.18.200.12:2375",
+        "--force",
+    ])
+    .ok();
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("198.18.200.12")
+    );
+    // No scheme, a scheme no provider serves, a bad name, a bad label.
+    for (args, says) in [
+        (
+            vec!["engine", "add", "x", "198.18.200.11:2375"],
+            "needs a scheme",
+        ),
+        (
+            vec!["engine", "add", "x", "gopher://h"],
+            "no provider here serves",
+        ),
+        (vec!["engine", "add", "X", "tcp://h:1"], "no engine name"),
+        (
+            vec!["engine", "add", "x", "tcp://h:1", "--label", "novalue"],
+            "KEY=VALUE",
+        ),
+    ] {
+        let r = e(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    }
+    // An engine nobody listens on: check says so and exits 1; rm of it is allowed.
+    e(&["engine", "add", "gone", "tcp://127.0.0.1:9"]).ok();
+    let check = e(&["engine", "check", "gone", "--json"]);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    let j = check.json();
+    assert_eq!(j["engines"][0]["reachable"], false, "{j}");
+    assert!(j["engines"][0]["reason"].is_string(), "{j}");
+    e(&["engine", "rm", "gone"]).ok();
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("gone"));
+    let rm = e(&["engine", "rm", "gone"]);
+    assert_eq!(rm.code, 2, "{}", rm.stderr);
+    // A broken file is an error naming it, for every command.
+    std::fs::write(&file, "[engines.a]\nuri = 1\n").unwrap();
+    let r = e(&["engine", "ls"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("engines.toml"), "{}", r.stderr);
+}
