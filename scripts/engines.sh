@@ -8,8 +8,12 @@
 #                                   d1 tcp://198.18.200.11:2375
 #                                   l1 qemu+tcp://198.18.200.31/system
 #                                 Everything else goes to stderr. Idempotent: a healthy rig
-#                                 is only checked (a second or two); a daemon that died is
-#                                 restarted; another N or M rebuilds the rig from scratch.
+#                                 is only checked (under a second); a node whose daemon died
+#                                 is restarted with its data, Swarm membership and images
+#                                 are mended; another N or M, or a broken hub, rebuilds the
+#                                 rig from scratch. Measured here: up 3 2 cold 6-23 s (most
+#                                 of it libvirtd's QEMU probe, when it probes), warm 0.4 s;
+#                                 down 2-3 s.
 #   scripts/engines.sh ls         The endpoint lines of the rig that is up (exit 1, no line,
 #                                 when none is).
 #   scripts/engines.sh check      A container on d2 finds a container on d3 (d1 and d2 when
@@ -32,9 +36,11 @@
 #             firewall rule is touched, and the engines have no default route: traffic
 #             stays on this machine.
 #   addresses 198.18.200.0/24 is the link (ENGINES_NET=198.18.X picks another /24 of
-#             198.18.0.0/15): root .1, dI .1I, lJ .3J. Docker's own networks take
-#             198.19.192.0/18, far from the 198.19.0.0/16 /24s that envrig picks from the
-#             bottom and from the host dockerd's bridge 198.19.255.0/24:
+#             198.18.0.0/15; up refuses a /24 this machine routes already): the root
+#             namespace .1, dI .(10+I), lJ .(30+J), each with a fixed MAC. The rig's Docker
+#             networks take 198.19.192.0 to 198.19.247.255: above the /24s envrig picks from
+#             the bottom of 198.19.0.0/16, below the host dockerd's bridge 198.19.255.0/24,
+#             and apart from the host dockerd's pool 198.18.0.0/16:
 #               Swarm overlays (--default-addr-pool)  198.19.192.0/20, a /24 each
 #               dI's docker0 (--bip)                  198.19.(207+I).0/24   (208-215)
 #               dI's local networks                   198.19.(212+4I).0/22  (216-247)
@@ -43,9 +49,11 @@
 #             mount and UTS namespaces of their own (hostname envrig-dI). Inside, per-node
 #             folders cover /run/containerd (dockerd 20.10 would use the host's containerd
 #             whenever /run/containerd/containerd.sock exists, and shims put their sockets
-#             there) and /run/docker. API: tcp://ADDR:2375 (no TLS, bound to ADDR only) and
+#             there) and /run/docker, and its own engine key gives it an engine ID of its own.
+#             API: tcp://ADDR:2375 (no TLS, bound to ADDR only) and
 #             unix:///run/envrig-engines/dI/docker.sock. d1 is the Swarm's only manager, the
-#             others are workers. Images (envrig-test/busybox:latest, busybox:latest and
+#             others are workers (no IPVS in this kernel: use plain containers with
+#             --network-alias on attachable overlays, not service VIPs or the routing mesh). Images (envrig-test/busybox:latest, busybox:latest and
 #             those named in ENGINES_IMAGES, space separated) are copied from this machine's
 #             docker with `docker save | docker load`, so they keep one ID everywhere; a
 #             missing one is skipped with a warning. No registry is needed.
@@ -56,18 +64,23 @@
 #             starts), /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and
 #             /run/libvirt. An empty libvirt: envrig brings its boxes through the storage API.
 #             The host's own libvirtd, its sockets and its state are not touched. There is no
-#             cgroup hierarchy in these hosts' /sys, so their VMs run without cgroups.
+#             cgroup hierarchy in these hosts' /sys (ip netns exec mounts a /sys of the
+#             namespace), so their VMs (TCG: <domain type='qemu'>) run without cgroups.
+#             A host's networks get their bridges, dnsmasq and firewall rules in its own
+#             network namespace.
 #   mounts    The per-engine mount namespaces are slaves of the root one: mounts made inside
 #             (bind mounts, overlays, network namespace files) never show in the root
 #             namespace and vanish with the last process; mounts the host removes leave them
 #             too, so a rig never pins a host container's mounts or namespaces.
 #   folders   /var/lib/envrig-engines/NODE (data, config, logs: containerd.log, dockerd.log,
-#             libvirtd.log) and /run/envrig-engines/NODE (sockets, pidfiles).
+#             libvirtd.log) and /run/envrig-engines/NODE (sockets, pidfiles). One run at a
+#             time: engines.sh holds a lock (flock) on /run itself, so no lock file is left.
 #
 # Debugging
 #   docker -H unix:///run/envrig-engines/d1/docker.sock info
 #   virsh -c 'qemu+unix:///system?socket=/run/envrig-engines/l1/libvirt/libvirt-sock' list
 #   nsenter --target "$(cat /run/envrig-engines/l1/libvirtd.pid)" --mount --net --uts sh
+#   nsenter --target "$(cat /run/envrig-engines/d1/containerd.pid)" --mount --net --uts sh
 set -euo pipefail
 shopt -s nullglob
 
@@ -95,10 +108,13 @@ die() {
   log "error: $*"
   exit 1
 }
-log_tail() { # FILE: its last lines, on stderr
+MARK='--- engines.sh: starting'
+mark() { echo "$MARK $(date -u +%FT%TZ)" >>"$1"; } # LOG: where this start's lines begin
+log_tail() { # LOG: the last lines of its latest start, on stderr
   if [ -s "$1" ]; then
     log "last lines of $1:"
-    tail -n 15 "$1" | sed 's/^/    /' >&2
+    awk -v m="$MARK" 'index($0, m) == 1 { n = 0 } { a[n++] = $0 }
+      END { for (i = (n > 15 ? n - 15 : 0); i < n; i++) print "    " a[i] }' "$1" >&2
   else
     log "(nothing in $1)"
   fi
@@ -237,9 +253,9 @@ hub_ok() {
 
 make_hub() {
   local used
-  used=$(ip -4 -o route show match "$NET.0/24" | grep -v '^default' || true)
-  used+=$(ip -4 -o route show root "$NET.0/24" || true)
-  [ -z "$used" ] || die "$NET.0/24 is routed here already: $used (set ENGINES_NET=198.18.X to use another /24)"
+  used=$({ ip -4 -o route show match "$NET.0/24" && ip -4 -o route show root "$NET.0/24"; } |
+    grep -v '^default' | sort -u | tr -s ' \n' ' ' || true)
+  [ -z "$used" ] || die "$NET.0/24 is routed here already (${used% }): set ENGINES_NET=198.18.X to use another /24"
   log "network: hub $HUB (bridge br0), $ROOT_IF $HOST_IP/24 in the root namespace"
   ip netns add "$HUB"
   ip -n "$HUB" link set lo up
@@ -327,6 +343,8 @@ EOF
   # Its own engine key, so each daemon has an ID of its own (not the host's /etc/docker one).
   printf '{\n  "deprecated-key-path": "%s"\n}\n' "$lib/key.json" >"$lib/daemon.json"
   log "docker: starting $node on $addr"
+  mark "$lib/containerd.log"
+  mark "$lib/dockerd.log"
   setsid nsenter --net="/run/netns/$NSP-$node" unshare --mount --uts --propagation slave -- \
     sh -c "$NODE_INIT" sh "envrig-$node" "$run" containerd --config "$lib/containerd.toml" \
     </dev/null >>"$lib/containerd.log" 2>&1 3>&- 9<&- &
@@ -360,7 +378,7 @@ wait_docker() { # I: bounded wait until dI answers
   end=$((SECONDS + 45))
   for ((n = 0; n < 225; n++)); do
     if dk "$addr" 5 version --format '{{.Server.Version}}' >/dev/null 2>&1; then return 0; fi
-    if ! pid_from "$RUN/$node/dockerd-spawn.pid" >/dev/null; then
+    if ! alive "$(cat "$RUN/$node/dockerd-spawn.pid")"; then
       log_tail "$LIB/$node/dockerd.log"
       die "dockerd of $node exited at start"
     fi
@@ -575,8 +593,10 @@ EOF
   skeleton /var/lib/libvirt "$lib/lib"
   skeleton /var/cache/libvirt "$lib/cache"
   skeleton /var/log/libvirt "$lib/log"
-  # Same binaries, same kernel: the host's QEMU capabilities cache is valid here and saves
-  # libvirtd a probe of each emulator (libvirt probes again whenever it is not).
+  # Same binaries, same kernel: the host's QEMU capabilities cache can save libvirtd its
+  # probe of each emulator (8-20 s here). It does only when libvirtd's check reads the same
+  # host cpuid, which on this machine depends on the CPU it runs on: about half the time.
+  # Else libvirtd probes again, as it would with no cache.
   if [ -d /var/cache/libvirt/qemu/capabilities ]; then
     mkdir -p "$lib/cache/qemu/capabilities"
     cp -a /var/cache/libvirt/qemu/capabilities/. "$lib/cache/qemu/capabilities/"
@@ -595,6 +615,7 @@ start_libvirt() { # J: (re)starts virtlogd and libvirtd of lJ; does not wait for
   prepare_libvirt "$j"
   mkdir -p "$run/libvirt"
   log "libvirt: starting $node on $addr"
+  mark "$lib/libvirtd.log"
   # ip netns exec gives a /sys of the namespace (libvirt's network driver reads bridges
   # there); nsenter --net would show the root namespace's devices.
   setsid ip netns exec "$NSP-$node" unshare --mount --uts --propagation slave -- \
@@ -611,7 +632,7 @@ wait_libvirt() { # J: bounded wait until lJ answers; a fresh one must be empty
   end=$((SECONDS + 90))
   for ((n = 0; n < 450; n++)); do
     if vs "$addr" 5 version >/dev/null 2>&1; then break; fi
-    if ! pid_from "$RUN/$node/libvirtd-spawn.pid" >/dev/null; then
+    if ! alive "$(cat "$RUN/$node/libvirtd-spawn.pid")"; then
       log_tail "$LIB/$node/libvirtd.log"
       die "libvirtd of $node exited at start"
     fi
@@ -661,7 +682,7 @@ teardown() {
     n=${n#"$NSP"-}
     if [[ $n =~ ^[dl][0-9]+$ ]]; then nodes+=("$n"); fi
   done < <(ip netns list | grep "^$NSP-" || true)
-  mapfile -t nodes < <(printf '%s\n' "${nodes[@]}" | grep . | sort -u)
+  mapfile -t nodes < <(printf '%s\n' "${nodes[@]}" | { grep . || true; } | sort -u)
   [ ${#nodes[@]} -eq 0 ] || log "down: stopping ${nodes[*]}"
   stop_node "${nodes[@]}" hub
   [ ! -e "/run/netns/$HUB" ] || ip netns del "$HUB"
@@ -672,8 +693,9 @@ teardown() {
   rm -rf --one-file-system "$LIB" "$RUN"
 }
 
-lock() { # one engines.sh at a time (bounded wait)
-  exec 9<"${BASH_SOURCE[0]}"
+lock() { # one engines.sh at a time (bounded wait), whichever copy of it: a lock on /run
+  # itself, which is always there and which down need not remove
+  exec 9</run
   flock -w 300 9 || die "another engines.sh still runs after 300 s"
 }
 
