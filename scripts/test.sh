@@ -42,6 +42,13 @@ cargo nextest run "${docker_e2e[@]}" --no-run # built outside: nothing links lib
 unshare --mount --propagation private sh -c 'mount --bind /dev/null "$0" && exec "$@"' "$lib" \
   cargo nextest run "${docker_e2e[@]}" --no-fail-fast --failure-output final --run-ignored ignored-only
 
+# A short round of the scale benchmark on the rig: it checks that an environment spread
+# over three engines comes up, resolves names across them and goes, timing nothing
+# (bench/README.md: the 100-machine round and its targets).
+echo "== scale benchmark, short round"
+python3 bench/bench_scale.py --machines 12 --engines 3 --rounds 1 --short \
+  --envrig "$PWD/target/debug/envrig"
+
 # Each fuzz target briefly, so a parser that learnt to panic shows (bench/README.md: the
 # long round, the build time and the sanitizer).
 echo "== fuzz targets, 30 s each"

@@ -100,7 +100,8 @@ fn machines_spread_over_a_swarm_reach_each_other_and_survive_a_dead_engine() {
     let f = Farm::new(&format!(
         "[project]\nname = \"{name}\"\nplacement = \"spread\"\nbake = false\n\n\
          [boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n\n[defaults]\nbox = \"bb\"\nmemory = \"64MiB\"\n\n\
-         [machines.web]\n[machines.app]\n[machines.db]\nengine = \"d3\"\n\
+         [machines.web]\n[machines.app]\n[[machines.app.provision]]\nshell = \"hostname > /tmp/made\"\n\
+         [machines.db]\nengine = \"d3\"\n\
          [machines.gpu]\nengine_labels = {{ gpu = \"yes\" }}\n"
     ));
     for (n, u) in &docker {
@@ -173,6 +174,18 @@ fn machines_spread_over_a_swarm_reach_each_other_and_survive_a_dead_engine() {
         ])
         .ok();
     }
+    // Steps run in the machine on its own engine, again on request.
+    let made = f
+        .envrig(&["exec", "app", "--", "cat", "/tmp/made"])
+        .ok()
+        .stdout;
+    f.envrig(&["provision", "app", "--force"]).ok();
+    let again = f
+        .envrig(&["exec", "app", "--", "cat", "/tmp/made"])
+        .ok()
+        .stdout;
+    assert_eq!(made, again);
+    assert!(!made.trim().is_empty());
     // ls sees the environment on every engine; a second up changes nothing.
     let ls = f.envrig(&["ls", "--json"]).ok().json();
     let env = ls["environments"]
