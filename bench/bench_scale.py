@@ -61,11 +61,14 @@ def rig(engines: int) -> list[tuple[str, str]]:
     """The rig's Docker endpoints, with at least `engines` of them (it keeps 2 libvirt
     hosts when it has them: the tests' shape is `up 3 2`)."""
     have = run(["bash", str(REPO / "scripts/engines.sh"), "ls"], check=False).stdout
-    docker = [l.split() for l in have.splitlines() if "tcp://" in l]
+    def docker_lines(text):
+        return [l.split() for l in text.splitlines() if l.split()[1:2] and l.split()[1].startswith("tcp://")]
+
+    docker = docker_lines(have)
     if len(docker) < engines:
         libvirt = sum(1 for l in have.splitlines() if "qemu" in l)
         out = run(["bash", str(REPO / "scripts/engines.sh"), "up", str(engines), str(libvirt)]).stdout
-        docker = [l.split() for l in out.splitlines() if "tcp://" in l]
+        docker = docker_lines(out)
     return [(n, u) for n, u in docker[:engines]]
 
 

@@ -70,7 +70,12 @@ pub(super) async fn create(
             "1".to_string(),
         );
     }
-    ctx.reporter.event(Some(name), Phase::Create, "creating");
+    let what = if engine == crate::engines::LOCAL {
+        "creating".to_string()
+    } else {
+        format!("creating on `{engine}`")
+    };
+    ctx.reporter.event(Some(name), Phase::Create, &what);
     match p.create(&spec).await {
         Ok(info) => Ok((info, spec)),
         Err(ProviderError::NotFound { .. }) => {
