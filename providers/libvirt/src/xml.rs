@@ -11,6 +11,7 @@ use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 mod domain;
 mod network;
 mod snapshot;
+pub mod storage;
 
 pub use domain::{Domain, Share, graphics_types, network_nic, ports};
 pub use network::{
