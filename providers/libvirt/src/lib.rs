@@ -223,11 +223,7 @@ impl LibvirtProvider {
                     None => "start libvirtd (`scripts/libvirt-setup.sh` does it on Debian), or set LIBVIRT_DEFAULT_URI".to_string(),
                 }),
             })?;
-            // A dead link is found within seconds (not at TCP's timeout): keepalive.
-            let remote = remote::remote_host(&uri).map(|host| {
-                let _ = conn.set_keep_alive(5, 3);
-                Arc::new(remote::Remote::new(host))
-            });
+            let remote = remote::remote_host(&uri).map(|host| Arc::new(remote::Remote::new(host)));
             let system = uri.ends_with("/system");
             let home = envrig_provider_api::home::home_dir();
             // The system daemon's QEMU runs as its own user: overlays live where it can read.

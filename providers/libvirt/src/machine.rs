@@ -393,7 +393,11 @@ impl LibvirtProvider {
                 .lookup_domain_by_uuid_string(&id2)
                 .map_err(|e| engine("look up the domain", e))?;
             if !dom.is_active().unwrap_or(false) {
-                dom.create().map_err(|e| engine("start the domain", e))?;
+                dom.create()
+                    .map_err(|e| match passt_without_route(&e.to_string()) {
+                        Some(why) => why,
+                        None => engine("start the domain", e),
+                    })?;
             }
             Ok(())
         })
@@ -646,6 +650,21 @@ fn remote_port(resource: &str, p: &envrig_provider_api::PortSpec) -> u16 {
     20000 + (n % 40000) as u16
 }
 
+/// A start refused because passt (the machine's user network) finds no default route on
+/// the host that runs it: said as such, with what to do, rather than as passt's own words
+/// deep in libvirt's message.
+fn passt_without_route(message: &str) -> Option<ProviderError> {
+    let routeless = message.contains("passt")
+        && (message.contains("External interface not usable")
+            || message.contains("No external routable interface"));
+    routeless.then(|| ProviderError::Conflict {
+        message: format!(
+            "the machine's user network (passt) cannot start: the libvirt host has no default route, which passt needs even when the machine never leaves the host; add one there (a route to an address nobody holds will do: `ip route add default via ADDRESS dev IFACE`) ({})",
+            message.lines().next().unwrap_or_default().trim()
+        ),
+    })
+}
+
 /// Writes a NoCloud seed for a machine into its folder (`seed.iso`, an ISO 9660 volume
 /// labelled `cidata` holding `meta-data` and `user-data`, made by `genisoimage`): the
 /// environment's key for root and the default user, and the hostname. `None` (and a debug
@@ -748,4 +767,18 @@ pub(crate) fn describe(dom: &Domain) -> Result<MachineInfo> {
         },
         labels: xml::labels(&xml),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_a_default_route_is_named_as_the_reason_passt_fails() {
+        // libvirt 11.3's words when passt finds no default route (seen on a host without one).
+        let seen = "internal error: Child process (passt --one-off --socket /run/libvirt/qemu/passt/1-x-net0.socket) unexpected exit status 1: Failed to send 46 bytes to syslog\nNo external routable interface for IPv4\nExternal interface not usable\n";
+        let e = passt_without_route(seen).expect("recognised").to_string();
+        assert!(e.contains("no default route"), "{e}");
+        assert!(passt_without_route("internal error: something else").is_none());
+    }
 }
