@@ -576,38 +576,34 @@ impl LibvirtProvider {
             .filter(|(_, p)| p.is_file())
             .collect();
         let (host, reference2) = (remote.host.clone(), reference.to_string());
-        let (vols, uploaded) = self
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|(_, p)| p.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let vols = self
             .blocking(move |c| {
                 let pool = ensure_pool(c)?;
+                let alias = box_alias(&sha);
                 if let Some(b) = found_box(c, &pool, &sha, &files, &host)? {
-                    tracing::debug!(host = %host, "box `{reference2}` found as volume {}", box_alias(&sha));
-                    return Ok((b, false));
+                    tracing::debug!(host = %host, "box `{reference2}` found as volume {alias}");
+                    return Ok(b);
                 }
                 let t0 = Instant::now();
-                match upload_box(c, &pool, &sha, &files, virtual_size)? {
-                    Some(b) => {
-                        tracing::info!(
-                            host = %host,
-                            bytes = files.iter().filter_map(|(_, p)| p.metadata().ok()).map(|m| m.len()).sum::<u64>(),
-                            ms = t0.elapsed().as_millis() as u64,
-                            "box `{reference2}` uploaded (volume {})",
-                            box_alias(&sha)
-                        );
-                        Ok((b, true))
-                    }
-                    // Another envrig committed it first.
-                    None => {
-                        tracing::info!(host = %host, "box `{reference2}`: another envrig put it there first; this upload is deleted");
-                        found_box(c, &pool, &sha, &files, &host)?
-                        .map(|b| (b, false))
-                        .ok_or_else(|| {
-                            engine_msg(format!("upload box `{reference2}`"), "its volume vanished while it was committed")
-                        })
-                    }
+                if let Some(b) = upload_box(c, &pool, &sha, &files, virtual_size)? {
+                    let ms = t0.elapsed().as_millis() as u64;
+                    tracing::info!(host = %host, bytes, ms, "box `{reference2}` uploaded as volume {alias}");
+                    return Ok(b);
                 }
+                tracing::info!(host = %host, "box `{reference2}`: another envrig put it there first; this upload is deleted");
+                found_box(c, &pool, &sha, &files, &host)?.ok_or_else(|| {
+                    engine_msg(
+                        format!("upload box `{reference2}`"),
+                        "its volume vanished while it was committed",
+                    )
+                })
             })
             .await?;
-        let _ = uploaded;
         Ok(RemoteBox {
             disk: vols.disk,
             kernel: vols.kernel,
