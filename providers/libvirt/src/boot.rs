@@ -44,16 +44,25 @@ impl LibvirtProvider {
     /// is in, the private address is up.
     pub(crate) async fn finish_boot(&self, id: &str) -> Result<()> {
         let info = self.info(id).await?;
-        let booting = self.machine_dir(&info.resource_name).join(BOOTING);
-        if !booting.exists() {
+        if !self.note_exists(&info.resource_name, BOOTING).await {
             return Ok(());
         }
         if info.state == MachineState::Running {
             self.wait_ready_with(id, false).await?;
             self.wait_private_address(id).await;
         }
-        let _ = std::fs::remove_file(&booting);
+        self.note_drop(&info.resource_name, BOOTING).await;
         Ok(())
+    }
+
+    /// The last lines of a machine's console log (here, or a volume on a remote host),
+    /// indented, for an error message.
+    async fn console_tail(&self, resource: &str) -> String {
+        let log = self
+            .note_read(resource, "console.log", 64 * 1024)
+            .await
+            .unwrap_or_default();
+        console_tail(&String::from_utf8_lossy(&log))
     }
 
     /// Waits until the machine is ready: its guest agent or its SSH answers, the
@@ -69,16 +78,30 @@ impl LibvirtProvider {
     /// (a revert to a snapshot taken after it was installed).
     pub(crate) async fn wait_ready_with(&self, id: &str, install: bool) -> Result<()> {
         let info = self.info(id).await?;
-        let console = self.machine_dir(&info.resource_name).join("console.log");
+        let res = info.resource_name.as_str();
         let limit = Self::boot_timeout();
         let t0 = Instant::now();
         let Some((port, keys)) = self.ssh_parts(&info) else {
-            // No SSH (a machine made before SSH existed): the agent is the way in.
-            return if self.wait_agent_only(id, limit).await {
-                Ok(())
-            } else {
-                Err(boot_failed(limit, "the guest agent", &console))
-            };
+            // No SSH (a machine on a remote host, or made before SSH existed): the agent is
+            // the way in.
+            if !self.wait_agent_only(id, limit).await {
+                return Err(boot_failed(
+                    limit,
+                    "the guest agent",
+                    &self.console_tail(res).await,
+                ));
+            }
+            // On a remote host the agent installs the environment's key too (for SSH from
+            // that host) and tells the user `exec` logs in as.
+            if self.remote.is_some()
+                && install
+                && let Some(env) = info.labels.get(envrig_provider_api::labels::ENV)
+            {
+                let keys = ssh::EnvKeys::new(&self.keys, env);
+                let user = checked_user(&self.install_key_by_agent(id, &keys).await?)?;
+                let _ = std::fs::write(keys.dir.join(format!("{res}.user")), &user);
+            }
+            return Ok(());
         };
         let user_file = keys.dir.join(format!("{}.user", info.resource_name));
         // Whichever answers first: the agent, or SSH (with our key: a restart; with the
@@ -121,13 +144,13 @@ impl LibvirtProvider {
                 return Err(ProviderError::Conflict {
                     message: format!(
                         "the machine stopped while it booted; the end of its console:\n{}",
-                        console_tail(&console)
+                        self.console_tail(res).await
                     ),
                 });
             }
             ok = self.wait_agent_only(id, limit) => {
                 if !ok {
-                    return Err(boot_failed(limit, "the guest agent or SSH", &console));
+                    return Err(boot_failed(limit, "the guest agent or SSH", &self.console_tail(res).await));
                 }
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "guest agent answered");
                 if !install && user_file.exists() {
@@ -140,7 +163,7 @@ impl LibvirtProvider {
                 false
             }
             found = by_ssh => match found {
-                None => return Err(boot_failed(limit, "the guest agent or SSH", &console)),
+                None => return Err(boot_failed(limit, "the guest agent or SSH", &self.console_tail(res).await)),
                 Some(None) => false,
                 Some(Some(insecure)) => {
                     let key = keys.ensure().map_err(|e| io("read the environment's key", e))?;
@@ -196,7 +219,7 @@ impl LibvirtProvider {
                 "{}; the end of its console:\n{}",
                 last.map(|e| e.to_string())
                     .unwrap_or_else(|| "SSH did not answer".into()),
-                console_tail(&console)
+                self.console_tail(res).await
             ),
         })
     }
@@ -237,8 +260,7 @@ impl LibvirtProvider {
 }
 
 /// The last lines of a console log, indented, for an error message.
-fn console_tail(console: &Path) -> String {
-    let log = std::fs::read_to_string(console).unwrap_or_default();
+fn console_tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(15)..]
         .iter()
@@ -247,12 +269,11 @@ fn console_tail(console: &Path) -> String {
         .join("\n")
 }
 
-fn boot_failed(limit: Duration, what: &str, console: &Path) -> ProviderError {
+fn boot_failed(limit: Duration, what: &str, console_tail: &str) -> ProviderError {
     ProviderError::Conflict {
         message: format!(
-            "{what} did not answer within {}s; the end of its console:\n{}",
+            "{what} did not answer within {}s; the end of its console:\n{console_tail}",
             limit.as_secs(),
-            console_tail(console)
         ),
     }
 }

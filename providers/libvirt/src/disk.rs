@@ -16,6 +16,8 @@ pub(crate) enum Disk {
     Overlay(PathBuf),
     /// A disk of its own, already in the machine's folder (an imported snapshot).
     Own,
+    /// A qcow2 volume on a remote host backed by the box uploaded there.
+    Remote(crate::remote::RemoteBox),
 }
 
 impl LibvirtProvider {
@@ -126,11 +128,18 @@ pub(crate) async fn virtual_size(disk: &Path) -> Result<u64> {
 /// (the backing's own size) when it is not set or the same. A size below the backing's is
 /// refused: the guest's file systems fill the box's whole disk, so it cannot shrink.
 pub(crate) async fn overlay_size(spec: &MachineSpec, backing: &Path) -> Result<Option<u64>> {
+    if !spec.options.contains_key("disk_size") {
+        return Ok(None);
+    }
+    overlay_size_of(spec, virtual_size(backing).await?)
+}
+
+/// [`overlay_size`] on a backing disk of virtual size `own`.
+pub(crate) fn overlay_size_of(spec: &MachineSpec, own: u64) -> Result<Option<u64>> {
     let Some(OptionValue::Int(wanted)) = spec.options.get("disk_size") else {
         return Ok(None);
     };
     let wanted = (*wanted).max(1).unsigned_abs().div_ceil(512) * 512;
-    let own = virtual_size(backing).await?;
     if wanted < own {
         return Err(ProviderError::Conflict {
             message: format!(

@@ -1,5 +1,5 @@
 //! Drift: the guest's files listed inside it, against the listing taken at the baseline (kept
-//! in the machine's folder on the host).
+//! in the machine's folder on the host, or as a volume of a remote host).
 
 use envrig_provider_api::{ExecRequest, OutputStream, Result};
 
@@ -44,8 +44,8 @@ impl LibvirtProvider {
     pub(crate) async fn take_baseline(&self, id: &str) -> Result<()> {
         let listing = self.list_files(id).await?;
         let info = self.info(id).await?;
-        let file = self.machine_dir(&info.resource_name).join(DRIFT_BASELINE);
-        std::fs::write(&file, listing).map_err(|e| io(format!("write {}", file.display()), e))
+        self.note_put(&info.resource_name, DRIFT_BASELINE, listing.as_bytes())
+            .await
     }
 
     /// The guest's files listed now against the listing taken at the baseline (kept in the
@@ -56,8 +56,11 @@ impl LibvirtProvider {
     ) -> Result<Vec<envrig_provider_api::drift::PathChange>> {
         use envrig_provider_api::drift;
         let info = self.info(id).await?;
-        let file = self.machine_dir(&info.resource_name).join(DRIFT_BASELINE);
-        let base = std::fs::read_to_string(&file).unwrap_or_default();
+        let base = self
+            .note_read(&info.resource_name, DRIFT_BASELINE, u64::MAX)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let now = self.list_files(id).await?;
         Ok(drift::compare(&drift::parse(&base), &drift::parse(&now)))
     }

@@ -311,9 +311,11 @@ impl LibvirtProvider {
     /// the guest has that user), else root. What is recorded came from the guest: it is
     /// checked again here, as it is before it is written.
     fn login_user(&self, info: &MachineInfo) -> Result<String> {
-        let recorded = self
-            .ssh_parts(info)
-            .and_then(|(_, keys)| {
+        let recorded = info
+            .labels
+            .get(envrig_provider_api::labels::ENV)
+            .map(|env| ssh::EnvKeys::new(&self.keys, env))
+            .and_then(|keys| {
                 std::fs::read_to_string(keys.dir.join(format!("{}.user", info.resource_name))).ok()
             })
             .map(|u| u.trim().to_string())
@@ -357,6 +359,12 @@ impl LibvirtProvider {
     }
 
     pub(crate) async fn endpoint(&self, id: &str) -> Result<SshEndpoint> {
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "SSH into a machine",
+                "its SSH port would listen on that host's loopback, which this host cannot reach; `envrig exec` works (through the guest agent)",
+            ));
+        }
         let info = self.info(id).await?;
         let (port, keys) = self
             .ssh_parts(&info)

@@ -4,8 +4,13 @@
 //!
 //! This crate is the only place the `virt` crate appears. libvirt's calls block: every one
 //! goes through [`LibvirtProvider::blocking`] (one `spawn_blocking` helper) on one shared
-//! connection (`LIBVIRT_DEFAULT_URI`, else `qemu:///system`). Domains and networks carry
-//! envrig's labels in `<metadata>`, so libvirt's lists are the truth, as Docker's labels are.
+//! connection (an engine endpoint's URI, else `LIBVIRT_DEFAULT_URI`, else `qemu:///system`).
+//! Domains and networks carry envrig's labels in `<metadata>`, so libvirt's lists are the
+//! truth, as Docker's labels are.
+//!
+//! A connection to another host (a URI with a host part) shares none of this host's files:
+//! boxes, disks and a machine's small files go there as volumes of a storage pool, through
+//! libvirt's own APIs (`remote.rs`); what needs this host's files there is refused, saying so.
 //!
 //! This file holds the provider, its connection and the [`Provider`] implementation, whose
 //! methods hand each call to the file of its concern:
@@ -25,6 +30,8 @@
 //!   and baked layers, with the store's file format in `boxes.rs`; sweeping what a killed
 //!   envrig left;
 //! - `synced.rs`: synced folders (virtiofs or 9p when live, else copied);
+//! - `remote.rs`: a libvirt host elsewhere: envrig's storage pool there, boxes uploaded once
+//!   and checked, a machine's disk and files as volumes;
 //! - `drift.rs`: the guest's files against the listing taken at the baseline;
 //! - `accel.rs`: KVM or TCG, chosen by a bounded probe;
 //! - `error.rs`: how failures become [`ProviderError`]s;
@@ -44,6 +51,7 @@ mod exec;
 mod machine;
 mod network;
 mod qcow2;
+mod remote;
 mod snapshot;
 mod ssh;
 mod store;
@@ -81,9 +89,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use envrig_provider_api::schema::{BoxRef, Key, Schema};
 use envrig_provider_api::{
-    BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec, NetworkSpec,
-    OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result, Selector, Snapshot,
-    SshEndpoint, StoredBox, Terminal,
+    BaseIdentity, BaseInfo, Capabilities, EngineAddress, EngineInfo, ExecRequest, MachineInfo,
+    MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress,
+    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
 };
 use virt::connect::Connect;
 
@@ -151,7 +159,8 @@ pub struct LibvirtProvider {
     // Never closed: `virt` panics when a close fails, and the connection lives as long as
     // the process.
     conn: Arc<ManuallyDrop<Connect>>,
-    /// Where machines' overlays and console logs live.
+    /// Where machines' overlays and console logs live (on a remote host: nothing but the
+    /// cache of box folders' hashes, kept on this host).
     images: PathBuf,
     /// Where named boxes live.
     boxes: PathBuf,
@@ -162,12 +171,15 @@ pub struct LibvirtProvider {
     /// Held while a network's host entries are read and changed (machines of one
     /// environment are made in parallel and must not take the same address).
     net_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The libvirt host is another host (`remote.rs`); `None`: this host's own daemon.
+    remote: Option<Arc<remote::Remote>>,
 }
 
 impl std::fmt::Debug for LibvirtProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LibvirtProvider")
             .field("images", &self.images)
+            .field("remote", &self.remote.as_ref().map(|r| &r.host))
             .finish()
     }
 }
@@ -181,27 +193,53 @@ impl LibvirtProvider {
     /// Connects to the libvirt daemon at `uri` (an engine endpoint); `LIBVIRT_DEFAULT_URI`,
     /// else `qemu:///system`, when none.
     pub async fn connect_to(uri: Option<&str>) -> Result<Self> {
-        let uri = uri.map(str::to_string);
+        Self::connect_with(uri.map(|u| EngineAddress {
+            uri: u.to_string(),
+            cert_path: None,
+        }))
+        .await
+    }
+
+    /// Connects to the libvirt daemon of an engine endpoint (`None`: `LIBVIRT_DEFAULT_URI`,
+    /// else `qemu:///system`). Its `cert_path` (a folder of `ca.pem`, `cert.pem` and
+    /// `key.pem`, or of libvirt's own `cacert.pem`, `clientcert.pem` and `clientkey.pem`) is
+    /// the client certificate of a `qemu+tls://` endpoint (libvirt's `pkipath`).
+    pub async fn connect_with(engine: Option<EngineAddress>) -> Result<Self> {
         tokio::task::spawn_blocking(move || {
             virt::error::clear_error_callback();
-            let uri = uri
-                .or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok())
-                .unwrap_or_else(|| "qemu:///system".to_string());
-            let conn = Connect::open(Some(&uri)).map_err(|e| ProviderError::Unavailable {
+            let uri = match &engine {
+                Some(e) => e.uri.clone(),
+                None => std::env::var("LIBVIRT_DEFAULT_URI")
+                    .unwrap_or_else(|_| "qemu:///system".to_string()),
+            };
+            let opened = match engine.as_ref().and_then(|e| e.cert_path.as_deref()) {
+                Some(certs) => with_pki(&uri, certs)?,
+                None => uri.clone(),
+            };
+            let conn = Connect::open(Some(&opened)).map_err(|e| ProviderError::Unavailable {
                 provider: NAME,
                 message: format!("{uri}: {e}"),
-                hint: Some("start libvirtd (`scripts/libvirt-setup.sh` does it on Debian), or set LIBVIRT_DEFAULT_URI".to_string()),
+                hint: Some(match remote::remote_host(&uri) {
+                    Some(host) => format!("start libvirtd on {host} and let it listen (for qemu+tcp://, `libvirtd --listen` with listen_tcp = 1), or check the endpoint (`envrig engine ls`)"),
+                    None => "start libvirtd (`scripts/libvirt-setup.sh` does it on Debian), or set LIBVIRT_DEFAULT_URI".to_string(),
+                }),
             })?;
+            let remote = remote::remote_host(&uri).map(|host| Arc::new(remote::Remote::new(host)));
             let system = uri.ends_with("/system");
             let home = envrig_provider_api::home::home_dir();
             // The system daemon's QEMU runs as its own user: overlays live where it can read.
-            let images = std::env::var_os("ENVRIG_LIBVIRT_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
-                if system {
-                    PathBuf::from("/var/lib/libvirt/images/envrig")
-                } else {
-                    home.join("libvirt")
-                }
-            });
+            // A remote host's are volumes there: here only the cache of box hashes.
+            let images = if remote.is_some() {
+                home.join("libvirt-remote")
+            } else {
+                std::env::var_os("ENVRIG_LIBVIRT_IMAGES").map(PathBuf::from).unwrap_or_else(|| {
+                    if system {
+                        PathBuf::from("/var/lib/libvirt/images/envrig")
+                    } else {
+                        home.join("libvirt")
+                    }
+                })
+            };
             Ok(LibvirtProvider {
                 conn: Arc::new(ManuallyDrop::new(conn)),
                 images,
@@ -209,6 +247,7 @@ impl LibvirtProvider {
                 keys: home.join("keys"),
                 accel: Arc::new(std::sync::OnceLock::new()),
                 net_lock: Arc::new(tokio::sync::Mutex::new(())),
+                remote,
             })
         })
         .await
@@ -217,6 +256,32 @@ impl LibvirtProvider {
             message: e.to_string(),
             hint: None,
         })?
+    }
+
+    /// What the daemon says of itself and its host: libvirt's and the hypervisor's versions,
+    /// the host's CPUs and memory (libvirt's node info).
+    async fn describe_engine(&self) -> Result<EngineInfo> {
+        self.blocking(|c| {
+            let dotted = |v: u32| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000);
+            let lib = c
+                .lib_version()
+                .map_err(|e| error::engine("read libvirt's version", e))?;
+            let node = c
+                .node_info()
+                .map_err(|e| error::engine("read the host's node info", e))?;
+            let mut version = format!("libvirt {}", dotted(lib));
+            if let (Ok(driver), Ok(hv)) = (c.driver_type(), c.hyp_version()) {
+                version.push_str(&format!(", {driver} {}", dotted(hv)));
+            }
+            Ok(EngineInfo {
+                version,
+                cpus: node.cpus,
+                // libvirt says KiB.
+                memory: node.memory.saturating_mul(1024),
+                cluster: None,
+            })
+        })
+        .await
     }
 
     /// Runs a blocking libvirt call off the async threads.
@@ -243,6 +308,10 @@ impl Provider for LibvirtProvider {
 
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
+    }
+
+    async fn engine_info(&self) -> Result<EngineInfo> {
+        self.describe_engine().await
     }
 
     async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>> {
@@ -403,6 +472,12 @@ impl Provider for LibvirtProvider {
     }
 
     async fn remove_baked(&self, name: &str) -> Result<()> {
+        // A remote host has none (`list_baked`): this host's are not its to remove.
+        if let Some(r) = &self.remote {
+            return Err(ProviderError::NotFound {
+                what: format!("baked layer `{name}` on {}", r.host),
+            });
+        }
         self.remove_box(name).await
     }
 
@@ -420,5 +495,84 @@ impl Provider for LibvirtProvider {
 
     async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint> {
         self.endpoint(id).await
+    }
+}
+
+/// `uri` with libvirt's `pkipath` set to a folder holding the client certificate of a TLS
+/// endpoint, under libvirt's names (`cacert.pem`, `clientcert.pem`, `clientkey.pem`): `certs`
+/// itself when it uses them, else a folder of links to its Docker-style `ca.pem`, `cert.pem`
+/// and `key.pem` (kept in envrig's data folder). A certificate folder for a URI that is not
+/// TLS is refused: it would be ignored.
+fn with_pki(uri: &str, certs: &Path) -> Result<String> {
+    let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or_default();
+    let tls = scheme == "qemu+tls" || (scheme == "qemu" && remote::remote_host(uri).is_some());
+    if !tls {
+        return Err(ProviderError::Conflict {
+            message: format!(
+                "a certificate folder ({}) is given for {uri}, which does not use TLS: use a qemu+tls:// URI, or no certificate folder",
+                certs.display()
+            ),
+        });
+    }
+    const LIBVIRT: [&str; 3] = ["cacert.pem", "clientcert.pem", "clientkey.pem"];
+    const DOCKER: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+    let missing = |names: &[&str]| names.iter().any(|n| !certs.join(n).is_file());
+    let dir = if !missing(&LIBVIRT) {
+        certs.to_path_buf()
+    } else if !missing(&DOCKER) {
+        let certs = std::fs::canonicalize(certs)
+            .map_err(|e| error::io("read the certificate folder", e))?;
+        let key = envrig_provider_api::hash::sha256_hex(certs.as_os_str().as_encoded_bytes());
+        let dir = envrig_provider_api::home::home_dir()
+            .join("libvirt-pki")
+            .join(&key[..16]);
+        std::fs::create_dir_all(&dir).map_err(|e| error::io("make a certificate folder", e))?;
+        for (from, to) in DOCKER.iter().zip(LIBVIRT) {
+            let link = dir.join(to);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(certs.join(from), &link)
+                .map_err(|e| error::io("link the certificates", e))?;
+        }
+        dir
+    } else {
+        return Err(ProviderError::Conflict {
+            message: format!(
+                "the certificate folder {} holds neither ca.pem, cert.pem and key.pem nor libvirt's cacert.pem, clientcert.pem and clientkey.pem",
+                certs.display()
+            ),
+        });
+    };
+    // The folder goes into the URI's query, its bytes escaped as a URI wants them.
+    let escaped: String = dir
+        .to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    Ok(format!("{uri}{sep}pkipath={escaped}"))
+}
+
+#[cfg(test)]
+mod pki_tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_folder_becomes_libvirts_pkipath() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["cacert.pem", "clientcert.pem", "clientkey.pem"] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        let uri = with_pki("qemu+tls://h/system", d.path()).unwrap();
+        assert!(uri.starts_with("qemu+tls://h/system?pkipath=/"), "{uri}");
+        let e = with_pki("qemu+tcp://h/system", d.path()).unwrap_err();
+        assert!(e.to_string().contains("does not use TLS"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = with_pki("qemu+tls://h/system?x=1", empty.path()).unwrap_err();
+        assert!(e.to_string().contains("holds neither"), "{e}");
     }
 }

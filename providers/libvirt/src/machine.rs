@@ -13,9 +13,10 @@ use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 
 use crate::boot::{BOOTING, Marker};
-use crate::disk::{Disk, overlay, overlay_size};
+use crate::disk::{Disk, overlay, overlay_size, overlay_size_of};
 use crate::error::{engine, io};
 use crate::network::address;
+use crate::remote::RemoteBox;
 use crate::synced;
 use crate::{
     BOX_LABEL, KERNEL_DIR, LibvirtProvider, MACHINE_ENV, NAMES, SSH_PORT, SYNCED, ssh, xml,
@@ -23,7 +24,8 @@ use crate::{
 
 impl LibvirtProvider {
     /// Defines the domain of `spec`: its disk (`disk`), the kernel files in `kernel_dir`,
-    /// ports, console log and labels (`spec`'s and `extra`).
+    /// ports, console log and labels (`spec`'s and `extra`). On a remote host
+    /// ([`Disk::Remote`]) the disk, kernel, NoCloud seed and console log are volumes there.
     pub(crate) async fn define(
         &self,
         spec: &MachineSpec,
@@ -35,8 +37,18 @@ impl LibvirtProvider {
         let size = match &disk {
             Disk::Overlay(backing) => overlay_size(spec, backing).await?,
             Disk::Own => None,
+            Disk::Remote(b) => overlay_size_of(spec, b.virtual_size)?,
         };
         let graphics = self.graphics(spec).await?;
+        let (folders, shares) = synced::plan(spec, self.remote.as_ref().map(|r| r.host.as_str()))?;
+        let shape = Shape {
+            graphics,
+            folders,
+            shares,
+        };
+        if let Disk::Remote(b) = disk {
+            return self.define_remote(spec, b, size, shape, extra).await;
+        }
         let mdir = self.machine_dir(&spec.resource_name);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
         // Until the domain is defined, nothing but this marker says whose the folder is: a
@@ -45,7 +57,7 @@ impl LibvirtProvider {
         let disk_file = mdir.join("disk.qcow2");
         let backing = match disk {
             Disk::Overlay(backing) => overlay(&backing, &disk_file, size).await?,
-            Disk::Own => Vec::new(),
+            Disk::Own | Disk::Remote(_) => Vec::new(),
         };
         let read = |f: &str| {
             std::fs::read_to_string(kernel_dir.join(f))
@@ -54,60 +66,159 @@ impl LibvirtProvider {
         };
         let kernel = kernel_dir.join("vmlinuz");
         let initrd = kernel_dir.join("initrd.img");
-        let cmdline = read("cmdline").map(|c| format!("{c} hostname={}", spec.hostname));
-        let mut ports = spec.ports.clone();
-        for p in &mut ports {
-            if p.host_port == 0 {
-                p.host_port = std::net::TcpListener::bind((p.host_ip.as_str(), 0))
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-                    .map_err(|e| io("find a free port", e))?;
-            }
-        }
         // SSH: a free port on 127.0.0.1 forwarded to the guest's 22, and the environment's
         // key pair, made the first time.
         let ssh_port = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .map_err(|e| io("find a free port", e))?;
-        ports.push(envrig_provider_api::PortSpec {
-            host_ip: "127.0.0.1".into(),
-            host_port: ssh_port,
-            guest_port: 22,
-            protocol: envrig_provider_api::Protocol::Tcp,
-        });
-        let (folders, shares) = synced::plan(spec);
-        let key = match spec.labels.get(envrig_provider_api::labels::ENV) {
-            Some(env) => Some(
-                ssh::EnvKeys::new(&self.keys, env)
-                    .ensure()
-                    .map_err(|e| io("make the environment's SSH key", e))?,
-            ),
-            None => None,
-        };
+        let key = self.env_key(spec)?;
         // A stock cloud image learns the key (and its name) from a NoCloud seed; a guest
         // without cloud-init ignores the extra disk.
         let seed = match &key {
-            Some(k) => {
-                let line = ssh::public_line(k.public_key()).map_err(|e| io("encode the key", e))?;
-                write_seed(&mdir, &spec.resource_name, &spec.hostname, &line).await
-            }
+            Some(line) => write_seed(&mdir, &spec.resource_name, &spec.hostname, line).await,
             None => None,
         };
-        let opt = |k: &str| match spec.options.get(k) {
-            Some(OptionValue::Str(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let kind = match opt("accel").as_deref() {
-            Some("kvm") => "kvm",
-            Some("tcg") => "qemu",
-            _ => {
+        let kind = match accel_asked(spec) {
+            Some(k) => k,
+            None => {
                 let k = kernel.is_file().then_some(kernel.as_path());
                 self.accel.get_or_init(|| self.cached_accel(k))
             }
         };
-        let machine_type = opt("machine_type").unwrap_or_else(|| "pc".to_string());
-        let console = mdir.join("console.log");
+        let placed = Placed {
+            disk: disk_file.display().to_string(),
+            backing,
+            kernel: kernel.is_file().then(|| kernel.display().to_string()),
+            initrd: initrd.is_file().then(|| initrd.display().to_string()),
+            cmdline: read("cmdline"),
+            console: mdir.join("console.log").display().to_string(),
+            seed,
+            ssh_port: Some(ssh_port),
+            kind,
+            kernel_dir: Some(kernel_dir.display().to_string()),
+        };
+        let defined = self.define_domain(spec, placed, shape, extra).await;
+        drop(marker);
+        defined
+    }
+
+    /// [`Self::define`] on a remote host: the machine's disk (a qcow2 volume backed by its
+    /// box's), seed and console log are made as volumes of envrig's pool there; no SSH port
+    /// is forwarded (it would listen on that host's loopback, which this host cannot reach:
+    /// the guest agent is the way in). What was made goes again when the domain cannot be
+    /// defined.
+    async fn define_remote(
+        &self,
+        spec: &MachineSpec,
+        b: RemoteBox,
+        size: Option<u64>,
+        shape: Shape,
+        extra: BTreeMap<String, String>,
+    ) -> Result<MachineInfo> {
+        let res = spec.resource_name.as_str();
+        let made = async {
+            let disk = self
+                .remote_overlay(res, &b.disk, size.unwrap_or(b.virtual_size))
+                .await?;
+            // Written by the host's virtlogd, read back for a boot that fails.
+            let console = self.remote_put(res, "console.log", Vec::new()).await?;
+            let seed = match self.env_key(spec)? {
+                Some(line) => {
+                    let tmp = std::env::temp_dir().join(envrig_provider_api::work::name(&format!(
+                        "envrig-seed-{res}"
+                    )));
+                    let _ = std::fs::create_dir_all(&tmp);
+                    let iso = write_seed(&tmp, res, &spec.hostname, &line)
+                        .await
+                        .and_then(|p| std::fs::read(p).ok());
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    match iso {
+                        Some(bytes) => Some(self.remote_put(res, "seed.iso", bytes).await?),
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            Ok::<_, ProviderError>(Placed {
+                disk,
+                backing: vec![b.disk.clone()],
+                kernel: b.kernel.clone(),
+                initrd: b.initrd.clone(),
+                cmdline: b.cmdline.clone(),
+                console,
+                seed,
+                ssh_port: None,
+                kind: accel_asked(spec).unwrap_or_else(remote_accel),
+                kernel_dir: None,
+            })
+        }
+        .await;
+        let defined = match made {
+            Ok(placed) => self.define_domain(spec, placed, shape, extra).await,
+            Err(e) => Err(e),
+        };
+        if defined.is_err() {
+            // Unless a domain of that name holds them (a define refused over one).
+            let name = res.to_string();
+            let held = self
+                .blocking(move |c| Ok(c.lookup_domain_by_name(&name).is_ok()))
+                .await
+                .unwrap_or(true);
+            if !held {
+                let _ = self.remote_remove_volumes(res).await;
+            }
+        }
+        defined
+    }
+
+    /// The environment's public key line (its key pair made the first time), for the seed.
+    fn env_key(&self, spec: &MachineSpec) -> Result<Option<String>> {
+        let Some(env) = spec.labels.get(envrig_provider_api::labels::ENV) else {
+            return Ok(None);
+        };
+        let key = ssh::EnvKeys::new(&self.keys, env)
+            .ensure()
+            .map_err(|e| io("make the environment's SSH key", e))?;
+        ssh::public_line(key.public_key())
+            .map(Some)
+            .map_err(|e| io("encode the key", e))
+    }
+
+    /// The domain of `spec` from its files (`placed`): ports, its place on the private
+    /// network, labels, XML; defined. Its network entries go again when it cannot be.
+    async fn define_domain(
+        &self,
+        spec: &MachineSpec,
+        placed: Placed,
+        shape: Shape,
+        extra: BTreeMap<String, String>,
+    ) -> Result<MachineInfo> {
+        let mut ports = spec.ports.clone();
+        for p in &mut ports {
+            if p.host_port == 0 {
+                p.host_port = match &self.remote {
+                    // Nothing here can tell which port is free there.
+                    Some(_) => remote_port(&spec.resource_name, p),
+                    None => std::net::TcpListener::bind((p.host_ip.as_str(), 0))
+                        .and_then(|l| l.local_addr())
+                        .map(|a| a.port())
+                        .map_err(|e| io("find a free port", e))?,
+                };
+            }
+        }
+        if let Some(ssh_port) = placed.ssh_port {
+            ports.push(envrig_provider_api::PortSpec {
+                host_ip: "127.0.0.1".into(),
+                host_port: ssh_port,
+                guest_port: 22,
+                protocol: envrig_provider_api::Protocol::Tcp,
+            });
+        }
+        let machine_type = match spec.options.get("machine_type") {
+            Some(OptionValue::Str(s)) => s.clone(),
+            _ => "pc".to_string(),
+        };
         // Its place on the private network: a fixed MAC, address and names, registered
         // with the network's DHCP and DNS before the domain exists.
         let nic = match &spec.network {
@@ -125,12 +236,16 @@ impl LibvirtProvider {
         if let Some(att) = spec.network.as_ref().filter(|a| !a.aliases.is_empty()) {
             labels.insert(NAMES.to_string(), att.aliases.join(","));
         }
-        labels.insert(KERNEL_DIR.to_string(), kernel_dir.display().to_string());
-        labels.insert(SSH_PORT.to_string(), ssh_port.to_string());
-        if !folders.is_empty() {
+        if let Some(k) = &placed.kernel_dir {
+            labels.insert(KERNEL_DIR.to_string(), k.clone());
+        }
+        if let Some(p) = placed.ssh_port {
+            labels.insert(SSH_PORT.to_string(), p.to_string());
+        }
+        if !shape.folders.is_empty() {
             labels.insert(
                 SYNCED.to_string(),
-                serde_json::to_string(&folders).unwrap_or_default(),
+                serde_json::to_string(&shape.folders).unwrap_or_default(),
             );
         }
         if !spec.env.is_empty() {
@@ -139,12 +254,10 @@ impl LibvirtProvider {
                 serde_json::to_string(&spec.env).unwrap_or_default(),
             );
         }
-        let (kernel_s, initrd_s, disk_s, console_s) = (
-            kernel.display().to_string(),
-            initrd.display().to_string(),
-            disk_file.display().to_string(),
-            console.display().to_string(),
-        );
+        let kind = placed.kind;
+        let cmdline = placed
+            .cmdline
+            .map(|c| format!("{c} hostname={}", spec.hostname));
         let domain = xml::Domain {
             name: &spec.resource_name,
             kind,
@@ -152,11 +265,11 @@ impl LibvirtProvider {
             memory_mib: spec.memory_bytes.map(|b| b >> 20).unwrap_or(256).max(128),
             vcpus: spec.cpus.unwrap_or(1),
             machine_type: &machine_type,
-            kernel: kernel.is_file().then_some(kernel_s.as_str()),
-            initrd: initrd.is_file().then_some(initrd_s.as_str()),
+            kernel: placed.kernel.as_deref(),
+            initrd: placed.initrd.as_deref(),
             // Under TCG on a busy host the kernel's IO-APIC timer check can fail and panic
             // ("..MP-BIOS bug: 8254 timer not connected"): skipped, as cloud images do.
-            cmdline: if kernel.is_file() {
+            cmdline: if placed.kernel.is_some() {
                 cmdline.map(|c| {
                     if kind == "qemu" && !c.contains("no_timer_check") {
                         format!("{c} no_timer_check")
@@ -167,15 +280,15 @@ impl LibvirtProvider {
             } else {
                 None
             },
-            disk: &disk_s,
-            backing: &backing,
-            console_log: &console_s,
+            disk: &placed.disk,
+            backing: &placed.backing,
+            console_log: &placed.console,
             ports: &ports,
             labels: &labels,
             network: nic.as_ref().map(|(n, m)| (n.as_str(), m.as_str())),
-            shares: &shares,
-            seed: seed.as_deref(),
-            graphics,
+            shares: &shape.shares,
+            seed: placed.seed.as_deref(),
+            graphics: shape.graphics,
         };
         let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
         let defined = self
@@ -191,7 +304,6 @@ impl LibvirtProvider {
         {
             self.detach(n, m).await;
         }
-        drop(marker);
         defined
     }
 
@@ -229,6 +341,12 @@ impl LibvirtProvider {
     }
 
     pub(crate) async fn create_machine(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        if let Some(remote) = &self.remote {
+            let b = self.remote_box(remote, &spec.base).await?;
+            let extra = BTreeMap::from([(BOX_LABEL.to_string(), b.source.display().to_string())]);
+            let source = b.source.clone();
+            return self.define(spec, Disk::Remote(b), &source, extra).await;
+        }
         let source_dir = self
             .box_dir(&spec.base)
             .ok_or_else(|| ProviderError::NotFound {
@@ -268,22 +386,25 @@ impl LibvirtProvider {
                     .await?;
             }
         }
-        let booting = self.machine_dir(&info.resource_name).join(BOOTING);
-        let _ = std::fs::write(&booting, b"");
+        let _ = self.note_put(&info.resource_name, BOOTING, b"").await;
         let id2 = id.to_string();
         self.blocking(move |c| {
             let dom = c
                 .lookup_domain_by_uuid_string(&id2)
                 .map_err(|e| engine("look up the domain", e))?;
             if !dom.is_active().unwrap_or(false) {
-                dom.create().map_err(|e| engine("start the domain", e))?;
+                dom.create()
+                    .map_err(|e| match passt_without_route(&e.to_string()) {
+                        Some(why) => why,
+                        None => engine("start the domain", e),
+                    })?;
             }
             Ok(())
         })
         .await?;
         self.wait_ready(id).await?;
         self.wait_private_address(id).await;
-        let _ = std::fs::remove_file(&booting);
+        self.note_drop(&info.resource_name, BOOTING).await;
         // Live folders are mounted at every boot; copies (and the folders a guest cannot
         // mount) are made by `refresh_synced`, which `up` and `provision` call and report.
         self.sync_folders(id, true).await?;
@@ -358,18 +479,25 @@ impl LibvirtProvider {
 
     pub(crate) async fn remove_machine(&self, id: &str) -> Result<()> {
         // Its pinned host key and login go with it.
-        if let Ok(info) = self.info(id).await
-            && let Some((port, keys)) = self.ssh_parts(&info)
-        {
-            let _ = keys.unpin(port);
-            let _ = std::fs::remove_file(keys.dir.join(format!("{}.user", info.resource_name)));
+        if let Ok(info) = self.info(id).await {
+            if let Some((port, keys)) = self.ssh_parts(&info) {
+                let _ = keys.unpin(port);
+            }
+            if let Some(env) = info.labels.get(envrig_provider_api::labels::ENV) {
+                let keys = ssh::EnvKeys::new(&self.keys, env);
+                let _ = std::fs::remove_file(keys.dir.join(format!("{}.user", info.resource_name)));
+            }
         }
-        // Once undefined, only this marker says whose the folder is (see `define`).
-        let _marker = self
-            .info(id)
-            .await
-            .ok()
-            .map(|i| Marker::new(&self.machine_dir(&i.resource_name), "removing"));
+        // Once undefined, only this marker says whose the folder is (see `define`); a remote
+        // host's volumes are swept by their age instead (`remote.rs`).
+        let _marker = match self.remote {
+            Some(_) => None,
+            None => self
+                .info(id)
+                .await
+                .ok()
+                .map(|i| Marker::new(&self.machine_dir(&i.resource_name), "removing")),
+        };
         let id2 = id.to_string();
         let name = self
             .blocking(move |c| {
@@ -401,6 +529,9 @@ impl LibvirtProvider {
             None => None,
         };
         if let Some(name) = name {
+            if self.remote.is_some() {
+                return self.remote_remove_volumes(&name).await;
+            }
             let dir = self.machine_dir(&name);
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -460,6 +591,78 @@ impl LibvirtProvider {
     pub(crate) fn machine_dir(&self, resource_name: &str) -> PathBuf {
         self.images.join(resource_name)
     }
+}
+
+/// A new domain's files, where its host reads them.
+struct Placed {
+    disk: String,
+    /// The disk's backing chain, nearest first.
+    backing: Vec<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    /// The box's kernel command line (the hostname is added).
+    cmdline: Option<String>,
+    console: String,
+    seed: Option<String>,
+    /// The port of this host forwarded to the guest's SSH (none on a remote host).
+    ssh_port: Option<u16>,
+    /// `qemu` (TCG) or `kvm`.
+    kind: &'static str,
+    /// The folder of the kernel files here (the `KERNEL_DIR` label), when they are here.
+    kernel_dir: Option<String>,
+}
+
+/// What a new domain shows and shares: its display and its synced folders.
+struct Shape {
+    graphics: Option<&'static str>,
+    folders: Vec<synced::SyncedFolder>,
+    shares: Vec<xml::Share>,
+}
+
+/// The hypervisor `[machines.NAME.libvirt] accel` asks for (`None`: `auto`).
+fn accel_asked(spec: &MachineSpec) -> Option<&'static str> {
+    match spec.options.get("accel") {
+        Some(OptionValue::Str(s)) if s == "kvm" => Some("kvm"),
+        Some(OptionValue::Str(s)) if s == "tcg" => Some("qemu"),
+        _ => None,
+    }
+}
+
+/// `accel = "auto"` on a remote host: TCG, unless `ENVRIG_ACCEL=kvm`. KVM is chosen on this
+/// host only when a guest is seen to boot under it (`accel.rs`: on some hosts libvirt offers
+/// KVM and a KVM guest then hangs), which cannot be seen from here; a remote host's machines
+/// get KVM by asking for it (`accel = "kvm"`).
+fn remote_accel() -> &'static str {
+    match std::env::var("ENVRIG_ACCEL").as_deref() {
+        Ok("kvm") => "kvm",
+        _ => "qemu",
+    }
+}
+
+/// The host port a port forward that asks for any (0) gets on a remote host, where nothing
+/// here can tell which is free: one of 20000-59999, the same for the same machine and guest
+/// port (a busy one fails the start, naming it).
+fn remote_port(resource: &str, p: &envrig_provider_api::PortSpec) -> u16 {
+    let h = envrig_provider_api::hash::sha256_hex(
+        format!("{resource}/{}/{}", p.guest_port, p.protocol.as_str()).as_bytes(),
+    );
+    let n = u32::from_str_radix(&h[..8], 16).unwrap_or(0);
+    20000 + (n % 40000) as u16
+}
+
+/// A start refused because passt (the machine's user network) finds no default route on
+/// the host that runs it: said as such, with what to do, rather than as passt's own words
+/// deep in libvirt's message.
+fn passt_without_route(message: &str) -> Option<ProviderError> {
+    let routeless = message.contains("passt")
+        && (message.contains("External interface not usable")
+            || message.contains("No external routable interface"));
+    routeless.then(|| ProviderError::Conflict {
+        message: format!(
+            "the machine's user network (passt) cannot start: the libvirt host has no default route, which passt needs even when the machine never leaves the host; add one there (a route to an address nobody holds will do: `ip route add default via ADDRESS dev IFACE`) ({})",
+            message.lines().next().unwrap_or_default().trim()
+        ),
+    })
 }
 
 /// Writes a NoCloud seed for a machine into its folder (`seed.iso`, an ISO 9660 volume
@@ -564,4 +767,18 @@ pub(crate) fn describe(dom: &Domain) -> Result<MachineInfo> {
         },
         labels: xml::labels(&xml),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_a_default_route_is_named_as_the_reason_passt_fails() {
+        // libvirt 11.3's words when passt finds no default route (seen on a host without one).
+        let seen = "internal error: Child process (passt --one-off --socket /run/libvirt/qemu/passt/1-x-net0.socket) unexpected exit status 1: Failed to send 46 bytes to syslog\nNo external routable interface for IPv4\nExternal interface not usable\n";
+        let e = passt_without_route(seen).expect("recognised").to_string();
+        assert!(e.contains("no default route"), "{e}");
+        assert!(passt_without_route("internal error: something else").is_none());
+    }
 }

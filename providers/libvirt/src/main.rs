@@ -21,8 +21,7 @@ async fn main() {
         .with_ansi(false)
         .try_init();
     envrig_provider_api::plugin::serve(schema(), |engine| async move {
-        let uri = engine.map(|e| e.uri);
-        let p = LibvirtProvider::connect_to(uri.as_deref()).await?;
+        let p = LibvirtProvider::connect_with(engine).await?;
         Ok(Arc::new(p) as Arc<dyn Provider>)
     })
     .await

@@ -129,6 +129,9 @@ impl LibvirtProvider {
             name.to_string(),
             names.to_vec(),
         );
+        // dnsmasq's lease file is on the network's host: readable here only when that is
+        // this host.
+        let here = self.remote.is_none();
         self.blocking(move |c| {
             use virt::sys::*;
             let n = c
@@ -163,7 +166,9 @@ impl LibvirtProvider {
                 .filter(|(m, _)| *m != mac)
                 .map(|(_, ip)| *ip)
                 .collect();
-            taken.extend(leased_elsewhere(&text, &mac));
+            if here {
+                taken.extend(leased_elsewhere(&text, &mac));
+            }
             let (_, _, fixed) = address::layout(subnet);
             let ip = fixed
                 .map(|i| address::host(subnet, i))
@@ -329,7 +334,10 @@ impl LibvirtProvider {
         // Machines' overlays and logs go with them; networks are the other resources, and
         // the SSH keys of environments that have no machine left.
         let selector = selector.clone();
+        // The keys are this host's, shared by every libvirt host it uses: only the local
+        // host's purge removes them (a remote host's machines do not use them after boot).
         let keys = self.keys.clone();
+        let here = self.remote.is_none();
         self.blocking(move |c| {
             let envs: std::collections::BTreeSet<String> = c
                 .list_all_domains(0)
@@ -343,7 +351,12 @@ impl LibvirtProvider {
                 })
                 .collect();
             let mut removed = Vec::new();
-            for e in std::fs::read_dir(&keys).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(&keys)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|_| here)
+            {
                 let env = e.file_name().to_string_lossy().to_string();
                 let probe =
                     BTreeMap::from([(envrig_provider_api::labels::ENV.to_string(), env.clone())]);

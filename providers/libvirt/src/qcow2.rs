@@ -56,6 +56,11 @@ pub fn check_header(b: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The size of the disk a qcow2 header's image gives a guest (its `size`, a u64 at 24).
+pub fn virtual_size(b: &[u8]) -> Option<u64> {
+    be_u64(b, 24)
+}
+
 /// Reads at most [`HEADER_LEN`] bytes from `r`.
 fn header_of(r: impl Read) -> std::io::Result<Vec<u8>> {
     let mut b = Vec::with_capacity(HEADER_LEN);

@@ -131,10 +131,10 @@ impl LibvirtProvider {
             .info(owner)
             .await
             .ok()
-            .map(|i| self.machine_dir(&i.resource_name).join(BOOTING))
+            .map(|i| i.resource_name)
             .filter(|_| running);
-        if let Some(b) = &booting {
-            let _ = std::fs::write(b, b"");
+        if let Some(res) = &booting {
+            let _ = self.note_put(res, BOOTING, b"").await;
         }
         let flags = if running {
             virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
@@ -146,8 +146,8 @@ impl LibvirtProvider {
             // The snapshot holds the environment's key already.
             self.wait_ready_with(owner, false).await?;
         }
-        if let Some(b) = &booting {
-            let _ = std::fs::remove_file(b);
+        if let Some(res) = &booting {
+            self.note_drop(res, BOOTING).await;
         }
         self.info(owner).await
     }
@@ -164,6 +164,12 @@ impl LibvirtProvider {
         current: Option<&str>,
         spec: &MachineSpec,
     ) -> Result<MachineInfo> {
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "restoring an imported snapshot",
+                "restore it on the libvirt host it was imported on",
+            ));
+        }
         let src = PathBuf::from(&snap.id);
         if !src.join("disk.qcow2").is_file() {
             return Err(ProviderError::NotFound {
@@ -245,6 +251,12 @@ impl LibvirtProvider {
     /// A tar holding the disk at the snapshot, flattened (no box needed to use it), and the
     /// kernel files it boots with.
     pub(crate) async fn export_snapshot(&self, snap: &Snapshot, dest: &Path) -> Result<u64> {
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "exporting a snapshot",
+                "its disk is a volume there, which `qemu-img` here cannot flatten; export the environment from a libvirt host of its own",
+            ));
+        }
         let (owner, name) = snap
             .id
             .split_once('/')
@@ -344,6 +356,12 @@ impl LibvirtProvider {
         snap: &Snapshot,
         labels: &BTreeMap<String, String>,
     ) -> Result<Snapshot> {
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "importing a snapshot",
+                "import the archive on a libvirt host of its own (`envrig import` without a remote engine)",
+            ));
+        }
         static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = self.images.join(".imports");

@@ -87,6 +87,13 @@ impl LibvirtProvider {
         let Some(dir) = self.box_dir(reference) else {
             return Ok(None);
         };
+        // A remote host takes self-contained boxes only: a baked layer (a disk on a backing
+        // file of this host) is not there, so it is not chosen (`remote.rs`).
+        if self.remote.is_some()
+            && let Ok(Err(_)) = crate::qcow2::check_file(&dir.join("disk.qcow2"))
+        {
+            return Ok(None);
+        }
         if let Ok(text) = std::fs::read(dir.join("box.json"))
             && let Ok(b) = serde_json::from_slice::<StoredBox>(&text)
         {
@@ -158,6 +165,12 @@ impl LibvirtProvider {
                 ),
             });
         }
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "packaging a machine as a box (or baking its layer)",
+                "its disk is a volume there, which `qemu-img` here cannot read; set `bake = false` in [project] to stop trying, or package it on a libvirt host of its own",
+            ));
+        }
         let (info, disk, kernel_dir) = self.disk_of(id).await?;
         let tmp = self.images.join(envrig_provider_api::work::name(&format!(
             ".package-{}",
@@ -218,8 +231,8 @@ impl LibvirtProvider {
         source: &Path,
         force: bool,
     ) -> Result<StoredBox> {
-        let (store, name, source) = (self.boxes.clone(), name.to_string(), source.to_path_buf());
-        tokio::task::spawn_blocking(move || boxes::add(&store, &name, &source, force))
+        let (store, name2, source) = (self.boxes.clone(), name.to_string(), source.to_path_buf());
+        let added = tokio::task::spawn_blocking(move || boxes::add(&store, &name2, &source, force))
             .await
             .map_err(|e| io("add the box", std::io::Error::other(e)))?
             .map_err(|e| match e.kind() {
@@ -227,15 +240,33 @@ impl LibvirtProvider {
                     message: e.to_string(),
                 },
                 _ => io("add the box", e),
-            })
+            })?;
+        // Through a remote host: into this host's store, and copied there now.
+        if let Some(remote) = &self.remote {
+            self.remote_box(remote, name).await?;
+        }
+        Ok(added)
     }
 
+    /// The boxes of the store; through a remote host, those of them that host has.
     pub(crate) async fn list_boxes(&self) -> Result<Vec<StoredBox>> {
-        boxes::list(&self.boxes).map_err(|e| io("list the boxes", e))
+        let all = boxes::list(&self.boxes).map_err(|e| io("list the boxes", e))?;
+        if self.remote.is_none() {
+            return Ok(all);
+        }
+        let there = self.remote_box_shas().await?;
+        Ok(all
+            .into_iter()
+            .filter(|b| there.contains(&b.sha256))
+            .collect())
     }
 
     pub(crate) async fn list_baked(&self) -> Result<Vec<envrig_provider_api::BakedLayer>> {
         let mut out = Vec::new();
+        // Baked layers stay on this host (a remote host takes self-contained boxes only).
+        if self.remote.is_some() {
+            return Ok(out);
+        }
         for b in boxes::list(&self.boxes).map_err(|e| io("list the boxes", e))? {
             let Ok(text) = std::fs::read(self.boxes.join(&b.name).join("labels.json")) else {
                 continue;
@@ -256,6 +287,10 @@ impl LibvirtProvider {
     }
 
     pub(crate) async fn remove_box(&self, name: &str) -> Result<()> {
+        // Through a remote host: the box's copy there (this host's store is left alone).
+        if self.remote.is_some() {
+            return self.remote_remove_box(name).await;
+        }
         if !boxes::valid_name(name) || !self.boxes.join(name).join("box.json").is_file() {
             return Err(ProviderError::NotFound {
                 what: format!("box `{name}`"),
@@ -296,6 +331,9 @@ impl LibvirtProvider {
 
     pub(crate) async fn sweep_leftovers(&self) -> Result<Vec<String>> {
         use envrig_provider_api::work;
+        if self.remote.is_some() {
+            return self.remote_sweep().await;
+        }
         let mut out: Vec<String> = [
             self.images.join(".boxes"),
             self.images.join(".imports"),

@@ -1,5 +1,7 @@
 //! Synced folders: live by virtiofs (or 9p when asked) and mounted at every boot, else copied
-//! into the guest at start and at `provision`, with the reason a folder is not live said.
+//! into the guest at start and at `provision`, with the reason a folder is not live said. A
+//! machine on a remote libvirt host is always given copies: a live folder would share a
+//! folder of that host, not this one.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +9,7 @@ use envrig_provider_api::{MachineSpec, OptionValue, ProviderError, Result};
 
 use crate::error::io;
 use crate::exec::sh_quote;
-use crate::{LibvirtProvider, SYNCED, xml};
+use crate::{LibvirtProvider, NAME, SYNCED, xml};
 
 /// One synced folder as the machine has it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -45,12 +47,43 @@ pub(crate) fn virtiofsd() -> Option<String> {
 
 /// The synced folders of `spec` and how each is made: live by virtiofs when this host has its
 /// daemon (or 9p when asked), else copied at start and at `provision`, with the reason said;
-/// and the live ones as the domain's shares.
-pub(crate) fn plan(spec: &MachineSpec) -> (Vec<SyncedFolder>, Vec<xml::Share>) {
+/// and the live ones as the domain's shares. On a remote host (`remote`: its name) every
+/// folder is copied, and a live one asked for by name (`virtiofs`, `9p`) is refused.
+pub(crate) fn plan(
+    spec: &MachineSpec,
+    remote: Option<&str>,
+) -> Result<(Vec<SyncedFolder>, Vec<xml::Share>)> {
     let wanted = match spec.options.get("synced") {
         Some(OptionValue::Str(s)) => s.clone(),
         _ => "auto".to_string(),
     };
+    if let Some(host) = remote {
+        if !spec.synced.is_empty() && (wanted == "virtiofs" || wanted == "9p") {
+            return Err(ProviderError::NotSupported {
+                provider: NAME,
+                what: format!(
+                    "`synced = \"{wanted}\"` (a live folder) on a remote libvirt host ({host} would share a folder of its own, not this host's): set `synced = \"rsync\"` in [machines.{}.libvirt] (or remove it) to have the folders copied, or run the machine on this host",
+                    spec.machine
+                ),
+            });
+        }
+        let folders = spec
+            .synced
+            .iter()
+            .enumerate()
+            .map(|(i, f)| SyncedFolder {
+                host: f.host.clone(),
+                guest: f.guest.clone(),
+                read_only: f.read_only,
+                how: "copy".to_string(),
+                tag: format!("envrig{i}"),
+                note: (wanted != "rsync").then(|| {
+                    format!("the machine runs on the remote libvirt host {host}, which cannot share this host's folders")
+                }),
+            })
+            .collect();
+        return Ok((folders, Vec::new()));
+    }
     let daemon = virtiofsd();
     let folders: Vec<SyncedFolder> = spec
         .synced
@@ -91,7 +124,7 @@ pub(crate) fn plan(spec: &MachineSpec) -> (Vec<SyncedFolder>, Vec<xml::Share>) {
             daemon: daemon.clone(),
         })
         .collect();
-    (folders, shares)
+    Ok((folders, shares))
 }
 
 impl LibvirtProvider {

@@ -1,7 +1,8 @@
 //! Libvirt's XML, written with an XML writer (every value escaped, never pasted into a
 //! string) and read back with a reader: domains (`xml/domain.rs`), networks and their DHCP
-//! and DNS entries (`xml/network.rs`), snapshots (`xml/snapshot.rs`), and here the envrig
-//! labels every one of them carries in its `<metadata>`.
+//! and DNS entries (`xml/network.rs`), snapshots (`xml/snapshot.rs`), a remote host's
+//! storage pool and volumes (`xml/storage.rs`), and here the envrig labels every domain and
+//! network carries in its `<metadata>`.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 mod domain;
 mod network;
 mod snapshot;
+pub mod storage;
 
 pub use domain::{Domain, Share, graphics_types, network_nic, ports};
 pub use network::{
