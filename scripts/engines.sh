@@ -286,6 +286,11 @@ make_node_net() { # NODE ADDR: a fresh network namespace with eth0 on the hub's 
   ip -n "$ns" link set lo up
   ip -n "$ns" addr add "$addr/24" dev eth0
   ip -n "$ns" link set eth0 up
+  # passt (the VMs' user networking) will not start on a host without a default route; one
+  # via an address nobody holds lets it start, and whatever is sent that way dies in the hub.
+  case $node in
+  l*) ip -n "$ns" route add default via "$NET.254" dev eth0 ;;
+  esac
 }
 
 # stop_node NODE...: their processes killed, network namespaces and cgroups removed (their

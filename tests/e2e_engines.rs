@@ -249,3 +249,86 @@ fn machines_spread_over_a_swarm_reach_each_other_and_survive_a_dead_engine() {
         assert!(left.trim().is_empty(), "{u}: {left}");
     }
 }
+
+/// The test guest built by `scripts/build-test-guest.sh`, as a box path.
+fn guest() -> String {
+    let g = std::env::var("ENVRIG_TEST_GUEST")
+        .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
+    std::fs::canonicalize(&g)
+        .unwrap_or_else(|e| {
+            panic!("the test guest {g} is missing ({e}); run scripts/host-setup.sh")
+        })
+        .display()
+        .to_string()
+}
+
+fn virsh(uri: &str, args: &[&str]) -> String {
+    let o = Command::new("virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn a_libvirt_environment_runs_on_a_remote_libvirt_host_with_its_box_copied_there() {
+    e2e();
+    let endpoints = rig();
+    let libvirt: Vec<&(String, String)> = endpoints
+        .iter()
+        .filter(|(_, u)| u.starts_with("qemu+tcp://"))
+        .collect();
+    assert_eq!(libvirt.len(), 2, "{endpoints:?}");
+    let name = unique("remote");
+    let f = Farm::new(&format!(
+        "[project]\nname = \"{name}\"\nbake = false\n\n[boxes.tiny]\nlibvirt = \"{}\"\n\n\
+         [defaults]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\n\n\
+         [machines.one]\n[machines.two]\nengine = \"l1\"\n",
+        guest()
+    ));
+    for (n, u) in &libvirt {
+        f.envrig(&["engine", "add", n.as_str(), u.as_str()]).ok();
+    }
+    let ls = f.envrig(&["engine", "ls", "--json"]).ok().json();
+    let l1 = ls["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "l1")
+        .unwrap();
+    assert_eq!(l1["reachable"], true, "{l1}");
+    assert!(l1["info"]["memory"].as_u64().unwrap() > 0, "{l1}");
+    // A private network does not span libvirt hosts: the other machine goes where the
+    // pinned one is.
+    let plan = f.envrig(&["up", "--plan", "--json"]).ok().json();
+    for m in plan["machines"].as_array().unwrap() {
+        assert_eq!(m["engine"], "l1", "{plan}");
+    }
+    f.envrig(&["up"]).ok();
+    let s = f.envrig(&["status", "--json"]).ok().json();
+    for m in ["one", "two"] {
+        assert_eq!(row(&s, m)["state"], "running", "{s}");
+        assert_eq!(row(&s, m)["engine"], "l1", "{s}");
+    }
+    // The machines are on that host, not this one, and the box was copied into its pool.
+    let uri = &libvirt.iter().find(|(n, _)| n == "l1").unwrap().1;
+    let there = virsh(uri, &["list", "--name"]);
+    let one = row(&s, "one")["resource_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(there.contains(&one), "{there}");
+    let here = virsh("qemu:///system", &["list", "--all", "--name"]);
+    assert!(!here.contains(&one), "{here}");
+    let vols = virsh(uri, &["vol-list", "envrig"]);
+    assert!(vols.contains("envrig-box-"), "{vols}");
+    // Commands go there: by name over that host's private network, through the agent.
+    f.envrig(&["exec", "one", "--", "ping", "-c", "1", "-W", "5", "two"])
+        .ok();
+    f.envrig(&["destroy", "-f"]).ok();
+    let there = virsh(uri, &["list", "--all", "--name"]);
+    assert!(!there.contains(&one), "{there}");
+}
