@@ -6,6 +6,7 @@ use std::sync::Arc;
 use envrig_provider_api::Provider;
 
 use super::error::OpError;
+pub use super::error::Unreachable;
 use super::project::Project;
 use super::report::{Phase, Reporter};
 use crate::engines::{Engines, LOCAL};
@@ -63,14 +64,6 @@ pub struct Engine {
     /// `local`, or a configured endpoint's name.
     pub name: String,
     pub p: Arc<dyn Provider>,
-}
-
-/// An engine that did not answer, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Unreachable {
-    pub provider: String,
-    pub engine: String,
-    pub reason: String,
 }
 
 /// How long connecting to an engine may take before it counts as unreachable.

@@ -39,7 +39,15 @@ pub enum OpError {
     #[error("interrupted: {done}")]
     Interrupted { done: String, hint: String },
     #[error("the {} engine `{}` is unreachable: {}", .0.provider, .0.engine, .0.reason)]
-    Unreachable(super::context::Unreachable),
+    Unreachable(Unreachable),
+}
+
+/// An engine that did not answer, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unreachable {
+    pub provider: String,
+    pub engine: String,
+    pub reason: String,
 }
 
 fn ports_busy(ports: &[String]) -> String {

@@ -59,7 +59,7 @@ pub use init::{TEMPLATES, Template, init};
 pub use lockfile::lock;
 pub use ls::{EnvRow, ls};
 pub use observe::{by_machine, observe};
-pub use placement::{PlanRow, up_plan};
+pub use placement::{PlanAsk, PlanRow, up_plan};
 pub use project::{LoadSettings, Project, waves};
 pub use provision::provision;
 pub use report::{Phase, Reporter};

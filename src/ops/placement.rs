@@ -14,7 +14,6 @@ use super::report::Phase;
 use super::resolved::Resolved;
 use super::session::Session;
 use super::spec::desired;
-use super::up::UpOptions;
 use crate::engines::LOCAL;
 use crate::envfile::Machine;
 use crate::placement::{Candidate, DEFAULT_MEMORY, Placement, Want, place};
@@ -75,7 +74,7 @@ pub(super) async fn planned(
     session: &Session,
     selected: &[&Machine],
     resolved: &Resolved,
-    opts: &UpOptions,
+    (recreate, reschedule): (bool, bool),
 ) -> Result<(Vec<Observed>, Plan, Placed), OpError> {
     let (observed, down) = observe_all(ctx, project).await?;
     for u in &down {
@@ -98,7 +97,7 @@ pub(super) async fn planned(
         &desired(project, resolved, selected),
         &declared,
         &observed,
-        opts.recreate || project.envfile.project.immutable,
+        recreate || project.envfile.project.immutable,
     );
     let placed = place_machines(
         ctx,
@@ -107,7 +106,7 @@ pub(super) async fn planned(
         &plan,
         (&observed, &down),
         |m| session.placed(m),
-        opts.reschedule,
+        reschedule,
     )
     .await?;
     for mp in &mut plan.machines {
@@ -131,16 +130,27 @@ pub struct PlanRow {
     pub why: Option<String>,
 }
 
+/// What `up --plan` is asked: the machines (all when none), and `up`'s flags that change
+/// the plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanAsk {
+    pub machines: Vec<String>,
+    pub locked: bool,
+    pub recreate: bool,
+    pub reschedule: bool,
+}
+
 /// `up --plan`: what `up` would do and where, doing nothing.
 pub async fn up_plan(
     ctx: &Context,
     project: &Project,
-    opts: &UpOptions,
+    ask: &PlanAsk,
 ) -> Result<Vec<PlanRow>, OpError> {
-    let selected = project.select(&opts.machines, true)?;
-    let (_, resolved) = super::lockfile::before_up(ctx, project, &selected, opts.locked).await?;
+    let selected = project.select(&ask.machines, true)?;
+    let (_, resolved) = super::lockfile::before_up(ctx, project, &selected, ask.locked).await?;
     let session = Session::open(ctx, project).await?;
-    let (_, plan, placed) = planned(ctx, project, &session, &selected, &resolved, opts).await?;
+    let flags = (ask.recreate, ask.reschedule);
+    let (_, plan, placed) = planned(ctx, project, &session, &selected, &resolved, flags).await?;
     Ok(plan
         .machines
         .iter()

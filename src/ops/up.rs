@@ -125,8 +125,15 @@ pub async fn up(
     }
     let (had_lock, mut resolved) = before_up(ctx, project, &selected, opts.locked).await?;
     let session = Session::open(ctx, project).await?;
-    let (observed, plan, placed) =
-        planned(ctx, project, &session, &selected, &resolved, opts).await?;
+    let (observed, plan, placed) = planned(
+        ctx,
+        project,
+        &session,
+        &selected,
+        &resolved,
+        (opts.recreate, opts.reschedule),
+    )
+    .await?;
     for o in &plan.orphans {
         ctx.reporter.event(
             Some(&o.machine),

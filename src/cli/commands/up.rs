@@ -37,7 +37,13 @@ pub(super) async fn up(
         fresh,
     };
     if plan {
-        return match ops::up_plan(ctx, project, &opts).await {
+        let ask = ops::PlanAsk {
+            machines: opts.machines.clone(),
+            locked: opts.locked,
+            recreate: opts.recreate,
+            reschedule: opts.reschedule,
+        };
+        return match ops::up_plan(ctx, project, &ask).await {
             Ok(rows) => {
                 printer.up_plan(&rows);
                 0
