@@ -105,7 +105,7 @@ pub(super) async fn planned(
         selected,
         &plan,
         (&observed, &down),
-        |m| session.placed(m),
+        (|m: &str| session.placed(m), session.knows_environment()),
         reschedule,
     )
     .await?;
@@ -200,7 +200,7 @@ pub async fn place_machines(
     selected: &[&Machine],
     plan: &Plan,
     (observed, down): (&[Observed], &[Unreachable]),
-    cached: impl Fn(&str) -> Option<(String, String)>,
+    (cached, knows): (impl Fn(&str) -> Option<(String, String)>, bool),
     reschedule: bool,
 ) -> Result<Placed, OpError> {
     let mut placed = Placed::default();
@@ -223,6 +223,20 @@ pub async fn place_machines(
                 return Err(OpError::Usage(format!(
                     "machine `{name}` is on the engine `{e}`, which is unreachable ({}); `envrig up --reschedule` makes it again elsewhere",
                     u.reason
+                )));
+            }
+            // Nothing says where it was, and an engine it may be on does not answer: making
+            // it elsewhere could make a second one (a `run`'s environment is new: never).
+            if existing.is_none()
+                && cached(name).is_none()
+                && !knows
+                && !reschedule
+                && project.identity.instance.is_none()
+                && let Some(u) = down.iter().find(|u| u.provider == provider)
+            {
+                return Err(OpError::Usage(format!(
+                    "machine `{name}` may be on the engine `{}`, which is unreachable ({}), and this checkout cannot tell (no state of it in .envrig); `envrig up --reschedule` makes it anyway",
+                    u.engine, u.reason
                 )));
             }
             if !configured && (m.engine.is_some() || !m.engine_labels.is_empty()) {

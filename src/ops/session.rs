@@ -14,6 +14,8 @@ pub struct Session {
     lock: StateLock,
     dir: StateDir,
     cache: std::sync::Mutex<StateCache>,
+    /// The cache was this environment's when opened: it knows where its machines were.
+    known: bool,
 }
 
 impl Session {
@@ -43,7 +45,8 @@ impl Session {
             settle(ctx, project).await?;
         }
         let mut cache = dir.read();
-        if cache.env_id != project.identity.env_id {
+        let known = cache.env_id == project.identity.env_id;
+        if !known {
             cache = StateCache {
                 env_id: project.identity.env_id.clone(),
                 project: project.identity.project.to_string(),
@@ -54,6 +57,7 @@ impl Session {
             lock,
             dir,
             cache: std::sync::Mutex::new(cache),
+            known,
         })
     }
 
@@ -135,6 +139,12 @@ impl Session {
             .filter(|(_, r)| r.provider == provider && r.engine == engine)
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Whether the cache knew this environment when the session opened (else it cannot say
+    /// where any machine was: a fresh checkout, or a deleted `.envrig/`).
+    pub fn knows_environment(&self) -> bool {
+        self.known
     }
 
     /// Where the cache says `machine` is (provider, engine), when it knows.
