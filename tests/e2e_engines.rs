@@ -232,6 +232,11 @@ fn machines_spread_over_a_swarm_reach_each_other_and_survive_a_dead_engine() {
         "{}",
         d.stderr
     );
+    // A checkout that has no state of the environment cannot tell where db was: refused too.
+    std::fs::remove_dir_all(f.dir.path().join(".envrig")).unwrap();
+    let up = f.envrig(&["up"]);
+    assert_eq!(up.code, 2, "{}", up.stderr);
+    assert!(up.stderr.contains("cannot tell"), "{}", up.stderr);
 
     // d3 back: destroy finishes, nothing left on any engine.
     rig();
