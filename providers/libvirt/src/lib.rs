@@ -10,12 +10,12 @@
 //!
 //! A connection to another host (a URI with a host part) shares none of this host's files:
 //! boxes, disks and a machine's small files go there as volumes of a storage pool, through
-//! libvirt's own APIs (`remote.rs`); what needs this host's files there is refused, saying so.
+//! libvirt's own APIs (`remote/`); what needs this host's files there is refused, saying so.
 //!
 //! This file holds the provider, its connection and the [`Provider`] implementation, whose
 //! methods hand each call to the file of its concern:
-//! - `machine.rs`: defining a domain (overlay, ports, SSH port, NoCloud seed, labels) and
-//!   its life cycle (create, start, stop, pause, remove, inspect, list);
+//! - `define.rs`: defining a domain (overlay, ports, SSH port, NoCloud seed, labels);
+//! - `machine.rs`: a domain's life cycle (create, start, stop, pause, remove, inspect, list);
 //! - `disk.rs`: where a new machine's disk comes from (an overlay on its box, or a disk of
 //!   its own) and the `qemu-img` work on disks (backing chains, flattening, baked layers);
 //! - `boot.rs`: waiting until a guest is ready and its SSH key is installed (through the
@@ -30,8 +30,9 @@
 //!   and baked layers, with the store's file format in `boxes.rs`; sweeping what a killed
 //!   envrig left;
 //! - `synced.rs`: synced folders (virtiofs or 9p when live, else copied);
-//! - `remote.rs`: a libvirt host elsewhere: envrig's storage pool there, boxes uploaded once
-//!   and checked, a machine's disk and files as volumes;
+//! - `remote/`: a libvirt host elsewhere: envrig's storage pool there (`mod.rs`), libvirt's
+//!   streams (`stream.rs`), boxes uploaded once and checked (`boxes.rs`), a machine's disk and
+//!   files as volumes (`volumes.rs`);
 //! - `drift.rs`: the guest's files against the listing taken at the baseline;
 //! - `accel.rs`: KVM or TCG, chosen by a bounded probe;
 //! - `error.rs`: how failures become [`ProviderError`]s;
@@ -44,6 +45,7 @@
 mod accel;
 mod boot;
 mod boxes;
+mod define;
 mod disk;
 mod drift;
 mod error;
@@ -133,7 +135,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 pub const PROVIDER_NAME: &str = NAME;
 
 /// What the Envfile may say to this provider: `[machines.NAME.libvirt]`'s keys (read in
-/// `machine.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
+/// `define.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
 /// (any non-empty string: `store.rs` looks it up).
 pub fn schema() -> Schema {
     Schema {
@@ -171,7 +173,7 @@ pub struct LibvirtProvider {
     /// Held while a network's host entries are read and changed (machines of one
     /// environment are made in parallel and must not take the same address).
     net_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The libvirt host is another host (`remote.rs`); `None`: this host's own daemon.
+    /// The libvirt host is another host (`remote/`); `None`: this host's own daemon.
     remote: Option<Arc<remote::Remote>>,
 }
 

@@ -88,7 +88,7 @@ impl LibvirtProvider {
             return Ok(None);
         };
         // A remote host takes self-contained boxes only: a baked layer (a disk on a backing
-        // file of this host) is not there, so it is not chosen (`remote.rs`).
+        // file of this host) is not there, so it is not chosen (`remote/boxes.rs`).
         if self.remote.is_some()
             && let Ok(Err(_)) = crate::qcow2::check_file(&dir.join("disk.qcow2"))
         {

@@ -1,4 +1,4 @@
-//! Storage XML for a remote libvirt host (`remote.rs`): envrig's `dir` pool there, its
+//! Storage XML for a remote libvirt host (`remote/`): envrig's `dir` pool there, its
 //! volumes (boxes, overlays backed by a box, small files), and what envrig reads back (a volume's
 //! modification time).
 
