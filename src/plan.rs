@@ -130,7 +130,10 @@ pub struct Plan {
 fn rank(o: &Observed) -> (bool, u32, u8, &str) {
     let s = match o.state {
         MachineState::Running => 3,
-        MachineState::Stopped | MachineState::Created | MachineState::Paused => 2,
+        MachineState::Stopped
+        | MachineState::Created
+        | MachineState::Paused
+        | MachineState::Suspended => 2,
         MachineState::Transitioning => 1,
         MachineState::Dead | MachineState::Removing => 0,
     };
@@ -223,7 +226,7 @@ pub fn plan_up(
                     }
                     if o.state.can_start() {
                         Action::Start { id }
-                    } else if o.state == MachineState::Paused {
+                    } else if o.state.is_suspended() {
                         Action::Resume { id }
                     } else {
                         Action::Keep { id }
@@ -328,6 +331,8 @@ pub fn status(desired: &[Desired], observed: &[Observed], with_orphans: bool) ->
         let state = match cur {
             None => "not-created".to_string(),
             Some(o) if o.config != d.config || o.provider != d.provider => "stale".to_string(),
+            // Paused (Docker) or its memory saved (libvirt): either way, suspended.
+            Some(o) if o.state.is_suspended() => "suspended".to_string(),
             Some(o) => o.state.as_str().to_string(),
         };
         rows.push(row(d.machine.as_str(), &d.provider, state, cur));

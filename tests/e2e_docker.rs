@@ -475,3 +475,35 @@ fn a_network_the_engine_will_not_remove_is_reported_by_destroy_and_collected_by_
     assert!(removed.contains("no machine of it is left"), "{gc}");
     assert!(networks(&label).is_empty());
 }
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn suspend_pauses_a_container_and_resume_brings_it_back() {
+    e2e();
+    let p = Project::new(&format!(
+        "[project]\nname = \"{}\"\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.one]\nbox = \"bb\"\n",
+        unique("susp")
+    ));
+    p.envrig(&["up"]).ok();
+    let id = p.envrig(&["status", "--json"]).ok().json()["machines"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.envrig(&["suspend"]).ok();
+    assert_eq!(container_state(&id), "paused");
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    assert_eq!(st["machines"][0]["state"], "suspended", "{st}");
+    let e = p.envrig(&["exec", "one", "--", "true"]);
+    assert_eq!(e.code, 1, "{}", e.stderr);
+    assert!(e.stderr.contains("envrig resume one"), "{}", e.stderr);
+    let r = p.envrig(&["resume", "--json"]).ok().json();
+    assert_eq!(r["machines"][0], "one", "{r}");
+    assert_eq!(container_state(&id), "running");
+    p.envrig(&["suspend"]).ok();
+    let up = p.envrig(&["up", "--json"]).ok().json();
+    assert_eq!(up["machines"][0]["result"], "started", "{up}");
+    assert_eq!(container_state(&id), "running");
+    p.envrig(&["suspend"]).ok();
+    p.envrig(&["halt"]).ok();
+    assert_eq!(container_state(&id), "exited");
+}

@@ -1285,3 +1285,97 @@ fn vm_disk_size_grows_the_disk_and_graphics_vnc_listens_on_loopback() {
     assert!(display.starts_with("vnc://127.0.0.1:"), "{display}");
     p.envrig(&["destroy", "-f"]).ok();
 }
+
+/// The state `status --json` gives `machine`.
+fn state_of(p: &Project, machine: &str) -> String {
+    let st = p.envrig(&["status", "--json"]).ok().json();
+    st["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == machine)
+        .unwrap_or_else(|| panic!("{st}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn suspend_saves_a_vms_memory_and_resume_and_up_bring_it_back_where_it_was() {
+    e2e();
+    let p = Project::new(&format!(
+        "[project]\nname = \"{}\"\nbake = false\n\n[boxes.tiny]\nlibvirt = \"{}\"\n\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"256MiB\"\n",
+        unique("susp"),
+        guest()
+    ));
+    p.envrig(&["up"]).ok();
+    // A process started before: the same one after, so the memory came back.
+    let pid = p
+        .envrig(&[
+            "exec",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000 >/dev/null 2>&1 & echo $!",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(pid.parse::<u32>().is_ok(), "{pid}");
+    let s = p.envrig(&["suspend", "--json"]).ok().json();
+    assert_eq!(s["machines"][0], "vm", "{s}");
+    assert_eq!(state_of(&p, "vm"), "suspended");
+    // libvirt holds it shut off, with its memory saved (managed save).
+    let dom = p.envrig(&["status", "--json"]).ok().json()["machines"][0]["resource_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = Command::new("virsh")
+        .args(["-c", "qemu:///system", "dominfo", &dom])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    assert!(
+        info.contains("shut off") && info.contains("Managed save:   yes"),
+        "{info}"
+    );
+    let e = p.envrig(&["exec", "vm", "--", "true"]);
+    assert_eq!(e.code, 1, "{}", e.stderr);
+    assert!(
+        e.stderr.contains("suspended") && e.stderr.contains("envrig resume"),
+        "{}",
+        e.stderr
+    );
+    p.envrig(&["resume"]).ok();
+    assert_eq!(state_of(&p, "vm"), "running");
+    let pids = p
+        .envrig(&["exec", "vm", "--", "pidof", "sleep"])
+        .ok()
+        .stdout;
+    assert!(
+        pids.split_whitespace().any(|x| x == pid),
+        "{pids} lacks {pid}"
+    );
+    // `up` resumes a suspended machine; `halt` of one brings it back and shuts it down.
+    p.envrig(&["suspend", "vm"]).ok();
+    let up = p.envrig(&["up", "--json"]).ok().json();
+    assert_eq!(up["machines"][0]["result"], "started", "{up}");
+    let pids = p
+        .envrig(&["exec", "vm", "--", "pidof", "sleep"])
+        .ok()
+        .stdout;
+    assert!(
+        pids.split_whitespace().any(|x| x == pid),
+        "{pids} lacks {pid}"
+    );
+    p.envrig(&["suspend"]).ok();
+    p.envrig(&["halt"]).ok();
+    assert_eq!(state_of(&p, "vm"), "stopped");
+    // Not running: nothing to suspend, said with its state.
+    let r = p.envrig(&["suspend", "vm"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("stopped"), "{}", r.stderr);
+}

@@ -130,6 +130,11 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "D")]
         timeout: Duration,
     },
+    /// Hold running machines where they are, freeing what can be (libvirt: memory saved to
+    /// disk; docker: paused); `resume` or `up` brings them back
+    Suspend { machines: Vec<String> },
+    /// Bring suspended machines back, running where they were
+    Resume { machines: Vec<String> },
     /// Halt and up again; machines whose settings changed are recreated
     Reload { machines: Vec<String> },
     /// Remove machines and everything created for them

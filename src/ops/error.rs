@@ -94,6 +94,9 @@ impl OpError {
             OpError::UnknownMachine { .. } => {
                 Some("`envrig status` lists the machines".to_string())
             }
+            OpError::NotRunning { machine, state } if state == "suspended" => Some(format!(
+                "bring it back with `envrig resume {machine}` (or `up`)"
+            )),
             OpError::NotRunning { machine, .. } => {
                 Some(format!("start it with `envrig up {machine}`"))
             }

@@ -29,7 +29,11 @@ pub async fn halt(
     let running: Vec<_> = selected
         .iter()
         .filter_map(|m| current(m.name.as_str(), &observed).0)
-        .filter(|o| o.state.can_exec() || (immutable && o.state == MachineState::Stopped))
+        .filter(|o| {
+            o.state.can_exec()
+                || o.state.is_suspended()
+                || (immutable && o.state == MachineState::Stopped)
+        })
         .collect();
     // Dependants stop before what they depend on; each wave in parallel.
     let mut stopped = Vec::new();
@@ -45,6 +49,13 @@ pub async fn halt(
                 let p = at(ctx, o).await?;
                 ctx.reporter
                     .event(Some(&o.machine), Phase::Stop, "stopping");
+                // A suspended machine is brought back and shut down as any other: dropping
+                // what it was would be a power cut.
+                if o.state.is_suspended() {
+                    p.unpause(&o.id).await.map_err(|e| {
+                        OpError::provider(format!("cannot resume `{}` to stop it", o.machine), e)
+                    })?;
+                }
                 p.stop(&o.id, timeout)
                     .await
                     .map_err(|e| OpError::provider(format!("cannot stop `{}`", o.machine), e))

@@ -36,6 +36,7 @@ mod spec;
 mod staging;
 mod start;
 mod status;
+mod suspend;
 mod time;
 pub mod trust;
 mod up;
@@ -72,5 +73,6 @@ pub use snapshot::{
 };
 pub use spec::{config_hash, machine_spec};
 pub use status::{StatusReport, status};
+pub use suspend::{Hold, suspend};
 pub use time::{age, now_rfc3339, until};
 pub use up::{UpOptions, UpOutcome, UpResult, up};

@@ -112,9 +112,14 @@ pub(super) fn runnable<'a>(
 ) -> Result<&'a Observed, OpError> {
     let o = created(machine, observed)?;
     if !o.state.can_exec() {
+        let state = if o.state.is_suspended() {
+            "suspended".to_string()
+        } else {
+            o.state.to_string()
+        };
         return Err(OpError::NotRunning {
             machine: machine.to_string(),
-            state: o.state.to_string(),
+            state,
         });
     }
     Ok(o)

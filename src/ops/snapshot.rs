@@ -139,6 +139,16 @@ pub(super) async fn save_locked(
         |m| created(m.name.as_str(), &observed).cloned(),
         || OpError::Usage("no machine of this environment exists: `envrig up` first".into()),
     )?;
+    // A machine whose memory is saved away is not saved again beside it.
+    if let Some((m, _)) = work
+        .iter()
+        .find(|(_, o)| o.state == envrig_provider_api::MachineState::Suspended)
+    {
+        return Err(OpError::Usage(format!(
+            "`{}` is suspended: `envrig resume {}` first, then save it",
+            m.name, m.name
+        )));
+    }
     let all = found?;
     delete_abandoned(ctx, &all).await;
     // A set a killed save left half-made is not listed, and is replaced without `--force`.

@@ -143,6 +143,9 @@ pub enum MachineState {
     Stopped,
     /// The engine considers it broken (Docker's "dead").
     Dead,
+    /// Its memory saved to disk and freed (libvirt's managed save): `resume` (or `up`)
+    /// brings it back running where it was.
+    Suspended,
 }
 
 impl MachineState {
@@ -155,12 +158,19 @@ impl MachineState {
             MachineState::Removing => "removing",
             MachineState::Stopped => "stopped",
             MachineState::Dead => "dead",
+            MachineState::Suspended => "suspended",
         }
     }
 
     /// Whether `start` is the way to get this machine running.
     pub fn can_start(self) -> bool {
         matches!(self, MachineState::Created | MachineState::Stopped)
+    }
+
+    /// Whether the machine is held where it was (paused, or its memory saved): `resume`
+    /// brings it back running.
+    pub fn is_suspended(self) -> bool {
+        matches!(self, MachineState::Paused | MachineState::Suspended)
     }
 
     /// Whether commands can be run in the machine.

@@ -118,6 +118,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Freezes a running machine's processes (for a consistent multi-machine snapshot).
     async fn pause(&self, id: &str) -> Result<()>;
 
+    /// Suspends a running machine (`envrig suspend`): frees what it can while keeping where
+    /// it was; [`Provider::unpause`] brings it back. By default a pause (the memory stays);
+    /// libvirt saves the memory to disk and frees it.
+    async fn suspend(&self, id: &str) -> Result<()> {
+        self.pause(id).await
+    }
+
     /// Thaws a paused machine. Resuming one that is not paused succeeds.
     async fn unpause(&self, id: &str) -> Result<()>;
 

@@ -389,6 +389,10 @@ impl Provider for LibvirtProvider {
         self.resume_machine(id).await
     }
 
+    async fn suspend(&self, id: &str) -> Result<()> {
+        self.suspend_machine(id).await
+    }
+
     /// One snapshot style for every machine: libvirt's internal snapshots, kept inside the
     /// machine's qcow2 overlay: disk and memory when the machine runs (or is paused), the
     /// disk alone when it is off. They go with the domain (`remove` undefines with their

@@ -96,6 +96,12 @@ impl LibvirtProvider {
                 let dom = c
                     .lookup_domain_by_uuid_string(&id2)
                     .map_err(|e| engine("look up the domain", e))?;
+                // A suspended domain is brought back first, then shut down as any other
+                // (its saved memory is not simply dropped: that would be a power cut).
+                if !dom.is_active().unwrap_or(false) && dom.has_managed_save(0).unwrap_or(false) {
+                    dom.create()
+                        .map_err(|e| engine("restore the domain's saved memory", e))?;
+                }
                 if !dom.is_active().unwrap_or(false) {
                     return Ok(false);
                 }
@@ -143,14 +149,36 @@ impl LibvirtProvider {
         .await
     }
 
+    /// Resumes a paused domain, or one whose memory was saved (`suspend`): starting it
+    /// restores that memory, running where it was.
     pub(crate) async fn resume_machine(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.blocking(move |c| {
             let dom = c
                 .lookup_domain_by_uuid_string(&id)
                 .map_err(|e| engine("look up the domain", e))?;
+            if !dom.is_active().unwrap_or(false) && dom.has_managed_save(0).unwrap_or(false) {
+                return dom
+                    .create()
+                    .map_err(|e| engine("restore the domain's saved memory", e));
+            }
             let _ = dom.resume();
             Ok(())
+        })
+        .await
+    }
+
+    /// Saves a running domain's memory to disk and frees it (libvirt's managed save); a
+    /// paused one too. The guest's page cache reaches its disk first.
+    pub(crate) async fn suspend_machine(&self, id: &str) -> Result<()> {
+        self.sync_guest(id).await;
+        let id = id.to_string();
+        self.blocking(move |c| {
+            let dom = c
+                .lookup_domain_by_uuid_string(&id)
+                .map_err(|e| engine("look up the domain", e))?;
+            dom.managed_save(0)
+                .map_err(|e| engine("save the domain's memory", e))
         })
         .await
     }
@@ -311,6 +339,9 @@ pub(crate) fn describe(dom: &Domain) -> Result<MachineInfo> {
         }
         Enum::Known(DomainState::Paused) | Enum::Known(DomainState::PMSuspended) => {
             MachineState::Paused
+        }
+        Enum::Known(DomainState::Shutoff) if dom.has_managed_save(0).unwrap_or(false) => {
+            MachineState::Suspended
         }
         Enum::Known(DomainState::Shutoff) => MachineState::Stopped,
         Enum::Known(DomainState::Crashed) => MachineState::Dead,

@@ -39,6 +39,23 @@ pub(super) async fn halt(
     }
 }
 
+/// `suspend` / `resume`.
+pub(super) async fn suspend(
+    ctx: &Context,
+    printer: &Printer,
+    project: &Project,
+    machines: &[String],
+    how: ops::Hold,
+) -> i32 {
+    match settle(ctx, ops::suspend(ctx, project, machines, how)).await {
+        Ok(did) => {
+            printer.held(&did, how == ops::Hold::Suspend);
+            0
+        }
+        Err(e) => fail(printer, e),
+    }
+}
+
 /// `destroy`: asks first on a terminal, unless `force` or `--json`.
 pub(super) async fn destroy(
     ctx: &Context,

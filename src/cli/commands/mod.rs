@@ -175,6 +175,12 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         Command::Halt { machines, timeout } => {
             lifecycle::halt(&ctx, &printer, &project, &machines, timeout).await
         }
+        Command::Suspend { machines } => {
+            lifecycle::suspend(&ctx, &printer, &project, &machines, ops::Hold::Suspend).await
+        }
+        Command::Resume { machines } => {
+            lifecycle::suspend(&ctx, &printer, &project, &machines, ops::Hold::Resume).await
+        }
         Command::Reload { machines } => up::reload(&ctx, &printer, &project, machines).await,
         Command::Destroy { machines, force } => {
             lifecycle::destroy(&ctx, &printer, &project, &machines, force).await

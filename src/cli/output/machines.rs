@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Printer, SCHEMA_DESTROY, SCHEMA_HALT, SCHEMA_PLAN, SCHEMA_PROVISION, SCHEMA_RUN, SCHEMA_STATUS,
-    SCHEMA_UP, header, json_line, out, table,
+    Printer, SCHEMA_DESTROY, SCHEMA_HALT, SCHEMA_PLAN, SCHEMA_PROVISION, SCHEMA_RESUME, SCHEMA_RUN,
+    SCHEMA_STATUS, SCHEMA_SUSPEND, SCHEMA_UP, header, json_line, out, table,
 };
 use crate::ops::{self, DestroySummary, Project, RunOutcome, StatusReport, UpOutcome};
 
@@ -123,6 +123,26 @@ impl Printer {
                 "halted {} machine{}",
                 stopped.len(),
                 if stopped.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
+    /// `suspend` (`suspended`) / `resume`.
+    pub fn held(&self, machines: &[String], suspended: bool) {
+        let (schema, verb) = if suspended {
+            (SCHEMA_SUSPEND, "suspended")
+        } else {
+            (SCHEMA_RESUME, "resumed")
+        };
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": schema, "machines": machines}),
+            ));
+        } else {
+            self.done(&format!(
+                "{verb} {} machine{}",
+                machines.len(),
+                if machines.len() == 1 { "" } else { "s" }
             ));
         }
     }

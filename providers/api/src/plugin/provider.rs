@@ -188,6 +188,10 @@ impl Provider for PluginProvider {
         self.call(Call::Unpause { id: id.into() }).await
     }
 
+    async fn suspend(&self, id: &str) -> Result<()> {
+        self.call(Call::Suspend { id: id.into() }).await
+    }
+
     async fn snapshot_save(
         &self,
         id: &str,

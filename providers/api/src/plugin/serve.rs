@@ -202,6 +202,7 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
         Call::ReadFile { id, path } => ok(p.read_file(&id, &path).await.map(|o| o.map(Bytes))),
         Call::Pause { id } => ok(p.pause(&id).await),
         Call::Unpause { id } => ok(p.unpause(&id).await),
+        Call::Suspend { id } => ok(p.suspend(&id).await),
         Call::SnapshotSave {
             id,
             name,

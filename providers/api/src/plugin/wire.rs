@@ -135,6 +135,9 @@ pub enum Call {
     Unpause {
         id: String,
     },
+    Suspend {
+        id: String,
+    },
     SnapshotSave {
         id: String,
         name: String,
