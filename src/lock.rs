@@ -142,14 +142,15 @@ pub fn write(path: &Path, lock: &Lock) -> std::io::Result<()> {
     Ok(())
 }
 
-/// What shapes a machine, normalised: no host path, no name of the checkout.
+/// What shapes a machine, normalised: no host path, no name of the checkout, and not its
+/// hostname (a name, like the machine's, given to it at every start): machines of one recipe
+/// share a fingerprint, and so a baked layer, whatever they are called.
 #[derive(Serialize)]
 struct Shape<'a> {
     provider: &'a str,
     base: &'a str,
     cpus: Option<u32>,
     memory: Option<u64>,
-    hostname: &'a str,
     env: &'a BTreeMap<String, String>,
     command: &'a Option<Vec<String>>,
     ports: &'a [PortSpec],
@@ -182,7 +183,6 @@ pub fn fingerprint(m: &Machine, base: &BaseIdentity, steps: &[String], dir: &Pat
         base: &base.id,
         cpus: m.cpus,
         memory: m.memory,
-        hostname: &m.hostname,
         env: &m.env,
         command: &m.command,
         ports: &m.ports,

@@ -33,6 +33,7 @@ const MACHINE_KEYS: &[&str] = &[
     "provision",
     "engine",
     "engine_labels",
+    "warm",
 ];
 const READY_KEYS: &[&str] = &["command", "timeout", "interval"];
 const STEP_KEYS: &[&str] = &[
@@ -67,6 +68,7 @@ pub(super) struct MachineRaw {
     pub(super) provision: Option<Field<Vec<Step>>>,
     pub(super) engine: Option<Field<String>>,
     pub(super) engine_labels: Option<Field<BTreeMap<String, String>>>,
+    pub(super) warm: Option<Field<bool>>,
     /// `[machines.NAME.<provider>]` tables, by provider name.
     pub(super) options: BTreeMap<String, Field<BTreeMap<String, OptionValue>>>,
 }
@@ -426,6 +428,7 @@ impl Parser<'_> {
                     set!(engine, parsed)
                 }
                 "engine_labels" => set!(engine_labels, self.label_map(&p, v)),
+                "warm" => set!(warm, self.bool(&p, v)),
                 _ if providers.contains(&key) => {
                     if let Some(value) = self.options(&p, v, key) {
                         m.options.insert(key.to_string(), Field { value, at });
@@ -465,6 +468,7 @@ pub(super) fn merge(defaults: &MachineRaw, own: MachineRaw) -> MachineRaw {
         provision: own.provision.or_else(|| defaults.provision.clone()),
         engine: own.engine.or_else(|| defaults.engine.clone()),
         engine_labels: own.engine_labels.or_else(|| defaults.engine_labels.clone()),
+        warm: own.warm.or_else(|| defaults.warm.clone()),
         options: {
             let mut options = defaults.options.clone();
             options.extend(own.options);

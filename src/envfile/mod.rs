@@ -59,6 +59,9 @@ pub struct Project {
     pub immutable: bool,
     pub keep: u32,
     pub bake: bool,
+    /// `warm = true`: machines whose provider can ([`envrig_provider_api::Capabilities::warm_start`])
+    /// keep their running memory with their baked layer and start from it.
+    pub warm: bool,
     /// `placement = "spread"`: with several engine endpoints, machines go to the engine
     /// with the most headroom each; else (`pack`) an environment's machines of one provider
     /// go to one engine.
@@ -108,6 +111,8 @@ pub struct Machine {
     pub provision: Vec<Step>,
     /// `engine = "NAME"`: pinned to that engine endpoint.
     pub engine: Option<String>,
+    /// `warm`, when the machine says it (else `[project] warm`).
+    pub warm: Option<bool>,
     /// `engine_labels = { k = "v" }`: any engine endpoint whose labels match.
     pub engine_labels: BTreeMap<String, String>,
     /// `[machines.NAME.<provider>]` tables, by provider name.

@@ -17,7 +17,15 @@ use super::values::{self, Name};
 use super::{BoxDef, DEFAULT_KEEP, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
 
 const TOP_KEYS: &[&str] = &["project", "network", "boxes", "defaults", "machines"];
-const PROJECT_KEYS: &[&str] = &["name", "provider", "immutable", "keep", "bake", "placement"];
+const PROJECT_KEYS: &[&str] = &[
+    "name",
+    "provider",
+    "immutable",
+    "keep",
+    "bake",
+    "warm",
+    "placement",
+];
 const NETWORK_KEYS: &[&str] = &["subnet"];
 
 pub(super) fn parse_document(
@@ -57,6 +65,7 @@ pub(super) fn parse_document(
         immutable: false,
         keep: DEFAULT_KEEP,
         bake: true,
+        warm: false,
         spread: false,
     };
     if let Some(v) = get(root, "project")
@@ -85,6 +94,9 @@ pub(super) fn parse_document(
         }
         if let Some(v) = get(t, "bake") {
             project.bake = p.bool("project.bake", v).unwrap_or(true);
+        }
+        if let Some(v) = get(t, "warm") {
+            project.warm = p.bool("project.warm", v).unwrap_or(false);
         }
         if let Some(v) = get(t, "placement") {
             project.spread = p
@@ -306,6 +318,33 @@ pub(super) fn parse_document(
                 },
             );
         }
+        if let Some(caps) = caps
+            && let Some(w) = &raw.warm
+            && w.value
+            && !caps.warm_start
+        {
+            let can: Vec<&str> = provider_names
+                .iter()
+                .copied()
+                .filter(|n| {
+                    opts.providers
+                        .schema(n)
+                        .is_some_and(|s| s.capabilities.warm_start)
+                })
+                .collect();
+            p.error_help(
+                &w.at.path,
+                w.at.span.clone(),
+                format!("the {provider} provider cannot start a machine warm from saved memory"),
+                match can.is_empty() {
+                    true => "no provider here can; remove it".to_string(),
+                    false => format!(
+                        "`warm` applies to {} machines only (a container starts in about a second anyway); remove it",
+                        can.join(" and ")
+                    ),
+                },
+            );
+        }
         for (own, f) in &raw.options {
             if *own != provider && raw.provider.is_some() {
                 p.diags.push(Diagnostic::warning(&f.at.path, f.at.span.clone(), format!("machine `{name}` uses the {provider} provider, so its `{own}` settings have no effect")));
@@ -356,7 +395,8 @@ pub(super) fn parse_document(
         origin!("box" => box_name, "provider" => provider, "cpus" => cpus, "memory" => memory,
             "hostname" => hostname, "ports" => ports, "synced" => synced, "env" => env,
             "depends_on" => depends_on, "ttl" => ttl, "command" => command, "ready" => ready,
-            "provision" => provision, "engine" => engine, "engine_labels" => engine_labels);
+            "provision" => provision, "engine" => engine, "engine_labels" => engine_labels,
+            "warm" => warm);
         let provider_options = raw
             .options
             .iter()
@@ -384,6 +424,7 @@ pub(super) fn parse_document(
             provision: raw.provision.map(|f| f.value).unwrap_or_default(),
             engine: raw.engine.map(|f| f.value),
             engine_labels: raw.engine_labels.map(|f| f.value).unwrap_or_default(),
+            warm: raw.warm.map(|f| f.value),
             provider_options,
             origins,
             span,

@@ -24,6 +24,17 @@ pub fn layer_name(fp: &str) -> String {
     format!("envrig-baked-{}", short(fp))
 }
 
+/// The name of the layer `m` (of fingerprint `fp`) starts from and bakes into: a warm
+/// layer's memory is of a machine with or without a NIC on a private network (a device
+/// the memory knows), so it is named apart from a cold one and by that.
+pub fn layer_for(project: &Project, m: &Machine, fp: &str) -> String {
+    match (warm(project, m), project.network_name().is_some()) {
+        (false, _) => layer_name(fp),
+        (true, false) => format!("{}-w", layer_name(fp)),
+        (true, true) => format!("{}-wn", layer_name(fp)),
+    }
+}
+
 /// The 16 hex digits of a fingerprint written on resources and layers' names.
 fn short(fp: &str) -> &str {
     &fp[..fp.len().min(16)]
@@ -40,6 +51,13 @@ pub fn baked_steps(m: &Machine) -> usize {
 /// Whether `m` takes part in baking at all.
 fn bakes(project: &Project, m: &Machine) -> bool {
     project.envfile.project.bake && baked_steps(m) > 0
+}
+
+/// Whether `m` keeps its running memory with its layer and starts from it (`warm`, the
+/// machine's or the project's): only where it bakes at all. Providers without
+/// `warm_start` ignore it (the Envfile refuses `warm = true` on such a machine).
+pub fn warm(project: &Project, m: &Machine) -> bool {
+    bakes(project, m) && m.warm.unwrap_or(project.envfile.project.warm)
 }
 
 /// Before machines are created: the layers that `machines` start from, by machine: those
@@ -62,7 +80,7 @@ pub async fn choose_layers(
         };
         // On the engine it goes to: a layer is on the engine that baked it.
         let p = provider_at(ctx, &m.provider, &placed.engine(m)).await?;
-        let name = layer_name(fp);
+        let name = layer_for(project, m, fp);
         if let Ok(Some(_)) = p.resolve_base(&name).await {
             found.insert(m.name.to_string(), name);
         }
@@ -87,7 +105,7 @@ pub async fn bake(
     let Some(fp) = resolved.fingerprint(m.name.as_str()) else {
         return;
     };
-    let name = layer_name(fp);
+    let name = layer_for(project, m, fp);
     if let Ok(Some(_)) = p.resolve_base(&name).await {
         return;
     }
@@ -97,6 +115,9 @@ pub async fn bake(
     l.insert(labels::BAKED.to_string(), fp.to_string());
     l.insert(labels::FINGERPRINT.to_string(), short(fp).to_string());
     l.insert(labels::CREATED.to_string(), super::time::now_rfc3339());
+    if warm(project, m) {
+        l.insert(labels::WARM.to_string(), "1".to_string());
+    }
     // What is in memory goes to disk first, so the layer holds every file the steps wrote.
     let _ = p.flush(id).await;
     match p.package(id, &name, &l).await {

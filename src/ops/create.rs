@@ -102,8 +102,13 @@ pub(super) async fn create_and_start(job: Job<'_>, generation: u32) -> Result<St
     let (info, spec) = create(job, generation, false).await?;
     ctx.reporter
         .event(Some(m.name.as_str()), Phase::Start, "starting");
-    p.start_created(&info.id, &spec)
+    let note = p
+        .start_created(&info.id, &spec)
         .await
         .map_err(|e| format!("created {} but cannot start it: {e}", info.resource_name))?;
+    if let Some(note) = note {
+        ctx.reporter
+            .event(Some(m.name.as_str()), Phase::Start, &note);
+    }
     Ok(info.id)
 }

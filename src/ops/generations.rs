@@ -3,7 +3,7 @@
 //! switched to (the old one stopped and kept); generations beyond `keep` are pruned.
 //! `rollback` switches back.
 
-use super::bake::{baked_steps, layer_name};
+use super::bake::{baked_steps, layer_for};
 use super::context::{Context, at};
 use super::create::{Job, create};
 use super::observe::observe;
@@ -206,7 +206,7 @@ async fn build_beside(job: Job<'_>, generation: u32) -> Result<(String, Option<S
     }
     let mut built = None;
     if let Some(fp) = resolved.fingerprint(name) {
-        let layer = layer_name(fp);
+        let layer = layer_for(project, m, fp);
         if let Ok(Some(_)) = p.resolve_base(&layer).await {
             built = Some(layer);
         }

@@ -48,6 +48,7 @@ pub fn machine_spec(
             NetworkAttachment { network, aliases }
         }),
         handover: project.hands_over(),
+        warm: false,
     };
     let config = config_hash(&spec);
     spec.labels.insert(labels::CONFIG.to_string(), config);
@@ -77,6 +78,7 @@ pub fn machine_spec(
         if let Some(fp) = spec.labels.get(labels::FINGERPRINT).cloned() {
             spec.labels.insert(labels::LAYER.to_string(), fp);
         }
+        spec.warm = super::bake::warm(project, machine);
     }
     if let Some(ttl) = project.ttl.or(machine.ttl)
         && let Some(expires) = expires_at(created, ttl)
@@ -110,6 +112,8 @@ pub fn config_hash(spec: &MachineSpec) -> String {
     shaping.labels.clear();
     // How a provider carries ports and names over generations does not shape the machine.
     shaping.handover = false;
+    // Nor whether it starts warm: a warm start ends where a boot does.
+    shaping.warm = false;
     let json = serde_json::to_vec(&shaping).unwrap_or_default();
     sha256_hex(&json)[..12].to_string()
 }

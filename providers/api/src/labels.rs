@@ -62,6 +62,9 @@ pub const START: &str = "dev.envrig.start";
 pub const CANDIDATE: &str = "dev.envrig.candidate";
 /// On a baked layer: the full fingerprint of the machine whose provisioned state it holds.
 pub const BAKED: &str = "dev.envrig.baked";
+/// On a layer's labels given to `package`: keep the machine's running memory with the layer
+/// (providers with `warm_start`), so machines made from it start warm.
+pub const WARM: &str = "dev.envrig.warm";
 /// On a machine made from a baked layer: that layer's fingerprint (16 hex digits).
 pub const LAYER: &str = "dev.envrig.layer";
 /// On a network holder (a provider's resource that keeps a machine's host ports and names

@@ -111,6 +111,10 @@ pub struct Capabilities {
     /// The private network can span the engines of one cluster ([`NetworkSpec::span`]):
     /// an environment's machines may be on several of them and still reach each other by name.
     pub spanning_network: bool,
+    /// A baked layer can keep the machine's running memory, and machines made from it start
+    /// from that memory instead of booting ([`MachineSpec::warm`]).
+    #[serde(default)]
+    pub warm_start: bool,
 }
 
 /// A base in a provider's own store (`envrig box list`).
@@ -269,6 +273,12 @@ pub struct MachineSpec {
     /// outlives generations. Not part of the settings that shape the machine.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub handover: bool,
+    /// Start warm ([`Capabilities::warm_start`]): `base` is a baked layer made with
+    /// [`crate::labels::WARM`]; a provider restores the memory saved with it, then makes the
+    /// machine a new one (its own addresses, names, keys and clock) before anything reaches
+    /// it, and boots cold (saying why) when it cannot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 /// A machine's place on its environment's private network.

@@ -40,10 +40,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn start(&self, id: &str) -> Result<()>;
 
     /// Starts machine `id`, which this provider has just created from `spec` (so it need
-    /// not look the machine up again). Default: [`Provider::start`].
-    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
+    /// not look the machine up again); returns a line for the user when it started in a way
+    /// worth saying (restored warm, or booted cold when a warm start was asked and could not
+    /// be made, with why). Default: [`Provider::start`], nothing to say.
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<Option<String>> {
         let _ = spec;
-        self.start(id).await
+        self.start(id).await.map(|()| None)
     }
 
     /// Stops gracefully, then hard after `timeout`. Stopping a stopped machine succeeds.

@@ -68,6 +68,7 @@ pub fn spec(base: &str, env_id: &str, machine: &str) -> MachineSpec {
         options: BTreeMap::new(),
         network: None,
         handover: false,
+        warm: false,
     }
 }
 

@@ -58,6 +58,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     box_store: false,
     drift_from_base: true,
     spanning_network: true,
+    warm_start: false,
 };
 
 /// The provider's name in Envfiles.
@@ -223,8 +224,8 @@ impl Provider for DockerProvider {
         self.start_machine(id).await
     }
 
-    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
-        self.start_new_machine(id, spec).await
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<Option<String>> {
+        self.start_new_machine(id, spec).await.map(|()| None)
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {

@@ -70,12 +70,8 @@ impl LibvirtProvider {
     /// published insecure key, which it then replaces), and SSH takes that key, its host
     /// key recorded at this first contact. All within the boot timeout; on timeout the
     /// error ends with the last lines of the console.
-    pub(crate) async fn wait_ready(&self, id: &str) -> Result<()> {
-        self.wait_ready_with(id, true).await
-    }
-
-    /// [`Self::wait_ready`]; without `install`, the key is taken as already in the guest
-    /// (a revert to a snapshot taken after it was installed).
+    /// Without `install`, the key is taken as already in the guest (a revert to a snapshot
+    /// taken after it was installed).
     pub(crate) async fn wait_ready_with(&self, id: &str, install: bool) -> Result<()> {
         let info = self.info(id).await?;
         let res = info.resource_name.as_str();

@@ -151,7 +151,11 @@ pub fn adopt(
     labels: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<StoredBox> {
     stage(store, name, true, "package", |tmp| {
-        for f in std::iter::once("disk.qcow2").chain(KERNEL_FILES) {
+        let warm = [crate::warm::MEMORY, crate::warm::MEMORY_WHY];
+        for f in std::iter::once("disk.qcow2")
+            .chain(KERNEL_FILES)
+            .chain(warm)
+        {
             let from = built.join(f);
             if from.is_file() && std::fs::rename(&from, tmp.join(f)).is_err() {
                 std::fs::copy(&from, tmp.join(f))?;
@@ -177,7 +181,14 @@ fn finish(store: &Path, name: &str, tmp: &Path, source: &str) -> std::io::Result
     // Readable by the hypervisor's user: boxes are backing files.
     use std::os::unix::fs::PermissionsExt;
     for e in std::fs::read_dir(tmp)? {
-        std::fs::set_permissions(e?.path(), std::fs::Permissions::from_mode(0o644))?;
+        let path = e?.path();
+        // A warm layer's memory holds the guest's secrets: root's alone (libvirtd reads it).
+        let mode = if path.ends_with(crate::warm::MEMORY) {
+            0o600
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     let final_dir = store.join(name);
     if final_dir.exists() {

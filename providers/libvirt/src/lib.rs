@@ -58,6 +58,7 @@ mod snapshot;
 mod ssh;
 mod store;
 mod synced;
+mod warm;
 mod xml;
 
 /// Vagrant's published insecure key pairs (`keys/`, from hashicorp/vagrant): a vagrant box
@@ -129,6 +130,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     box_store: true,
     drift_from_base: false,
     spanning_network: false,
+    warm_start: true,
 };
 
 /// The provider's name in Envfiles.
@@ -334,6 +336,13 @@ impl Provider for LibvirtProvider {
 
     async fn start(&self, id: &str) -> Result<()> {
         self.start_machine(id).await
+    }
+
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<Option<String>> {
+        if spec.warm {
+            return self.start_warm(id, spec).await;
+        }
+        self.start_machine(id).await.map(|()| None)
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {

@@ -37,34 +37,7 @@ impl LibvirtProvider {
     }
 
     pub(crate) async fn start_machine(&self, id: &str) -> Result<()> {
-        let info = self.info(id).await?;
-        let id2 = id.to_string();
-        let (active, nic) = self
-            .blocking(move |c| {
-                let dom = c
-                    .lookup_domain_by_uuid_string(&id2)
-                    .map_err(|e| engine("look up the domain", e))?;
-                let text = dom.xml_desc(0).unwrap_or_default();
-                Ok((dom.is_active().unwrap_or(false), xml::network_nic(&text)))
-            })
-            .await?;
-        // Its names on the private network come back to it (a generation rolled back to
-        // takes them from the one it replaces).
-        // A network made again since (removed by hand, or `up` found it gone) has lost the
-        // machine's fixed address and names: they are registered anew.
-        if !active && let Some((network, mac)) = nic {
-            let names: Vec<String> = info
-                .labels
-                .get(NAMES)
-                .filter(|n| !n.is_empty())
-                .map(|n| n.split(',').map(str::to_string).collect())
-                .unwrap_or_default();
-            if !self.claim_names(&network, &mac, &names).await? {
-                self.attach(&network, &mac, &info.resource_name, &names)
-                    .await?;
-            }
-        }
-        let _ = self.note_put(&info.resource_name, BOOTING, b"").await;
+        let info = self.before_start(id).await?;
         let id2 = id.to_string();
         self.blocking(move |c| {
             let dom = c
@@ -80,7 +53,51 @@ impl LibvirtProvider {
             Ok(())
         })
         .await?;
-        self.wait_ready(id).await?;
+        self.after_start(id, &info, true).await
+    }
+
+    /// What comes before a machine runs, booted or restored warm: its names on the private
+    /// network come back to it (a generation rolled back to takes them from the one it
+    /// replaces); a network made again since (removed by hand, or `up` found it gone) has
+    /// lost the machine's fixed address and names, which are registered anew. Marks it
+    /// booting.
+    pub(crate) async fn before_start(&self, id: &str) -> Result<MachineInfo> {
+        let info = self.info(id).await?;
+        let id2 = id.to_string();
+        let (active, nic) = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                let text = dom.xml_desc(0).unwrap_or_default();
+                Ok((dom.is_active().unwrap_or(false), xml::network_nic(&text)))
+            })
+            .await?;
+        if !active && let Some((network, mac)) = nic {
+            let names: Vec<String> = info
+                .labels
+                .get(NAMES)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            if !self.claim_names(&network, &mac, &names).await? {
+                self.attach(&network, &mac, &info.resource_name, &names)
+                    .await?;
+            }
+        }
+        let _ = self.note_put(&info.resource_name, BOOTING, b"").await;
+        Ok(info)
+    }
+
+    /// What comes once a machine runs: the guest is ready (the environment's key installed
+    /// when `install`), its private address is up, its folders are mounted.
+    pub(crate) async fn after_start(
+        &self,
+        id: &str,
+        info: &MachineInfo,
+        install: bool,
+    ) -> Result<()> {
+        self.wait_ready_with(id, install).await?;
         self.wait_private_address(id).await;
         self.note_drop(&info.resource_name, BOOTING).await;
         // Live folders are mounted at every boot; copies (and the folders a guest cannot

@@ -178,24 +178,36 @@ impl LibvirtProvider {
         )));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io("make a work folder", e))?;
-        let paused = info.state == MachineState::Running;
-        if paused {
-            self.pause_machine(id).await?;
-        }
         // A baked layer keeps the box as its backing file (only what the steps changed is
         // copied); a packaged box stands alone.
-        let flat = if labels.contains_key(envrig_provider_api::labels::BAKED) {
-            match backing_of(&disk).await {
-                Ok(Some(backing)) => self.layer(&disk, &backing, &tmp.join("disk.qcow2")).await,
-                Ok(None) => self.flatten(&disk, None, &tmp.join("disk.qcow2")).await,
-                Err(e) => Err(e),
+        let out = tmp.join("disk.qcow2");
+        let disk_work = async {
+            if labels.contains_key(envrig_provider_api::labels::BAKED) {
+                match backing_of(&disk).await {
+                    Ok(Some(backing)) => self.layer(&disk, &backing, &out).await,
+                    Ok(None) => self.flatten(&disk, None, &out).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.flatten(&disk, None, &out).await
             }
-        } else {
-            self.flatten(&disk, None, &tmp.join("disk.qcow2")).await
         };
-        if paused {
-            self.resume_machine(id).await?;
-        }
+        // A warm layer keeps the machine's memory too, taken at the disk's moment.
+        let warm = labels.contains_key(envrig_provider_api::labels::BAKED)
+            && labels.contains_key(envrig_provider_api::labels::WARM)
+            && info.state == MachineState::Running;
+        let flat = if warm {
+            let (flat, why) = self
+                .bake_memory(id, &tmp.join(crate::warm::MEMORY), disk_work)
+                .await;
+            if let Some(why) = why {
+                tracing::warn!("the layer keeps no running state: {why}");
+                let _ = std::fs::write(tmp.join(crate::warm::MEMORY_WHY), why);
+            }
+            flat
+        } else {
+            self.paused_work(id, disk_work).await
+        };
         let result = async {
             flat?;
             if let Some(k) = &kernel_dir {

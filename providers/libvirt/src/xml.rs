@@ -11,6 +11,7 @@ use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 
 mod domain;
 mod network;
+mod shape;
 mod snapshot;
 pub mod storage;
 
@@ -19,6 +20,7 @@ pub use network::{
     Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_bridge, network_domain,
     network_ip, qualified,
 };
+pub use shape::{network_nic_link, nic_macs, shape};
 pub use snapshot::{snapshot, snapshot_description};
 
 /// The namespace of envrig's `<metadata>` element.

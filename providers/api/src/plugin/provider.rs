@@ -68,7 +68,7 @@ impl Provider for PluginProvider {
         self.call(Call::Start { id: id.into() }).await
     }
 
-    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<()> {
+    async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<Option<String>> {
         let call = Call::StartCreated {
             id: id.into(),
             spec: spec.clone(),
