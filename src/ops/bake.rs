@@ -35,6 +35,31 @@ pub fn layer_for(project: &Project, m: &Machine, fp: &str) -> String {
     }
 }
 
+/// A layer being baked by a task of this process; released when dropped.
+struct Baking(String);
+
+static BAKING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl Baking {
+    fn claim(name: &str) -> Option<Baking> {
+        let mut b = BAKING.lock().unwrap_or_else(|e| e.into_inner());
+        if b.iter().any(|n| n == name) {
+            return None;
+        }
+        b.push(name.to_string());
+        Some(Baking(name.to_string()))
+    }
+}
+
+impl Drop for Baking {
+    fn drop(&mut self) {
+        BAKING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| *n != self.0);
+    }
+}
+
 /// The 16 hex digits of a fingerprint written on resources and layers' names.
 fn short(fp: &str) -> &str {
     &fp[..fp.len().min(16)]
@@ -109,6 +134,10 @@ pub async fn bake(
     if let Ok(Some(_)) = p.resolve_base(&name).await {
         return;
     }
+    // Machines of one recipe provisioned at once: the first bakes, the others need not.
+    let Some(_baking) = Baking::claim(&name) else {
+        return;
+    };
     let machine = m.name.as_str();
     let started = std::time::Instant::now();
     let mut l = BTreeMap::new();

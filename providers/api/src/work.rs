@@ -36,6 +36,14 @@ pub fn name(prefix: &str) -> String {
     format!("{prefix}{MARK}{}", me())
 }
 
+/// A work name (as [`name`]) of its own within this process too: tasks of one envrig that
+/// work at once on the same thing never share a work folder.
+pub fn unique_name(prefix: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", name(prefix))
+}
+
 /// The owner of a work name, `(pid, start)`; `None` for a name that is not one.
 fn owner(file_name: &str) -> Option<(u32, u64)> {
     let (_, tail) = file_name.rsplit_once(MARK)?;

@@ -115,7 +115,9 @@ fn stage(
 ) -> std::io::Result<StoredBox> {
     check_new(store, name, force)?;
     std::fs::create_dir_all(store)?;
-    let tmp = store.join(envrig_provider_api::work::name(&format!(".adding-{name}")));
+    let tmp = store.join(envrig_provider_api::work::unique_name(&format!(
+        ".adding-{name}"
+    )));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = fill(&tmp).and_then(|()| finish(store, name, &tmp, source));
@@ -192,7 +194,7 @@ fn finish(store: &Path, name: &str, tmp: &Path, source: &str) -> std::io::Result
     }
     let final_dir = store.join(name);
     if final_dir.exists() {
-        let old = store.join(envrig_provider_api::work::name(&format!(
+        let old = store.join(envrig_provider_api::work::unique_name(&format!(
             ".replaced-{name}"
         )));
         let _ = std::fs::remove_dir_all(&old);

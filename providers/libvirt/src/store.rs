@@ -43,7 +43,7 @@ impl LibvirtProvider {
         let tmp = self
             .images
             .join(".boxes")
-            .join(envrig_provider_api::work::name(&format!(".{key}")));
+            .join(envrig_provider_api::work::unique_name(&format!(".{key}")));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| io("stage the box", e))?;
         for f in ["disk.qcow2", "vmlinuz", "initrd.img", "cmdline"] {

@@ -387,7 +387,10 @@ impl LibvirtProvider {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let script = reidentify_script(&pairs, &spec.hostname, now);
+        // Its randomness is the layer's until the guest's kernel reseeds (clones would draw
+        // the same numbers): what must be its own comes from the host.
+        let fresh = HostMade::new().map_err(|e| io("make the clone's identity", e))?;
+        let script = reidentify_script(&pairs, &spec.hostname, now, &fresh);
         let (code, err) = self.agent_sh(id, &script).await?;
         if code != 0 {
             return Err(ProviderError::Conflict {
@@ -473,12 +476,46 @@ if command -v networkctl >/dev/null 2>&1; then for d in /sys/class/net/*; do n=$
 if command -v dhclient >/dev/null 2>&1 && pgrep -x dhclient >/dev/null 2>&1; then (dhclient -r >/dev/null 2>&1; dhclient >/dev/null 2>&1 &) ; fi
 exit 0"#;
 
+/// What a clone gets from the host's random source: a machine-id, an Ed25519 SSH host key
+/// (OpenSSH's format; a dropbear guest converts it), and bytes mixed into its pool.
+pub(crate) struct HostMade {
+    machine_id: String,
+    host_key: String,
+    host_key_pub: String,
+    entropy: String,
+}
+
+impl HostMade {
+    fn new() -> std::io::Result<HostMade> {
+        use russh::keys::ssh_key::{LineEnding, PrivateKey, private::Ed25519Keypair};
+        let mut bytes = [0u8; 16 + 32 + 64];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&bytes[16..48]);
+        let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        key.set_comment("root@envrig-clone");
+        let host_key = key
+            .to_openssh(LineEnding::LF)
+            .map_err(std::io::Error::other)?
+            .to_string();
+        Ok(HostMade {
+            machine_id: hex(&bytes[..16]),
+            host_key_pub: crate::ssh::public_line(key.public_key())?,
+            host_key,
+            entropy: hex(&bytes[48..]),
+        })
+    }
+}
+
 /// The script that makes a restored clone a new machine: `pairs` are `OLD=NEW` MACs,
-/// `hostname` its name, `now` the host's clock in seconds since the epoch.
-fn reidentify_script(pairs: &[String], hostname: &str, now: u64) -> String {
+/// `hostname` its name, `now` the host's clock in seconds since the epoch, `fresh` what the
+/// host made for it.
+fn reidentify_script(pairs: &[String], hostname: &str, now: u64, fresh: &HostMade) -> String {
     let pairs: Vec<String> = pairs.iter().map(|p| sh_quote(p)).collect();
     format!(
         r#"set -u
+printf '%s' {entropy} >/dev/urandom 2>/dev/null
 date -u -s "@{now}" >/dev/null 2>&1
 for pair in {pairs}; do
   old=${{pair%%=*}}; new=${{pair#*=}}
@@ -495,28 +532,34 @@ hostname "$h" 2>/dev/null || echo "$h" >/proc/sys/kernel/hostname || exit 12
 if [ -f /etc/hosts ]; then
   grep -v '^127\.0\.1\.1[[:space:]]' /etc/hosts >/etc/hosts.envrig; printf '127.0.1.1\t%s\n' "$h" >>/etc/hosts.envrig; cat /etc/hosts.envrig >/etc/hosts; rm -f /etc/hosts.envrig
 fi
-id=$(cat /proc/sys/kernel/random/uuid | tr -d '-')
-printf '%s\n' "$id" >/etc/machine-id || exit 13
-[ -L /var/lib/dbus/machine-id ] || {{ [ -f /var/lib/dbus/machine-id ] && printf '%s\n' "$id" >/var/lib/dbus/machine-id; }}
-if [ -d /etc/ssh ] && command -v ssh-keygen >/dev/null 2>&1; then
-  types=""
-  for k in /etc/ssh/ssh_host_*_key; do [ -e "$k" ] || continue; t=${{k#/etc/ssh/ssh_host_}}; types="$types ${{t%_key}}"; done
+printf '%s\n' {machine_id} >/etc/machine-id || exit 13
+[ -L /var/lib/dbus/machine-id ] || {{ [ -f /var/lib/dbus/machine-id ] && printf '%s\n' {machine_id} >/var/lib/dbus/machine-id; }}
+key={key}
+umask 077
+if [ -d /etc/ssh ] && [ -x /usr/sbin/sshd ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-  for t in ${{types:-ed25519}}; do ssh-keygen -q -t "$t" -N '' -f "/etc/ssh/ssh_host_${{t}}_key" </dev/null || exit 14; done
+  printf '%s\n' "$key" >/etc/ssh/ssh_host_ed25519_key && printf '%s\n' {key_pub} >/etc/ssh/ssh_host_ed25519_key.pub || exit 14
+  chmod 644 /etc/ssh/ssh_host_ed25519_key.pub
   for f in /run/sshd.pid /var/run/sshd.pid; do [ -r "$f" ] && kill -HUP "$(cat "$f")" 2>/dev/null && break; done
 fi
 if [ -d /etc/dropbear ]; then
   rm -f /etc/dropbear/dropbear_*_host_key
+  printf '%s\n' "$key" >/run/envrig-host-key
+  dropbearconvert openssh dropbear /run/envrig-host-key /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1 || {{ rm -f /run/envrig-host-key; exit 15; }}
+  rm -f /run/envrig-host-key
   for f in /run/dropbear.pid /var/run/dropbear.pid; do
     [ -r "$f" ] || continue
     p=$(cat "$f"); cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)
-    case "$cmd" in *-R*) ;; *) for t in ed25519 ecdsa; do dropbearkey -t "$t" -f "/etc/dropbear/dropbear_${{t}}_host_key" >/dev/null 2>&1; done ;; esac
     kill "$p" 2>/dev/null; i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do i=$((i+1)); sleep 0.02; done
-    [ -n "$cmd" ] && $cmd || exit 15
+    [ -n "$cmd" ] && $cmd || exit 16
     break
   done
 fi
 exit 0"#,
+        entropy = sh_quote(&fresh.entropy),
+        machine_id = sh_quote(&fresh.machine_id),
+        key = sh_quote(fresh.host_key.trim_end()),
+        key_pub = sh_quote(&fresh.host_key_pub),
         pairs = pairs.join(" "),
         host = sh_quote(hostname),
     )
@@ -620,11 +663,19 @@ mod tests {
 
     #[test]
     fn the_script_names_every_mac_pair_and_the_hostname_quoted() {
+        let fresh = HostMade::new().unwrap();
+        let other = HostMade::new().unwrap();
+        assert_ne!(fresh.machine_id, other.machine_id);
+        assert_ne!(fresh.host_key_pub, other.host_key_pub);
+        assert_eq!(fresh.machine_id.len(), 32);
+        assert!(fresh.host_key_pub.starts_with("ssh-ed25519 "));
         let s = reidentify_script(
             &["52:54:00:00:00:01=52:54:00:00:00:02".into()],
             "web-2",
             1_800_000_000,
+            &fresh,
         );
+        assert!(s.contains(&fresh.machine_id) && s.contains("BEGIN OPENSSH PRIVATE KEY"));
         assert!(s.contains("'52:54:00:00:00:01=52:54:00:00:00:02'"), "{s}");
         assert!(s.contains("h='web-2'") || s.contains("h=web-2"), "{s}");
         assert!(s.contains("@1800000000"));
