@@ -216,7 +216,7 @@ fn a_real_debian_box_starts_warm_with_systemd_resolved_and_new_host_keys() {
         &b,
         h,
         "vm",
-        "cat /root/state /root/runs; for i in $(seq 1 40); do getent hosts db >/dev/null && break; sleep 0.25; done; ping -c1 -W5 db >/dev/null && echo reached",
+        "sudo -n cat /root/state /root/runs; for i in $(seq 1 40); do getent hosts db >/dev/null && break; sleep 0.25; done; ping -c1 -W5 db >/dev/null && echo reached",
     );
     assert_eq!(out, format!("running\n{tag}\nreached\n"), "{out}");
     let r = envrig_home(&b, h, &["ssh", "vm", "--", "sudo", "-n", "id", "-u"]);
