@@ -70,7 +70,7 @@ struct Down<'a>(Vec<&'a Path>, &'a Path);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        for d in &self.0 {
+        for d in self.0.iter().filter(|d| d.join("Envfile").is_file()) {
             let _ = envrig_home(d, self.1, &["destroy", "-f"]);
         }
     }
@@ -224,4 +224,95 @@ fn a_real_debian_box_starts_warm_with_systemd_resolved_and_new_host_keys() {
     for d in [&a, &b] {
         assert_eq!(envrig_home(d, h, &["destroy", "-f"]).code, 0);
     }
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn a_capsule_keeps_its_running_processes_through_export_and_import() {
+    e2e();
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // A VM whose step starts a counter kept in memory only (/run is a tmpfs: a boot starts
+    // without it), and a container beside it.
+    let text = format!(
+        "[project]\nname = \"{}\"\nbake = false\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"192MiB\"\n[[machines.vm.provision]]\nshell = \"(i=0; while true; do i=$((i+1)); echo $i > /run/counter; sleep 1; done) >/dev/null 2>&1 </dev/null &\"\n[machines.box]\nbox = \"tiny\"\nprovider = \"docker\"\n",
+        unique("capsule"),
+        guest(),
+        common::TEST_IMAGE
+    );
+    let a = common::Project::in_subfolder(work.path(), "a", &text);
+    let warm = work.path().join("warm");
+    let cold = work.path().join("cold");
+    let _down = Down(vec![&a, &warm, &cold], h);
+    up(&a, h);
+    let at = |d: &Path| -> u32 { sh(d, h, "vm", "cat /run/counter").trim().parse().unwrap() };
+    // Counted a while, then saved: the moment is the snapshot.
+    for _ in 0..40 {
+        if at(&a) >= 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let r = envrig_home(&a, h, &["snapshot", "save", "s1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let saved = at(&a);
+    assert!(saved >= 5, "{saved}");
+    let file = work.path().join("capsule.tar.zst");
+    let r = envrig_home(
+        &a,
+        h,
+        &["export", "--snapshot", "s1", "-o", file.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(envrig_home(&a, h, &["destroy", "-f"]).code, 0);
+
+    // Resuming saved memory needs trust (and the guest is a box given as a host path).
+    let import = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "import",
+            file.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        envrig_home(work.path(), h, &args)
+    };
+    let r = import(&warm, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("saved memory") && r.stderr.contains("--cold"),
+        "{}",
+        r.stderr
+    );
+    let r = import(&warm, &["--trust"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("[vm] resumed where it was saved"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("[box] restarted from its files"),
+        "{}",
+        r.stderr
+    );
+    // The counter goes on from where it was saved, in the same process: not from zero.
+    let first = at(&warm);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let later = at(&warm);
+    assert!(
+        first >= saved && later > first,
+        "saved {saved}, then {first}, {later}"
+    );
+    // `--cold`: the disk alone, booted; nothing of the counter survives.
+    let r = import(&cold, &["--trust", "--cold", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["resumed"], serde_json::json!([]), "{j}");
+    let mut restarted: Vec<String> = serde_json::from_value(j["restarted"].clone()).unwrap();
+    restarted.sort();
+    assert_eq!(restarted, ["box", "vm"], "{j}");
+    let out = sh(&cold, h, "vm", "cat /run/counter 2>/dev/null || echo none");
+    assert_eq!(out, "none\n");
 }

@@ -168,9 +168,14 @@ enum Command {
         /// Show what the archive holds and would take from this host, and stop
         #[arg(long)]
         dry_run: bool,
-        /// Allow host paths outside DIR, privileged machines and host variables
+        /// Allow host paths outside DIR, privileged machines, host variables and resuming
+        /// saved memory
         #[arg(long)]
         trust: bool,
+        /// Bring machines back from their disks and boot them, even those saved with their
+        /// memory (which otherwise resume where they were)
+        #[arg(long)]
+        cold: bool,
     },
     /// Bake a machine into a new base box (a docker image)
     Package {

@@ -35,6 +35,10 @@ pub struct ImportReport {
     pub folder: String,
     pub project: String,
     pub machines: Vec<String>,
+    /// Machines saved running that resumed from their saved memory, processes kept.
+    pub resumed: Vec<String>,
+    /// Machines saved running that were brought back from their files and started.
+    pub restarted: Vec<String>,
 }
 
 /// One machine state the archive holds, checked.
@@ -69,6 +73,8 @@ pub struct ImportPlan {
     members: BTreeMap<String, PathBuf>,
     staging: Option<super::staging::WorkDir>,
     created: Vec<PathBuf>,
+    /// `--cold`: machines come back from their disks, booted, whatever memory they carry.
+    cold: bool,
 }
 
 impl Drop for ImportPlan {
@@ -201,6 +207,7 @@ pub async fn import_check(
     file: &Path,
     dir: &Path,
     settings: &LoadSettings,
+    cold: bool,
 ) -> Result<ImportPlan, OpError> {
     let refused = |why: String| OpError::Usage(format!("{} is refused: {why}", file.display()));
     let mut created = Vec::new();
@@ -221,6 +228,7 @@ pub async fn import_check(
         members: BTreeMap::new(),
         staging: None,
         created,
+        cold,
     };
     made.map_err(io_err(format!("cannot create {}", envrig_dir.display())))?;
     // What a killed import or export left in the work folder goes first.
@@ -312,6 +320,21 @@ pub async fn import_check(
         .map(|i| (i.machine.to_string(), i.provider.clone()))
         .collect();
     plan.report = trust::assess(&envfile, dir, &taken.borrow(), &real_path);
+    // A machine saved running on a provider that resumes memory runs the device state the
+    // archive saved: QEMU's loader is no boundary against a crafted one.
+    if !cold {
+        for inc in plan.incoming.iter().filter(|i| i.running) {
+            if ctx
+                .registry
+                .capabilities(&inc.provider)
+                .is_some_and(|c| c.warm_start)
+            {
+                plan.report
+                    .grants
+                    .push(trust::saved_memory(inc.machine.as_str()));
+            }
+        }
+    }
     Ok(plan)
 }
 
@@ -333,6 +356,16 @@ pub async fn import_apply(
             )),
             e => OpError::provider(format!("cannot check the state of `{}`", inc.machine), e),
         })?;
+        if !plan.cold && inc.running {
+            p.check_resume(&inc.state).await.map_err(|e| match e {
+                ProviderError::Refused { message } => OpError::Usage(format!(
+                    "{} cannot be resumed here: machine `{}`: {message}",
+                    plan.file.display(),
+                    inc.machine
+                )),
+                e => OpError::provider(format!("cannot check the state of `{}`", inc.machine), e),
+            })?;
+        }
     }
     let dir = plan.dir.clone();
     // Each file arrives whole (renamed from the staging folder), the Envfile last: a killed
@@ -361,6 +394,7 @@ pub async fn import_apply(
     super::up::ensure_networks(ctx, &project, &all, &placed).await?;
     let observed = observe(ctx, &project).await?;
     let mut made = Vec::new();
+    let (mut resumed, mut restarted) = (Vec::new(), Vec::new());
     // The imported state is one snapshot set of this environment, named as exported (a
     // moment of "now" is `imported`), tagged with this environment's resource names.
     let set = super::snapset::set_labels(
@@ -384,6 +418,9 @@ pub async fn import_apply(
         let mut l = project.identity.labels(&m.name, 1, &created);
         l.insert(labels::PROVIDER.to_string(), inc.provider.clone());
         l.extend(set.clone());
+        if plan.cold {
+            l.insert(labels::COLD.to_string(), "1".to_string());
+        }
         let spec = super::spec::machine_spec(&project, &Resolved::default(), m, 1, &created);
         // Built from checked fields only; the spec is the Envfile's.
         let incoming = Snapshot {
@@ -404,16 +441,35 @@ pub async fn import_apply(
             .map(|o| o.id.clone());
         ctx.reporter
             .event(Some(inc.machine.as_str()), Phase::Create, "recreating it");
-        p.snapshot_restore(&snap, cur.as_deref(), &spec)
+        let info = p
+            .snapshot_restore(&snap, cur.as_deref(), &spec)
             .await
             .map_err(|e| OpError::provider(format!("cannot recreate `{}`", inc.machine), e))?;
-        made.push(inc.machine.to_string());
+        let name = inc.machine.to_string();
+        if info.labels.contains_key(labels::RESUMED) {
+            ctx.reporter.event(
+                Some(&name),
+                Phase::Done,
+                "resumed where it was saved (its processes kept)",
+            );
+            resumed.push(name.clone());
+        } else if inc.running {
+            ctx.reporter.event(
+                Some(&name),
+                Phase::Done,
+                "restarted from its files (its processes were not carried)",
+            );
+            restarted.push(name.clone());
+        }
+        made.push(name);
     }
     session.refresh(&observe(ctx, &project).await?)?;
     Ok(ImportReport {
         folder: project.identity.folder.display().to_string(),
         project: project.identity.project.to_string(),
         machines: made,
+        resumed,
+        restarted,
     })
 }
 

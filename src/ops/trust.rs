@@ -27,6 +27,8 @@ pub enum GrantKind {
     HostVariable,
     /// A host port the machine publishes.
     Port,
+    /// The memory it was saved with, resumed: the engine loads device state the archive chose.
+    SavedMemory,
 }
 
 impl GrantKind {
@@ -36,6 +38,7 @@ impl GrantKind {
             GrantKind::Privileged => "privileged",
             GrantKind::HostVariable => "host variable",
             GrantKind::Port => "port",
+            GrantKind::SavedMemory => "saved memory",
         }
     }
 }
@@ -52,6 +55,19 @@ pub struct Grant {
     pub what: String,
     /// Why it needs `--trust`; `None` when it does not.
     pub risk: Option<String>,
+}
+
+/// The grant of resuming `machine` from the memory the archive saved with it.
+pub fn saved_memory(machine: &str) -> Grant {
+    Grant {
+        kind: GrantKind::SavedMemory,
+        machine: Some(machine.to_string()),
+        key: format!("machines/{machine}.image"),
+        what: "resumes where it was saved, from the memory in the archive".to_string(),
+        risk: Some(
+            "QEMU loads the device state the archive holds, which it does not defend against; `--cold` boots it from its disk instead".to_string(),
+        ),
+    }
 }
 
 /// Everything an imported environment would take from this host.

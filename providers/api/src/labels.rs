@@ -65,6 +65,12 @@ pub const BAKED: &str = "dev.envrig.baked";
 /// On a layer's labels given to `package`: keep the machine's running memory with the layer
 /// (providers with `warm_start`), so machines made from it start warm.
 pub const WARM: &str = "dev.envrig.warm";
+/// On an imported snapshot's labels given to `snapshot_import`: bring the machine back from
+/// its disk and boot it, even when it carries saved memory (`import --cold`).
+pub const COLD: &str = "dev.envrig.cold";
+/// On the [`crate::MachineInfo`] a restore of an imported snapshot returns (never on a
+/// resource): the machine resumed from its saved memory, its processes kept.
+pub const RESUMED: &str = "dev.envrig.resumed";
 /// On a machine made from a baked layer: that layer's fingerprint (16 hex digits).
 pub const LAYER: &str = "dev.envrig.layer";
 /// On a network holder (a provider's resource that keeps a machine's host ports and names

@@ -172,6 +172,14 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Whether this host can resume the running state an exported snapshot `src` carries
+    /// (a VM's saved memory: its machine type, CPU model and memory), checked before
+    /// anything is made unless the import is cold; refused ([`ProviderError::Refused`]) with
+    /// why. A snapshot without running state, and the default, pass.
+    async fn check_resume(&self, _src: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Loads a snapshot exported by [`Provider::snapshot_export`] (checked by the caller),
     /// labelling it with `labels`; returns it as this engine knows it.
     async fn snapshot_import(

@@ -28,7 +28,7 @@ impl LibvirtProvider {
     }
 
     /// Waits (bounded by `limit`) until the guest agent answers.
-    async fn wait_agent_only(&self, id: &str, limit: Duration) -> bool {
+    pub(crate) async fn wait_agent_only(&self, id: &str, limit: Duration) -> bool {
         let t0 = Instant::now();
         while t0.elapsed() < limit {
             if self.agent_answers(id).await {
@@ -276,7 +276,7 @@ fn boot_failed(limit: Duration, what: &str, console_tail: &str) -> ProviderError
 
 /// A shell script that makes `key` the only authorized key of root and of `vagrant`
 /// (when that user exists), and prints the user to log in as.
-fn install_script(key: &str) -> String {
+pub(crate) fn install_script(key: &str) -> String {
     format!(
         r#"k={k}
 for h in /root $(awk -F: '$1=="vagrant"{{print $6}}' /etc/passwd); do

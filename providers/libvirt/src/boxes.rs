@@ -221,6 +221,7 @@ pub fn unpack_disk_tar(source: &Path, dest: &Path) -> std::io::Result<()> {
         let path = entry.path()?.to_string_lossy().to_string();
         let Some(name) = std::iter::once("disk.qcow2")
             .chain(KERNEL_FILES)
+            .chain(crate::capsule::MEMBER_EXTRAS)
             .find(|n| *n == path)
         else {
             continue;
@@ -238,7 +239,14 @@ pub fn unpack_disk_tar(source: &Path, dest: &Path) -> std::io::Result<()> {
     }
     use std::os::unix::fs::PermissionsExt;
     for e in std::fs::read_dir(dest)? {
-        std::fs::set_permissions(e?.path(), std::fs::Permissions::from_mode(0o644))?;
+        let path = e?.path();
+        // Saved memory holds the guest's secrets: root's alone (libvirtd reads it).
+        let mode = if path.ends_with(crate::warm::MEMORY) {
+            0o600
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }

@@ -45,6 +45,7 @@
 mod accel;
 mod boot;
 mod boxes;
+mod capsule;
 mod define;
 mod disk;
 mod drift;
@@ -54,6 +55,7 @@ mod machine;
 mod network;
 mod qcow2;
 mod remote;
+mod saveimage;
 mod snapshot;
 mod ssh;
 mod store;
@@ -454,6 +456,10 @@ impl Provider for LibvirtProvider {
 
     async fn check_export(&self, src: &Path) -> Result<()> {
         self.check_disk_export(src).await
+    }
+
+    async fn check_resume(&self, src: &Path) -> Result<()> {
+        self.check_resume_member(src).await
     }
 
     async fn snapshot_import(

@@ -183,7 +183,11 @@ impl LibvirtProvider {
         let _ = std::fs::remove_dir_all(&mdir);
         std::fs::create_dir_all(&mdir).map_err(|e| io(format!("create {}", mdir.display()), e))?;
         let _marker = Marker::new(&mdir, "creating");
-        for f in std::iter::once("disk.qcow2").chain(boxes::KERNEL_FILES) {
+        let extras = crate::capsule::MEMBER_EXTRAS;
+        for f in std::iter::once("disk.qcow2")
+            .chain(boxes::KERNEL_FILES)
+            .chain(extras)
+        {
             if src.join(f).is_file() {
                 std::fs::rename(src.join(f), mdir.join(f))
                     .map_err(|e| io(format!("move {f}"), e))?;
@@ -204,6 +208,18 @@ impl LibvirtProvider {
             Some(snap.running),
         )
         .await?;
+        let memory = mdir.join(crate::warm::MEMORY);
+        let _ = std::fs::remove_file(mdir.join(crate::warm::MEMORY_WHY));
+        let cold = snap.labels.contains_key(envrig_provider_api::labels::COLD);
+        if snap.running && memory.is_file() && !cold {
+            self.resume_imported(&info.id, &memory).await?;
+            let mut resumed = self.info(&info.id).await?;
+            resumed
+                .labels
+                .insert(envrig_provider_api::labels::RESUMED.to_string(), "1".into());
+            return Ok(resumed);
+        }
+        let _ = std::fs::remove_file(&memory);
         if snap.running {
             self.start_machine(&info.id).await?;
         }
@@ -266,19 +282,30 @@ impl LibvirtProvider {
             })?;
         let (_, disk, kernel_dir) = self.disk_of(owner).await?;
         let work = dest.with_extension("flat.qcow2");
-        if snap.running
-            && !snap
-                .labels
-                .contains_key(envrig_provider_api::labels::FLUSHED)
-        {
-            self.flatten_flushed(owner, name, &disk, &work).await?;
+        // A running machine's snapshot travels with its memory, taken with the disk.
+        let memory = dest.with_extension("memory.save");
+        let mut no_memory = None;
+        if snap.running {
+            no_memory = self
+                .flatten_flushed(owner, name, &disk, &work, Some(&memory))
+                .await?;
         } else {
             self.flatten(&disk, Some(name), &work).await?;
         }
-        let (dest2, work2) = (dest.to_path_buf(), work.clone());
+        let (dest2, work2, memory2) = (dest.to_path_buf(), work.clone(), memory.clone());
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
             let mut out = tar::Builder::new(std::fs::File::create(&dest2)?);
             out.append_path_with_name(&work2, "disk.qcow2")?;
+            if memory2.is_file() {
+                out.append_path_with_name(&memory2, crate::warm::MEMORY)?;
+            }
+            if let Some(why) = no_memory {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(why.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                out.append_data(&mut h, crate::warm::MEMORY_WHY, why.as_bytes())?;
+            }
             if let Some(k) = kernel_dir {
                 for f in boxes::KERNEL_FILES {
                     if k.join(f).is_file() {
@@ -292,6 +319,7 @@ impl LibvirtProvider {
         .await
         .map_err(|e| io("write the export", std::io::Error::other(e)))?;
         let _ = std::fs::remove_file(&work);
+        let _ = std::fs::remove_file(&memory);
         result.map_err(|e| io("write the export", e))
     }
 
@@ -300,7 +328,18 @@ impl LibvirtProvider {
     /// with every file on it: the machine goes back to the snapshot, writes its files to
     /// disk, is paused and copied, then returns to where it was (kept in a snapshot of its
     /// own meanwhile, deleted after).
-    async fn flatten_flushed(&self, id: &str, name: &str, disk: &Path, out: &Path) -> Result<()> {
+    ///
+    /// With `memory`, the machine's memory is saved there once its files are written (the
+    /// domain stops, so the disk is copied closed, at the memory's moment); when libvirt
+    /// refuses, nothing is saved and why is returned.
+    async fn flatten_flushed(
+        &self,
+        id: &str,
+        name: &str,
+        disk: &Path,
+        out: &Path,
+        memory: Option<&Path>,
+    ) -> Result<Option<String>> {
         let here = format!("envrig-export-{}", std::process::id());
         let (id2, here2) = (id.to_string(), here.clone());
         self.blocking(move |c| {
@@ -319,7 +358,14 @@ impl LibvirtProvider {
             self.wait_ready_with(id, false).await?;
             self.sync_guest(id).await;
             self.pause_machine(id).await?;
-            self.flatten(disk, None, out).await
+            let mut why = None;
+            if let Some(m) = memory
+                && let Err(e) = self.save_paused(id, m).await
+            {
+                let _ = std::fs::remove_file(m);
+                why = Some(e.to_string());
+            }
+            self.flatten(disk, None, out).await.map(|()| why)
         }
         .await;
         // Back where it was, whatever happened.
@@ -336,18 +382,28 @@ impl LibvirtProvider {
                 Ok(())
             })
             .await;
-        copied.and(back)
+        let copied = copied?;
+        back.map(|()| copied)
     }
 
     pub(crate) async fn check_disk_export(&self, src: &Path) -> Result<()> {
-        let src = src.to_path_buf();
+        let src2 = src.to_path_buf();
         envrig_provider_api::export::check_archive(
-            move || qcow2::check_export_tar(&src),
+            move || qcow2::check_export_tar(&src2),
             "disk",
             "disk export",
             |e| io("read the disk export", std::io::Error::other(e)),
         )
-        .await
+        .await?;
+        // Saved memory, when there is some, must be an image libvirt reads.
+        let src2 = src.to_path_buf();
+        match tokio::task::spawn_blocking(move || crate::capsule::memory_in_tar(&src2)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ProviderError::Refused {
+                message: format!("its saved memory is not an image libvirt reads ({e})"),
+            }),
+            Err(e) => Err(io("read the disk export", std::io::Error::other(e))),
+        }
     }
 
     pub(crate) async fn import_snapshot(

@@ -8,7 +8,7 @@
 //! machine-id, SSH host keys and clock, through the guest agent. Then it is ready as a
 //! booted machine is (the environment's key, the host key pinned at first contact).
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use envrig_provider_api::{MachineSpec, ProviderError, Result};
 
 use crate::error::{engine, io};
 use crate::exec::sh_quote;
+use crate::saveimage::SaveImage;
 use crate::{LibvirtProvider, xml};
 
 /// The layer's memory image, beside its disk in the box store.
@@ -23,115 +24,9 @@ pub(crate) const MEMORY: &str = "memory.save";
 /// Beside a warm layer's disk when its memory could not be saved: why.
 pub(crate) const MEMORY_WHY: &str = "memory.why";
 
-/// libvirt's QEMU save image: this magic, then five little-endian words (version, the
-/// length of the XML + cookie area, whether it ran, compression, the cookie's offset in
-/// that area) and reserved words up to [`HEADER`] bytes.
-const MAGIC: &[u8; 16] = b"LibvirtQemudSave";
-const HEADER: usize = 92;
-/// The most an XML + cookie area may claim (libvirt pads it to 64 KiB).
-const MAX_AREA: u32 = 16 << 20;
-
-/// What leads a save image: libvirt's header, the domain's XML and the cookie.
-#[derive(Debug)]
-pub(crate) struct SaveImage {
-    header: [u8; HEADER],
-    area: u32,
-    pub(crate) xml: String,
-    cookie: Vec<u8>,
-}
-
-fn invalid(why: impl Into<String>) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, why.into())
-}
-
-impl SaveImage {
-    /// Reads the head of the save image at `path`; refuses anything but an uncompressed
-    /// version-2 image with bounded sizes.
-    pub(crate) fn read(path: &Path) -> std::io::Result<SaveImage> {
-        let mut f = std::fs::File::open(path)?;
-        let mut header = [0u8; HEADER];
-        f.read_exact(&mut header)?;
-        if &header[..16] != MAGIC {
-            return Err(invalid("not a libvirt save image"));
-        }
-        let word = |i: usize| {
-            let at = 16 + 4 * i;
-            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-        };
-        let (version, area, compressed, cookie_at) = (word(0), word(1), word(3), word(4));
-        if version != 2 || compressed != 0 {
-            return Err(invalid(format!(
-                "a save image of version {version}, compression {compressed}: only version 2, uncompressed, is read"
-            )));
-        }
-        if area > MAX_AREA || cookie_at >= area.max(1) {
-            return Err(invalid("a save image whose header is out of bounds"));
-        }
-        let mut data = vec![0u8; area as usize];
-        f.read_exact(&mut data)?;
-        let xml_end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
-        let xml = String::from_utf8(data[..xml_end].to_vec())
-            .map_err(|_| invalid("a save image whose XML is not UTF-8"))?;
-        let cookie = if cookie_at == 0 {
-            Vec::new()
-        } else {
-            let rest = &data[cookie_at as usize..];
-            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-            let mut c = rest[..end].to_vec();
-            c.push(0);
-            c
-        };
-        Ok(SaveImage {
-            header,
-            area,
-            xml,
-            cookie,
-        })
-    }
-
-    /// Writes to `dest` (mode 0600) the image `src` (whose head this is) for a domain
-    /// described by `xml`, to be restored paused: the header, `xml` and the cookie, then
-    /// `src`'s QEMU stream, copied by the kernel.
-    pub(crate) fn write_for(&self, src: &Path, xml: &str, dest: &Path) -> std::io::Result<()> {
-        let mut area = Vec::with_capacity(self.area as usize);
-        area.extend_from_slice(xml.as_bytes());
-        area.push(0);
-        let cookie_at = if self.cookie.is_empty() {
-            0
-        } else {
-            area.len() as u32
-        };
-        area.extend_from_slice(&self.cookie);
-        if area.len() > self.area as usize {
-            return Err(invalid(format!(
-                "the machine's description ({} bytes) does not fit the saved image's ({} bytes)",
-                area.len(),
-                self.area
-            )));
-        }
-        area.resize(self.area as usize, 0);
-        let mut header = self.header;
-        header[24..28].copy_from_slice(&0u32.to_le_bytes()); // restored paused
-        header[32..36].copy_from_slice(&cookie_at.to_le_bytes());
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dest)?;
-        out.write_all(&header)?;
-        out.write_all(&area)?;
-        let mut from = std::fs::File::open(src)?;
-        from.seek(SeekFrom::Start((HEADER + self.area as usize) as u64))?;
-        std::io::copy(&mut from, &mut out)?;
-        out.sync_all()
-    }
-}
-
 /// Saves running domain `id`'s memory into `dest` with libvirt's `virDomainSaveFlags`
 /// (which the `virt` crate does not wrap): the domain stops, its disk closed and whole.
-fn save_domain(dom: &virt::domain::Domain, dest: &Path) -> Result<()> {
+pub(crate) fn save_domain(dom: &virt::domain::Domain, dest: &Path) -> Result<()> {
     let path = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
         .map_err(|e| io("name the memory image", std::io::Error::other(e)))?;
     // SAFETY: `dom` is a live domain handle for the duration of the call, `path` a valid
@@ -311,13 +206,32 @@ impl LibvirtProvider {
                 differs.join("; ")
             )));
         }
+        self.restore_memory(id, &memory, image, &mine, Some(&spec.hostname))
+            .await
+    }
+
+    /// Starts defined domain `id` (described by `mine`, its inactive migratable XML) from
+    /// the memory image at `memory` (whose head is `image`): an image of its own is written
+    /// beside its disk, restored paused with its private link down, resumed, given its own
+    /// MACs and clock and, with `hostname`, a new identity (a clone; without, it is the same
+    /// machine moved: an imported capsule), its link up and leases renewed, then made ready.
+    pub(crate) async fn restore_memory(
+        &self,
+        id: &str,
+        memory: &Path,
+        image: SaveImage,
+        mine: &str,
+        hostname: Option<&str>,
+    ) -> std::result::Result<(), Cold> {
         let info = self
             .before_start(id)
             .await
             .map_err(|e| Cold::Before(e.to_string()))?;
-        let own = self.machine_dir(&info.resource_name).join(MEMORY);
+        let own = self
+            .machine_dir(&info.resource_name)
+            .join(envrig_provider_api::work::unique_name(".restore"));
         let saved_xml = image.xml.clone();
-        let (src, dest, mine2) = (memory.clone(), own.clone(), mine.clone());
+        let (src, dest, mine2) = (memory.to_path_buf(), own.clone(), mine.to_string());
         let written = tokio::task::spawn_blocking(move || image.write_for(&src, &mine2, &dest))
             .await
             .map_err(|e| Cold::Before(e.to_string()))?;
@@ -329,11 +243,11 @@ impl LibvirtProvider {
         let restored = self
             .blocking(move |c| {
                 c.restore_domain_flags(&path, None, virt::sys::VIR_DOMAIN_SAVE_PAUSED)
-                    .map_err(|e| engine("restore the layer's memory", e))?;
+                    .map_err(|e| engine("restore the saved memory", e))?;
                 let dom = c
                     .lookup_domain_by_uuid_string(&id2)
                     .map_err(|e| engine("look up the domain", e))?;
-                // Nothing on the private network sees it until it is a new machine.
+                // Nothing on the private network sees it until it is a machine of its own.
                 let live = dom
                     .xml_desc(0)
                     .map_err(|e| engine("describe the domain", e))?;
@@ -357,27 +271,41 @@ impl LibvirtProvider {
                 });
             }
         };
-        self.reidentify(id, spec, &saved_xml, &live)
+        let keyed = self
+            .reidentify(id, &info, hostname, &saved_xml, &live)
             .await
-            .map_err(|e| Cold::After(format!("could not make the clone a new machine ({e})")))?;
-        self.after_start(id, &info, true)
+            .map_err(|e| Cold::After(format!("could not make it a machine of its own ({e})")))?;
+        self.after_start(id, &info, !keyed)
             .await
             .map_err(|e| Cold::After(e.to_string()))
     }
 
-    /// Makes the restored clone `id` a new machine through the guest agent: each NIC takes
-    /// the MAC its domain has (the layer's machine had others), the hostname is `spec`'s,
-    /// a new machine-id, new SSH host keys (the server restarted), the clock stepped; then
-    /// the private link comes up and the guest renews its leases.
+    /// Makes the restored machine `id` one of its own through the guest agent: each NIC
+    /// takes the MAC its domain has (the saved machine had others), the clock is stepped;
+    /// with `hostname` (a clone) that hostname, a new machine-id and new SSH host keys (the
+    /// server restarted) too. Then the private link comes up and the guest renews its leases.
+    ///
+    /// A clone's script also installs the environment's key, and its host key (made here)
+    /// is pinned: it returns `true`, and the machine needs no key installed after.
     async fn reidentify(
         &self,
         id: &str,
-        spec: &MachineSpec,
+        info: &envrig_provider_api::MachineInfo,
+        hostname: Option<&str>,
         saved: &str,
         live: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let t0 = Instant::now();
-        self.set_clock(id).await;
+        // The agent's channel comes back a moment after the resume (longer when several
+        // machines restore at once).
+        if !self
+            .wait_agent_only(id, std::time::Duration::from_secs(60))
+            .await
+        {
+            return Err(ProviderError::Conflict {
+                message: "its guest agent did not answer within 60 s of the restore".into(),
+            });
+        }
         let pairs: Vec<String> = xml::nic_macs(saved)
             .into_iter()
             .zip(xml::nic_macs(live))
@@ -389,13 +317,44 @@ impl LibvirtProvider {
             .as_secs();
         // Its randomness is the layer's until the guest's kernel reseeds (clones would draw
         // the same numbers): what must be its own comes from the host.
-        let fresh = HostMade::new().map_err(|e| io("make the clone's identity", e))?;
-        let script = reidentify_script(&pairs, &spec.hostname, now, &fresh);
-        let (code, err) = self.agent_sh(id, &script).await?;
+        let fresh = match hostname {
+            Some(h) => Some((
+                h,
+                HostMade::new().map_err(|e| io("make the clone's identity", e))?,
+            )),
+            None => None,
+        };
+        // A clone with SSH gets the environment's key from the same script.
+        let ssh = self.ssh_parts(info).filter(|_| fresh.is_some());
+        let key_line = match &ssh {
+            Some((_, keys)) => {
+                let key = keys
+                    .ensure()
+                    .map_err(|e| io("read the environment's key", e))?;
+                Some(
+                    crate::ssh::public_line(key.public_key())
+                        .map_err(|e| io("encode the key", e))?,
+                )
+            }
+            None => None,
+        };
+        let mut script = reidentify_script(&pairs, now, fresh.as_ref().map(|(h, f)| (*h, f)));
+        if let Some(line) = &key_line {
+            script = script.trim_end_matches("exit 0").to_string();
+            script.push_str(&crate::boot::install_script(line));
+        }
+        let (code, out) = self.agent_sh(id, &script).await?;
         if code != 0 {
             return Err(ProviderError::Conflict {
-                message: format!("the guest's script failed ({code}): {}", err.trim()),
+                message: format!("the guest's script failed ({code}): {}", out.trim()),
             });
+        }
+        if let (Some((port, keys)), Some((_, made))) = (&ssh, &fresh) {
+            let user = crate::error::checked_user(out.trim().lines().last().unwrap_or("root"))?;
+            keys.pin(*port, &made.public)
+                .map_err(|e| io("record the host key", e))?;
+            std::fs::write(keys.dir.join(format!("{}.user", info.resource_name)), &user)
+                .map_err(|e| io("record the login user", e))?;
         }
         let id2 = id.to_string();
         let live2 = live.to_string();
@@ -410,17 +369,8 @@ impl LibvirtProvider {
             Ok(())
         })
         .await?;
-        let (code, err) = self.agent_sh(id, RENEW).await?;
-        if code != 0 {
-            return Err(ProviderError::Conflict {
-                message: format!(
-                    "renewing the guest's leases failed ({code}): {}",
-                    err.trim()
-                ),
-            });
-        }
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "clone re-identified");
-        Ok(())
+        Ok(key_line.is_some())
     }
 
     /// Runs `script` as root through the guest agent (SSH is not the clone's yet).
@@ -464,21 +414,24 @@ impl LibvirtProvider {
 }
 
 /// Why a warm start became a cold boot: before the clone ran (its disk untouched), or after.
-enum Cold {
+pub(crate) enum Cold {
     Before(String),
     After(String),
 }
 
-/// Renews the leases of every NIC (busybox udhcpc, systemd-networkd, dhclient), in the
-/// background where the client waits.
-const RENEW: &str = r#"for f in /run/udhcpc.*.pid; do [ -r "$f" ] && p=$(cat "$f") && kill -USR2 "$p" 2>/dev/null && kill -USR1 "$p" 2>/dev/null; done
+/// Renews the leases of every NIC (busybox udhcpc, systemd-networkd, dhclient) once each
+/// has its carrier (the private link comes up after the script), in the background.
+const RENEW: &str = r#"(i=0; while [ $i -lt 200 ]; do c=1; for d in /sys/class/net/*; do [ "${d##*/}" = lo ] || [ "$(cat "$d/carrier" 2>/dev/null)" = 1 ] || c=0; done; [ $c = 1 ] && break; i=$((i+1)); sleep 0.05; done
+for f in /run/udhcpc.*.pid; do [ -r "$f" ] && p=$(cat "$f") && kill -USR2 "$p" 2>/dev/null && kill -USR1 "$p" 2>/dev/null; done
 if command -v networkctl >/dev/null 2>&1; then for d in /sys/class/net/*; do n=${d##*/}; [ "$n" = lo ] || networkctl reconfigure "$n" >/dev/null 2>&1; done; fi
-if command -v dhclient >/dev/null 2>&1 && pgrep -x dhclient >/dev/null 2>&1; then (dhclient -r >/dev/null 2>&1; dhclient >/dev/null 2>&1 &) ; fi
-exit 0"#;
+if command -v dhclient >/dev/null 2>&1 && pgrep -x dhclient >/dev/null 2>&1; then dhclient -r >/dev/null 2>&1; dhclient >/dev/null 2>&1; fi
+) >/dev/null 2>&1 </dev/null &
+"#;
 
 /// What a clone gets from the host's random source: a machine-id, an Ed25519 SSH host key
 /// (OpenSSH's format; a dropbear guest converts it), and bytes mixed into its pool.
 pub(crate) struct HostMade {
+    public: russh::keys::PublicKey,
     machine_id: String,
     host_key: String,
     host_key_pub: String,
@@ -500,6 +453,7 @@ impl HostMade {
             .map_err(std::io::Error::other)?
             .to_string();
         Ok(HostMade {
+            public: key.public_key().clone(),
             machine_id: hex(&bytes[..16]),
             host_key_pub: crate::ssh::public_line(key.public_key())?,
             host_key,
@@ -508,14 +462,13 @@ impl HostMade {
     }
 }
 
-/// The script that makes a restored clone a new machine: `pairs` are `OLD=NEW` MACs,
-/// `hostname` its name, `now` the host's clock in seconds since the epoch, `fresh` what the
-/// host made for it.
-fn reidentify_script(pairs: &[String], hostname: &str, now: u64, fresh: &HostMade) -> String {
+/// The script that makes a restored machine one of its own: `pairs` are `OLD=NEW` MACs,
+/// `now` the host's clock in seconds since the epoch, and for a clone its hostname and what
+/// the host made for it.
+fn reidentify_script(pairs: &[String], now: u64, clone: Option<(&str, &HostMade)>) -> String {
     let pairs: Vec<String> = pairs.iter().map(|p| sh_quote(p)).collect();
-    format!(
+    let mut out = format!(
         r#"set -u
-printf '%s' {entropy} >/dev/urandom 2>/dev/null
 date -u -s "@{now}" >/dev/null 2>&1
 for pair in {pairs}; do
   old=${{pair%%=*}}; new=${{pair#*=}}
@@ -526,6 +479,22 @@ for pair in {pairs}; do
     ip link set dev "$n" down && ip link set dev "$n" address "$new" && ip link set dev "$n" up || {{ echo "cannot give $n the MAC $new" >&2; exit 11; }}
   done
 done
+"#,
+        pairs = pairs.join(" "),
+    );
+    if let Some((hostname, fresh)) = clone {
+        out.push_str(&identity_script(hostname, fresh));
+    }
+    out.push_str(RENEW);
+    out.push_str("exit 0");
+    out
+}
+
+/// The part of [`reidentify_script`] that gives a clone its own hostname, machine-id and
+/// SSH host key, and mixes the host's bytes into its random pool.
+fn identity_script(hostname: &str, fresh: &HostMade) -> String {
+    format!(
+        r#"printf '%s' {entropy} >/dev/urandom 2>/dev/null
 h={host}
 hostname "$h" 2>/dev/null || echo "$h" >/proc/sys/kernel/hostname || exit 12
 [ -e /etc/hostname ] && echo "$h" >/etc/hostname
@@ -541,6 +510,7 @@ if [ -d /etc/ssh ] && [ -x /usr/sbin/sshd ]; then
   printf '%s\n' "$key" >/etc/ssh/ssh_host_ed25519_key && printf '%s\n' {key_pub} >/etc/ssh/ssh_host_ed25519_key.pub || exit 14
   chmod 644 /etc/ssh/ssh_host_ed25519_key.pub
   for f in /run/sshd.pid /var/run/sshd.pid; do [ -r "$f" ] && kill -HUP "$(cat "$f")" 2>/dev/null && break; done
+  i=0; while command -v ss >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.05; ss -Hltn 2>/dev/null | grep -q ':22 ' && break; i=$((i+1)); done
 fi
 if [ -d /etc/dropbear ]; then
   rm -f /etc/dropbear/dropbear_*_host_key
@@ -555,12 +525,11 @@ if [ -d /etc/dropbear ]; then
     break
   done
 fi
-exit 0"#,
+"#,
         entropy = sh_quote(&fresh.entropy),
         machine_id = sh_quote(&fresh.machine_id),
         key = sh_quote(fresh.host_key.trim_end()),
         key_pub = sh_quote(&fresh.host_key_pub),
-        pairs = pairs.join(" "),
         host = sh_quote(hostname),
     )
 }
@@ -568,98 +537,6 @@ exit 0"#,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn image(xml: &str, cookie: &str, area: u32, stream: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; HEADER];
-        h[..16].copy_from_slice(MAGIC);
-        let mut a = xml.as_bytes().to_vec();
-        a.push(0);
-        let cookie_at = a.len() as u32;
-        a.extend_from_slice(cookie.as_bytes());
-        a.push(0);
-        a.resize(area as usize, 0);
-        for (i, w) in [2u32, area, 1, 0, cookie_at].iter().enumerate() {
-            h[16 + 4 * i..20 + 4 * i].copy_from_slice(&w.to_le_bytes());
-        }
-        [h.to_vec(), a, stream.to_vec()].concat()
-    }
-
-    #[test]
-    fn a_clone_image_has_its_own_description_the_cookie_and_the_same_stream() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("a.save");
-        std::fs::write(
-            &src,
-            image("<domain>a</domain>", "<cookie/>", 4096, b"QEVM-stream"),
-        )
-        .unwrap();
-        let img = SaveImage::read(&src).unwrap();
-        assert_eq!(img.xml, "<domain>a</domain>");
-        let dest = dir.path().join("b.save");
-        img.write_for(&src, "<domain>clone b</domain>", &dest)
-            .unwrap();
-        let b = SaveImage::read(&dest).unwrap();
-        assert_eq!(b.xml, "<domain>clone b</domain>");
-        assert_eq!(b.cookie, b"<cookie/>\0");
-        let bytes = std::fs::read(&dest).unwrap();
-        assert_eq!(bytes.len(), HEADER + 4096 + 11);
-        assert!(bytes.ends_with(b"QEVM-stream"));
-        // Restored paused.
-        assert_eq!(&bytes[24..28], &0u32.to_le_bytes());
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
-
-    #[test]
-    fn bad_headers_are_refused_never_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x");
-        let good = image("<d/>", "<c/>", 256, b"s");
-        let cases: Vec<Vec<u8>> = vec![
-            Vec::new(),
-            b"LibvirtQemudSave".to_vec(),
-            {
-                let mut g = good.clone();
-                g[0] = b'X';
-                g
-            },
-            {
-                let mut g = good.clone();
-                g[16] = 3;
-                g
-            },
-            {
-                let mut g = good.clone();
-                g[28] = 1;
-                g
-            },
-            {
-                let mut g = good.clone();
-                g[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-                g
-            },
-            {
-                let mut g = good.clone();
-                g[32..36].copy_from_slice(&9999u32.to_le_bytes());
-                g
-            },
-            good[..HEADER + 10].to_vec(),
-        ];
-        for c in cases {
-            std::fs::write(&p, &c).unwrap();
-            assert!(SaveImage::read(&p).is_err());
-        }
-        // A description too long for the image is refused.
-        std::fs::write(&p, &good).unwrap();
-        let img = SaveImage::read(&p).unwrap();
-        assert!(
-            img.write_for(&p, &"x".repeat(300), &dir.path().join("y"))
-                .is_err()
-        );
-    }
 
     #[test]
     fn the_script_names_every_mac_pair_and_the_hostname_quoted() {
@@ -671,10 +548,11 @@ mod tests {
         assert!(fresh.host_key_pub.starts_with("ssh-ed25519 "));
         let s = reidentify_script(
             &["52:54:00:00:00:01=52:54:00:00:00:02".into()],
-            "web-2",
             1_800_000_000,
-            &fresh,
+            Some(("web-2", &fresh)),
         );
+        let moved = reidentify_script(&["a=b".into()], 1, None);
+        assert!(!moved.contains("machine-id") && moved.contains("'a=b'"));
         assert!(s.contains(&fresh.machine_id) && s.contains("BEGIN OPENSSH PRIVATE KEY"));
         assert!(s.contains("'52:54:00:00:00:01=52:54:00:00:00:02'"), "{s}");
         assert!(s.contains("h='web-2'") || s.contains("h=web-2"), "{s}");

@@ -20,6 +20,7 @@ pub struct ImportArgs<'a> {
     pub dir: Option<&'a Path>,
     pub dry_run: bool,
     pub trust: bool,
+    pub cold: bool,
     pub provider: Option<String>,
 }
 
@@ -33,7 +34,12 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
         provider_override: args.provider.clone(),
         instance: None,
     };
-    let plan = match settle(ctx, ops::import_check(ctx, &file, &target, &settings)).await {
+    let plan = match settle(
+        ctx,
+        ops::import_check(ctx, &file, &target, &settings, args.cold),
+    )
+    .await
+    {
         Ok(plan) => plan,
         Err(e) => return fail(printer, e),
     };
@@ -59,11 +65,20 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
         }
         Decision::Refuse => {
             print_check(printer, &plan, &shown, false);
+            let cold = plan
+                .report
+                .risky()
+                .any(|g| g.kind == trust::GrantKind::SavedMemory);
             printer.error(
                 &refusal(&shown, &plan.report),
                 Some(&format!(
                     "`envrig import {shown} --dry-run` shows everything it asks for; if you trust \
-                     whoever made it, import it with `--trust`"
+                     whoever made it, import it with `--trust`{}",
+                    if cold {
+                        "; `--cold` brings machines saved running back from their disks, booted"
+                    } else {
+                        ""
+                    }
                 )),
             );
             return 2;
@@ -92,6 +107,8 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
                     "folder": report.folder,
                     "project": report.project,
                     "machines": report.machines,
+                    "resumed": report.resumed,
+                    "restarted": report.restarted,
                     "grants": grants,
                 })));
             } else {

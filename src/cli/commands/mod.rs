@@ -79,12 +79,14 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
             dir,
             dry_run,
             trust,
+            cold,
         } => {
             let args = import::ImportArgs {
                 file,
                 dir: dir.as_deref(),
                 dry_run: *dry_run,
                 trust: *trust,
+                cold: *cold,
                 provider: cli.provider.clone(),
             };
             return import::cmd_import(&printer, &ctx, &cwd, args).await;

@@ -253,6 +253,13 @@ impl Provider for PluginProvider {
         self.call(call).await
     }
 
+    async fn check_resume(&self, src: &std::path::Path) -> Result<()> {
+        let call = Call::CheckResume {
+            src: src.to_path_buf(),
+        };
+        self.call(call).await
+    }
+
     async fn snapshot_import(
         &self,
         src: &Path,

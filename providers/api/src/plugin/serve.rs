@@ -221,6 +221,7 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
         Call::SnapshotDelete { snapshot } => ok(p.snapshot_delete(&snapshot).await),
         Call::SnapshotExport { snapshot, dest } => ok(p.snapshot_export(&snapshot, &dest).await),
         Call::CheckExport { src } => ok(p.check_export(&src).await),
+        Call::CheckResume { src } => ok(p.check_resume(&src).await),
         Call::SnapshotImport {
             src,
             snapshot,

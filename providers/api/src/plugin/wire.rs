@@ -163,6 +163,9 @@ pub enum Call {
     CheckExport {
         src: PathBuf,
     },
+    CheckResume {
+        src: PathBuf,
+    },
     SnapshotImport {
         src: PathBuf,
         snapshot: Snapshot,
