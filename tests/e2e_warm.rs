@@ -169,6 +169,11 @@ fn warm_clones_of_one_layer_keep_its_processes_and_are_new_machines() {
     assert_eq!(out, "reached\n");
     let r = envrig_home(&b, h, &["ssh", "web1", "--", "hostname"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "web1\n"), "{}", r.stderr);
+    // Its drift baseline is the layer's, with what re-identification wrote: no drift.
+    for m in ["web1", "web2"] {
+        let j = envrig_home(&b, h, &["drift", m, "--json"]).ok().json();
+        assert_eq!(j["drifted"], false, "{m}: {j}");
+    }
     for d in [&a, &b] {
         assert_eq!(envrig_home(d, h, &["destroy", "-f"]).code, 0);
     }
@@ -221,6 +226,8 @@ fn a_real_debian_box_starts_warm_with_systemd_resolved_and_new_host_keys() {
     assert_eq!(out, format!("running\n{tag}\nreached\n"), "{out}");
     let r = envrig_home(&b, h, &["ssh", "vm", "--", "sudo", "-n", "id", "-u"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "0\n"), "{}", r.stderr);
+    let j = envrig_home(&b, h, &["drift", "vm", "--json"]).ok().json();
+    assert_eq!(j["drifted"], false, "{j}");
     for d in [&a, &b] {
         assert_eq!(envrig_home(d, h, &["destroy", "-f"]).code, 0);
     }

@@ -19,6 +19,8 @@ pub const VOLATILE: &[&str] = &[
     "/tmp",
     "/var/log",
     "/var/cache",
+    // Written by the DHCP client (or resolvconf) at every lease.
+    "/etc/resolv.conf",
 ];
 
 /// What `drift` found.

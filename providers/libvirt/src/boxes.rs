@@ -153,7 +153,11 @@ pub fn adopt(
     labels: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<StoredBox> {
     stage(store, name, true, "package", |tmp| {
-        let warm = [crate::warm::MEMORY, crate::warm::MEMORY_WHY];
+        let warm = [
+            crate::warm::MEMORY,
+            crate::warm::MEMORY_WHY,
+            crate::warm::LAYER_BASELINE,
+        ];
         for f in std::iter::once("disk.qcow2")
             .chain(KERNEL_FILES)
             .chain(warm)

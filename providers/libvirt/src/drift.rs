@@ -7,11 +7,14 @@ use crate::LibvirtProvider;
 use crate::error::io;
 
 /// The guest's file listing taken at the baseline, in the machine's folder.
-const DRIFT_BASELINE: &str = "drift-baseline.tsv";
+pub(crate) const DRIFT_BASELINE: &str = "drift-baseline.tsv";
+/// Beside the baseline when it was written before `up` asked for one (a warm clone's, from
+/// its layer): the next [`LibvirtProvider::take_baseline`] keeps it.
+pub(crate) const BASELINE_READY: &str = "drift-baseline.ready";
 
 impl LibvirtProvider {
     /// Every file of the guest's root file system, listed inside it (`drift::LIST_SCRIPT`).
-    async fn list_files(&self, id: &str) -> Result<String> {
+    pub(crate) async fn list_files(&self, id: &str) -> Result<String> {
         let req = ExecRequest {
             argv: vec![
                 "/bin/sh".into(),
@@ -42,8 +45,12 @@ impl LibvirtProvider {
     }
 
     pub(crate) async fn take_baseline(&self, id: &str) -> Result<()> {
-        let listing = self.list_files(id).await?;
         let info = self.info(id).await?;
+        if self.note_exists(&info.resource_name, BASELINE_READY).await {
+            self.note_drop(&info.resource_name, BASELINE_READY).await;
+            return Ok(());
+        }
+        let listing = self.list_files(id).await?;
         self.note_put(&info.resource_name, DRIFT_BASELINE, listing.as_bytes())
             .await
     }

@@ -23,6 +23,9 @@ use crate::{LibvirtProvider, xml};
 pub(crate) const MEMORY: &str = "memory.save";
 /// Beside a warm layer's disk when its memory could not be saved: why.
 pub(crate) const MEMORY_WHY: &str = "memory.why";
+/// Beside a warm layer's memory: the guest's files listed just before it was saved, the
+/// drift baseline of its clones (patched where re-identification writes).
+pub(crate) const LAYER_BASELINE: &str = "baseline.tsv";
 
 /// Saves running domain `id`'s memory into `dest` with libvirt's `virDomainSaveFlags`
 /// (which the `virt` crate does not wrap): the domain stops, its disk closed and whole.
@@ -63,6 +66,9 @@ impl LibvirtProvider {
                 "it has no guest agent answering, which a clone needs to become a new machine"
                     .to_string();
             return (self.paused_work(id, disk_work).await, Some(why));
+        }
+        if let Ok(listing) = self.list_files(id).await {
+            let _ = std::fs::write(memory.with_file_name(LAYER_BASELINE), listing);
         }
         let (id2, dest) = (id.to_string(), memory.to_path_buf());
         let saved = self
@@ -207,6 +213,47 @@ impl LibvirtProvider {
             )));
         }
         self.restore_memory(id, &memory, image, &mine, Some(&spec.hostname))
+            .await?;
+        // Its drift baseline is the layer's listing, where no `always` step changes it.
+        let always = spec
+            .labels
+            .get(envrig_provider_api::labels::START)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .is_some_and(|v| v["always"].as_array().is_some_and(|a| !a.is_empty()));
+        if !always && let Some(dir) = memory.parent() {
+            let _ = self.baseline_from_layer(id, dir).await;
+        }
+        Ok(())
+    }
+
+    /// Writes clone `id`'s drift baseline from its layer's listing (`dir`), with the paths
+    /// its re-identification wrote listed again inside it; marks it taken, so the baseline
+    /// `up` asks for next is this one.
+    async fn baseline_from_layer(&self, id: &str, dir: &Path) -> Result<()> {
+        let base = std::fs::read_to_string(dir.join(LAYER_BASELINE))
+            .map_err(|e| io("read the layer's listing", e))?;
+        let script = format!(
+            r#"set --; for p in {paths}; do [ -e "$p" ] && set -- "$@" "$p"; done
+[ $# -gt 0 ] || exit 0
+if find / -maxdepth 0 -printf '' >/dev/null 2>&1; then find "$@" -xdev -printf '%p\t%y\t%s\t%T@\t%m\n' 2>/dev/null; else find "$@" -xdev -exec stat -c '%n	%F	%s	%Y	%a' {{}} + 2>/dev/null; fi
+exit 0"#,
+            paths = TOUCHED.join(" ")
+        );
+        let (code, patch) = self.agent_sh(id, &script).await?;
+        if code != 0 {
+            return Err(io(
+                "list the re-identified files",
+                std::io::Error::other(patch),
+            ));
+        }
+        let info = self.info(id).await?;
+        self.note_put(
+            &info.resource_name,
+            crate::drift::DRIFT_BASELINE,
+            patched_listing(&base, &TOUCHED, &patch).as_bytes(),
+        )
+        .await?;
+        self.note_put(&info.resource_name, crate::drift::BASELINE_READY, b"")
             .await
     }
 
@@ -338,7 +385,13 @@ impl LibvirtProvider {
             }
             None => None,
         };
-        let mut script = reidentify_script(&pairs, now, fresh.as_ref().map(|(h, f)| (*h, f)));
+        let private = xml::network_nic(live).map(|(_, mac)| mac);
+        let mut script = reidentify_script(
+            &pairs,
+            now,
+            fresh.as_ref().map(|(h, f)| (*h, f)),
+            private.as_deref(),
+        );
         if let Some(line) = &key_line {
             script = script.trim_end_matches("exit 0").to_string();
             script.push_str(&crate::boot::install_script(line));
@@ -419,14 +472,59 @@ pub(crate) enum Cold {
     After(String),
 }
 
-/// Renews the leases of every NIC (busybox udhcpc, systemd-networkd, dhclient) once each
-/// has its carrier (the private link comes up after the script), in the background.
-const RENEW: &str = r#"(i=0; while [ $i -lt 200 ]; do c=1; for d in /sys/class/net/*; do [ "${d##*/}" = lo ] || [ "$(cat "$d/carrier" 2>/dev/null)" = 1 ] || c=0; done; [ $c = 1 ] && break; i=$((i+1)); sleep 0.05; done
-for f in /run/udhcpc.*.pid; do [ -r "$f" ] && p=$(cat "$f") && kill -USR2 "$p" 2>/dev/null && kill -USR1 "$p" 2>/dev/null; done
-if command -v networkctl >/dev/null 2>&1; then for d in /sys/class/net/*; do n=${d##*/}; [ "$n" = lo ] || networkctl reconfigure "$n" >/dev/null 2>&1; done; fi
-if command -v dhclient >/dev/null 2>&1 && pgrep -x dhclient >/dev/null 2>&1; then dhclient -r >/dev/null 2>&1; dhclient >/dev/null 2>&1; fi
+/// Renews the lease of the NIC whose MAC is `mac` (the private one: its fixed address is
+/// its new MAC's) with busybox udhcpc, systemd-networkd or dhclient, once its link is up
+/// (after the script), in the background.
+fn renew_script(mac: &str) -> String {
+    format!(
+        r#"(m={mac}; n=; i=0
+while [ $i -lt 200 ]; do for d in /sys/class/net/*; do [ "$(cat "$d/address" 2>/dev/null)" = "$m" ] && n=${{d##*/}}; done; [ -n "$n" ] && [ "$(cat "/sys/class/net/$n/carrier" 2>/dev/null)" = 1 ] && break; i=$((i+1)); sleep 0.05; done
+[ -n "$n" ] || exit 0
+f=/run/udhcpc.$n.pid; [ -r "$f" ] && p=$(cat "$f") && kill -USR2 "$p" && kill -USR1 "$p"
+command -v networkctl >/dev/null 2>&1 && networkctl reconfigure "$n"
+if command -v dhclient >/dev/null 2>&1 && pgrep -x dhclient >/dev/null 2>&1; then dhclient -r "$n"; dhclient "$n"; fi
 ) >/dev/null 2>&1 </dev/null &
-"#;
+"#,
+        mac = sh_quote(mac)
+    )
+}
+
+/// Paths the re-identification of a clone writes (and the lease renewal, for a busybox
+/// guest): listed again after it, over the layer's listing, for its drift baseline.
+const TOUCHED: [&str; 9] = [
+    "/etc/machine-id",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/ssh",
+    "/etc/dropbear",
+    "/root/.ssh",
+    "/home/vagrant/.ssh",
+    "/var/lib/dbus",
+];
+
+/// `base` (a listing as `drift::LIST_SCRIPT` prints it) with every path under `roots`
+/// replaced by `patch` (a listing of those paths taken later).
+fn patched_listing(base: &str, roots: &[&str], patch: &str) -> String {
+    let under = |p: &str| {
+        roots
+            .iter()
+            .any(|r| p == *r || p.strip_prefix(r).is_some_and(|rest| rest.starts_with('/')))
+    };
+    let mut out: String = base
+        .lines()
+        .filter(|l| !under(l.split('\t').next().unwrap_or_default()))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    for l in patch
+        .lines()
+        .filter(|l| under(l.split('\t').next().unwrap_or_default()))
+    {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
 
 /// What a clone gets from the host's random source: a machine-id, an Ed25519 SSH host key
 /// (OpenSSH's format; a dropbear guest converts it), and bytes mixed into its pool.
@@ -465,7 +563,12 @@ impl HostMade {
 /// The script that makes a restored machine one of its own: `pairs` are `OLD=NEW` MACs,
 /// `now` the host's clock in seconds since the epoch, and for a clone its hostname and what
 /// the host made for it.
-fn reidentify_script(pairs: &[String], now: u64, clone: Option<(&str, &HostMade)>) -> String {
+fn reidentify_script(
+    pairs: &[String],
+    now: u64,
+    clone: Option<(&str, &HostMade)>,
+    private_mac: Option<&str>,
+) -> String {
     let pairs: Vec<String> = pairs.iter().map(|p| sh_quote(p)).collect();
     let mut out = format!(
         r#"set -u
@@ -485,7 +588,9 @@ done
     if let Some((hostname, fresh)) = clone {
         out.push_str(&identity_script(hostname, fresh));
     }
-    out.push_str(RENEW);
+    if let Some(mac) = private_mac {
+        out.push_str(&renew_script(mac));
+    }
     out.push_str("exit 0");
     out
 }
@@ -539,6 +644,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_layer_listing_is_patched_under_the_touched_paths_only() {
+        let base = "/etc\td\t0\t1\t755\n/etc/ssh\td\t0\t1\t755\n/etc/ssh/ssh_host_ecdsa_key\tf\t1\t1\t600\n/etc/sshd\tf\t1\t1\t644\n/etc/machine-id\tf\t33\t1\t444\n";
+        let patch = "/etc/ssh\td\t0\t2\t755\n/etc/ssh/ssh_host_ed25519_key\tf\t9\t2\t600\n/etc/machine-id\tf\t33\t2\t444\n/elsewhere\tf\t1\t1\t644\n";
+        let got = patched_listing(base, &["/etc/ssh", "/etc/machine-id"], patch);
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "/etc\td\t0\t1\t755",
+                "/etc/sshd\tf\t1\t1\t644",
+                "/etc/ssh\td\t0\t2\t755",
+                "/etc/ssh/ssh_host_ed25519_key\tf\t9\t2\t600",
+                "/etc/machine-id\tf\t33\t2\t444",
+            ]
+        );
+    }
+
+    #[test]
     fn the_script_names_every_mac_pair_and_the_hostname_quoted() {
         let fresh = HostMade::new().unwrap();
         let other = HostMade::new().unwrap();
@@ -550,8 +673,13 @@ mod tests {
             &["52:54:00:00:00:01=52:54:00:00:00:02".into()],
             1_800_000_000,
             Some(("web-2", &fresh)),
+            Some("52:54:00:00:00:02"),
         );
-        let moved = reidentify_script(&["a=b".into()], 1, None);
+        assert!(
+            s.contains("udhcpc.$n.pid") && s.contains("m='52:54:00:00:00:02'"),
+            "{s}"
+        );
+        let moved = reidentify_script(&["a=b".into()], 1, None, None);
         assert!(!moved.contains("machine-id") && moved.contains("'a=b'"));
         assert!(s.contains(&fresh.machine_id) && s.contains("BEGIN OPENSSH PRIVATE KEY"));
         assert!(s.contains("'52:54:00:00:00:01=52:54:00:00:00:02'"), "{s}");
