@@ -176,7 +176,9 @@ class Rig:
                     f'[boxes.bb]\ndocker = "{TEST_IMAGE}"\n\n'
                     '[defaults]\nbox = "bb"\nmemory = "64MiB"\n\n')
         else:
-            head = (f'[project]\nname = "{name}"\nbake = {str(bake).lower()}\n\n'
+            # Baking libvirt machines bake warm layers: `up-warm` starts from them.
+            head = (f'[project]\nname = "{name}"\nbake = {str(bake).lower()}\n'
+                    f'warm = {str(bake).lower()}\n\n'
                     f'[boxes.tiny]\nlibvirt = "{GUEST.resolve()}"\n\n'
                     '[defaults]\nbox = "tiny"\nprovider = "libvirt"\nmemory = "256MiB"\n\n')
         text = head
@@ -232,6 +234,11 @@ class Rig:
         d = self.project(bake)
         out = None
         if cmd == "up":
+            args = ["up"]
+        elif cmd == "up-warm":
+            # A machine made again from its layer: warm when the layer keeps its memory.
+            self.must(d, "up")
+            self.must(d, "destroy", "-f")
             args = ["up"]
         elif cmd == "import":
             src = self.archive(bake)
@@ -534,8 +541,9 @@ def main(argv=None) -> int:
             rnd = 0
             # Bounded: a round that never lands a kill does not loop forever.
             while done < kills and rnd < kills * 2 and time.monotonic() < deadline:
-                cmd = COMMANDS[rnd % len(COMMANDS)]
-                bake = (rnd // len(COMMANDS)) % 2 == 0
+                cmds = COMMANDS + ["up-warm"] if kind == "libvirt" else COMMANDS
+                cmd = cmds[rnd % len(cmds)]
+                bake = (rnd // len(cmds)) % 2 == 0
                 try:
                     r = rig.kill_round(cmd, bake, rnd, rng)
                 except BenchError as e:

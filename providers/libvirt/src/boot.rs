@@ -44,6 +44,19 @@ impl LibvirtProvider {
     /// is in, the private address is up.
     pub(crate) async fn finish_boot(&self, id: &str) -> Result<()> {
         let info = self.info(id).await?;
+        if self
+            .note_exists(&info.resource_name, crate::warm::WARMING)
+            .await
+        {
+            // Killed while it was restored from saved memory: it never became a machine of
+            // its own, so it boots cold from its layer (or its own disk) instead.
+            tracing::warn!(
+                "{}: its warm start was cut short; booting it cold",
+                info.resource_name
+            );
+            self.reset_to_cold(id).await?;
+            return Box::pin(self.start_machine(id)).await;
+        }
         if !self.note_exists(&info.resource_name, BOOTING).await {
             return Ok(());
         }

@@ -73,6 +73,12 @@ impl LibvirtProvider {
                 Ok((dom.is_active().unwrap_or(false), xml::network_nic(&text)))
             })
             .await?;
+        // A machine that was off starts from scratch: what a cut-short warm start left
+        // (nothing ran: the restore had not begun) is over.
+        if !active {
+            self.note_drop(&info.resource_name, crate::warm::WARMING)
+                .await;
+        }
         if !active && let Some((network, mac)) = nic {
             let names: Vec<String> = info
                 .labels

@@ -21,6 +21,10 @@ use crate::{LibvirtProvider, xml};
 
 /// The layer's memory image, beside its disk in the box store.
 pub(crate) const MEMORY: &str = "memory.save";
+/// In a machine's folder from the moment its memory is restored until it is a machine of its
+/// own: an envrig killed in between leaves a guest with another machine's identity, which
+/// the next command reaching into it boots cold instead ([`LibvirtProvider::finish_boot`]).
+pub(crate) const WARMING: &str = "warming";
 /// Beside a warm layer's disk when its memory could not be saved: why.
 pub(crate) const MEMORY_WHY: &str = "memory.why";
 /// Beside a warm layer's memory: the guest's files listed just before it was saved, the
@@ -274,6 +278,7 @@ exit 0"#,
             .before_start(id)
             .await
             .map_err(|e| Cold::Before(e.to_string()))?;
+        let _ = self.note_put(&info.resource_name, WARMING, b"").await;
         let own = self
             .machine_dir(&info.resource_name)
             .join(envrig_provider_api::work::unique_name(".restore"));
@@ -322,6 +327,7 @@ exit 0"#,
             .reidentify(id, &info, hostname, &saved_xml, &live)
             .await
             .map_err(|e| Cold::After(format!("could not make it a machine of its own ({e})")))?;
+        self.note_drop(&info.resource_name, WARMING).await;
         self.after_start(id, &info, !keyed)
             .await
             .map_err(|e| Cold::After(e.to_string()))
@@ -441,7 +447,7 @@ exit 0"#,
 
     /// After a warm start failed once the clone ran: the domain is forced off and its disk
     /// made again over its layer, so the cold boot starts from the layer as it was baked.
-    async fn reset_to_cold(&self, id: &str) -> Result<()> {
+    pub(crate) async fn reset_to_cold(&self, id: &str) -> Result<()> {
         let id2 = id.to_string();
         self.blocking(move |c| {
             let dom = c
@@ -453,15 +459,13 @@ exit 0"#,
             Ok(())
         })
         .await?;
-        let (_, disk, _) = self.disk_of(id).await?;
-        let backing = crate::disk::backing_of(&disk).await?.ok_or_else(|| {
-            io(
-                "make the disk again",
-                std::io::Error::other("it has no layer under it"),
-            )
-        })?;
-        let size = crate::disk::virtual_size(&disk).await.ok();
-        crate::disk::overlay(&backing, &disk, size).await?;
+        let (info, disk, _) = self.disk_of(id).await?;
+        // A disk of its own (an imported one) stays: it is whole as after a power cut.
+        if let Some(backing) = crate::disk::backing_of(&disk).await? {
+            let size = crate::disk::virtual_size(&disk).await.ok();
+            crate::disk::overlay(&backing, &disk, size).await?;
+        }
+        self.note_drop(&info.resource_name, WARMING).await;
         Ok(())
     }
 }
