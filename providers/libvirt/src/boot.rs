@@ -118,18 +118,24 @@ impl LibvirtProvider {
         let by_ssh = async {
             let key = keys.ensure().ok()?;
             let insecure = crate::vagrant::keys();
+            // Longer each time the guest is too slow to answer (see below).
+            let mut step = Duration::from_secs(3);
             while t0.elapsed() < limit {
-                let step = Duration::from_secs(3);
-                if ssh::connect(port, "root", &key, keys.pinned(port), step)
-                    .await
-                    .is_ok()
-                {
-                    return Some(None);
+                let mut slow = false;
+                match ssh::connect(port, "root", &key, keys.pinned(port), step).await {
+                    Ok(_) => return Some(None),
+                    Err(ssh::SshError::Timeout { .. }) => slow = true,
+                    Err(_) => {}
                 }
                 for k in &insecure {
-                    if let Ok(s) = ssh::connect(port, "vagrant", k, None, step).await {
-                        return Some(Some(s));
+                    match ssh::connect(port, "vagrant", k, None, step).await {
+                        Ok(s) => return Some(Some(s)),
+                        Err(ssh::SshError::Timeout { .. }) => slow = true,
+                        Err(_) => {}
                     }
+                }
+                if slow {
+                    step = (step * 2).min(Duration::from_secs(30));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -204,13 +210,13 @@ impl LibvirtProvider {
             }
         };
         let _ = installed_by_ssh;
-        // SSH must take the environment's key now.
+        // SSH must take the environment's key now. A guest too slow to answer within the
+        // attempt's time is given longer each time: every abandoned attempt leaves a server
+        // process working inside it, and a pile of them can exhaust a small guest's memory.
         let mut last = None;
+        let mut step = Duration::from_secs(3);
         while t0.elapsed() < limit {
-            match self
-                .ssh_session(&info, "root", Duration::from_secs(3))
-                .await
-            {
+            match self.ssh_session(&info, "root", step).await {
                 Ok(s) => {
                     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "SSH took the key");
                     s.close().await;
@@ -218,6 +224,10 @@ impl LibvirtProvider {
                 }
                 Err(e @ ssh::SshError::HostKeyChanged { .. }) => {
                     return Err(ssh_err("reach the machine over SSH", e));
+                }
+                Err(e @ ssh::SshError::Timeout { .. }) => {
+                    step = (step * 2).min(Duration::from_secs(30));
+                    last = Some(e);
                 }
                 Err(e) => last = Some(e),
             }
