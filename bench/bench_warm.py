@@ -124,7 +124,7 @@ def main() -> int:
     ap.add_argument("--json")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="envrig-bench-warm-"))
-    b = Bench(a.envrig, work)
+    b = Bench(str(Path(a.envrig).resolve()), work)
     results = {}
     try:
         if a.only in (None, "small"):
@@ -132,7 +132,7 @@ def main() -> int:
             print(json.dumps({"small": results["small"]}), flush=True)
         if a.only in (None, "debian"):
             env = dict(os.environ, ENVRIG_HOME=str(b.home), NO_COLOR="1")
-            subprocess.run([a.envrig, "box", "add", "bench-debian", str(DEBIAN / "debian.box")], cwd=work, env=env,
+            subprocess.run([b.envrig, "box", "add", "bench-debian", str(DEBIAN / "debian.box")], cwd=work, env=env,
                            check=True, capture_output=True, timeout=600)
             results["debian"] = scenario(b, "debian", "bench-debian", "512MiB", a.runs, False)
             print(json.dumps({"debian": results["debian"]}), flush=True)
