@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Run, TEST_IMAGE, e2e, envrig_home_env, unique};
+use common::{Run, TEST_IMAGE, e2e, envrig_home_env, guest, unique};
 
 /// The rig's endpoints (`NAME URI`), started when needed.
 fn rig() -> Vec<(String, String)> {
@@ -253,18 +253,6 @@ fn machines_spread_over_a_swarm_reach_each_other_and_survive_a_dead_engine() {
         );
         assert!(left.trim().is_empty(), "{u}: {left}");
     }
-}
-
-/// The test guest built by `scripts/build-test-guest.sh`, as a box path.
-fn guest() -> String {
-    let g = std::env::var("ENVRIG_TEST_GUEST")
-        .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
-    std::fs::canonicalize(&g)
-        .unwrap_or_else(|e| {
-            panic!("the test guest {g} is missing ({e}); run scripts/host-setup.sh")
-        })
-        .display()
-        .to_string()
 }
 
 fn virsh(uri: &str, args: &[&str]) -> String {

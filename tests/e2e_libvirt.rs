@@ -5,19 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Project, TEST_IMAGE, e2e, envrig_home, unique};
-
-/// The test guest built by `scripts/build-test-guest.sh`, as a box path.
-fn guest() -> String {
-    let g = std::env::var("ENVRIG_TEST_GUEST")
-        .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
-    std::fs::canonicalize(&g)
-        .unwrap_or_else(|e| {
-            panic!("the test guest {g} is missing ({e}); run scripts/host-setup.sh")
-        })
-        .display()
-        .to_string()
-}
+use common::{Project, TEST_IMAGE, e2e, envrig_home, guest, unique};
 
 fn domains() -> Vec<String> {
     let out = Command::new("virsh")

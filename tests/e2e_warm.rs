@@ -6,18 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Run, e2e, envrig_home, unique};
-
-fn guest() -> String {
-    let g = std::env::var("ENVRIG_TEST_GUEST")
-        .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
-    std::fs::canonicalize(&g)
-        .unwrap_or_else(|e| {
-            panic!("the test guest {g} is missing ({e}); run scripts/host-setup.sh")
-        })
-        .display()
-        .to_string()
-}
+use common::{Run, e2e, envrig_home, guest, unique};
 
 /// Runs `script` in `machine` of the project in `dir`; its stdout.
 fn sh(dir: &Path, home: &Path, machine: &str, script: &str) -> String {

@@ -309,3 +309,16 @@ pub fn http_get(port: u16) -> String {
     }
     panic!("nothing answers on 127.0.0.1:{port}: {last}");
 }
+
+/// The small test guest built by `scripts/build-test-guest.sh`, as a box path
+/// (`ENVRIG_TEST_GUEST`, else the cached one).
+pub fn guest() -> String {
+    let g = std::env::var("ENVRIG_TEST_GUEST")
+        .unwrap_or_else(|_| "/var/cache/envrig-test/guests/small-latest".into());
+    std::fs::canonicalize(&g)
+        .unwrap_or_else(|e| {
+            panic!("the test guest {g} is missing ({e}); run scripts/host-setup.sh")
+        })
+        .display()
+        .to_string()
+}
