@@ -1066,6 +1066,17 @@ fn a_baked_vm_layer_is_backed_by_its_box_and_skips_once_steps() {
         vm_sh(&run_b, "vm", "cat /opt-baked /root/count"),
         format!("baked\n{tag}\n")
     );
+    // Its own machine-id and SSH host key, not those of the machine the layer was baked
+    // from; SSH takes the new host key (pinned when it was made).
+    let who = "cat /etc/machine-id 2>/dev/null || echo none; dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key | grep -o 'SHA256:[^ ]*'";
+    let (in_a, in_b) = (vm_sh(&run_a, "vm", who), vm_sh(&run_b, "vm", who));
+    let (a_lines, b_lines): (Vec<&str>, Vec<&str>) =
+        (in_a.lines().collect(), in_b.lines().collect());
+    assert_eq!(b_lines.len(), 2, "{in_b}");
+    assert_ne!(a_lines[0], b_lines[0], "machine-id: {in_a} / {in_b}");
+    assert_ne!(a_lines[1], b_lines[1], "host key: {in_a} / {in_b}");
+    let r = run_b(&["ssh", "vm", "--", "true"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     run_b(&["destroy", "-f"]).ok();
     run_a(&["destroy", "-f"]).ok();
 }

@@ -344,7 +344,15 @@ impl Provider for LibvirtProvider {
         if spec.warm {
             return self.start_warm(id, spec).await;
         }
-        self.start_machine(id).await.map(|()| None)
+        self.start_machine(id).await?;
+        // Booted from a baked layer: the baker's identity is on its disk.
+        if spec.labels.contains_key(envrig_provider_api::labels::LAYER) {
+            return Ok(self
+                .renew_identity(id, spec)
+                .await?
+                .map(|kept| kept.trim_start_matches("; ").to_string()));
+        }
+        Ok(None)
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {

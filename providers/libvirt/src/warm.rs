@@ -158,14 +158,60 @@ impl LibvirtProvider {
             ))),
             Err(Cold::Before(why)) => {
                 self.start_machine(id).await?;
-                Ok(Some(format!("booted cold: {why}")))
+                let kept = self.renew_identity(id, spec).await?;
+                Ok(Some(format!(
+                    "booted cold: {why}{}",
+                    kept.unwrap_or_default()
+                )))
             }
             Err(Cold::After(why)) => {
                 self.reset_to_cold(id).await?;
                 self.start_machine(id).await?;
-                Ok(Some(format!("booted cold: {why}")))
+                let kept = self.renew_identity(id, spec).await?;
+                Ok(Some(format!(
+                    "booted cold: {why}{}",
+                    kept.unwrap_or_default()
+                )))
             }
         }
+    }
+
+    /// A machine just booted from a baked layer holds the machine-id and SSH host keys of
+    /// the machine the layer was baked from, as every other machine made from it: it gets
+    /// its own through the agent (its new host key pinned). Without an agent, they stay;
+    /// the phrase returned says so.
+    pub(crate) async fn renew_identity(
+        &self,
+        id: &str,
+        spec: &MachineSpec,
+    ) -> Result<Option<String>> {
+        if !self.agent_answers(id).await {
+            return Ok(Some(
+                "; its machine-id and SSH host keys are its layer's (no guest agent to renew them)"
+                    .into(),
+            ));
+        }
+        let info = self.info(id).await?;
+        let fresh = HostMade::new().map_err(|e| io("make the machine's identity", e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let script = reidentify_script(&[], now, Some((&spec.hostname, &fresh)), None);
+        let (code, out) = self.agent_sh(id, &script).await?;
+        if code != 0 {
+            return Err(ProviderError::Conflict {
+                message: format!(
+                    "giving it a machine-id and SSH host key of its own failed ({code}): {}",
+                    out.trim()
+                ),
+            });
+        }
+        if let Some((port, keys)) = self.ssh_parts(&info) {
+            keys.pin(port, &fresh.public)
+                .map_err(|e| io("record the host key", e))?;
+        }
+        Ok(None)
     }
 
     async fn try_warm(&self, id: &str, spec: &MachineSpec) -> std::result::Result<(), Cold> {
