@@ -177,28 +177,11 @@ impl LibvirtProvider {
         let result = async {
             let image = SaveImage::read(memory)
                 .map_err(|e| io("read the saved memory", e))?;
-            let id2 = id.to_string();
-            let mine = self
-                .blocking(move |c| {
-                    let dom = c
-                        .lookup_domain_by_uuid_string(&id2)
-                        .map_err(|e| engine("look up the domain", e))?;
-                    dom.xml_desc(
-                        virt::sys::VIR_DOMAIN_XML_INACTIVE
-                            | virt::sys::VIR_DOMAIN_XML_SECURE
-                            | virt::sys::VIR_DOMAIN_XML_MIGRATABLE,
-                    )
-                    .map_err(|e| engine("describe the domain", e))
-                })
-                .await?;
-            let (saved, here) = (xml::shape(&image.xml), xml::shape(&mine));
-            if saved != here {
-                let differs: Vec<String> =
-                    here.iter().filter(|l| !saved.contains(l)).take(3).cloned().collect();
+            let (mine, differs) = self.restorable_xml(id, &image.xml).await?;
+            if let Some(differs) = differs {
                 return Err(ProviderError::Conflict {
                     message: format!(
-                        "its saved memory is of a machine of another shape than its Envfile makes ({}); `envrig import --cold` brings its disk back and boots it",
-                        differs.join("; ")
+                        "its saved memory is of a machine of another shape than its Envfile makes ({differs}); `envrig import --cold` brings its disk back and boots it"
                     ),
                 });
             }

@@ -235,32 +235,13 @@ impl LibvirtProvider {
             })?;
         let image = SaveImage::read(&memory)
             .map_err(|e| Cold::Before(format!("cannot read {}: {e}", memory.display())))?;
-        let id2 = id.to_string();
-        let mine = self
-            .blocking(move |c| {
-                let dom = c
-                    .lookup_domain_by_uuid_string(&id2)
-                    .map_err(|e| engine("look up the domain", e))?;
-                dom.xml_desc(
-                    virt::sys::VIR_DOMAIN_XML_INACTIVE
-                        | virt::sys::VIR_DOMAIN_XML_SECURE
-                        | virt::sys::VIR_DOMAIN_XML_MIGRATABLE,
-                )
-                .map_err(|e| engine("describe the domain", e))
-            })
+        let (mine, differs) = self
+            .restorable_xml(id, &image.xml)
             .await
             .map_err(|e| Cold::Before(e.to_string()))?;
-        let (saved_shape, my_shape) = (xml::shape(&image.xml), xml::shape(&mine));
-        if saved_shape != my_shape {
-            let differs: Vec<String> = my_shape
-                .iter()
-                .filter(|l| !saved_shape.contains(l))
-                .take(3)
-                .cloned()
-                .collect();
+        if let Some(differs) = differs {
             return Err(Cold::Before(format!(
-                "its layer's memory was saved in a machine of another shape ({})",
-                differs.join("; ")
+                "its layer's memory was saved in a machine of another shape ({differs})"
             )));
         }
         self.restore_memory(id, &memory, image, &mine, Some(&spec.hostname))
@@ -275,6 +256,40 @@ impl LibvirtProvider {
             let _ = self.baseline_from_layer(id, dir).await;
         }
         Ok(())
+    }
+
+    /// Domain `id`'s description as a save image holds one (inactive, secure, migratable),
+    /// and how its shape differs from that of `saved` (a save image's): `None` when alike,
+    /// else the first lines of its own the saved one lacks.
+    pub(crate) async fn restorable_xml(
+        &self,
+        id: &str,
+        saved: &str,
+    ) -> Result<(String, Option<String>)> {
+        let id2 = id.to_string();
+        let mine = self
+            .blocking(move |c| {
+                let dom = c
+                    .lookup_domain_by_uuid_string(&id2)
+                    .map_err(|e| engine("look up the domain", e))?;
+                dom.xml_desc(
+                    virt::sys::VIR_DOMAIN_XML_INACTIVE
+                        | virt::sys::VIR_DOMAIN_XML_SECURE
+                        | virt::sys::VIR_DOMAIN_XML_MIGRATABLE,
+                )
+                .map_err(|e| engine("describe the domain", e))
+            })
+            .await?;
+        let (theirs, ours) = (xml::shape(saved), xml::shape(&mine));
+        let differs = (theirs != ours).then(|| {
+            ours.iter()
+                .filter(|l| !theirs.contains(l))
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Ok((mine, differs))
     }
 
     /// Writes clone `id`'s drift baseline from its layer's listing (`dir`), with the paths
