@@ -1,7 +1,8 @@
 //! The providers this envrig can use, looked up by the name an Envfile uses.
 //!
 //! The core never matches on a provider's name: it asks this registry for "the provider
-//! called X" and gets an `Arc<dyn Provider>`. Docker is built in (pure Rust); every other
+//! called X" and gets an `Arc<dyn Provider>`. The providers that speak the Docker API
+//! (Docker, the default, and Podman) are built in (pure Rust); every other
 //! provider is a plugin: an executable named `envrig-provider-NAME` in a folder of
 //! `ENVRIG_PLUGINS`, beside `envrig`, or on `PATH` (searched in that order, the first found
 //! wins; a plugin never replaces a built-in provider). A plugin is
@@ -16,15 +17,20 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use envrig_provider_api::plugin::Plugin;
-// The one provider the core names: built in, and so the default (`names-provider` test).
+// The one crate of providers the core names: built in, the first the default
+// (`names-provider` test).
 use envrig_provider_api::{Capabilities, EngineAddress, Provider, ProviderError, Schema};
-use envrig_provider_docker::{DockerProvider as Builtin, schema as builtin_schema};
+use envrig_provider_docker::{DockerProvider as Builtin, FLAVORS as BUILTINS};
 use tokio::sync::OnceCell;
 
-type Connect = fn(
-    Option<EngineAddress>,
-)
-    -> Pin<Box<dyn Future<Output = Result<Arc<dyn Provider>, ProviderError>> + Send>>;
+type Connect = Box<
+    dyn Fn(
+            Option<EngineAddress>,
+        )
+            -> Pin<Box<dyn Future<Output = Result<Arc<dyn Provider>, ProviderError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The prefix of a plugin's executable name.
 pub const PLUGIN_PREFIX: &str = "envrig-provider-";
@@ -76,21 +82,26 @@ impl Registry {
     /// executable, `PATH`);
     /// plugins are started with verbosity `log` (`warn`, `debug`...).
     pub fn discover(log: &str) -> Registry {
-        let builtin = builtin_schema();
-        let mut entries = vec![Entry {
-            name: builtin.name.clone(),
-            source: Source::Builtin {
-                schema: builtin,
-                connect: |engine| {
-                    Box::pin(async move {
-                        let p = Builtin::connect_to(engine.as_ref()).await?;
-                        Ok(Arc::new(p) as Arc<dyn Provider>)
-                    })
-                },
-            },
-            cell: OnceCell::new(),
-            at: Mutex::default(),
-        }];
+        let mut entries: Vec<Entry> = BUILTINS
+            .into_iter()
+            .map(|kind| {
+                let schema = kind.schema();
+                Entry {
+                    name: schema.name.clone(),
+                    source: Source::Builtin {
+                        schema,
+                        connect: Box::new(move |engine| {
+                            Box::pin(async move {
+                                let p = Builtin::connect_flavor(kind, engine.as_ref()).await?;
+                                Ok(Arc::new(p) as Arc<dyn Provider>)
+                            })
+                        }),
+                    },
+                    cell: OnceCell::new(),
+                    at: Mutex::default(),
+                }
+            })
+            .collect();
         let beside = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf));

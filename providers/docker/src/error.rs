@@ -3,7 +3,10 @@
 
 use envrig_provider_api::ProviderError;
 
-use crate::NAME;
+use crate::Flavor;
+
+/// The name errors are made with; [`as_flavor`] renames them for Podman.
+pub(crate) const NAME: &str = "docker";
 
 /// A failed Docker API call, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,7 @@ pub(crate) fn map_err(op: impl Into<String>, e: bollard::errors::Error) -> Provi
             message: format!("{op}: {message}"),
         },
         B::SocketNotFoundError(_) | B::HyperLegacyError { .. } | B::IOError { .. } => {
-            unavailable(e.to_string())
+            unavailable(Flavor::Docker, e.to_string())
         }
         _ => ProviderError::Engine {
             provider: NAME,
@@ -41,15 +44,32 @@ pub(crate) fn map_err(op: impl Into<String>, e: bollard::errors::Error) -> Provi
     }
 }
 
-pub(crate) fn unavailable(message: String) -> ProviderError {
+pub(crate) fn unavailable(flavor: Flavor, message: String) -> ProviderError {
     ProviderError::Unavailable {
-        provider: NAME,
+        provider: flavor.name(),
         message,
-        hint: Some(
-            "start the Docker engine (`scripts/host-setup.sh` does it on Debian), or point \
-             `DOCKER_HOST` at one"
-                .to_string(),
-        ),
+        hint: Some(flavor.hint().to_string()),
+    }
+}
+
+/// An error made in this crate, said as `flavor`'s: its provider's name, and what to do
+/// when the engine does not answer.
+pub(crate) fn as_flavor(e: ProviderError, flavor: Flavor) -> ProviderError {
+    if flavor == Flavor::Docker {
+        return e;
+    }
+    match e {
+        ProviderError::Unavailable { message, .. } => unavailable(flavor, message),
+        ProviderError::NotSupported { what, .. } => ProviderError::NotSupported {
+            provider: flavor.name(),
+            what,
+        },
+        ProviderError::Engine { op, source, .. } => ProviderError::Engine {
+            provider: flavor.name(),
+            op,
+            source,
+        },
+        other => other,
     }
 }
 

@@ -161,7 +161,7 @@ impl DockerProvider {
 
     async fn find_or_import_holder_image(&self) -> Result<Option<String>> {
         let rootfs = holder_rootfs().map_err(|e| ProviderError::Engine {
-            provider: super::NAME,
+            provider: crate::error::NAME,
             op: "make the holder image".into(),
             source: Box::new(e),
         })?;
@@ -185,7 +185,7 @@ impl DockerProvider {
         let options = CreateImageOptions {
             from_src: Some("-".into()),
             repo: Some(HOLDER_REPO.into()),
-            tag: Some(tag),
+            tag: Some(tag.clone()),
             changes: vec![r#"ENTRYPOINT ["/pause"]"#.into()],
             ..CreateImageOptions::default()
         };
@@ -194,6 +194,27 @@ impl DockerProvider {
                 .create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
         while let Some(item) = stream.next().await {
             item.map_err(|e| map_err("import the holder image", e))?;
+        }
+        if self.flavor == crate::Flavor::Podman {
+            // Podman's compatible import takes the repository but not the tag (it tags
+            // `latest`): the tag is given here, and `latest` taken off again.
+            let latest = format!("{HOLDER_REPO}:latest");
+            let options = bollard::query_parameters::TagImageOptions {
+                repo: Some(HOLDER_REPO.into()),
+                tag: Some(tag),
+            };
+            self.docker
+                .tag_image(&latest, Some(options))
+                .await
+                .map_err(|e| map_err("tag the holder image", e))?;
+            let _ = self
+                .docker
+                .remove_image(
+                    &latest,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
         }
         Ok(Some(image))
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use envrig_provider_api::drift::PathChange;
-use envrig_provider_api::schema::{BoxRef, Key, Schema};
+use envrig_provider_api::schema::Schema;
 use envrig_provider_api::{
     BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec,
     NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result,
@@ -37,58 +37,29 @@ mod engine;
 mod error;
 mod exec;
 mod export_check;
+mod flavor;
 mod holder;
 mod machine;
 mod network;
+mod podman;
 mod snapshot;
 mod store;
 
 pub use error::DockerError;
 use error::unavailable;
 
-const NAME: &str = "docker";
+pub use flavor::{CAPABILITIES, FLAVORS, Flavor};
 
-/// What the Docker provider can do (known without connecting).
-pub const CAPABILITIES: Capabilities = Capabilities {
-    custom_command: true,
-    live_synced_folders: true,
-    ssh: false,
-    interactive: true,
-    private_network: true,
-    box_store: false,
-    drift_from_base: true,
-    spanning_network: true,
-    warm_start: false,
-};
+/// The Docker provider's name in Envfiles.
+pub const PROVIDER_NAME: &str = "docker";
 
-/// The provider's name in Envfiles.
-pub const PROVIDER_NAME: &str = NAME;
-
-/// What the Envfile may say to this provider: `[machines.NAME.docker]`'s keys (each read
-/// in `machine.rs`) and image references as boxes.
+/// What the Envfile may say to the Docker provider.
 pub fn schema() -> Schema {
-    Schema {
-        name: NAME.to_string(),
-        capabilities: CAPABILITIES,
-        keys: vec![Key::bool("privileged"), Key::bool("init")],
-        box_ref: BoxRef::Image,
-        engine_schemes: ["unix", "tcp", "ssh", "http", "https"]
-            .map(String::from)
-            .to_vec(),
-    }
+    Flavor::Docker.schema()
 }
 
 /// The default main process: keeps the container running until it is halted.
 const KEEPALIVE: [&str; 2] = ["sleep", "infinity"];
-
-/// The daemon's unix socket: `DOCKER_HOST` when it is `unix://…`, the default socket when
-/// `DOCKER_HOST` is unset; none for any other transport.
-fn unix_socket() -> Option<String> {
-    match std::env::var("DOCKER_HOST") {
-        Ok(h) => h.strip_prefix("unix://").map(str::to_string),
-        Err(_) => Some("/var/run/docker.sock".to_string()),
-    }
-}
 
 /// The API version the daemon at `path` speaks, from the `Api-Version` header of `/_ping`;
 /// none when it cannot be read (then `/version` is asked, as bollard does).
@@ -115,10 +86,12 @@ async fn ping_api_version(path: &str) -> Option<(usize, usize)> {
         .flatten()
 }
 
-/// The Docker provider: one connection to one engine.
+/// The Docker provider (or Podman, through the same API: [`Flavor`]): one connection to
+/// one engine.
 #[derive(Debug, Clone)]
 pub struct DockerProvider {
     docker: Docker,
+    flavor: Flavor,
     /// The network holders' image, once known (see `holder`): machines created at once
     /// import it once.
     holder_image: std::sync::Arc<tokio::sync::OnceCell<Option<String>>>,
@@ -131,11 +104,28 @@ impl DockerProvider {
         Self::connect_to(None).await
     }
 
-    /// Connects to the engine at `engine` (an endpoint of `envrig engine add`: `unix://`,
-    /// `tcp://` (TLS with `cert_path`), `ssh://`); the local one (`DOCKER_HOST`) when none.
+    /// Connects to the Docker engine at `engine`; the local one when none.
     pub async fn connect_to(engine: Option<&envrig_provider_api::EngineAddress>) -> Result<Self> {
-        if let Some(e) = engine {
+        Self::connect_flavor(Flavor::Docker, engine).await
+    }
+
+    /// Connects to an engine of `flavor` at `engine` (an endpoint of `envrig engine add`:
+    /// `unix://`, `tcp://` (TLS with `cert_path`), `ssh://`); when none, the local one
+    /// (`DOCKER_HOST` or `CONTAINER_HOST`, else the flavor's socket; a Podman socket nobody
+    /// serves gets `podman system service` started).
+    pub async fn connect_flavor(
+        flavor: Flavor,
+        engine: Option<&envrig_provider_api::EngineAddress>,
+    ) -> Result<Self> {
+        let named = flavor
+            .remote_address()
+            .map(|uri| envrig_provider_api::EngineAddress {
+                uri,
+                cert_path: None,
+            });
+        if let Some(e) = engine.or(named.as_ref()) {
             let v = bollard::API_DEFAULT_VERSION;
+            let down = |m: String| unavailable(flavor, m);
             let docker = match (&e.cert_path, e.uri.split_once("://").map(|s| s.0)) {
                 (Some(certs), Some("tcp" | "https")) => Docker::connect_with_ssl(
                     &e.uri,
@@ -149,50 +139,71 @@ impl DockerProvider {
                 (_, Some("tcp" | "http")) => Docker::connect_with_http(&e.uri, 120, v),
                 (_, Some("ssh")) => Docker::connect_with_ssh(&e.uri, 120, v, None),
                 _ => {
-                    return Err(unavailable(format!(
-                        "{}: not a Docker engine address (unix://, tcp://, ssh://)",
+                    return Err(down(format!(
+                        "{}: not an engine address (unix://, tcp://, ssh://)",
                         e.uri
                     )));
                 }
             }
-            .map_err(|err| unavailable(format!("{}: {err}", e.uri)))?;
+            .map_err(|err| down(format!("{}: {err}", e.uri)))?;
             let docker = docker
                 .negotiate_version()
                 .await
-                .map_err(|err| unavailable(format!("{}: {err}", e.uri)))?;
-            return Ok(DockerProvider::with(docker));
+                .map_err(|err| down(format!("{}: {err}", e.uri)))?;
+            return Ok(DockerProvider::with(docker, flavor));
         }
-        // On a local socket the API version comes from `/_ping`'s header (under a
-        // millisecond) rather than `/version` (about 8 ms: the daemon gathers its facts).
-        if let Some(path) = unix_socket()
-            && let Some((major, minor)) = ping_api_version(&path).await
-        {
-            let ours = bollard::API_DEFAULT_VERSION;
-            let version = if (major, minor) < (ours.major_version, ours.minor_version) {
-                bollard::ClientVersion {
-                    major_version: major,
-                    minor_version: minor,
-                }
-            } else {
-                *ours
-            };
-            let docker = Docker::connect_with_unix(&path, 120, &version)
-                .map_err(|e| unavailable(e.to_string()))?;
-            return Ok(DockerProvider::with(docker));
+        let Some(socket) = flavor.local_socket() else {
+            let docker =
+                Docker::connect_with_defaults().map_err(|e| unavailable(flavor, e.to_string()))?;
+            let docker = docker
+                .negotiate_version()
+                .await
+                .map_err(|e| unavailable(flavor, e.to_string()))?;
+            return Ok(DockerProvider::with(docker, flavor));
+        };
+        let path = socket.to_string_lossy().into_owned();
+        // The API version comes from `/_ping`'s header (under a millisecond) rather than
+        // `/version` (about 8 ms: the daemon gathers its facts).
+        let mut answer = ping_api_version(&path).await;
+        if answer.is_none() && flavor == Flavor::Podman {
+            podman::start_service(&socket).await?;
+            answer = ping_api_version(&path).await;
         }
-        let docker = Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok(DockerProvider::with(docker))
+        let Some((major, minor)) = answer else {
+            // An engine whose `/_ping` says no version: negotiated through `/version`.
+            let docker = Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION)
+                .map_err(|e| unavailable(flavor, e.to_string()))?;
+            let docker = docker
+                .negotiate_version()
+                .await
+                .map_err(|e| unavailable(flavor, format!("{path}: {e}")))?;
+            return Ok(DockerProvider::with(docker, flavor));
+        };
+        let ours = bollard::API_DEFAULT_VERSION;
+        let version = if (major, minor) < (ours.major_version, ours.minor_version) {
+            bollard::ClientVersion {
+                major_version: major,
+                minor_version: minor,
+            }
+        } else {
+            *ours
+        };
+        let docker = Docker::connect_with_unix(&path, 120, &version)
+            .map_err(|e| unavailable(flavor, e.to_string()))?;
+        Ok(DockerProvider::with(docker, flavor))
     }
 
-    fn with(docker: Docker) -> Self {
+    fn with(docker: Docker, flavor: Flavor) -> Self {
         DockerProvider {
             docker,
+            flavor,
             holder_image: Default::default(),
         }
+    }
+
+    /// An error of this crate's, said as this provider's (`docker` or `podman`).
+    fn own(&self, e: ProviderError) -> ProviderError {
+        error::as_flavor(e, self.flavor)
     }
 }
 
@@ -207,77 +218,92 @@ fn label_filters(selector: &Selector) -> HashMap<String, Vec<String>> {
 #[async_trait]
 impl Provider for DockerProvider {
     fn name(&self) -> &'static str {
-        NAME
+        self.flavor.name()
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        self.flavor.capabilities()
     }
 
     // Machines: `machine.rs`.
 
     async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
-        self.create_machine(spec).await
+        self.create_machine(spec).await.map_err(|e| self.own(e))
     }
 
     async fn start(&self, id: &str) -> Result<()> {
-        self.start_machine(id).await
+        self.start_machine(id).await.map_err(|e| self.own(e))
     }
 
     async fn start_created(&self, id: &str, spec: &MachineSpec) -> Result<Option<String>> {
-        self.start_new_machine(id, spec).await.map(|()| None)
+        self.start_new_machine(id, spec)
+            .await
+            .map(|()| None)
+            .map_err(|e| self.own(e))
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
-        self.stop_machine(id, timeout).await
+        self.stop_machine(id, timeout)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn stop_for_handover(&self, id: &str, timeout: Duration) -> Result<()> {
-        self.stop_container(id, timeout).await
+        self.stop_container(id, timeout)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
-        self.remove_machine(id).await
+        self.remove_machine(id).await.map_err(|e| self.own(e))
     }
 
     async fn inspect(&self, id: &str) -> Result<MachineInfo> {
-        self.inspect_machine(id).await
+        self.inspect_machine(id).await.map_err(|e| self.own(e))
     }
 
     async fn list(&self, selector: &Selector) -> Result<Vec<MachineInfo>> {
-        self.list_machines(selector).await
+        self.list_machines(selector).await.map_err(|e| self.own(e))
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
-        self.pause_machine(id).await
+        self.pause_machine(id).await.map_err(|e| self.own(e))
     }
 
     async fn unpause(&self, id: &str) -> Result<()> {
-        self.unpause_machine(id).await
+        self.unpause_machine(id).await.map_err(|e| self.own(e))
     }
 
     // The private network and the other resources of an environment: `network.rs`.
 
     async fn engine_info(&self) -> Result<envrig_provider_api::EngineInfo> {
-        self.describe_engine().await
+        self.describe_engine().await.map_err(|e| self.own(e))
     }
 
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
-        self.ensure_bridge_network(spec).await
+        self.ensure_bridge_network(spec)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
-        self.list_other_resources(selector).await
+        self.list_other_resources(selector)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn purge(&self, selector: &Selector) -> Result<Vec<String>> {
-        self.purge_resources(selector).await
+        self.purge_resources(selector)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     // Commands and files inside a machine: `exec.rs`.
 
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {
-        self.exec_streamed(id, req, output).await
+        self.exec_streamed(id, req, output)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn exec_interactive(
@@ -286,21 +312,25 @@ impl Provider for DockerProvider {
         req: &ExecRequest,
         terminal: Terminal,
     ) -> Result<i64> {
-        self.exec_terminal(id, req, terminal).await
+        self.exec_terminal(id, req, terminal)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
-        self.upload_tar(id, dest, tar).await
+        self.upload_tar(id, dest, tar)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
-        self.archive_file(id, path).await
+        self.archive_file(id, path).await.map_err(|e| self.own(e))
     }
 
     // Images as bases and baked layers: `store.rs`.
 
     async fn resolve_base(&self, reference: &str) -> Result<Option<BaseIdentity>> {
-        self.resolve_image(reference).await
+        self.resolve_image(reference).await.map_err(|e| self.own(e))
     }
 
     async fn ensure_base(
@@ -308,19 +338,23 @@ impl Provider for DockerProvider {
         reference: &str,
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<BaseInfo> {
-        self.ensure_image(reference, progress).await
+        self.ensure_image(reference, progress)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn package(&self, id: &str, name: &str, labels: &Labels) -> Result<BaseInfo> {
-        self.package_image(id, name, labels).await
+        self.package_image(id, name, labels)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn baked_layers(&self) -> Result<Vec<BakedLayer>> {
-        self.baked_images().await
+        self.baked_images().await.map_err(|e| self.own(e))
     }
 
     async fn remove_baked(&self, name: &str) -> Result<()> {
-        self.remove_baked_image(name).await
+        self.remove_baked_image(name).await.map_err(|e| self.own(e))
     }
 
     // Snapshots, their export and import: `snapshot.rs`.
@@ -333,11 +367,13 @@ impl Provider for DockerProvider {
         labels: &Labels,
         running: bool,
     ) -> Result<Snapshot> {
-        self.save_snapshot(id, name, spec, labels, running).await
+        self.save_snapshot(id, name, spec, labels, running)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn snapshot_list(&self, selector: &Selector) -> Result<Vec<Snapshot>> {
-        self.list_snapshots(selector).await
+        self.list_snapshots(selector).await.map_err(|e| self.own(e))
     }
 
     async fn snapshot_restore(
@@ -346,15 +382,19 @@ impl Provider for DockerProvider {
         current: Option<&str>,
         spec: &MachineSpec,
     ) -> Result<MachineInfo> {
-        self.restore_snapshot(snap, current, spec).await
+        self.restore_snapshot(snap, current, spec)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn snapshot_delete(&self, snap: &Snapshot) -> Result<()> {
-        self.delete_snapshot(snap).await
+        self.delete_snapshot(snap).await.map_err(|e| self.own(e))
     }
 
     async fn snapshot_export(&self, snap: &Snapshot, dest: &Path) -> Result<u64> {
-        self.export_snapshot(snap, dest).await
+        self.export_snapshot(snap, dest)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn snapshot_import(
@@ -363,34 +403,38 @@ impl Provider for DockerProvider {
         snap: &Snapshot,
         labels: &Labels,
     ) -> Result<Snapshot> {
-        self.import_snapshot(src, snap, labels).await
+        self.import_snapshot(src, snap, labels)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     async fn check_export(&self, src: &Path) -> Result<()> {
-        self.check_image_archive(src).await
+        self.check_image_archive(src).await.map_err(|e| self.own(e))
     }
 
     async fn sweep_work(&self) -> Result<Vec<String>> {
-        self.sweep_imports().await
+        self.sweep_imports().await.map_err(|e| self.own(e))
     }
 
     // Drift: `drift.rs`.
 
     async fn mark_baseline(&self, id: &str) -> Result<()> {
-        self.mark_baseline_impl(id).await
+        self.mark_baseline_impl(id).await.map_err(|e| self.own(e))
     }
 
     async fn drift(&self, id: &str) -> Result<Vec<PathChange>> {
-        self.drift_impl(id).await
+        self.drift_impl(id).await.map_err(|e| self.own(e))
     }
 
     // What containers do not have: a box store, an SSH server.
 
     async fn box_add(&self, _name: &str, _source: &Path, _force: bool) -> Result<StoredBox> {
         Err(ProviderError::NotSupported {
-            provider: NAME,
-            what: "a box store (docker's images are its boxes: `docker load`, `envrig package`)"
-                .into(),
+            provider: self.name(),
+            what: format!(
+                "a box store ({0}'s images are its boxes: `{0} load`, `envrig package`)",
+                self.name()
+            ),
         })
     }
 
@@ -400,14 +444,14 @@ impl Provider for DockerProvider {
 
     async fn box_remove(&self, _name: &str) -> Result<()> {
         Err(ProviderError::NotSupported {
-            provider: NAME,
+            provider: self.name(),
             what: "a box store".into(),
         })
     }
 
     async fn ssh_endpoint(&self, _id: &str) -> Result<SshEndpoint> {
         Err(ProviderError::NotSupported {
-            provider: NAME,
+            provider: self.name(),
             what: "ssh-config (containers have no SSH server; use `envrig ssh` or `envrig exec`)"
                 .to_string(),
         })

@@ -293,6 +293,24 @@ fn snapshot_from_labels(id: Option<String>, labels: BTreeMap<String, String>) ->
     })
 }
 
+/// Labels as `LABEL` lines of a commit's `changes`, as Podman 4.3 reads them: the text
+/// after `KEY=` with one pair of double quotes taken off, nothing unescaped (measured: a value
+/// of JSON arrives whole). A line cannot hold a line break: such a label is refused.
+fn label_changes(labels: &BTreeMap<String, String>) -> Result<String> {
+    let mut lines = Vec::with_capacity(labels.len());
+    for (k, v) in labels {
+        if [k, v].iter().any(|s| s.contains(['\n', '\r'])) || k.contains(['=', ' ', '"']) {
+            return Err(ProviderError::Refused {
+                message: format!(
+                    "label {k:?} cannot be written by a Podman commit (a line break, or a key with `=`, a space or a quote)"
+                ),
+            });
+        }
+        lines.push(format!("LABEL {k}=\"{v}\""));
+    }
+    Ok(lines.join("\n"))
+}
+
 impl DockerProvider {
     /// A new image with `labels` on top of `image` (Docker cannot change an image's labels in
     /// place): a container is created from it, never started, committed and removed.
@@ -347,17 +365,26 @@ impl DockerProvider {
         labels: &BTreeMap<String, String>,
         op: String,
     ) -> Result<String> {
+        // Docker takes the labels in the body's config; Podman's compatible service reads
+        // no body, only `changes` (Dockerfile `LABEL` lines).
+        let (config, changes) = match self.flavor {
+            crate::Flavor::Docker => (
+                ContainerConfig {
+                    labels: Some(labels.clone().into_iter().collect()),
+                    ..ContainerConfig::default()
+                },
+                None,
+            ),
+            crate::Flavor::Podman => (ContainerConfig::default(), Some(label_changes(labels)?)),
+        };
         let options = CommitContainerOptions {
             container: Some(id.to_string()),
             repo: Some(repo.to_string()),
             tag: Some(tag.to_string()),
             // Frozen while committed (a machine the caller already paused stays paused).
             pause: true,
+            changes,
             ..CommitContainerOptions::default()
-        };
-        let config = ContainerConfig {
-            labels: Some(labels.clone().into_iter().collect()),
-            ..ContainerConfig::default()
         };
         let committed = self
             .docker

@@ -12,19 +12,39 @@ use futures_util::StreamExt;
 use crate::DockerProvider;
 use crate::error::map_err;
 
+/// Whether `labels` meet one `label` filter: `KEY` (present) or `KEY=VALUE`.
+fn has_label(labels: &HashMap<String, String>, filter: &str) -> bool {
+    match filter.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
+        None => labels.contains_key(filter),
+    }
+}
+
 impl DockerProvider {
-    /// The images the daemon lists for `filters`.
+    /// The images the daemon lists for `filters`, every `label` filter applying (AND).
     pub(crate) async fn images(
         &self,
-        filters: HashMap<String, Vec<String>>,
+        mut filters: HashMap<String, Vec<String>>,
     ) -> Result<Vec<bollard::models::ImageSummary>> {
-        self.docker
+        // Podman 4.3's image list matches nothing when given two `label` filters (measured:
+        // `env=E` and `machine=M` list no image that has both): it is asked for the first,
+        // and the others are applied here.
+        let rest = match (self.flavor, filters.get_mut("label")) {
+            (crate::Flavor::Podman, Some(l)) if l.len() > 1 => l.split_off(1),
+            _ => Vec::new(),
+        };
+        let images = self
+            .docker
             .list_images(Some(ListImagesOptions {
                 filters: Some(filters),
                 ..ListImagesOptions::default()
             }))
             .await
-            .map_err(|e| map_err("list images", e))
+            .map_err(|e| map_err("list images", e))?;
+        Ok(images
+            .into_iter()
+            .filter(|i| rest.iter().all(|f| has_label(&i.labels, f)))
+            .collect())
     }
 
     pub(crate) async fn resolve_image(&self, reference: &str) -> Result<Option<BaseIdentity>> {
