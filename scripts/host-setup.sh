@@ -120,6 +120,27 @@ YAML
   done
 fi
 
+# --- Podman -------------------------------------------------------------------------------
+# Podman 4.3 (Debian 12) as a second engine behind the Docker API, rootful and rootless:
+# netavark and aardvark-dns (names on its networks), runc (crun 1.8 refuses this host's
+# hybrid cgroups), catatonit (`init`), uidmap and slirp4netns (rootless). Its API service is
+# not started here: envrig starts it where nothing answers, as users without systemd need.
+apt_install podman netavark aardvark-dns runc catatonit uidmap slirp4netns fuse-overlayfs
+"$(dirname "$0")/podman-conf.sh" /etc/containers/containers.conf 198.19.128.0/24 198.19.160.0/19
+podman_load() {
+  # podman_load PODMAN-COMMAND...: the test image into that Podman's storage, by recipe hash.
+  if ! (cd / && "$@" image exists "localhost/$TEST_IMAGE") 2>/dev/null; then
+    log "loading $TEST_IMAGE into Podman's storage ($*)"
+    docker save "$TEST_IMAGE" | (cd / && "$@" load -q) >/dev/null
+  fi
+  (cd / && "$@" tag "localhost/$TEST_IMAGE" "localhost/$TEST_IMAGE_REPO:latest")
+}
+podman_load podman
+# The ordinary user the rootless tests run envrig as, with the test image in its storage.
+read -r test_user test_uid _ < <("$(dirname "$0")/rootless-user.sh" | tail -n 1)
+podman_load runuser -u "$test_user" -- env XDG_RUNTIME_DIR="/run/user/$test_uid" podman
+log "podman $(podman version --format '{{.Client.Version}}'), rootless as $test_user"
+
 # --- libvirt -----------------------------------------------------------------------------
 # libvirt and QEMU from bookworm-backports (also the -dev package the build links against),
 # the daemons, and the small test guest (cached outside the repo by its recipe's hash).

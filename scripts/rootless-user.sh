@@ -4,7 +4,7 @@
 # Idempotent. Needs root. Creates the user (ENVRIG_TEST_USER, default `envrig-user`) with a
 # home, a range of subordinate uids and gids for rootless Podman's user namespace, its runtime
 # folder (/run/user/UID, which systemd-logind would make on a host that has it), and its own
-# containers.conf, with this host's limits and subnets inside 198.18.0.0/15. Prints
+# Podman configuration (scripts/podman-conf.sh). Prints
 # `USER UID HOME` on its last line.
 set -euo pipefail
 log() { printf 'rootless-user: %s\n' "$*" >&2; }
@@ -29,26 +29,13 @@ mkdir -p "$run"
 chown "$user:$user" "$run"
 chmod 700 "$run"
 
-# Rootless Podman: cgroupfs (no systemd user session here), this host's hard limits (no
-# container may ask for more), and networks inside 198.18.0.0/15.
+# Rootless Podman: its own configuration (scripts/podman-conf.sh: this host's limits, cgroupfs,
+# networks inside 198.18.0.0/15, slirp4netns' too) and overlay storage (the kernel's rootless
+# overlay; Podman would pick vfs here, which copies every image per container).
 conf="$home/.config/containers"
 mkdir -p "$conf"
-cat >"$conf/containers.conf.new" <<CONF
-# written by envrig's scripts/rootless-user.sh
-[containers]
-default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=32768:32768"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-
-[network]
-network_backend = "netavark"
-default_subnet = "198.19.192.0/24"
-default_subnet_pools = [{"base" = "198.19.224.0/19", "size" = 24}]
-CONF
-mv "$conf/containers.conf.new" "$conf/containers.conf"
+"$(dirname "$0")/podman-conf.sh" "$conf/containers.conf" 198.19.192.0/24 198.19.224.0/19 198.19.200.0/24
+[ -e "$conf/storage.conf" ] || printf '[storage]\ndriver = "overlay"\n' >"$conf/storage.conf"
 chown -R "$user:$user" "$home/.config"
 
 echo "$user $uid $home"

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use envrig_provider_api::{Selector, Snapshot, labels};
+use envrig_provider_api::{ProviderError, Selector, Snapshot, labels};
 use serde::Serialize;
 
 use super::context::{Context, EngineRef, at, on, used_engines};
@@ -187,6 +187,12 @@ pub(super) async fn save_locked(
             let p = at(ctx, o).await?;
             match p.pause(&o.id).await {
                 Ok(()) => paused.push((p, o.id.clone())),
+                // An engine that cannot freeze a machine: saved running, and said.
+                Err(e @ ProviderError::NotSupported { .. }) => ctx.reporter.event(
+                    Some(m.name.as_str()),
+                    Phase::Warning,
+                    &format!("saved as it runs, not at one moment with the others: {e}"),
+                ),
                 Err(e) => {
                     result = Err(OpError::provider(format!("cannot pause `{}`", m.name), e));
                     break;

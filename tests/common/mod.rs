@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod user;
+
 /// The local test image built by `scripts/host-setup.sh`.
 pub const TEST_IMAGE: &str = "envrig-test/busybox:latest";
 

@@ -48,6 +48,10 @@ pub(crate) async fn start_service(socket: &Path) -> Result<()> {
     let mut child = std::process::Command::new(&podman)
         .args(["system", "service", "--time", &IDLE_SECONDS.to_string()])
         .arg(format!("unix://{}", socket.display()))
+        // It outlives this command: nothing of this command's is lent to it (a temporary
+        // folder removed after, a working folder kept busy).
+        .env_remove("TMPDIR")
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err_log)

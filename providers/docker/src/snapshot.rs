@@ -377,20 +377,29 @@ impl DockerProvider {
             ),
             crate::Flavor::Podman => (ContainerConfig::default(), Some(label_changes(labels)?)),
         };
-        let options = CommitContainerOptions {
+        let options = |pause| CommitContainerOptions {
             container: Some(id.to_string()),
             repo: Some(repo.to_string()),
             tag: Some(tag.to_string()),
             // Frozen while committed (a machine the caller already paused stays paused).
-            pause: true,
-            changes,
+            pause,
+            changes: changes.clone(),
             ..CommitContainerOptions::default()
         };
-        let committed = self
+        let committed = match self
             .docker
-            .commit_container(options, config)
+            .commit_container(options(true), config.clone())
             .await
-            .map_err(|e| map_err(op, e))?;
+        {
+            // An engine that cannot freeze a container (rootless Podman on cgroup v1)
+            // commits it as it runs.
+            Err(e) if crate::error::cannot_pause(&e) => {
+                tracing::info!("{op}: the engine cannot pause containers; committed running");
+                self.docker.commit_container(options(false), config).await
+            }
+            other => other,
+        }
+        .map_err(|e| map_err(op, e))?;
         Ok(committed.id)
     }
 }
