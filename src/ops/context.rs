@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use envrig_provider_api::Provider;
+use envrig_provider_api::{Provider, ProviderError};
 
 use super::error::OpError;
 pub use super::error::Unreachable;
@@ -120,8 +120,13 @@ pub async fn at(ctx: &Context, o: &Observed) -> Result<Arc<dyn Provider>, OpErro
     provider_at(ctx, &o.provider, &o.engine).await
 }
 
-/// Every engine of `providers`, connected at once; those that do not answer apart.
-pub async fn connect_all(ctx: &Context, providers: &[String]) -> (Vec<Engine>, Vec<Unreachable>) {
+/// Every engine of `providers`, connected at once; those that do not answer apart. With
+/// `skip_absent`, a provider whose engine is not installed here is left out quietly.
+pub async fn connect_all(
+    ctx: &Context,
+    providers: &[String],
+    skip_absent: bool,
+) -> (Vec<Engine>, Vec<Unreachable>) {
     let wanted: Vec<(String, String)> = providers
         .iter()
         .flat_map(|p| ctx.engine_names(p).into_iter().map(move |e| (p.clone(), e)))
@@ -133,12 +138,16 @@ pub async fn connect_all(ctx: &Context, providers: &[String]) -> (Vec<Engine>, V
                 name: e.clone(),
                 p: c,
             }),
-            Err(OpError::Unreachable(u)) => Err(u),
-            Err(err) => Err(Unreachable {
+            Err(OpError::Unreachable(u)) => Err(Some(u)),
+            Err(OpError::Provider {
+                source: ProviderError::NotInstalled { .. },
+                ..
+            }) if skip_absent => Err(None),
+            Err(err) => Err(Some(Unreachable {
                 provider: p.clone(),
                 engine: e.clone(),
                 reason: err.to_string(),
-            }),
+            })),
         }
     });
     let mut up = Vec::new();
@@ -146,7 +155,8 @@ pub async fn connect_all(ctx: &Context, providers: &[String]) -> (Vec<Engine>, V
     for r in futures_util::future::join_all(tries).await {
         match r {
             Ok(e) => up.push(e),
-            Err(u) => down.push(u),
+            Err(Some(u)) => down.push(u),
+            Err(None) => {}
         }
     }
     (up, down)
@@ -158,7 +168,7 @@ pub async fn connect_all(ctx: &Context, providers: &[String]) -> (Vec<Engine>, V
 /// the error.
 pub async fn running_engines(ctx: &Context) -> Result<(Vec<Engine>, Vec<Unreachable>), OpError> {
     let names: Vec<String> = ctx.registry.names().map(str::to_string).collect();
-    let (up, down) = connect_all(ctx, &names).await;
+    let (up, down) = connect_all(ctx, &names, true).await;
     for u in &down {
         ctx.reporter.event(
             None,
@@ -186,7 +196,7 @@ pub(super) async fn used_engines(
         .into_iter()
         .filter(|n| ctx.registry.capabilities(n).is_some())
         .collect();
-    connect_all(ctx, &names).await
+    connect_all(ctx, &names, false).await
 }
 
 /// Connects to the provider called `name`, on its first engine (its local one when no

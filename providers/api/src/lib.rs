@@ -51,6 +51,14 @@ pub enum ProviderError {
         message: String,
         hint: Option<String>,
     },
+    /// This host has no engine of this provider at all (not installed, nothing answers):
+    /// it can hold nothing, so commands that look at the whole host pass it by quietly.
+    #[error("the {provider} engine is not installed here: {message}")]
+    NotInstalled {
+        provider: &'static str,
+        message: String,
+        hint: Option<String>,
+    },
     /// A named thing (machine, image, box) does not exist.
     #[error("{what} not found")]
     NotFound { what: String },
@@ -81,7 +89,9 @@ impl ProviderError {
     /// A user-facing next step, when there is one.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            ProviderError::Unavailable { hint, .. } => hint.as_deref(),
+            ProviderError::Unavailable { hint, .. } | ProviderError::NotInstalled { hint, .. } => {
+                hint.as_deref()
+            }
             _ => None,
         }
     }

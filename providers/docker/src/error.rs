@@ -60,6 +60,11 @@ pub(crate) fn as_flavor(e: ProviderError, flavor: Flavor) -> ProviderError {
     }
     match e {
         ProviderError::Unavailable { message, .. } => unavailable(flavor, message),
+        ProviderError::NotInstalled { message, hint, .. } => ProviderError::NotInstalled {
+            provider: flavor.name(),
+            message,
+            hint,
+        },
         ProviderError::NotSupported { what, .. } => ProviderError::NotSupported {
             provider: flavor.name(),
             what,

@@ -31,10 +31,14 @@ fn unavailable(message: String) -> ProviderError {
 /// Starts `podman system service` on `socket` and waits, bounded, until it answers.
 pub(crate) async fn start_service(socket: &Path) -> Result<()> {
     let Some(podman) = find_on_path("podman") else {
-        return Err(unavailable(format!(
-            "nothing answers on {} and `podman` is not installed",
-            socket.display()
-        )));
+        return Err(ProviderError::NotInstalled {
+            provider: "podman",
+            message: format!(
+                "nothing answers on {} and `podman` is not on PATH",
+                socket.display()
+            ),
+            hint: Some(crate::Flavor::Podman.hint().to_string()),
+        });
     };
     let dir = socket.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)

@@ -216,6 +216,10 @@ pub enum WireError {
         message: String,
         hint: Option<String>,
     },
+    NotInstalled {
+        message: String,
+        hint: Option<String>,
+    },
     NotFound {
         what: String,
     },
@@ -238,6 +242,10 @@ impl From<&ProviderError> for WireError {
     fn from(e: &ProviderError) -> Self {
         match e {
             ProviderError::Unavailable { message, hint, .. } => WireError::Unavailable {
+                message: message.clone(),
+                hint: hint.clone(),
+            },
+            ProviderError::NotInstalled { message, hint, .. } => WireError::NotInstalled {
                 message: message.clone(),
                 hint: hint.clone(),
             },
@@ -273,6 +281,11 @@ impl WireError {
     pub fn into_error(self, provider: &'static str) -> ProviderError {
         match self {
             WireError::Unavailable { message, hint } => ProviderError::Unavailable {
+                provider,
+                message,
+                hint,
+            },
+            WireError::NotInstalled { message, hint } => ProviderError::NotInstalled {
                 provider,
                 message,
                 hint,
