@@ -345,6 +345,20 @@ pub(super) fn parse_document(
                 },
             );
         }
+        if let Some(caps) = caps
+            && names.len() > 1
+            && !caps.private_network
+        {
+            p.error_help(
+                &mp,
+                span.clone(),
+                format!(
+                    "the {provider} provider cannot put machine `{name}` on a private network here, and the {} machines of this Envfile reach each other by name on one",
+                    names.len()
+                ),
+                format!("its engine here says so (an unprivileged daemon cannot make bridges); keep one machine in this Envfile, or point the {provider} provider at an engine that can"),
+            );
+        }
         for (own, f) in &raw.options {
             if *own != provider && raw.provider.is_some() {
                 p.diags.push(Diagnostic::warning(&f.at.path, f.at.span.clone(), format!("machine `{name}` uses the {provider} provider, so its `{own}` settings have no effect")));

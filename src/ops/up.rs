@@ -340,13 +340,21 @@ fn check_ports(
         }
         for port in &m.ports {
             let addr = (port.host_ip.as_str(), port.host_port);
-            let free = match port.protocol {
-                Protocol::Tcp => TcpListener::bind(addr).is_ok(),
-                Protocol::Udp => UdpSocket::bind(addr).is_ok(),
+            let bound = match port.protocol {
+                Protocol::Tcp => TcpListener::bind(addr).map(drop),
+                Protocol::Udp => UdpSocket::bind(addr).map(drop),
             };
-            if !free {
+            if let Err(e) = bound {
+                // A port below the host's unprivileged start is not busy: this user may not
+                // have it (rootless engines, libvirt's session daemon).
+                let why = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        ": not busy, but this user may not bind it (ports below net.ipv4.ip_unprivileged_port_start need root)"
+                    }
+                    _ => "",
+                };
                 busy.push(format!(
-                    "{}:{}/{} (machine `{}`)",
+                    "{}:{}/{} (machine `{}`){why}",
                     port.host_ip,
                     port.host_port,
                     port.protocol.as_str(),

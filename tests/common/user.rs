@@ -63,6 +63,11 @@ impl User {
 
     /// `program` run as the user, from `dir`, with a plain user's environment and no stdin.
     pub fn command(&self, dir: &Path, program: &str) -> Command {
+        self.command_env(dir, &[], program)
+    }
+
+    /// [`User::command`] with the variables `env` set too.
+    pub fn command_env(&self, dir: &Path, env: &[(&str, &str)], program: &str) -> Command {
         let mut c = Command::new("runuser");
         c.args(["-u", &self.name, "--", "env", "-i"])
             .arg(format!("HOME={}", self.home.display()))
@@ -75,6 +80,8 @@ impl User {
             .arg("NO_COLOR=1")
             .arg(format!("TMPDIR={}", self.dir.display()))
             .arg(format!("ENVRIG_GC_SCOPE={}", self.dir.display()))
+            .arg(format!("ENVRIG_PLUGINS={}", self.dir.join("bin").display()))
+            .args(env.iter().map(|(k, v)| format!("{k}={v}")))
             .arg(program)
             .current_dir(dir)
             .stdin(Stdio::null());
@@ -83,8 +90,13 @@ impl User {
 
     /// envrig run as the user in `dir`.
     pub fn envrig(&self, dir: &Path, args: &[&str]) -> Run {
+        self.envrig_env(dir, &[], args)
+    }
+
+    /// envrig run as the user in `dir`, with the variables `env` set too.
+    pub fn envrig_env(&self, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
         let o = self
-            .command(dir, "envrig")
+            .command_env(dir, env, "envrig")
             .args(args)
             .output()
             .expect("runuser envrig");

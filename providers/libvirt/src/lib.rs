@@ -139,13 +139,38 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 /// The provider's name in Envfiles.
 pub const PROVIDER_NAME: &str = NAME;
 
+/// The URI a connection with no endpoint opens: `LIBVIRT_DEFAULT_URI`, else the system
+/// daemon.
+fn default_uri() -> String {
+    std::env::var("LIBVIRT_DEFAULT_URI")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "qemu:///system".to_string())
+}
+
+/// Whether `uri` is this host's unprivileged daemon (`qemu:///session`): VMs run as the
+/// user, with user-mode networking; it cannot make bridges, so no private network.
+fn is_session(uri: &str) -> bool {
+    remote::remote_host(uri).is_none() && !uri.split('?').next().unwrap_or(uri).ends_with("/system")
+}
+
+/// What the provider can do on a daemon at `uri`.
+fn capabilities_at(uri: &str) -> Capabilities {
+    Capabilities {
+        private_network: !is_session(uri),
+        ..CAPABILITIES
+    }
+}
+
 /// What the Envfile may say to this provider: `[machines.NAME.libvirt]`'s keys (read in
 /// `define.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
 /// (any non-empty string: `store.rs` looks it up).
 pub fn schema() -> Schema {
     Schema {
         name: NAME.to_string(),
-        capabilities: CAPABILITIES,
+        // Said at the plugin's hello, before any connection: for the daemon a command with
+        // no endpoint connects to.
+        capabilities: capabilities_at(&default_uri()),
         keys: vec![
             Key::word("machine_type", "a machine type like \"q35\" or \"pc\""),
             Key::one_of("accel", &["auto", "kvm", "tcg"]),
@@ -180,6 +205,8 @@ pub struct LibvirtProvider {
     net_lock: Arc<tokio::sync::Mutex<()>>,
     /// The libvirt host is another host (`remote/`); `None`: this host's own daemon.
     remote: Option<Arc<remote::Remote>>,
+    /// What it can do there (no private network on `qemu:///session`).
+    capabilities: Capabilities,
 }
 
 impl std::fmt::Debug for LibvirtProvider {
@@ -216,8 +243,7 @@ impl LibvirtProvider {
             virt::error::clear_error_callback();
             let uri = match &engine {
                 Some(e) => e.uri.clone(),
-                None => std::env::var("LIBVIRT_DEFAULT_URI")
-                    .unwrap_or_else(|_| "qemu:///system".to_string()),
+                None => default_uri(),
             };
             let opened = match engine.as_ref().and_then(|e| e.cert_path.as_deref()) {
                 Some(certs) => pki::with_pki(&uri, certs)?,
@@ -255,6 +281,7 @@ impl LibvirtProvider {
                 accel: Arc::new(std::sync::OnceLock::new()),
                 net_lock: Arc::new(tokio::sync::Mutex::new(())),
                 remote,
+                capabilities: capabilities_at(&uri),
             })
         })
         .await
@@ -314,7 +341,7 @@ impl Provider for LibvirtProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        self.capabilities
     }
 
     async fn engine_info(&self) -> Result<EngineInfo> {
@@ -525,5 +552,31 @@ impl Provider for LibvirtProvider {
 
     async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint> {
         self.endpoint(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_hosts_unprivileged_daemon_lacks_a_private_network() {
+        for uri in [
+            "qemu:///session",
+            "qemu+unix:///session",
+            "qemu:///session?x=1",
+        ] {
+            assert!(is_session(uri), "{uri}");
+            assert!(!capabilities_at(uri).private_network, "{uri}");
+        }
+        for uri in [
+            "qemu:///system",
+            "qemu+unix:///system",
+            "qemu+ssh://h/system",
+            "qemu+tcp://h/system",
+        ] {
+            assert!(!is_session(uri), "{uri}");
+            assert!(capabilities_at(uri).private_network, "{uri}");
+        }
     }
 }

@@ -21,6 +21,15 @@ impl LibvirtProvider {
     /// `ENVRIG_SUBNET_POOL`, else from 198.19.0.0/16, avoiding every subnet this host
     /// routes and every libvirt network's.
     pub(crate) async fn ensure_private_network(&self, spec: &NetworkSpec) -> Result<()> {
+        if !self.capabilities.private_network {
+            return Err(ProviderError::NotSupported {
+                provider: crate::NAME,
+                what: "a private network between machines on qemu:///session (an unprivileged \
+                       daemon cannot make the bridge: keep one machine per environment, or use \
+                       qemu:///system)"
+                    .into(),
+            });
+        }
         let _guard = self.net_lock.lock().await;
         let spec = spec.clone();
         self.blocking(move |c| {
