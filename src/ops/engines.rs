@@ -35,15 +35,31 @@ pub struct AddEngine {
     pub max_machines: Option<u32>,
     pub cert_path: Option<PathBuf>,
     pub force: bool,
+    /// The provider asked for (`--provider`): needed where several serve the URI's scheme
+    /// (`unix://` is Docker's and Podman's); else the first that serves it.
+    pub provider: Option<String>,
 }
 
-/// The provider whose engines `uri` addresses (its scheme among the provider's).
-fn provider_of(ctx: &Context, uri: &str) -> Result<String, OpError> {
+/// The provider whose engines `uri` addresses (its scheme among the provider's): `asked`
+/// when given (and it serves the scheme), else the first that serves it.
+fn provider_of(ctx: &Context, uri: &str, asked: Option<&str>) -> Result<String, OpError> {
     let scheme = engines::scheme(uri).ok_or_else(|| {
         OpError::Usage(format!(
             "`{uri}` is no engine URI: it needs a scheme (`tcp://HOST:2375`, `ssh://USER@HOST`, `qemu+tcp://HOST/system`)"
         ))
     })?;
+    if let Some(name) = asked {
+        let serves = ctx
+            .registry
+            .schema(name)
+            .is_some_and(|s| s.engine_schemes.iter().any(|x| x == scheme));
+        return match serves {
+            true => Ok(name.to_string()),
+            false => Err(OpError::Usage(format!(
+                "the {name} provider serves no `{scheme}://` engines"
+            ))),
+        };
+    }
     let mut known = Vec::new();
     for name in ctx.registry.names() {
         if let Some(s) = ctx.registry.schema(name) {
@@ -62,7 +78,7 @@ fn provider_of(ctx: &Context, uri: &str) -> Result<String, OpError> {
 /// `engine add NAME URI`: writes the endpoint (replacing one of that name with `force`).
 pub fn add(ctx: &Context, a: AddEngine) -> Result<Endpoint, OpError> {
     engines::check_name(&a.name).map_err(OpError::Usage)?;
-    let provider = provider_of(ctx, &a.uri)?;
+    let provider = provider_of(ctx, &a.uri, a.provider.as_deref())?;
     let mut labels = BTreeMap::new();
     for l in &a.labels {
         let (k, v) = l

@@ -5,7 +5,14 @@ use crate::cli::EngineCommand;
 use crate::cli::output::Printer;
 use crate::ops::{self, Context};
 
-pub(super) async fn engine(ctx: &Context, printer: &Printer, sub: &EngineCommand) -> i32 {
+/// `provider` is the global `--provider`: which provider a URI's engine is, where several
+/// serve its scheme.
+pub(super) async fn engine(
+    ctx: &Context,
+    printer: &Printer,
+    sub: &EngineCommand,
+    provider: Option<&str>,
+) -> i32 {
     let r = match sub {
         EngineCommand::Add {
             name,
@@ -23,6 +30,7 @@ pub(super) async fn engine(ctx: &Context, printer: &Printer, sub: &EngineCommand
                 max_machines: *max_machines,
                 cert_path: cert_path.clone(),
                 force: *force,
+                provider: provider.map(str::to_string),
             },
         )
         .map(|e| {

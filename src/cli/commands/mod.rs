@@ -73,7 +73,9 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         Command::Ls => return host::ls(&ctx, &printer).await,
         Command::Gc { dry_run } => return host::gc(&ctx, &printer, *dry_run).await,
         Command::Box(sub) => return boxes::boxes(&ctx, &printer, &cwd, sub).await,
-        Command::Engine(sub) => return engine::engine(&ctx, &printer, sub).await,
+        Command::Engine(sub) => {
+            return engine::engine(&ctx, &printer, sub, cli.provider.as_deref()).await;
+        }
         Command::Import {
             file,
             dir,
