@@ -3,11 +3,14 @@
 
 Runs every scenario N times (default 7), timing only the command under test, and prints
 one table of medians with the targets, plus every sample. Python 3 standard library only.
+With --engine podman (or both) the same scenarios run on Podman: envrig's `podman`
+provider against raw `podman` commands, with the same targets.
 
     python3 bench/bench.py                 # 7 runs per scenario
     python3 bench/bench.py --runs 9 --json /tmp/bench.json
     python3 bench/bench.py --check         # exit 1 when a target is missed
     python3 bench/bench.py --envrig /path/to/envrig   # another binary than target/release
+    python3 bench/bench.py --engine both --runs 5     # Docker and Podman, one table
 
 See bench/README.md for what each scenario measures.
 """
@@ -39,6 +42,14 @@ PROVISION_FILE = "/tmp/p"
 CMD_TIMEOUT = 180  # seconds; no single command may hang the benchmark
 MIN_RUNS = 5
 MAX_RUNS = 100
+
+# The engine being measured: the raw CLI, and the Envfile's provider and box key, have its
+# name. `--engine both` switches it between the rounds of each scenario.
+ENGINES = ("docker", "podman")
+ENGINE = "docker"
+# What envrig says (stderr) when it had to start `podman system service` itself: a timed
+# sample that says it is refused (the service start is not envrig's overhead).
+SERVICE_STARTED = "started `podman system service`"
 
 # One label value per benchmark invocation: raw containers and networks carry
 # `envrig.bench=<TOKEN>`, so cleanup never touches anybody else's.
@@ -101,35 +112,45 @@ def timed(cmd, cwd=None):
     return ms, p
 
 
-def docker_answers() -> bool:
+def engine_answers(eng: str | None = None) -> bool:
+    """Docker: the daemon answers `docker version`. Podman: `podman version` works (the root
+    CLI talks to its storage directly; the API service envrig uses is seen to separately,
+    `start_podman_service`)."""
+    eng = eng or ENGINE
+    cmd = (["docker", "version", "--format", "{{.Server.APIVersion}}"] if eng == "docker"
+           else ["podman", "version", "--format", "{{.Client.Version}}"])
     try:
-        p = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.APIVersion}}"],
-            capture_output=True,
-            timeout=10,
-            env=CHILD_ENV,
-        )
+        p = subprocess.run(cmd, capture_output=True, timeout=10, env=CHILD_ENV)
         return p.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-def image_present() -> bool:
-    p = subprocess.run(
-        ["docker", "image", "inspect", IMAGE], capture_output=True, timeout=30, env=CHILD_ENV
-    )
+def docker_answers() -> bool:
+    return engine_answers("docker")
+
+
+def image_present(eng: str | None = None) -> bool:
+    """The test image is in the engine's storage (Podman lists it as localhost/...)."""
+    try:
+        p = subprocess.run([eng or ENGINE, "image", "inspect", IMAGE], capture_output=True,
+                           timeout=30, env=CHILD_ENV)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
     return p.returncode == 0
 
 
-def prepare(log):
-    """Docker up, test image present, release binary built."""
-    if not docker_answers() or not image_present():
-        log(f"docker does not answer (or {IMAGE} is missing): running {HOST_SETUP.relative_to(REPO)}")
+def prepare(log, engines=("docker",)):
+    """Each engine answers, test image present in it, release binary built."""
+    if not all(engine_answers(e) and image_present(e) for e in engines):
+        log(f"{'/'.join(engines)} does not answer (or {IMAGE} is missing): running "
+            f"{HOST_SETUP.relative_to(REPO)}")
         subprocess.run(["bash", str(HOST_SETUP)], check=True, timeout=1800)
-        if not docker_answers():
-            raise BenchError("docker still does not answer after host-setup.sh")
-        if not image_present():
-            raise BenchError(f"{IMAGE} is still missing after host-setup.sh")
+        for e in engines:
+            if not engine_answers(e):
+                raise BenchError(f"{e} still does not answer after host-setup.sh")
+            if not image_present(e):
+                raise BenchError(f"{IMAGE} is still missing from {e} after host-setup.sh")
     if not ENVRIG.exists():
         log("target/release/envrig is missing: cargo build --release -p envrig (takes minutes)")
         subprocess.run(
@@ -137,6 +158,37 @@ def prepare(log):
         )
         if not ENVRIG.exists():
             raise BenchError(f"{ENVRIG} still missing after the build")
+
+
+def podman_socket() -> Path | None:
+    """Where envrig's podman provider looks for the API service (providers/docker/src/
+    flavor.rs): CONTAINER_HOST's unix:// path, else root's /run/podman/podman.sock or the
+    user's $XDG_RUNTIME_DIR/podman/podman.sock. None for a remote CONTAINER_HOST."""
+    host = os.environ.get("CONTAINER_HOST", "")
+    if host:
+        return Path(host[len("unix://"):]) if host.startswith("unix://") else None
+    if os.geteuid() == 0:
+        return Path("/run/podman/podman.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    return Path(runtime) / "podman" / "podman.sock"
+
+
+def podman_service_answers() -> bool:
+    """`GET /_ping` on the service's socket answers 200 (5 s at most); True when the socket is
+    remote (not ours to check)."""
+    sock = podman_socket()
+    if sock is None:
+        return True
+    import socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n")
+            head = s.recv(256)
+        return head.split(b"\r\n", 1)[0].split(b" ")[1:2] == [b"200"]
+    except (OSError, IndexError):
+        return False
 
 
 # --- the two sides --------------------------------------------------------------------------

@@ -59,16 +59,16 @@ pub async fn suspend(
         todo.iter().copied(),
         |o| async move {
             let p = at(ctx, o).await?;
-            let (phase, what) = match how {
-                Hold::Suspend => (Phase::Stop, "suspending"),
-                Hold::Resume => (Phase::Start, "resuming"),
+            let (phase, doing, verb) = match how {
+                Hold::Suspend => (Phase::Stop, "suspending", "suspend"),
+                Hold::Resume => (Phase::Start, "resuming", "resume"),
             };
-            ctx.reporter.event(Some(&o.machine), phase, what);
+            ctx.reporter.event(Some(&o.machine), phase, doing);
             match how {
                 Hold::Suspend => p.suspend(&o.id).await,
                 Hold::Resume => p.unpause(&o.id).await,
             }
-            .map_err(|e| OpError::provider(format!("cannot {what} `{}`", o.machine), e))
+            .map_err(|e| OpError::provider(format!("cannot {verb} `{}`", o.machine), e))
         },
         |o| did.push(o.machine.clone()),
     )

@@ -94,7 +94,13 @@ pub(crate) fn engine_err(
 /// Whether the engine refused to pause (freeze) a container because it cannot: rootless
 /// Podman on cgroup v1 has no freezer ("can not pause containers on rootless containers
 /// with cgroup V1").
-pub(crate) fn cannot_pause(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { message, .. }
-        if message.contains("can not pause"))
+pub(crate) fn cannot_pause(e: &bollard::errors::Error) -> Option<&str> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. }
+            if message.contains("can not pause") =>
+        {
+            Some(message)
+        }
+        _ => None,
+    }
 }

@@ -423,10 +423,15 @@ impl DockerProvider {
     pub(crate) async fn pause_machine(&self, id: &str) -> Result<()> {
         match self.docker.pause_container(id).await {
             Ok(()) => Ok(()),
-            Err(e) if crate::error::cannot_pause(&e) => Err(ProviderError::NotSupported {
-                provider: crate::error::NAME,
-                what: format!("pausing a container on this engine ({e})"),
-            }),
+            Err(e) if crate::error::cannot_pause(&e).is_some() => {
+                Err(ProviderError::NotSupported {
+                    provider: crate::error::NAME,
+                    what: format!(
+                        "pausing a container on this engine (it says: {})",
+                        crate::error::cannot_pause(&e).unwrap_or_default()
+                    ),
+                })
+            }
             Err(e) => match map_err(format!("pause container {id}"), e) {
                 // Already paused.
                 ProviderError::Conflict { message } if message.contains("already paused") => Ok(()),

@@ -28,7 +28,9 @@ fn unavailable(message: String) -> ProviderError {
     }
 }
 
-/// Starts `podman system service` on `socket` and waits, bounded, until it answers.
+/// Starts `podman system service` on `socket` and waits, bounded, until it answers. Commands
+/// started at once start one service: the first to take `envrig-service.lock` beside the
+/// socket starts it, the others find it answering once they have the lock.
 pub(crate) async fn start_service(socket: &Path) -> Result<()> {
     let Some(podman) = find_on_path("podman") else {
         return Err(ProviderError::NotInstalled {
@@ -43,6 +45,27 @@ pub(crate) async fn start_service(socket: &Path) -> Result<()> {
     let dir = socket.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)
         .map_err(|e| unavailable(format!("cannot make {}: {e}", dir.display())))?;
+    let lock_path = dir.join("envrig-service.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| unavailable(format!("cannot write {}: {e}", lock_path.display())))?;
+    let waited = Instant::now();
+    // Bounded: the holder is starting the service, which takes START_TIMEOUT at most.
+    while lock.try_lock().is_err() {
+        if waited.elapsed() > START_TIMEOUT {
+            return Err(unavailable(format!(
+                "another command has been starting `podman system service` for over {} s ({})",
+                START_TIMEOUT.as_secs(),
+                lock_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if crate::ping_api_version(&socket.to_string_lossy())
+        .await
+        .is_some()
+    {
+        return Ok(());
+    }
     let log_path = dir.join("envrig-service.log");
     let log = std::fs::File::create(&log_path)
         .map_err(|e| unavailable(format!("cannot write {}: {e}", log_path.display())))?;

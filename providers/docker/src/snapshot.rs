@@ -393,7 +393,7 @@ impl DockerProvider {
         {
             // An engine that cannot freeze a container (rootless Podman on cgroup v1)
             // commits it as it runs.
-            Err(e) if crate::error::cannot_pause(&e) => {
+            Err(e) if crate::error::cannot_pause(&e).is_some() => {
                 tracing::info!("{op}: the engine cannot pause containers; committed running");
                 self.docker.commit_container(options(false), config).await
             }
