@@ -200,11 +200,15 @@ class Workspace:
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="envrig-bench-")).resolve()
         self.folders: list[Path] = []
+        self.engine_of: dict[Path, str] = {}  # each project folder's engine
+        self.engines_used: set[str] = set()  # where raw containers/networks may be
         self.seq = 0
+        self.service_project: Path | None = None  # podman: an idle project to start it with
 
     # envrig side
     def new_project(self, machines: int, provision: bool = False) -> Path:
-        """An Envfile with machines m1..mN; with provision, each has one inline shell step."""
+        """An Envfile with machines m1..mN; with provision, each has one inline shell step.
+        Its provider and box key are ENGINE's."""
         self.seq += 1
         d = self.root / f"p{self.seq:03d}"
         d.mkdir()
@@ -213,8 +217,12 @@ class Workspace:
             'name = "bench"',
             # Provisioning is measured here, not baked layers (bench_bake.py measures those).
             "bake = false",
+        ]
+        if ENGINE != "docker":
+            lines.append(f'provider = "{ENGINE}"')
+        lines += [
             "[boxes.bb]",
-            f'docker = "{IMAGE}"',
+            f'{ENGINE} = "{IMAGE}"',
             "[defaults]",
             'box = "bb"',
         ]
@@ -224,32 +232,36 @@ class Workspace:
                 lines += [f"[[machines.m{i}.provision]]", f"shell = {json.dumps(PROVISION_SHELL)}"]
         (d / "Envfile").write_text("\n".join(lines) + "\n")
         self.folders.append(d)
+        self.engine_of[d] = ENGINE
         return d
 
     @staticmethod
     def envrig(d: Path, *args, binary: Path | None = None) -> list:
         return [str(binary or ENVRIG), "-C", str(d), *args]
 
-    @staticmethod
-    def envrig_ids(d: Path) -> list[str]:
+    def cli(self, d: Path) -> str:
+        """The raw CLI of project folder d's engine."""
+        return self.engine_of.get(d, ENGINE)
+
+    def envrig_ids(self, d: Path) -> list[str]:
         """Containers envrig made for project folder d (by its folder label)."""
         p = run(
-            ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=dev.envrig.folder={d}"],
+            [self.cli(d), "ps", "-aq", "--no-trunc", "--filter", f"label=dev.envrig.folder={d}"],
             check=False,
         )
         return p.stdout.split()
 
-    @staticmethod
-    def envrig_networks(d: Path) -> list[str]:
-        """Networks envrig made for project folder d (labelled like its machines)."""
-        p = run(["docker", "network", "ls", "-q", "--no-trunc", "--filter",
+    def envrig_networks(self, d: Path) -> list[str]:
+        """Networks envrig made for project folder d (labelled like its machines; Podman's
+        `network ls -q` gives names, which `network rm` takes as well)."""
+        p = run([self.cli(d), "network", "ls", "-q", "--no-trunc", "--filter",
                  f"label=dev.envrig.folder={d}"], check=False)
         return p.stdout.split()
 
     def envrig_running(self, d: Path) -> int:
         p = run(
             [
-                "docker", "ps", "-q", "--filter", f"label=dev.envrig.folder={d}",
+                self.cli(d), "ps", "-q", "--filter", f"label=dev.envrig.folder={d}",
                 "--filter", "status=running",
             ],
             check=False,
@@ -261,17 +273,44 @@ class Workspace:
         run(self.envrig(d, "destroy", "-f"), check=False)
         left = self.envrig_ids(d)
         if left:
-            run(["docker", "rm", "-f", *left], check=False)
+            run([self.cli(d), "rm", "-f", *left], check=False)
         nets = self.envrig_networks(d)
         if nets:
-            run(["docker", "network", "rm", *nets], check=False)
+            run([self.cli(d), "network", "rm", *nets], check=False)
+
+    def ensure_service(self):
+        """Podman: the API service answers before a timed envrig command, so its start is
+        never inside a sample. When it does not (it ends after its idle time), an untimed
+        `envrig status` of an idle project starts it, as any envrig command would."""
+        if ENGINE != "podman" or podman_service_answers():
+            return
+        if self.service_project is None:
+            self.service_project = self.new_project(1)
+        run(self.envrig(self.service_project, "status"), check=False)
+        deadline = time.monotonic() + 30
+        while not podman_service_answers():
+            if time.monotonic() > deadline:
+                raise BenchError(f"podman's API service does not answer on {podman_socket()}")
+            time.sleep(0.2)
+
+    def timed_envrig(self, d: Path, *args, binary=None) -> float:
+        """The service seen to (untimed), then `envrig ARGS` timed; a sample in which envrig
+        had to start the service itself is an error, not a figure."""
+        self.ensure_service()
+        ms, p = timed(self.envrig(d, *args, binary=binary))
+        if SERVICE_STARTED in p.stderr:
+            raise BenchError(f"envrig {' '.join(args)} started podman's service inside a "
+                             f"timed sample: {p.stderr.strip()[-300:]}")
+        return ms
 
     # raw side
     @staticmethod
     def raw_run_cmd(network: str | None = None) -> list:
+        # Podman 4.3 takes the same flags: --init runs catatonit (containers.conf init_path)
+        # where Docker runs docker-init (tini).
         net = ["--network", network] if network else []
         return [
-            "docker", "run", "-d", "--init", "--label", RAW_LABEL, *net,
+            ENGINE, "run", "-d", "--init", "--label", RAW_LABEL, *net,
             "--entrypoint", "sleep", IMAGE, "infinity",
         ]
 
@@ -280,53 +319,60 @@ class Workspace:
         return f"envrig-bench-{TOKEN}-{self.seq}"
 
     @staticmethod
-    def raw_networks() -> list[str]:
-        p = run(["docker", "network", "ls", "-q", "--no-trunc", "--filter", f"label={RAW_LABEL}"],
-                check=False)
+    def raw_networks(eng: str | None = None) -> list[str]:
+        p = run([eng or ENGINE, "network", "ls", "-q", "--no-trunc", "--filter",
+                 f"label={RAW_LABEL}"], check=False)
         return p.stdout.split()
 
     @staticmethod
-    def raw_ids() -> list[str]:
-        p = run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={RAW_LABEL}"], check=False)
+    def raw_ids(eng: str | None = None) -> list[str]:
+        p = run([eng or ENGINE, "ps", "-aq", "--no-trunc", "--filter", f"label={RAW_LABEL}"],
+                check=False)
         return p.stdout.split()
 
-    def clean_raw(self):
-        ids = self.raw_ids()
+    def clean_raw(self, eng: str | None = None):
+        eng = eng or ENGINE
+        ids = self.raw_ids(eng)
         if ids:
-            run(["docker", "rm", "-f", *ids], check=False)
-        nets = self.raw_networks()
+            run([eng, "rm", "-f", *ids], check=False)
+        nets = self.raw_networks(eng)
         if nets:
-            run(["docker", "network", "rm", *nets], check=False)
+            run([eng, "network", "rm", *nets], check=False)
 
     def close(self):
-        """Best effort, bounded: every container and network this run made, then the temp
-        folders. Returns what is left."""
+        """Best effort, bounded: every container and network this run made, on every engine
+        it used, then the temp folders. Returns what is left."""
         for d in self.folders:
             if self.envrig_ids(d) or self.envrig_networks(d):
                 self.clean_project(d)
-        self.clean_raw()
+        engines = sorted(self.engines_used | set(self.engine_of.values()))
+        for eng in engines:
+            self.clean_raw(eng)
         shutil.rmtree(self.root, ignore_errors=True)
-        left = self.raw_ids() + [i for d in self.folders for i in self.envrig_ids(d)]
-        left += [f"network:{n}" for n in
-                 self.raw_networks() + [n for d in self.folders for n in self.envrig_networks(d)]]
+        left = [f"{e}:{i}" for e in engines for i in self.raw_ids(e)]
+        left += [f"{self.cli(d)}:{i}" for d in self.folders for i in self.envrig_ids(d)]
+        left += [f"{e}:network:{n}" for e in engines for n in self.raw_networks(e)]
+        left += [f"{self.cli(d)}:network:{n}" for d in self.folders
+                 for n in self.envrig_networks(d)]
         return left
 
 
 def _run_then_exec(cmd: list, provision: bool):
-    """One raw machine: `docker run -d`, then (with provision) its `docker exec` step.
-    Returns (container id or None, error text or None)."""
+    """One raw machine: `docker run -d`, then (with provision) its `docker exec` step (the
+    engine's CLI is cmd[0]). Returns (container id or None, error text or None)."""
+    eng = cmd[0]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=CMD_TIMEOUT,
                            env=CHILD_ENV)
         if r.returncode != 0:
-            return None, f"docker run: {r.stderr.strip()}"
+            return None, f"{eng} run: {r.stderr.strip()}"
         cid = r.stdout.strip()
         if provision:
-            x = subprocess.run(["docker", "exec", cid, "sh", "-c", PROVISION_SHELL],
+            x = subprocess.run([eng, "exec", cid, "sh", "-c", PROVISION_SHELL],
                                capture_output=True, text=True, timeout=CMD_TIMEOUT,
                                env=CHILD_ENV)
             if x.returncode != 0:
-                return cid, f"docker exec: exit {x.returncode} {x.stderr.strip()}"
+                return cid, f"{eng} exec: exit {x.returncode} {x.stderr.strip()}"
         return cid, None
     except subprocess.TimeoutExpired as e:
         return None, f"timed out after {CMD_TIMEOUT} s: {e.cmd}"
@@ -334,9 +380,10 @@ def _run_then_exec(cmd: list, provision: bool):
 
 def raw_up(n: int, pool: ThreadPoolExecutor, ws: Workspace | None = None,
            network: bool = False, provision: bool = False) -> tuple[float, list[str]]:
-    """Timed: n `docker run -d` commands, RAW_PARALLEL at a time (one, directly, for n=1).
-    With network, a `docker network create` first (timed too) and every container on it;
-    with provision, each thread runs its container's `docker exec` step right after its run."""
+    """Timed: n `docker run -d` commands (`podman run -d` on Podman), RAW_PARALLEL at a time
+    (one, directly, for n=1). With network, a `docker network create` first (timed too) and
+    every container on it; with provision, each thread runs its container's `docker exec`
+    step right after its run."""
     if n == 1 and not network and not provision:
         ms, p = timed(Workspace.raw_run_cmd())
         return ms, [p.stdout.strip()]
@@ -345,13 +392,13 @@ def raw_up(n: int, pool: ThreadPoolExecutor, ws: Workspace | None = None,
     if network:
         net = ws.raw_network_name()
         try:
-            r = subprocess.run(["docker", "network", "create", "--label", RAW_LABEL, net],
+            r = subprocess.run([ENGINE, "network", "create", "--label", RAW_LABEL, net],
                                capture_output=True, text=True, timeout=CMD_TIMEOUT,
                                env=CHILD_ENV)
         except subprocess.TimeoutExpired:
-            raise BenchError(f"timed out after {CMD_TIMEOUT} s: docker network create")
+            raise BenchError(f"timed out after {CMD_TIMEOUT} s: {ENGINE} network create")
         if r.returncode != 0:
-            raise BenchError(f"raw docker network create failed: {r.stderr.strip()}")
+            raise BenchError(f"raw {ENGINE} network create failed: {r.stderr.strip()}")
     cmd = Workspace.raw_run_cmd(net)
     futures = [pool.submit(_run_then_exec, cmd, provision) for _ in range(n)]
     results = [f.result() for f in futures]
@@ -370,12 +417,13 @@ def raw_up(n: int, pool: ThreadPoolExecutor, ws: Workspace | None = None,
 
 def check_provisioned(ws: Workspace, d: Path, what: str):
     """The step's file exists in one of project d's containers (m1's, or any)."""
-    p = run(["docker", "ps", "-q", "--filter", f"label=dev.envrig.folder={d}",
+    # (Podman, like Docker, ANDs two label filters of `ps`.)
+    p = run([ws.cli(d), "ps", "-q", "--filter", f"label=dev.envrig.folder={d}",
              "--filter", "label=dev.envrig.machine=m1"], check=False)
     ids = p.stdout.split() or ws.envrig_ids(d)
     if not ids:
         raise BenchError(f"{what}: no container to check {PROVISION_FILE} in")
-    x = run(["docker", "exec", ids[0], "test", "-f", PROVISION_FILE], check=False, timeout=30)
+    x = run([ws.cli(d), "exec", ids[0], "test", "-f", PROVISION_FILE], check=False, timeout=30)
     if x.returncode != 0:
         raise BenchError(f"{what}: {PROVISION_FILE} is missing in {ids[0][:12]}")
 
@@ -383,7 +431,7 @@ def check_provisioned(ws: Workspace, d: Path, what: str):
 def envrig_up(ws: Workspace, n: int, provision: bool = False, binary=None) -> float:
     d = ws.new_project(n, provision)
     try:
-        ms, _ = timed(ws.envrig(d, "up", binary=binary))
+        ms = ws.timed_envrig(d, "up", binary=binary)
         got = ws.envrig_running(d)
         if got != n:
             raise BenchError(f"envrig up: {got} of {n} machines running")
@@ -396,22 +444,25 @@ def envrig_up(ws: Workspace, n: int, provision: bool = False, binary=None) -> fl
 
 def raw_up_side(ws: Workspace, n: int, pool, network: bool = False,
                 provision: bool = False) -> float:
+    ws.engines_used.add(ENGINE)
     try:
         ms, ids = raw_up(n, pool, ws, network, provision)
-        running = run(["docker", "ps", "-q", "--filter", f"label={RAW_LABEL}",
+        running = run([ENGINE, "ps", "-q", "--filter", f"label={RAW_LABEL}",
                        "--filter", "status=running"]).stdout.split()
         if len(running) != n:
-            raise BenchError(f"raw docker run: {len(running)} of {n} containers running")
+            raise BenchError(f"raw {ENGINE} run: {len(running)} of {n} containers running")
         if network and len(ws.raw_networks()) != 1:
-            raise BenchError("raw docker network create: the network is missing")
+            raise BenchError(f"raw {ENGINE} network create: the network is missing")
         return ms
     finally:
         ws.clean_raw()
 
 
-def exec_events(d: Path, since: float, until: float) -> int | None:
+def exec_events(d: Path, since: float, until: float, eng: str = "docker") -> int | None:
     """How many `exec_start` events project d's containers had between two host times
-    (docker events is bounded by --until); None when docker events cannot tell."""
+    (docker events is bounded by --until); None when the engine's events cannot tell."""
+    if eng == "podman":
+        return podman_exec_events(d, since, until)
     p = run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
              "--filter", "type=container", "--filter", "event=exec_start",
              "--filter", f"label=dev.envrig.folder={d}", "--format", "{{.Action}}"],
@@ -421,29 +472,50 @@ def exec_events(d: Path, since: float, until: float) -> int | None:
     return len(p.stdout.split("\n")) - 1 if p.stdout.strip() else 0
 
 
+def podman_exec_events(d: Path, since: float, until: float) -> int | None:
+    """Podman's `exec` events (its name for exec_start) of project d between two host times.
+    Podman 4.3's file event log stops reading at --until measured from now, so a --until in
+    the past can return nothing at all: it is asked up to a moment just ahead (a 0.5 s wait)
+    and the events are counted by their own time here."""
+    ahead = time.time() + 0.5
+    p = run(["podman", "events", "--since", f"{since:.3f}", "--until", f"{ahead:.3f}",
+             "--filter", "type=container", "--filter", "event=exec",
+             "--filter", f"label=dev.envrig.folder={d}", "--format", "{{.Time.UnixNano}}"],
+            check=False, timeout=30)
+    if p.returncode != 0:
+        return None
+    try:
+        times = [int(x) / 1e9 for x in p.stdout.split()]
+    except ValueError:
+        return None
+    return sum(1 for t in times if since <= t < until)
+
+
 def envrig_after_up(ws: Workspace, n: int, *args, provision: bool = False,
                     binary=None) -> float:
     """Brings n machines up (untimed), then times `envrig ARGS`. With provision, the machines
     have a step; the setup `up` must have run it, and the timed command none (no exec)."""
     d = ws.new_project(n, provision)
     try:
+        ws.ensure_service()
         t_setup = time.time()
         run(ws.envrig(d, "up", binary=binary))
         if ws.envrig_running(d) != n:
             raise BenchError("setup: envrig up did not start every machine")
         if provision:
             check_provisioned(ws, d, "setup: envrig up")
+        ws.ensure_service()
         t0 = time.time()
-        ms, _ = timed(ws.envrig(d, *args, binary=binary))
+        ms = ws.timed_envrig(d, *args, binary=binary)
         t1 = time.time()
         if provision:
             time.sleep(0.2)  # let the engine publish the last events
-            setup_execs = exec_events(d, t_setup, t0)
-            timed_execs = exec_events(d, t0, t1 + 0.1)
+            setup_execs = exec_events(d, t_setup, t0, ws.cli(d))
+            timed_execs = exec_events(d, t0, t1 + 0.1, ws.cli(d))
             if setup_execs is not None and setup_execs < n:
                 raise BenchError(f"setup: envrig up made {setup_execs} execs for {n} steps")
             if timed_execs:
-                raise BenchError(f"envrig {' '.join(args)}: {timed_execs} docker execs, "
+                raise BenchError(f"envrig {' '.join(args)}: {timed_execs} {ws.cli(d)} execs, "
                                  f"expected none (a no-op)")
         return ms
     finally:
@@ -456,7 +528,7 @@ def envrig_destroy(ws: Workspace, n: int, binary=None) -> float:
         run(ws.envrig(d, "up", binary=binary))
         if ws.envrig_running(d) != n:
             raise BenchError("setup: envrig up did not start every machine")
-        ms, _ = timed(ws.envrig(d, "destroy", "-f", binary=binary))
+        ms = ws.timed_envrig(d, "destroy", "-f", binary=binary)
         left = ws.envrig_ids(d)
         if left:
             raise BenchError(f"envrig destroy -f left {len(left)} containers")
@@ -466,11 +538,14 @@ def envrig_destroy(ws: Workspace, n: int, binary=None) -> float:
 
 
 def raw_destroy(ws: Workspace, n: int, pool) -> float:
+    ws.engines_used.add(ENGINE)
     try:
         _, ids = raw_up(n, pool, ws)
-        ms, _ = timed(["docker", "rm", "-f", *ids])
+        # Podman's `rm -f` stops first (SIGTERM, then SIGKILL after the stop timeout) where
+        # Docker's kills; with --init, catatonit passes the SIGTERM on and sleep ends at once.
+        ms, _ = timed([ENGINE, "rm", "-f", *ids])
         if ws.raw_ids():
-            raise BenchError("docker rm -f left containers")
+            raise BenchError(f"{ENGINE} rm -f left containers")
         return ms
     finally:
         ws.clean_raw()
@@ -532,8 +607,9 @@ def measure(sides, runs: int, warmup: int):
 # --- report ---------------------------------------------------------------------------------
 
 
-def evaluate(name, label, e, r, target, extras=()):
-    """extras: (key, row label, samples) of additional raw variants, ratios without target."""
+def evaluate(name, label, e, r, target, extras=(), engine=None):
+    """extras: (key, row label, samples) of additional raw variants, ratios without target.
+    engine: the engine measured (bench.py's rows have one; other benchmarks leave it out)."""
     em = statistics.median(e)
     rm = statistics.median(r) if r else None
     ratio = em / rm if rm else None
@@ -547,7 +623,7 @@ def evaluate(name, label, e, r, target, extras=()):
             tdesc = f"<= {val:.0f} ms"
             ok = em <= val
         verdict = "PASS" if ok else "FAIL"
-    return {
+    res = {
         "scenario": name,
         "label": label,
         "envrig_ms": e,
@@ -569,13 +645,24 @@ def evaluate(name, label, e, r, target, extras=()):
             for key, xlabel, xs in extras
         ],
     }
+    if engine is not None:
+        res = {"engine": engine, **res}
+    return res
 
 
 def print_table(results):
+    # An engine column when the rows are not all Docker's (a plain Docker run prints the
+    # table it always did).
+    engines = {res.get("engine") for res in results} - {None}
+    with_engine = bool(engines - {"docker"})
     hdr = ("scenario", "envrig ms", "raw ms", "ratio", "target", "result")
+    if with_engine:
+        hdr = ("engine", *hdr)
     rows = []
     for res in results:
+        first = (res.get("engine") or "-",) if with_engine else ()
         rows.append((
+            *first,
             res["label"],
             f"{res['envrig_median_ms']:.1f}",
             "-" if res["raw_median_ms"] is None else f"{res['raw_median_ms']:.1f}",
@@ -584,21 +671,24 @@ def print_table(results):
             res["result"] or "-",
         ))
         for v in res["raw_variants"]:
-            rows.append((v["label"], f"{res['envrig_median_ms']:.1f}",
+            rows.append((*first, v["label"], f"{res['envrig_median_ms']:.1f}",
                          f"{v['raw_median_ms']:.1f}", f"{v['ratio']:.2f}x", "(info)", "-"))
     w = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(hdr)]
+    left = {0, 4, 5} if not with_engine else {0, 1, 5, 6}
     line = lambda cells: "  ".join(
-        c.ljust(w[i]) if i in (0, 4, 5) else c.rjust(w[i]) for i, c in enumerate(cells)
+        c.ljust(w[i]) if i in left else c.rjust(w[i]) for i, c in enumerate(cells)
     )
     print(line(hdr))
     print("  ".join("-" * x for x in w))
     for row in rows:
         print(line(row))
     if any(r["scenario"] == "up-10" for r in results):
+        cli = "docker" if not with_engine else "ENGINE"
         print("up-10: envrig's 10 machines get a private network (created in the timed `up`);"
-              " the target\ncompares with raw `docker network create` + 10 `docker run"
+              f" the target\ncompares with raw `{cli} network create` + 10 `{cli} run"
               " --network`; the `default bridge` row\nshows the ratio to raw runs with no"
-              " network at all.")
+              " network at all." + ("\n(ENGINE: the row's engine's own CLI, docker or podman.)"
+                                    if with_engine else ""))
     if BASELINE is not None:
         print(f"baseline rows: ratio = this envrig / {BASELINE} (below 1: faster now).")
 
@@ -606,8 +696,10 @@ def print_table(results):
 def print_samples(results):
     print("\nsamples (ms, in run order):")
     fmt = lambda xs: " ".join(f"{x:.0f}" if x >= 100 else f"{x:.1f}" for x in xs)
+    with_engine = bool({res.get("engine") for res in results} - {None, "docker"})
+    tag = lambda res: f"{res['engine']:<7}" if with_engine and res.get("engine") else ""
     for res in results:
-        s = f"  {res['scenario']:<12} envrig: {fmt(res['envrig_ms'])}"
+        s = f"  {tag(res)}{res['scenario']:<12} envrig: {fmt(res['envrig_ms'])}"
         if res["raw_ms"]:
             s += f"  | raw: {fmt(res['raw_ms'])}"
         for v in res["raw_variants"]:
@@ -615,14 +707,14 @@ def print_samples(results):
         print(s)
 
 
-def host_info():
+def host_info(engines=("docker",)):
     def out(cmd):
         try:
             return run(cmd, check=False, timeout=30).stdout.strip()
-        except BenchError:
+        except (BenchError, OSError):
             return ""
 
-    return {
+    info = {
         "envrig_version": out([str(ENVRIG), "--version"]),
         "git_commit": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
         "docker_server": out(["docker", "version", "--format", "{{.Server.Version}}"]),
@@ -630,6 +722,17 @@ def host_info():
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+    if "podman" in engines:
+        info["podman_version"] = out(["podman", "version", "--format", "{{.Client.Version}}"])
+        # What Podman's run and network costs depend on: OCI runtime, cgroup manager and
+        # version, network backend, events backend, rootless or not.
+        info["podman_host"] = out(["podman", "info", "--format",
+                                   "{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}} "
+                                   "cgroups-{{.Host.CgroupsVersion}} {{.Host.NetworkBackend}} "
+                                   "events={{.Host.EventLogger}} "
+                                   "rootless={{.Host.Security.Rootless}}"])
+        info["podman_socket"] = str(podman_socket() or os.environ.get("CONTAINER_HOST"))
+    return info
 
 
 def main(argv=None) -> int:
@@ -650,13 +753,18 @@ def main(argv=None) -> int:
     ap.add_argument("--envrig", metavar="PATH",
                     help="the envrig binary to measure (default target/release/envrig; "
                          "never built when given)")
+    ap.add_argument("--engine", choices=("docker", "podman", "both"), default="docker",
+                    help="the engine measured: envrig's docker or podman provider against "
+                         "the raw `docker` or `podman` CLI; both: every scenario on each, one "
+                         "table (default docker)")
     args = ap.parse_args(argv)
+    engines = list(ENGINES) if args.engine == "both" else [args.engine]
     if not MIN_RUNS <= args.runs <= MAX_RUNS:
         ap.error(f"--runs must be between {MIN_RUNS} and {MAX_RUNS}")
     if not 0 <= args.warmup <= 10:
         ap.error("--warmup must be between 0 and 10")
 
-    global ENVRIG, BASELINE
+    global ENVRIG, BASELINE, ENGINE
     if args.baseline:
         BASELINE = Path(args.baseline).resolve()
         if not os.access(BASELINE, os.X_OK):
@@ -668,19 +776,30 @@ def main(argv=None) -> int:
 
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)
     try:
-        prepare(log)
+        prepare(log, engines)
     except (BenchError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         log(f"cannot prepare: {e}")
         return 2
 
-    info = host_info()
+    info = host_info(engines)
     log(f"{info['envrig_version']} ({info['git_commit']}), docker {info['docker_server']}, "
         f"{info['cpus']} CPUs; {args.runs} runs (+{args.warmup} warm-up) per side")
+    if "podman" in engines:
+        log(f"podman {info['podman_version']} ({info['podman_host']}), API service on "
+            f"{info['podman_socket']}")
 
     ws = Workspace()
     results = []
     started = time.monotonic()
     try:
+        if "podman" in engines:
+            # Once, untimed: the CLI's first run (storage, network config) and the API service
+            # envrig talks to; envrig would start the service in its first command, but that
+            # start must not be in a sample (Workspace.ensure_service sees to it later too).
+            ENGINE = "podman"
+            run(["podman", "ps"])
+            ws.ensure_service()
+            log(f"podman's API service answers on {podman_socket()}")
         with ThreadPoolExecutor(max_workers=RAW_PARALLEL) as pool:
             todo = scenarios(ws, pool)
             if args.only:
@@ -689,13 +808,20 @@ def main(argv=None) -> int:
                     log(f"unknown scenario(s): {', '.join(sorted(unknown))}")
                     return 2
                 todo = [s for s in todo if s[0] in args.only]
+            # Scenario by scenario, each engine in turn (the sides read ENGINE when they run),
+            # so both engines' figures of a scenario come from the same stretch of time.
             for name, label, fe, fr, target, extras in todo:
-                t0 = time.monotonic()
-                e, r, *xs = measure([fe, fr, *(fn for _, _, fn in extras)],
-                                    args.runs, args.warmup)
-                results.append(evaluate(name, label, e, r, target,
-                                        [(k, lb, x) for (k, lb, _), x in zip(extras, xs)]))
-                log(f"{name}: done in {time.monotonic() - t0:.0f} s")
+                for eng in engines:
+                    ENGINE = eng
+                    t0 = time.monotonic()
+                    e, r, *xs = measure([fe, fr, *(fn for _, _, fn in extras)],
+                                        args.runs, args.warmup)
+                    results.append(evaluate(
+                        name, label, e, r, target,
+                        [(k, lb, x) for (k, lb, _), x in zip(extras, xs)],
+                        engine=eng))
+                    log(f"{name}{'' if len(engines) == 1 else ' (' + eng + ')'}: done in "
+                        f"{time.monotonic() - t0:.0f} s")
     except BenchError as e:
         log(f"error: {e}")
         return 2
@@ -711,7 +837,8 @@ def main(argv=None) -> int:
     print()
     print_table(results)
     print_samples(results)
-    failed = [res["scenario"] for res in results if res["result"] == "FAIL"]
+    failed = [res["scenario"] + (f" ({res['engine']})" if len(engines) > 1 else "")
+              for res in results if res["result"] == "FAIL"]
     print(f"\n{len(failed)} target(s) missed" + (f": {', '.join(failed)}" if failed else "")
           + f"; total {time.monotonic() - started:.0f} s")
 
@@ -721,8 +848,9 @@ def main(argv=None) -> int:
             "warmup": args.warmup,
             "raw_parallel": RAW_PARALLEL,
             "image": IMAGE,
+            "engines": engines,
             "host": info,
-        "envrig_binary": str(ENVRIG),
+            "envrig_binary": str(ENVRIG),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "results": results,
         }

@@ -45,6 +45,7 @@ provision = [{{ shell = "{step}" }}]
 depends_on = ["db"]
 
 [machines.db]
+synced = [{{ host = "./shared", guest = "/shared" }}]
 "#
     )
 }
@@ -78,6 +79,9 @@ fn lifecycle(side: &Side) {
     let port = free_port();
     let step = "mkdir -p /srv; echo page-1 > /srv/index.html; date +%s%N > /srv/once";
     let dir = (side.folder)(&project, &envfile(&project, port, step));
+    std::fs::create_dir(dir.join("shared")).unwrap();
+    std::fs::write(dir.join("shared/from-host"), "hello from the host\n").unwrap();
+    (side.folder)(&project, &envfile(&project, port, step)); // the new folder is the user's too
     let other = (side.folder)(&format!("{project}-b"), "");
     std::fs::remove_file(other.join("Envfile")).unwrap();
     let _cleanup = Cleanup(side, [dir.clone(), other.clone()]);
@@ -110,6 +114,24 @@ fn lifecycle(side: &Side) {
         .stdout;
 
     // A snapshot brings back what was lost since.
+    // A synced folder is live both ways; what the machine writes is the host user's.
+    let r = envrig(&["exec", "db", "--", "cat", "/shared/from-host"]).ok();
+    assert_eq!(r.stdout, "hello from the host\n");
+    envrig(&[
+        "exec",
+        "db",
+        "--",
+        "sh",
+        "-c",
+        "echo back > /shared/from-guest",
+    ])
+    .ok();
+    let written = dir.join("shared/from-guest");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "back\n");
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir.join("Envfile")).unwrap().uid();
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), owner);
+
     envrig(&["snapshot", "save", "s1"]).ok();
     envrig(&["exec", "web", "--", "rm", "/srv/once"]).ok();
     let drift = envrig(&["drift", "web", "--json"]).ok().json();
@@ -161,6 +183,10 @@ fn lifecycle(side: &Side) {
     assert!(left.is_empty(), "left behind: {left:?}");
 
     // The exported snapshot, imported into another folder, runs as it was saved.
+    // A synced folder's files are the user's, not the archive's: the target has its own.
+    std::fs::create_dir(other.join("shared")).unwrap();
+    (side.folder)(&format!("{project}-b"), "");
+    std::fs::remove_file(other.join("Envfile")).unwrap();
     let imp = (side.envrig)(&other, &["import", archive.to_str().unwrap()]).ok();
     assert!(imp.stderr.contains("imported"), "{}", imp.stderr);
     let r = (side.envrig)(&other, &["exec", "web", "--", "cat", "/srv/once"]).ok();
