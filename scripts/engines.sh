@@ -56,7 +56,9 @@
 #             --network-alias on attachable overlays, not service VIPs or the routing mesh). Images (envrig-test/busybox:latest, busybox:latest and
 #             those named in ENGINES_IMAGES, space separated) are copied from this machine's
 #             docker with `docker save | docker load`, so they keep one ID everywhere; a
-#             missing one is skipped with a warning. No registry is needed.
+#             missing one is skipped with a warning. No registry is needed; registries on
+#             the link ($NET.0/24, e.g. a test's on the root namespace's .1) are spoken to
+#             over HTTP (`insecure-registries` in the node's daemon.json).
 #   libvirt   lJ: a virtlogd and a libvirtd (listen_tcp, no auth, on its address only) in
 #             network, mount and UTS namespaces of their own (hostname envrig-lJ), where
 #             per-host folders cover /etc/libvirt (this host's *.conf and nwfilters only: no
@@ -92,6 +94,7 @@ HUB=$NSP-hub
 ROOT_IF=engines0 # the root namespace's veth on the hub's bridge
 CG=envrig-engines # cgroup parent of the rig's containers: /$CG/d1 ...
 NET=${ENGINES_NET:-198.18.200}
+RECIPE=2 # raised whenever the daemons' configuration changes: a rig of another is rebuilt
 HOST_IP=$NET.1
 SWARM_POOL=198.19.192.0/20
 MAX=8
@@ -346,7 +349,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   path = "$lib/containerd-opt"
 EOF
   # Its own engine key, so each daemon has an ID of its own (not the host's /etc/docker one).
-  printf '{\n  "deprecated-key-path": "%s"\n}\n' "$lib/key.json" >"$lib/daemon.json"
+  # Registries on the link (a test's, on this machine's $NET.1) are spoken to over HTTP.
+  printf '{\n  "deprecated-key-path": "%s",\n  "insecure-registries": ["%s.0/24"]\n}\n' \
+    "$lib/key.json" "$NET" >"$lib/daemon.json"
   log "docker: starting $node on $addr"
   mark "$lib/containerd.log"
   mark "$lib/dockerd.log"
@@ -663,11 +668,12 @@ print_lines() { # to the saved stdout
   for ((i = 1; i <= M; i++)); do printf 'l%s qemu+tcp://%s/system\n' "$i" "$(l_addr "$i")" >&3; done
 }
 
-read_state() { # N M NET of the rig that is up, from its state file
-  local s
+read_state() { # N M NET of the rig that is up, from its state file; a rig of another
+  # RECIPE (how its daemons are configured) counts as none: it is built again
+  local s r
   s=$(cat "$RUN/rig" 2>/dev/null) || return 1
-  read -r N M s <<<"$s"
-  [[ $N =~ ^[0-9]+$ && $M =~ ^[0-9]+$ ]] && [ "$s" = "$NET" ]
+  read -r N M s r <<<"$s"
+  [[ $N =~ ^[0-9]+$ && $M =~ ^[0-9]+$ ]] && [ "$s" = "$NET" ] && [ "$r" = "$RECIPE" ]
 }
 
 anything_left() {
@@ -729,7 +735,7 @@ cmd_up() {
   fi
   N=$want_n M=$want_m
   mkdir -p "$LIB" "$RUN"
-  echo "$N $M $NET" >"$RUN/rig"
+  echo "$N $M $NET $RECIPE" >"$RUN/rig"
   CHANGED=0
   FRESH_L=()
   hub_ok || {

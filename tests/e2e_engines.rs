@@ -8,30 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use common::rig::rig;
 use common::{Run, TEST_IMAGE, e2e, envrig_home_env, guest, unique};
-
-/// The rig's endpoints (`NAME URI`), started when needed.
-fn rig() -> Vec<(String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = Command::new("bash")
-        .arg(root.join("scripts/engines.sh"))
-        .args(["up", "3", "2"])
-        .output()
-        .expect("run scripts/engines.sh");
-    assert!(
-        o.status.success(),
-        "scripts/engines.sh up 3 2 failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, u)| (n.to_string(), u.to_string()))
-        .collect()
-}
 
 /// A project folder with its own endpoints file and envrig home.
 struct Farm {

@@ -227,6 +227,10 @@ struct UpArgs {
     /// Make machines whose engine does not answer again on another one
     #[arg(long)]
     reschedule: bool,
+    /// Push the layers baked here to the team's layer cache (`[project] cache` or
+    /// ENVRIG_CACHE)
+    #[arg(long)]
+    push: bool,
 }
 
 /// The flags of `run`.

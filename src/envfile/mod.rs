@@ -66,6 +66,10 @@ pub struct Project {
     /// with the most headroom each; else (`pack`) an environment's machines of one provider
     /// go to one engine.
     pub spread: bool,
+    /// `cache = "REGISTRY/REPOSITORY"`: the team's layer cache (`ENVRIG_CACHE` overrides).
+    pub cache: Option<String>,
+    /// `cache_push = true`: layers baked here are pushed to the cache (as `up --push`).
+    pub cache_push: bool,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -201,6 +201,43 @@ impl fmt::Display for Subnet {
     }
 }
 
+/// A layer cache's place: `REGISTRY/REPOSITORY` (a registry host with an optional port,
+/// then one or more lowercase path parts), with no tag or digest: envrig names the tags.
+pub fn parse_cache(s: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "`{s}` is not a registry repository ({why}): write it like \"registry.example:5000/team/envrig-cache\""
+        )
+    };
+    let (registry, repo) = s.split_once('/').ok_or_else(|| bad("no registry"))?;
+    let host_ok = !registry.is_empty()
+        && registry
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && (registry.contains(['.', ':']) || registry == "localhost");
+    if !host_ok {
+        return Err(bad(
+            "the part before the first `/` must be a registry host, with a dot or a port",
+        ));
+    }
+    if repo.contains(['@', ':']) {
+        return Err(bad("no tag or digest: envrig tags each layer itself"));
+    }
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            })
+            && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if !repo.split('/').all(part_ok) || s.len() > 200 {
+        return Err(bad(
+            "lowercase letters, digits, `.`, `_`, `-` between slashes",
+        ));
+    }
+    Ok(s.to_string())
+}
+
 pub fn parse_subnet(s: &str) -> Result<Subnet, String> {
     let expected = || format!("`{s}` is not an IPv4 subnet: write it like \"198.19.10.0/24\"");
     let (a, p) = s.split_once('/').ok_or_else(expected)?;
@@ -286,6 +323,34 @@ pub fn check_image_ref(s: &str) -> Result<(), String> {
         Err(format!(
             "`{s}` is not an image reference like \"debian:12\" or \"registry.example/app@sha256:...\""
         ))
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::parse_cache;
+
+    #[test]
+    fn a_cache_is_a_registry_and_a_repository_without_a_tag() {
+        for ok in [
+            "127.0.0.1:5000/team/cache",
+            "registry.example/envrig",
+            "localhost/a.b_c-d/e",
+        ] {
+            assert_eq!(parse_cache(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "cache",
+            "team/cache",
+            "127.0.0.1:5000/Team",
+            "127.0.0.1:5000/c:tag",
+            "127.0.0.1:5000/c@sha256:00",
+            "127.0.0.1:5000/",
+            "127.0.0.1:5000/a//b",
+            "reg.example/a b",
+        ] {
+            assert!(parse_cache(bad).is_err(), "{bad}");
+        }
     }
 }
 

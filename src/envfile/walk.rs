@@ -25,6 +25,8 @@ const PROJECT_KEYS: &[&str] = &[
     "bake",
     "warm",
     "placement",
+    "cache",
+    "cache_push",
 ];
 const NETWORK_KEYS: &[&str] = &["subnet"];
 
@@ -67,6 +69,8 @@ pub(super) fn parse_document(
         bake: true,
         warm: false,
         spread: false,
+        cache: None,
+        cache_push: false,
     };
     if let Some(v) = get(root, "project")
         && let Some(t) = p.table("project", v)
@@ -97,6 +101,15 @@ pub(super) fn parse_document(
         }
         if let Some(v) = get(t, "warm") {
             project.warm = p.bool("project.warm", v).unwrap_or(false);
+        }
+        if let Some(v) = get(t, "cache")
+            && let Some(text) = p.str("project.cache", v)
+        {
+            let r = values::parse_cache(&text);
+            project.cache = p.with("project.cache", v, r);
+        }
+        if let Some(v) = get(t, "cache_push") {
+            project.cache_push = p.bool("project.cache_push", v).unwrap_or(false);
         }
         if let Some(v) = get(t, "placement") {
             project.spread = p

@@ -86,8 +86,10 @@ pub fn warm(project: &Project, m: &Machine) -> bool {
 }
 
 /// Before machines are created: the layers that `machines` start from, by machine: those
-/// of their fingerprints that are on this host (for [`Resolved::layers`], read by
-/// `machine_spec`).
+/// of their fingerprints that are on the engine each goes to, or that the team's cache
+/// ([`Resolved::cache`]) has and gives (for [`Resolved::layers`], read by `machine_spec`).
+/// A layer found here is pushed to the cache when pushing is asked. Each layer is looked
+/// for once, on each engine, all at once.
 pub async fn choose_layers(
     ctx: &Context,
     project: &Project,
@@ -95,7 +97,8 @@ pub async fn choose_layers(
     machines: &[&Machine],
     placed: &super::placement::Placed,
 ) -> Result<BTreeMap<String, String>, OpError> {
-    let mut found = BTreeMap::new();
+    // (provider, engine, layer) -> the machines that start from it.
+    let mut wanted: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     for m in machines {
         if !bakes(project, m) {
             continue;
@@ -104,10 +107,34 @@ pub async fn choose_layers(
             continue;
         };
         // On the engine it goes to: a layer is on the engine that baked it.
-        let p = provider_at(ctx, &m.provider, &placed.engine(m)).await?;
-        let name = layer_for(project, m, fp);
-        if let Ok(Some(_)) = p.resolve_base(&name).await {
-            found.insert(m.name.to_string(), name);
+        let key = (
+            m.provider.clone(),
+            placed.engine(m),
+            layer_for(project, m, fp),
+        );
+        wanted.entry(key).or_default().push(m.name.to_string());
+    }
+    let looks = wanted
+        .iter()
+        .map(|((provider, engine, name), users)| async move {
+            let p = provider_at(ctx, provider, engine).await?;
+            let here = matches!(p.resolve_base(name).await, Ok(Some(_)));
+            let there = match (&resolved.cache, here) {
+                (Some(cache), false) => super::cache::pull(ctx, &p, cache, &users[0], name).await,
+                (Some(cache), true) if cache.push => {
+                    super::cache::push(ctx, &p, cache, &users[0], name).await;
+                    false
+                }
+                _ => false,
+            };
+            Ok::<_, OpError>((here || there).then_some((users, name)))
+        });
+    let mut found = BTreeMap::new();
+    for r in futures_util::future::join_all(looks).await {
+        if let Some((users, name)) = r? {
+            for u in users {
+                found.insert(u.clone(), name.clone());
+            }
         }
     }
     Ok(found)
@@ -150,17 +177,22 @@ pub async fn bake(
     // What is in memory goes to disk first, so the layer holds every file the steps wrote.
     let _ = p.flush(id).await;
     match p.package(id, &name, &l).await {
-        Ok(_) => ctx.reporter.event(
-            Some(machine),
-            Phase::Done,
-            &format!(
-                "baked layer {} in {:.1}s (the next `up` of this fingerprint skips its {} step{})",
-                &fp[..6],
-                started.elapsed().as_secs_f64(),
-                baked_steps(m),
-                if baked_steps(m) == 1 { "" } else { "s" }
-            ),
-        ),
+        Ok(_) => {
+            ctx.reporter.event(
+                Some(machine),
+                Phase::Done,
+                &format!(
+                    "baked layer {} in {:.1}s (the next `up` of this fingerprint skips its {} step{})",
+                    &fp[..6],
+                    started.elapsed().as_secs_f64(),
+                    baked_steps(m),
+                    if baked_steps(m) == 1 { "" } else { "s" }
+                ),
+            );
+            if let Some(cache) = resolved.cache.as_ref().filter(|c| c.push) {
+                super::cache::push(ctx, p, cache, machine, &name).await;
+            }
+        }
         Err(e) => ctx.reporter.event(
             Some(machine),
             Phase::Warning,

@@ -5,6 +5,7 @@
 mod archive;
 mod bake;
 mod boxes;
+mod cache;
 mod context;
 mod create;
 mod destroy;

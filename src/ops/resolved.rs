@@ -17,6 +17,8 @@ pub struct Resolved {
     pub layers: BTreeMap<String, String>,
     /// Machines' fingerprint inputs (written on their resources).
     pub inputs: BTreeMap<String, BTreeMap<String, String>>,
+    /// The team's layer cache this `up` pulls from (and pushes to), if any.
+    pub cache: Option<super::cache::Cache>,
 }
 
 impl Resolved {

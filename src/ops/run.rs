@@ -66,6 +66,7 @@ pub async fn run(
         force_provision: false,
         locked: false,
         fresh: false,
+        push: false,
     };
     let made = up(ctx, project, &up_opts).await;
     let result = match made {

@@ -44,6 +44,8 @@ pub struct UpOptions {
     pub fresh: bool,
     /// Make machines the cache places on an engine that does not answer again elsewhere.
     pub reschedule: bool,
+    /// Push the layers baked (or found) here to the team's layer cache (`--push`).
+    pub push: bool,
 }
 
 /// What `up` did to one machine.
@@ -124,6 +126,7 @@ pub async fn up(
         }
     }
     let (had_lock, mut resolved) = before_up(ctx, project, &selected, opts.locked).await?;
+    resolved.cache = super::cache::setting(project, opts.push)?;
     let session = Session::open(ctx, project).await?;
     let (observed, plan, placed) = planned(
         ctx,

@@ -28,6 +28,7 @@ pub mod home;
 pub mod labels;
 pub mod plugin;
 mod provider;
+pub mod registry;
 pub mod schema;
 pub mod subnet;
 #[cfg(feature = "testkit")]

@@ -241,6 +241,27 @@ pub trait Provider: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Fetches the baked layer `reference` (`REGISTRY/REPOSITORY:TAG` in a registry: the team's
+    /// layer cache) onto this engine as the layer `name`, checking what it receives (the
+    /// registry's digests, and that it is the layer of `name`'s fingerprint). `Ok(false)`:
+    /// the registry has no such layer. Providers without a layer cache say `NotSupported`.
+    async fn pull_baked(&self, reference: &str, name: &str) -> Result<bool> {
+        let _ = (reference, name);
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "a layer cache in a registry".into(),
+        })
+    }
+
+    /// Sends the baked layer `name` on this engine to the registry as `reference`.
+    async fn push_baked(&self, name: &str, reference: &str) -> Result<()> {
+        let _ = (name, reference);
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "a layer cache in a registry".into(),
+        })
+    }
+
     /// Removes the work files and folders ([`crate::work`]) of envrig processes that are gone from
     /// the provider's own store (half-added boxes, unpacked imports, packaging folders);
     /// returns what went. Nothing by default.

@@ -32,6 +32,7 @@ use envrig_provider_api::{
 };
 use tokio::io::AsyncWriteExt;
 
+mod cache;
 mod drift;
 mod engine;
 mod error;
@@ -355,6 +356,20 @@ impl Provider for DockerProvider {
 
     async fn remove_baked(&self, name: &str) -> Result<()> {
         self.remove_baked_image(name).await.map_err(|e| self.own(e))
+    }
+
+    // The team's layer cache in a registry: `cache.rs`.
+
+    async fn pull_baked(&self, reference: &str, name: &str) -> Result<bool> {
+        self.pull_layer(reference, name)
+            .await
+            .map_err(|e| self.own(e))
+    }
+
+    async fn push_baked(&self, name: &str, reference: &str) -> Result<()> {
+        self.push_layer(name, reference)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     // Snapshots, their export and import: `snapshot.rs`.

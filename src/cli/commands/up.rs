@@ -24,6 +24,7 @@ pub(super) async fn up(
         fresh,
         plan,
         reschedule,
+        push,
     } = args;
     project.ttl = ttl;
     let opts = UpOptions {
@@ -35,6 +36,7 @@ pub(super) async fn up(
         force_provision: provision,
         locked,
         fresh,
+        push,
     };
     if plan {
         let ask = ops::PlanAsk {
@@ -89,6 +91,7 @@ pub(super) async fn reload(
         force_provision: false,
         locked: false,
         fresh: false,
+        push: false,
     };
     run_up(ctx, printer, project, &opts).await
 }

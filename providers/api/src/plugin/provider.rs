@@ -325,6 +325,22 @@ impl Provider for PluginProvider {
         self.call(Call::RemoveBaked { name: name.into() }).await
     }
 
+    async fn pull_baked(&self, reference: &str, name: &str) -> Result<bool> {
+        self.call(Call::PullBaked {
+            reference: reference.into(),
+            name: name.into(),
+        })
+        .await
+    }
+
+    async fn push_baked(&self, name: &str, reference: &str) -> Result<()> {
+        self.call(Call::PushBaked {
+            name: name.into(),
+            reference: reference.into(),
+        })
+        .await
+    }
+
     async fn sweep_work(&self) -> Result<Vec<String>> {
         self.call(Call::SweepWork).await
     }

@@ -240,6 +240,8 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
         Call::Flush { id } => ok(p.flush(&id).await),
         Call::BakedLayers => ok(p.baked_layers().await),
         Call::RemoveBaked { name } => ok(p.remove_baked(&name).await),
+        Call::PullBaked { reference, name } => ok(p.pull_baked(&reference, &name).await),
+        Call::PushBaked { name, reference } => ok(p.push_baked(&name, &reference).await),
         Call::SweepWork => ok(p.sweep_work().await),
         Call::MarkBaseline { id } => ok(p.mark_baseline(&id).await),
         Call::Drift { id } => ok(p.drift(&id).await),

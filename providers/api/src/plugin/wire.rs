@@ -198,6 +198,14 @@ pub enum Call {
     RemoveBaked {
         name: String,
     },
+    PullBaked {
+        reference: String,
+        name: String,
+    },
+    PushBaked {
+        name: String,
+        reference: String,
+    },
     SweepWork,
     MarkBaseline {
         id: String,

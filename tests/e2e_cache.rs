@@ -1,0 +1,177 @@
+//! The team's layer cache, end to end on the rig of real engines: a registry of this test's
+//! on the rig's link, three Docker engines standing for three teammates' hosts (each its
+//! own engine state and its own `ENVRIG_HOME`). A layer baked and pushed on one host is
+//! pulled on another, whose `up` runs no `once` step; a corrupted blob is refused and the
+//! machine is provisioned instead.
+//!
+//! It shares the rig with `e2e_engines.rs`, which kills a rig engine on purpose: the two
+//! run one at a time (the `rig` test group in `.config/nextest.toml`).
+
+mod common;
+
+use std::path::Path;
+
+use common::rig::{Registry, engine, rig};
+use common::{Run, TEST_IMAGE, e2e, envrig_home_env, unique};
+
+/// envrig on `host` (a rig engine's URI), in `dir`, with its own home and `cache`.
+fn on(host: &str, dir: &Path, cache: &str, args: &[&str]) -> Run {
+    envrig_home_env(
+        dir,
+        &dir.join("home"),
+        &[("DOCKER_HOST", host), ("ENVRIG_CACHE", cache)],
+        args,
+    )
+}
+
+/// A checkout of the project on one host, destroyed when dropped.
+struct Checkout {
+    dir: tempfile::TempDir,
+    host: String,
+    cache: String,
+}
+
+impl Checkout {
+    fn new(envfile: &str, host: &str, cache: &str) -> Checkout {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Envfile"), envfile).unwrap();
+        Checkout {
+            dir,
+            host: host.to_string(),
+            cache: cache.to_string(),
+        }
+    }
+
+    fn envrig(&self, args: &[&str]) -> Run {
+        on(&self.host, self.dir.path(), &self.cache, args)
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        let _ = self.envrig(&["destroy", "-f"]);
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn a_layer_baked_on_one_host_is_pulled_on_another_and_a_corrupt_one_is_refused() {
+    e2e();
+    let rig = rig();
+    let registry = Registry::on_link(&rig);
+    let cache = format!("{}/team/{}", registry.addr, unique("cache"));
+    // Two recipes over three machines; each step's output is unique to this run, so a
+    // machine made from a pulled layer shows what host A's step wrote.
+    let stamp = unique("baked");
+    let envfile = format!(
+        r#"[project]
+name = "{}"
+
+[boxes.bb]
+docker = "{TEST_IMAGE}"
+
+[defaults]
+box = "bb"
+provision = [{{ shell = "echo web-{stamp} > /srv.txt" }}]
+
+[machines.web1]
+[machines.web2]
+[machines.db]
+provision = [{{ shell = "echo db-{stamp} > /srv.txt" }}]
+"#,
+        unique("cache")
+    );
+
+    // Host A bakes and pushes both layers.
+    let a = Checkout::new(&envfile, &engine(&rig, "d1"), &cache);
+    let up = a.envrig(&["up", "--push"]).ok();
+    assert_eq!(
+        up.stderr.matches("pushed layer").count(),
+        2,
+        "{}",
+        up.stderr
+    );
+    let tags = registry.get(
+        &format!("/v2/{}/tags/list", cache.split_once('/').unwrap().1),
+        "application/json",
+    );
+    assert_eq!(tags.matches("docker-").count(), 2, "{tags}");
+
+    // Host B: another engine, another home, another checkout: both layers pulled, no step
+    // runs, and the machines hold what host A's steps wrote.
+    let b = Checkout::new(&envfile, &engine(&rig, "d2"), &cache);
+    let up = b.envrig(&["up"]).ok();
+    assert_eq!(
+        up.stderr.matches("pulled layer").count(),
+        2,
+        "{}",
+        up.stderr
+    );
+    assert!(!up.stderr.contains("running step"), "{}", up.stderr);
+    for (m, want) in [("web1", "web"), ("web2", "web"), ("db", "db")] {
+        let r = b.envrig(&["exec", m, "--", "cat", "/srv.txt"]).ok();
+        assert_eq!(r.stdout, format!("{want}-{stamp}\n"));
+    }
+
+    // A blob of db's layer corrupted in the registry: host C refuses it (the engine checks
+    // every digest), provisions db itself, and still takes web's layer.
+    // db's fingerprint, from the lock file host A wrote.
+    let lock = std::fs::read_to_string(a.dir.path().join("Envfile.lock")).unwrap();
+    let db = lock
+        .split("[machines.db]")
+        .nth(1)
+        .expect("db in Envfile.lock");
+    let fp = db
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint = \""))
+        .expect("db's fingerprint")
+        .trim_end_matches('"');
+    let db_tag = format!("docker-{}", &fp[..16]);
+    assert!(tags.contains(&db_tag), "{db_tag} not in {tags}");
+    let repo = cache.split_once('/').unwrap().1;
+    let manifest = registry.get(
+        &format!("/v2/{repo}/manifests/{db_tag}"),
+        "application/vnd.docker.distribution.manifest.v2+json",
+    );
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap_or_else(|e| {
+        panic!("no manifest for {db_tag} ({e}): {manifest}");
+    });
+    let top = m["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = registry.blob_file(&top);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+
+    let c = Checkout::new(&envfile, &engine(&rig, "d3"), &cache);
+    let up = c.envrig(&["up"]).ok();
+    assert!(
+        up.stderr.contains("is not used") && up.stderr.contains("verification failed"),
+        "{}",
+        up.stderr
+    );
+    assert_eq!(
+        up.stderr.matches("pulled layer").count(),
+        1,
+        "{}",
+        up.stderr
+    );
+    assert!(up.stderr.contains("[db] running step"), "{}", up.stderr);
+    let r = c.envrig(&["exec", "db", "--", "cat", "/srv.txt"]).ok();
+    assert_eq!(r.stdout, format!("db-{stamp}\n"));
+
+    // Pushing with no cache to push to is a usage error, before anything is made.
+    let none = tempfile::tempdir().unwrap();
+    std::fs::write(none.path().join("Envfile"), &envfile).unwrap();
+    let r = envrig_home_env(
+        none.path(),
+        &none.path().join("home"),
+        &[("DOCKER_HOST", &engine(&rig, "d1")), ("ENVRIG_CACHE", "")],
+        &["up", "--push"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("needs a cache"), "{}", r.stderr);
+}
