@@ -78,6 +78,9 @@ pub(crate) async fn start_service(socket: &Path) -> Result<()> {
         // It outlives this command: nothing of this command's is lent to it (a temporary
         // folder removed after, a working folder kept busy).
         .env_remove("TMPDIR")
+        // Either would make `podman` a remote client of the very socket it is to serve.
+        .env_remove("CONTAINER_HOST")
+        .env_remove("CONTAINER_CONNECTION")
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log)
