@@ -97,8 +97,8 @@ pub async fn choose_layers(
     machines: &[&Machine],
     placed: &super::placement::Placed,
 ) -> Result<BTreeMap<String, String>, OpError> {
-    // (provider, engine, layer) -> the machines that start from it.
-    let mut wanted: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    // (provider, engine, layer, base) -> the machines that start from it.
+    let mut wanted: BTreeMap<(String, String, String, String), Vec<String>> = BTreeMap::new();
     for m in machines {
         if !bakes(project, m) {
             continue;
@@ -111,16 +111,19 @@ pub async fn choose_layers(
             m.provider.clone(),
             placed.engine(m),
             layer_for(project, m, fp),
+            resolved.pin(m.name.as_str()).unwrap_or(&m.base).to_string(),
         );
         wanted.entry(key).or_default().push(m.name.to_string());
     }
     let looks = wanted
         .iter()
-        .map(|((provider, engine, name), users)| async move {
+        .map(|((provider, engine, name, base), users)| async move {
             let p = provider_at(ctx, provider, engine).await?;
             let here = matches!(p.resolve_base(name).await, Ok(Some(_)));
             let there = match (&resolved.cache, here) {
-                (Some(cache), false) => super::cache::pull(ctx, &p, cache, &users[0], name).await,
+                (Some(cache), false) => {
+                    super::cache::pull(ctx, &p, cache, &users[0], name, base).await
+                }
                 (Some(cache), true) if cache.push => {
                     super::cache::push(ctx, &p, cache, &users[0], name).await;
                     false

@@ -62,10 +62,11 @@ pub async fn pull(
     cache: &Cache,
     machine: &str,
     layer: &str,
+    base: &str,
 ) -> bool {
     let at = reference(cache, p.name(), layer);
     let started = Instant::now();
-    match p.pull_baked(&at, layer).await {
+    match p.pull_baked(&at, layer, base).await {
         Ok(true) => {
             ctx.reporter.event(
                 Some(machine),

@@ -54,8 +54,12 @@ impl Registry {
             .unwrap()
             .to_string();
         let prefix = host.rsplit_once('.').unwrap().0;
-        let ip = format!("{prefix}.1");
-        let port = std::net::TcpListener::bind((ip.as_str(), 0))
+        Registry::on(&format!("{prefix}.1"))
+    }
+
+    /// Starts one on `ip` (an address of this machine), on a free port.
+    pub fn on(ip: &str) -> Registry {
+        let port = std::net::TcpListener::bind((ip, 0))
             .unwrap()
             .local_addr()
             .unwrap()

@@ -243,10 +243,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Fetches the baked layer `reference` (`REGISTRY/REPOSITORY:TAG` in a registry: the team's
     /// layer cache) onto this engine as the layer `name`, checking what it receives (the
-    /// registry's digests, and that it is the layer of `name`'s fingerprint). `Ok(false)`:
-    /// the registry has no such layer. Providers without a layer cache say `NotSupported`.
-    async fn pull_baked(&self, reference: &str, name: &str) -> Result<bool> {
-        let _ = (reference, name);
+    /// registry's digests, and that it is the layer of `name`'s fingerprint). `base` is the
+    /// base the machine would be made from without the layer: a provider whose layers lie
+    /// over their base takes one only over the same base. `Ok(false)`: the registry has no
+    /// such layer. Providers without a layer cache say `NotSupported`.
+    async fn pull_baked(&self, reference: &str, name: &str, base: &str) -> Result<bool> {
+        let _ = (reference, name, base);
         Err(ProviderError::NotSupported {
             provider: self.name(),
             what: "a layer cache in a registry".into(),

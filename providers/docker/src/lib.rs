@@ -360,7 +360,7 @@ impl Provider for DockerProvider {
 
     // The team's layer cache in a registry: `cache.rs`.
 
-    async fn pull_baked(&self, reference: &str, name: &str) -> Result<bool> {
+    async fn pull_baked(&self, reference: &str, name: &str, _base: &str) -> Result<bool> {
         self.pull_layer(reference, name)
             .await
             .map_err(|e| self.own(e))

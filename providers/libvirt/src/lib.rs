@@ -45,6 +45,7 @@
 mod accel;
 mod boot;
 mod boxes;
+mod cache;
 mod capsule;
 mod define;
 mod disk;
@@ -526,6 +527,26 @@ impl Provider for LibvirtProvider {
 
     async fn baked_layers(&self) -> Result<Vec<envrig_provider_api::BakedLayer>> {
         self.list_baked().await
+    }
+
+    async fn pull_baked(&self, reference: &str, name: &str, base: &str) -> Result<bool> {
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "taking a layer from the cache",
+                "its layers lie over this host's boxes",
+            ));
+        }
+        self.pull_layer(reference, name, base).await
+    }
+
+    async fn push_baked(&self, name: &str, reference: &str) -> Result<()> {
+        if self.remote.is_some() {
+            return Err(self.not_remotely(
+                "sending a layer to the cache",
+                "a remote host bakes no layer",
+            ));
+        }
+        self.push_layer(name, reference).await
     }
 
     async fn remove_baked(&self, name: &str) -> Result<()> {

@@ -325,10 +325,11 @@ impl Provider for PluginProvider {
         self.call(Call::RemoveBaked { name: name.into() }).await
     }
 
-    async fn pull_baked(&self, reference: &str, name: &str) -> Result<bool> {
+    async fn pull_baked(&self, reference: &str, name: &str, base: &str) -> Result<bool> {
         self.call(Call::PullBaked {
             reference: reference.into(),
             name: name.into(),
+            base: base.into(),
         })
         .await
     }

@@ -56,8 +56,25 @@ where
         let msg: ToPlugin = match serde_json::from_str(&line) {
             Ok(m) => m,
             Err(e) => {
-                // Not one of ours: said once on stderr, the line is dropped.
+                // A call of a newer envrig (a method or argument this plugin does not know)
+                // is answered, so envrig never waits for it; a line with no id is dropped.
                 eprintln!("envrig-provider-{name}: unreadable request ({e})");
+                if let Some(id) = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
+                {
+                    let method = serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v["call"]["method"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let e = ProviderError::NotSupported {
+                        provider: "plugin",
+                        what: format!(
+                            "the call `{method}` (this envrig-provider-{name} does not know it: it is older than envrig; install the plugin built with it)"
+                        ),
+                    };
+                    reply(&tx, id, Err(e));
+                }
                 continue;
             }
         };
@@ -240,7 +257,11 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
         Call::Flush { id } => ok(p.flush(&id).await),
         Call::BakedLayers => ok(p.baked_layers().await),
         Call::RemoveBaked { name } => ok(p.remove_baked(&name).await),
-        Call::PullBaked { reference, name } => ok(p.pull_baked(&reference, &name).await),
+        Call::PullBaked {
+            reference,
+            name,
+            base,
+        } => ok(p.pull_baked(&reference, &name, &base).await),
         Call::PushBaked { name, reference } => ok(p.push_baked(&name, &reference).await),
         Call::SweepWork => ok(p.sweep_work().await),
         Call::MarkBaseline { id } => ok(p.mark_baseline(&id).await),

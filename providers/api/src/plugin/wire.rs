@@ -201,6 +201,7 @@ pub enum Call {
     PullBaked {
         reference: String,
         name: String,
+        base: String,
     },
     PushBaked {
         name: String,
