@@ -267,3 +267,63 @@ provision = [{{ shell = "echo {stamp} > /root/marker" }}]
     let r = host(c.path(), &["exec", "vm", "--", "cat", "/root/marker"]).ok();
     assert_eq!(r.stdout, format!("{stamp}\n"));
 }
+
+/// A capsule through a registry: `export --to` sends the archive, `import REF` takes it
+/// (checked against its digest) and imports it as a file; a corrupted blob is refused and
+/// nothing is imported.
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn a_capsule_goes_through_a_registry_and_a_corrupt_one_is_refused() {
+    e2e();
+    let registry = Registry::on("127.0.0.1");
+    let repo = format!("team/{}", unique("capsule"));
+    let reference = format!("{}/{repo}:bug-1", registry.addr);
+    let p = common::Project::new(&format!(
+        "[project]\nname = \"{}\"\n[boxes.bb]\ndocker = \"{TEST_IMAGE}\"\n[machines.web]\nbox = \"bb\"\n",
+        unique("capsule")
+    ));
+    p.envrig(&["up"]).ok();
+    p.envrig(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo at-the-bug > /srv.txt",
+    ])
+    .ok();
+    p.envrig(&["snapshot", "save", "bug"]).ok();
+    let sent = p
+        .envrig(&["export", "--snapshot", "bug", "--to", &reference, "--json"])
+        .ok();
+    assert_eq!(
+        sent.json()["reference"],
+        reference.as_str(),
+        "{}",
+        sent.stdout
+    );
+
+    let there = tempfile::tempdir().unwrap();
+    let imported = common::envrig_in(there.path(), &["import", &reference]).ok();
+    assert!(imported.stderr.contains("pulled"), "{}", imported.stderr);
+    let r = common::envrig_in(there.path(), &["exec", "web", "--", "cat", "/srv.txt"]).ok();
+    assert_eq!(r.stdout, "at-the-bug\n");
+    common::envrig_in(there.path(), &["destroy", "-f"]).ok();
+
+    // The archive's blob corrupted in the registry: refused, nothing imported.
+    let manifest = registry.get(
+        &format!("/v2/{repo}/manifests/bug-1"),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let blob = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let file = registry.blob_file(&blob);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let r = common::envrig_in(elsewhere.path(), &["import", &reference]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.to_lowercase().contains("digest"), "{}", r.stderr);
+    assert!(!elsewhere.path().join("Envfile").exists());
+}

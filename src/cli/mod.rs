@@ -154,13 +154,23 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
         /// The file to write
-        #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
-        output: PathBuf,
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "FILE",
+            required_unless_present = "to",
+            conflicts_with = "to"
+        )]
+        output: Option<PathBuf>,
+        /// Send it to a registry instead, as REGISTRY/REPOSITORY:TAG (an OCI artifact)
+        #[arg(long, value_name = "REF")]
+        to: Option<String>,
     },
     /// Recreate what an exported file holds, as a project of its own. An archive is
     /// untrusted: what it would take from this host is shown, and host paths outside DIR,
     /// privileges and host variables are refused unless `--trust`
     Import {
+        /// The archive: a file, or REGISTRY/REPOSITORY:TAG that `export --to` sent
         file: PathBuf,
         /// The folder to import into (default: the current one)
         #[arg(short = 'C', value_name = "DIR")]

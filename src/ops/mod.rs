@@ -31,6 +31,7 @@ mod resolved;
 mod rollback;
 mod run;
 mod session;
+mod share;
 mod snapset;
 mod snapshot;
 mod spec;
@@ -69,6 +70,7 @@ pub use resolved::Resolved;
 pub use rollback::{RolledBack, rollback};
 pub use run::{RunOptions, RunOutcome, run};
 pub use session::Session;
+pub use share::{is_reference as is_capsule_reference, pull_capsule, push_capsule};
 pub use snapshot::{
     SnapshotRow, package, snapshot_delete, snapshot_list, snapshot_restore, snapshot_save,
 };

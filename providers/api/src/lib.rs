@@ -26,6 +26,7 @@ pub mod export;
 pub mod hash;
 pub mod home;
 pub mod labels;
+pub mod oci;
 pub mod plugin;
 mod provider;
 pub mod registry;

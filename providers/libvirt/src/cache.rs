@@ -1,6 +1,6 @@
 //! The team's layer cache in a registry, for VMs: a baked layer (a folder of the box store:
 //! its qcow2 disk over the box, maybe kernel files, a warm layer's memory and listing) goes
-//! to an OCI registry as an artifact of its own media type, with `oci-client`:
+//! to an OCI registry as an artifact of its own media type:
 //!
 //! - one blob per file (`application/vnd.envrig.libvirt.layer.file.v1`, titled by its file
 //!   name), the disk written with no backing file (the pusher's path means nothing
@@ -10,20 +10,17 @@
 //!
 //! A pull takes the layer only over the same box: the machine's own box must have that
 //! sha256 here, else the layer is not used (and said). Every blob is checked against its
-//! digest as it arrives (oci-client), file names are taken from a fixed list (never a
-//! path), the disk must be a qcow2 naming no backing or data file, and is then set over
-//! this host's copy of the box. Credentials come from `registry.rs` of the api crate;
-//! registries on loopback are spoken to over HTTP, others over HTTPS.
+//! digest and size as it arrives, file names are taken from a fixed list (never a path), the
+//! disk must be a qcow2 naming no backing or data file, and is then set over this host's
+//! copy of the box. The transfer is the api crate's `oci` (credentials, HTTP on loopback
+//! only, streaming).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use envrig_provider_api::registry::{credentials, registry_of};
+use envrig_provider_api::oci::{Artifact, title};
 use envrig_provider_api::{ProviderError, Result, labels};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::manifest::OciImageManifest;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{backing_of, qemu_img};
@@ -33,7 +30,6 @@ use crate::{LibvirtProvider, NAME, boxes, warm};
 const ARTIFACT_TYPE: &str = "application/vnd.envrig.libvirt.layer.v1";
 const CONFIG_TYPE: &str = "application/vnd.envrig.libvirt.layer.config.v1+json";
 const FILE_TYPE: &str = "application/vnd.envrig.libvirt.layer.file.v1";
-const TITLE: &str = "org.opencontainers.image.title";
 
 /// The files a layer may hold: the only names a pull writes.
 const FILES: [&str; 7] = [
@@ -64,35 +60,6 @@ fn engine(op: &str, e: impl std::fmt::Display) -> ProviderError {
 
 fn refused(message: String) -> ProviderError {
     ProviderError::Refused { message }
-}
-
-/// A client for the registry of `reference`, and its credentials.
-fn client(reference: &str) -> Result<(Client, Reference, RegistryAuth)> {
-    // reqwest's TLS needs a process-wide crypto provider: ring, as russh uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let image: Reference = reference
-        .parse()
-        .map_err(|e| refused(format!("`{reference}` is not a registry reference: {e}")))?;
-    let registry = registry_of(reference).to_string();
-    let host = registry.rsplit_once(':').map_or(registry.as_str(), |h| h.0);
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback());
-    let config = ClientConfig {
-        protocol: if loopback {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
-        ..ClientConfig::default()
-    };
-    let auth = match credentials(&registry) {
-        Some(c) => RegistryAuth::Basic(c.username, c.password),
-        None => RegistryAuth::Anonymous,
-    };
-    Ok((Client::new(config), image, auth))
 }
 
 /// The fingerprint (16 hex digits) a layer's name carries.
@@ -127,17 +94,11 @@ impl LibvirtProvider {
             .images
             .join(envrig_provider_api::work::unique_name(".push"));
         std::fs::create_dir_all(&work).map_err(|e| io("make a work folder", e))?;
-        let result = self
-            .push_files(
-                &dir,
-                &work,
-                reference,
-                LayerConfig {
-                    labels: layer_labels,
-                    box_sha256,
-                },
-            )
-            .await;
+        let config = LayerConfig {
+            labels: layer_labels,
+            box_sha256,
+        };
+        let result = self.push_files(&dir, &work, reference, config).await;
         let _ = std::fs::remove_dir_all(&work);
         result
     }
@@ -159,95 +120,48 @@ impl LibvirtProvider {
             bare.as_os_str(),
         ];
         qemu_img("take the box's path off the layer's disk", &args).await?;
-        let (c, image, auth) = client(reference)?;
-        c.store_auth_if_needed(image.resolve_registry(), &auth)
-            .await;
-        let mut layers = Vec::new();
+        let artifact = Artifact::open(reference).await.map_err(refused)?;
+        let mut blobs = Vec::new();
         for f in FILES {
             let path = if f == "disk.qcow2" {
                 bare.clone()
             } else {
                 dir.join(f)
             };
-            if !path.is_file() {
-                continue;
+            if path.is_file() {
+                let d = artifact
+                    .push_file(&path, FILE_TYPE, f, None)
+                    .await
+                    .map_err(|e| engine("push the layer", e))?;
+                blobs.push(d);
             }
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| io(format!("open {f}"), e))?;
-            let stream = futures_util::TryStreamExt::map_err(
-                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
-                oci_client::errors::OciDistributionError::IoError,
-            );
-            let pushed = c
-                .push_blob_stream_chunked(&image, stream)
-                .await
-                .map_err(|e| engine(&format!("push {f} to {reference}"), e))?;
-            layers.push(OciDescriptor {
-                media_type: FILE_TYPE.to_string(),
-                digest: pushed.blob_digest,
-                size: pushed.size as i64,
-                urls: None,
-                artifact_type: None,
-                annotations: Some(BTreeMap::from([(TITLE.to_string(), f.to_string())])),
-            });
         }
-        let config_bytes =
-            serde_json::to_vec(&config).map_err(|e| engine("write the config", e))?;
-        let config_digest = format!(
-            "sha256:{}",
-            envrig_provider_api::hash::sha256_hex(&config_bytes)
-        );
-        c.push_blob(&image, config_bytes.clone(), &config_digest)
+        let config = serde_json::to_vec(&config).map_err(|e| engine("write the config", e))?;
+        artifact
+            .push_manifest(ARTIFACT_TYPE, CONFIG_TYPE, config, blobs)
             .await
-            .map_err(|e| engine(&format!("push the layer's config to {reference}"), e))?;
-        let manifest = OciImageManifest {
-            schema_version: 2,
-            media_type: Some("application/vnd.oci.image.manifest.v1+json".to_string()),
-            config: OciDescriptor {
-                media_type: CONFIG_TYPE.to_string(),
-                digest: config_digest,
-                size: config_bytes.len() as i64,
-                urls: None,
-                artifact_type: None,
-                annotations: None,
-            },
-            layers,
-            subject: None,
-            artifact_type: Some(ARTIFACT_TYPE.to_string()),
-            annotations: None,
-        };
-        c.push_manifest(&image, &OciManifest::Image(manifest))
-            .await
-            .map_err(|e| engine(&format!("push the manifest of {reference}"), e))?;
-        Ok(())
+            .map_err(|e| engine("push the layer", e))
     }
 
     pub(crate) async fn pull_layer(&self, reference: &str, name: &str, base: &str) -> Result<bool> {
-        let (c, image, auth) = client(reference)?;
-        let manifest = match c.pull_manifest(&image, &auth).await {
-            Ok((OciManifest::Image(m), _)) => m,
-            Ok((OciManifest::ImageIndex(_), _)) => {
-                return Err(refused(format!("{reference} is an index, not a layer")));
-            }
-            Err(e) => {
-                let said = e.to_string().to_ascii_lowercase();
-                if said.contains("not found") || said.contains("unknown") {
-                    return Ok(false);
-                }
-                return Err(engine(&format!("pull the manifest of {reference}"), e));
-            }
+        let artifact = Artifact::open(reference).await.map_err(refused)?;
+        let Some(manifest) = artifact
+            .manifest()
+            .await
+            .map_err(|e| engine("read the cache", e))?
+        else {
+            return Ok(false);
         };
-        if manifest.config.media_type != CONFIG_TYPE || manifest.config.size > 1 << 20 {
+        if manifest.config.media_type != CONFIG_TYPE {
             return Err(refused(format!(
                 "{reference} is not an envrig libvirt layer (its config is {})",
                 manifest.config.media_type
             )));
         }
-        let mut config_bytes = Vec::new();
-        c.pull_blob(&image, &manifest.config, &mut config_bytes)
+        let config_bytes = artifact
+            .pull_small(&manifest.config, 1 << 20)
             .await
-            .map_err(|e| engine(&format!("pull the config of {reference}"), e))?;
+            .map_err(refused)?;
         let config: LayerConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| refused(format!("{reference}: its config cannot be read: {e}")))?;
         let baked = config
@@ -270,7 +184,10 @@ impl LibvirtProvider {
             return Err(refused(format!(
                 "{reference} lies over box sha256:{}, which this machine's box `{base}` is not here ({})",
                 &config.box_sha256[..config.box_sha256.len().min(12)],
-                here.map_or("missing".to_string(), |h| format!("sha256:{}", &h[..12]))
+                here.map_or("missing".to_string(), |h| format!(
+                    "sha256:{}",
+                    &h[..h.len().min(12)]
+                ))
             )));
         }
         let box_dir = self.box_dir(base).ok_or_else(|| ProviderError::NotFound {
@@ -283,8 +200,7 @@ impl LibvirtProvider {
                 ".pull-{name}"
             )));
         std::fs::create_dir_all(&work).map_err(|e| io("make a work folder", e))?;
-        let result = self.pull_files(&c, &image, &manifest, &work, &staged).await;
-        let result = match result {
+        let result = match self.pull_files(&artifact, &manifest, &work, &staged).await {
             Ok(()) => {
                 let (store, name2, work2, labels2) = (
                     self.boxes.clone(),
@@ -307,20 +223,14 @@ impl LibvirtProvider {
     /// Each file of `manifest` into `work`, checked; the disk set over `staged`'s.
     async fn pull_files(
         &self,
-        c: &Client,
-        image: &Reference,
+        artifact: &Artifact,
         manifest: &OciImageManifest,
         work: &Path,
         staged: &Path,
     ) -> Result<()> {
         let mut seen = Vec::new();
         for d in &manifest.layers {
-            let title = d
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TITLE))
-                .map(String::as_str)
-                .unwrap_or("");
+            let title = title(d);
             let Some(f) = FILES.iter().find(|f| **f == title) else {
                 return Err(refused(format!(
                     "the layer holds a file envrig does not know: {title:?}"
@@ -333,16 +243,11 @@ impl LibvirtProvider {
             }
             seen.push(*f);
             let path: PathBuf = work.join(f);
-            let mut out = tokio::fs::File::create(&path)
+            // Checked against the descriptor's digest and size as it comes.
+            artifact
+                .pull_to(d, &path, None)
                 .await
-                .map_err(|e| io(format!("write {f}"), e))?;
-            // oci-client checks the bytes against the descriptor's digest as they come.
-            c.pull_blob(image, d, &mut out)
-                .await
-                .map_err(|e| refused(format!("{f} of the layer cannot be taken: {e}")))?;
-            tokio::io::AsyncWriteExt::flush(&mut out)
-                .await
-                .map_err(|e| io(format!("write {f}"), e))?;
+                .map_err(|e| refused(format!("the layer's {f} cannot be taken: {e}")))?;
         }
         let disk = work.join("disk.qcow2");
         if !seen.contains(&"disk.qcow2") {

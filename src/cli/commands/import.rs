@@ -29,7 +29,32 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
         .dir
         .map(|d| cwd.join(d))
         .unwrap_or_else(|| cwd.to_path_buf());
-    let file: PathBuf = cwd.join(args.file);
+    // A capsule in a registry is taken into a file of its own first, then imported as one.
+    let given = args.file.to_string_lossy().into_owned();
+    let mut pulled = None;
+    let file: PathBuf = if ops::is_capsule_reference(&given, cwd) {
+        let dir = match tempfile::Builder::new().prefix("envrig-import-").tempdir() {
+            Ok(d) => d,
+            Err(e) => {
+                return fail(
+                    printer,
+                    ops::OpError::Io {
+                        context: "make a temporary folder".into(),
+                        source: e,
+                    },
+                );
+            }
+        };
+        let file = dir.path().join("capsule.envrig");
+        if let Err(e) = settle(ctx, ops::pull_capsule(ctx, &given, &file)).await {
+            return fail(printer, e);
+        }
+        pulled = Some(dir);
+        file
+    } else {
+        cwd.join(args.file)
+    };
+    let _pulled = pulled;
     let settings = ops::LoadSettings {
         provider_override: args.provider.clone(),
         instance: None,
@@ -43,7 +68,10 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
         Ok(plan) => plan,
         Err(e) => return fail(printer, e),
     };
-    let shown = display_path(cwd, &file);
+    let shown = match &_pulled {
+        Some(_) => given.clone(),
+        None => display_path(cwd, &file),
+    };
     if args.dry_run {
         print_check(printer, &plan, &shown, true);
         return 0;

@@ -132,15 +132,20 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
             machines,
             snapshot,
             output,
+            to,
         } => {
-            let output = cwd.join(&output);
+            let target = match (output, to) {
+                (Some(o), _) => snapshot::Target::File(cwd.join(o)),
+                (None, Some(r)) => snapshot::Target::Registry(r.clone()),
+                (None, None) => unreachable!("clap requires --output or --to"),
+            };
             snapshot::export(
                 &ctx,
                 &printer,
                 &project,
                 &machines,
                 snapshot.as_deref(),
-                &output,
+                &target,
             )
             .await
         }

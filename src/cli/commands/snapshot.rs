@@ -1,8 +1,6 @@
 //! `snapshot save|restore|list|delete`, `export` and `package`: machines' state kept, as
 //! snapshots, a portable file or a new box.
 
-use std::path::Path;
-
 use super::{fail, settle};
 use crate::cli::SnapshotCommand;
 use crate::cli::output::Printer;
@@ -44,17 +42,54 @@ pub(super) async fn snapshot(
 }
 
 /// `export`: `output` is already joined to the current folder.
+/// Where `export` puts its archive.
+pub(super) enum Target {
+    File(std::path::PathBuf),
+    /// `REGISTRY/REPOSITORY:TAG`: written to a temporary file, then sent.
+    Registry(String),
+}
+
 pub(super) async fn export(
     ctx: &Context,
     printer: &Printer,
     project: &Project,
     machines: &[String],
     snapshot: Option<&str>,
-    output: &Path,
+    target: &Target,
 ) -> i32 {
-    match settle(ctx, ops::export(ctx, project, snapshot, machines, output)).await {
+    let reference = match target {
+        Target::File(output) => {
+            return match settle(ctx, ops::export(ctx, project, snapshot, machines, output)).await {
+                Ok(manifest) => {
+                    printer.exported(output, &manifest);
+                    0
+                }
+                Err(e) => fail(printer, e),
+            };
+        }
+        Target::Registry(r) => r,
+    };
+    let dir = match tempfile::Builder::new().prefix("envrig-export-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                printer,
+                ops::OpError::Io {
+                    context: "make a temporary folder".into(),
+                    source: e,
+                },
+            );
+        }
+    };
+    let file = dir.path().join("capsule.envrig");
+    let sent = async {
+        let manifest = ops::export(ctx, project, snapshot, machines, &file).await?;
+        ops::push_capsule(ctx, &file, reference).await?;
+        Ok::<_, ops::OpError>(manifest)
+    };
+    match settle(ctx, sent).await {
         Ok(manifest) => {
-            printer.exported(output, &manifest);
+            printer.exported_to(reference, &file, &manifest);
             0
         }
         Err(e) => fail(printer, e),

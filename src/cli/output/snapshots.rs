@@ -35,6 +35,24 @@ impl Printer {
         table(&t);
     }
 
+    /// An archive sent to a registry (`export --to`).
+    pub fn exported_to(&self, reference: &str, file: &std::path::Path, m: &ops::Manifest) {
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let machines: Vec<&str> = m.machines.iter().map(|x| x.machine.as_str()).collect();
+        if self.json {
+            out(&json_line(
+                &serde_json::json!({"schema": SCHEMA_EXPORT, "file": null, "reference": reference, "bytes": size, "snapshot": m.snapshot, "machines": machines, "members": m.members.len()}),
+            ));
+        } else {
+            self.done(&format!(
+                "sent {reference} ({:.1} MB, {} machine{})",
+                size as f64 / 1e6,
+                machines.len(),
+                if machines.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
     pub fn exported(&self, path: &std::path::Path, m: &ops::Manifest) {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if self.json {
