@@ -209,16 +209,7 @@ impl Drop for Cleanup<'_> {
 }
 
 fn root_podman(args: &[&str]) -> Run {
-    let o = std::process::Command::new("podman")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("the `podman` CLI cannot be run; run scripts/host-setup.sh");
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    common::capture(std::process::Command::new("podman").args(args))
 }
 
 #[test]

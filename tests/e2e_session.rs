@@ -15,16 +15,10 @@ use common::{Run, e2e, free_port, guest, http_get, unique};
 const SESSION: (&str, &str) = ("LIBVIRT_DEFAULT_URI", "qemu:///session");
 
 fn virsh(user: &User, args: &[&str]) -> Run {
-    let o = user
-        .command_env(Path::new("/"), &[SESSION], "virsh")
-        .args(args)
-        .output()
-        .expect("runuser virsh");
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    common::capture(
+        user.command_env(Path::new("/"), &[SESSION], "virsh")
+            .args(args),
+    )
 }
 
 #[test]

@@ -56,6 +56,19 @@ fn progress(ctx: &Context, reference: &str, total: u64) -> envrig_provider_api::
     })
 }
 
+/// Says that `size` bytes of `reference` were `what` (pushed, pulled) since `started`.
+fn moved(ctx: &Context, what: &str, reference: &str, size: u64, started: Instant, more: &str) {
+    ctx.reporter.event(
+        None,
+        Phase::Done,
+        &format!(
+            "{what} {reference} ({:.1} MB) in {:.1}s{more}",
+            size as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+}
+
 /// Sends the archive `file` to `reference`; its size.
 pub async fn push_capsule(ctx: &Context, file: &Path, reference: &str) -> Result<u64, OpError> {
     let started = Instant::now();
@@ -87,15 +100,7 @@ pub async fn push_capsule(ctx: &Context, file: &Path, reference: &str) -> Result
         )
         .await
         .map_err(|e| registry_error(reference, e))?;
-    ctx.reporter.event(
-        None,
-        Phase::Done,
-        &format!(
-            "pushed {reference} ({:.1} MB) in {:.1}s",
-            size as f64 / 1e6,
-            started.elapsed().as_secs_f64()
-        ),
-    );
+    moved(ctx, "pushed", reference, size, started, "");
     Ok(size)
 }
 
@@ -129,14 +134,13 @@ pub async fn pull_capsule(ctx: &Context, reference: &str, dest: &Path) -> Result
         .pull_to(blob, dest, Some(progress(ctx, reference, size)))
         .await
         .map_err(|e| registry_error(reference, e))?;
-    ctx.reporter.event(
-        None,
-        Phase::Done,
-        &format!(
-            "pulled {reference} ({:.1} MB) in {:.1}s, its digest checked",
-            size as f64 / 1e6,
-            started.elapsed().as_secs_f64()
-        ),
+    moved(
+        ctx,
+        "pulled",
+        reference,
+        size,
+        started,
+        ", its digest checked",
     );
     Ok(size)
 }

@@ -212,6 +212,11 @@ pub fn envrig_in(dir: &Path, args: &[&str]) -> Run {
     Run::from(o)
 }
 
+/// Runs `c` with no stdin and captures what it printed.
+pub fn capture(c: &mut Command) -> Run {
+    Run::from(c.stdin(Stdio::null()).output().expect("run a command"))
+}
+
 /// Runs the docker CLI.
 pub fn docker(args: &[&str]) -> Run {
     Run::from(

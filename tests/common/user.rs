@@ -95,22 +95,12 @@ impl User {
 
     /// envrig run as the user in `dir`, with the variables `env` set too.
     pub fn envrig_env(&self, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
-        let o = self
-            .command_env(dir, env, "envrig")
-            .args(args)
-            .output()
-            .expect("runuser envrig");
-        Run::from(o)
+        super::capture(self.command_env(dir, env, "envrig").args(args))
     }
 
     /// The user's own `podman` (rootless storage and networks).
     pub fn podman(&self, args: &[&str]) -> Run {
-        let o = self
-            .command(Path::new("/"), "podman")
-            .args(args)
-            .output()
-            .expect("runuser podman");
-        Run::from(o)
+        super::capture(self.command(Path::new("/"), "podman").args(args))
     }
 
     /// A project folder owned by the user, with `envfile` in it.

@@ -32,6 +32,18 @@ fn auth(reference: &str) -> Option<DockerCredentials> {
 }
 
 impl DockerProvider {
+    /// Takes the name `reference` off its image (the image stays while it has another).
+    async fn untag(&self, reference: &str) {
+        let _ = self
+            .docker
+            .remove_image(
+                reference,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+
     pub(crate) async fn pull_layer(&self, reference: &str, name: &str) -> Result<bool> {
         let (repo, tag) = split_tag(reference);
         let options = CreateImageOptions {
@@ -68,14 +80,7 @@ impl DockerProvider {
                 .map_err(|e| map_err(format!("tag {reference} as {name}"), e))?;
         }
         // The registry's name goes whatever happened: the layer is known by its own.
-        let _ = self
-            .docker
-            .remove_image(
-                reference,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await;
+        self.untag(reference).await;
         checked.map(|()| true)
     }
 
@@ -131,14 +136,7 @@ impl DockerProvider {
                 break;
             }
         }
-        let _ = self
-            .docker
-            .remove_image(
-                reference,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await;
+        self.untag(reference).await;
         result
     }
 }

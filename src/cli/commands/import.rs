@@ -33,17 +33,9 @@ pub async fn cmd_import(printer: &Printer, ctx: &Context, cwd: &Path, args: Impo
     let given = args.file.to_string_lossy().into_owned();
     let mut pulled = None;
     let file: PathBuf = if ops::is_capsule_reference(&given, cwd) {
-        let dir = match tempfile::Builder::new().prefix("envrig-import-").tempdir() {
+        let dir = match super::temp_folder("envrig-import-") {
             Ok(d) => d,
-            Err(e) => {
-                return fail(
-                    printer,
-                    ops::OpError::Io {
-                        context: "make a temporary folder".into(),
-                        source: e,
-                    },
-                );
-            }
+            Err(e) => return fail(printer, e),
         };
         let file = dir.path().join("capsule.envrig");
         if let Err(e) = settle(ctx, ops::pull_capsule(ctx, &given, &file)).await {

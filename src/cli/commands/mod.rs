@@ -289,3 +289,15 @@ fn load(
         }
     }
 }
+
+/// A temporary folder (removed when dropped) for an archive on its way to or from a
+/// registry.
+fn temp_folder(prefix: &str) -> Result<tempfile::TempDir, ops::OpError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| ops::OpError::Io {
+            context: "make a temporary folder".into(),
+            source: e,
+        })
+}

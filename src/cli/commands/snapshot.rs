@@ -69,17 +69,9 @@ pub(super) async fn export(
         }
         Target::Registry(r) => r,
     };
-    let dir = match tempfile::Builder::new().prefix("envrig-export-").tempdir() {
+    let dir = match super::temp_folder("envrig-export-") {
         Ok(d) => d,
-        Err(e) => {
-            return fail(
-                printer,
-                ops::OpError::Io {
-                    context: "make a temporary folder".into(),
-                    source: e,
-                },
-            );
-        }
+        Err(e) => return fail(printer, e),
     };
     let file = dir.path().join("capsule.envrig");
     let sent = async {
