@@ -60,8 +60,8 @@ fn a_layer_baked_on_one_host_is_pulled_on_another_and_a_corrupt_one_is_refused()
     let rig = rig();
     let registry = Registry::on_link(&rig);
     let cache = format!("{}/team/{}", registry.addr, unique("cache"));
-    // Two recipes over three machines; each step's output is unique to this run, so a
-    // machine made from a pulled layer shows what host A's step wrote.
+    // Three machines of three recipes (three layers); each step's output is unique to this
+    // run, so a machine made from a pulled layer shows what host A's step wrote.
     let stamp = unique("baked");
     let envfile = format!(
         r#"[project]
@@ -72,22 +72,23 @@ docker = "{TEST_IMAGE}"
 
 [defaults]
 box = "bb"
-provision = [{{ shell = "echo web-{stamp} > /srv.txt" }}]
 
 [machines.web1]
+provision = [{{ shell = "echo web1-{stamp} > /srv.txt" }}]
 [machines.web2]
+provision = [{{ shell = "echo web2-{stamp} > /srv.txt" }}]
 [machines.db]
 provision = [{{ shell = "echo db-{stamp} > /srv.txt" }}]
 "#,
         unique("cache")
     );
 
-    // Host A bakes and pushes both layers.
+    // Host A bakes and pushes the three layers.
     let a = Checkout::new(&envfile, &engine(&rig, "d1"), &cache);
     let up = a.envrig(&["up", "--push"]).ok();
     assert_eq!(
         up.stderr.matches("pushed layer").count(),
-        2,
+        3,
         "{}",
         up.stderr
     );
@@ -95,26 +96,26 @@ provision = [{{ shell = "echo db-{stamp} > /srv.txt" }}]
         &format!("/v2/{}/tags/list", cache.split_once('/').unwrap().1),
         "application/json",
     );
-    assert_eq!(tags.matches("docker-").count(), 2, "{tags}");
+    assert_eq!(tags.matches("docker-").count(), 3, "{tags}");
 
-    // Host B: another engine, another home, another checkout: both layers pulled, no step
-    // runs, and the machines hold what host A's steps wrote.
+    // Host B: another engine, another home, another checkout: the three layers pulled, no
+    // step runs, and the machines hold what host A's steps wrote.
     let b = Checkout::new(&envfile, &engine(&rig, "d2"), &cache);
     let up = b.envrig(&["up"]).ok();
     assert_eq!(
         up.stderr.matches("pulled layer").count(),
-        2,
+        3,
         "{}",
         up.stderr
     );
     assert!(!up.stderr.contains("running step"), "{}", up.stderr);
-    for (m, want) in [("web1", "web"), ("web2", "web"), ("db", "db")] {
+    for (m, want) in [("web1", "web1"), ("web2", "web2"), ("db", "db")] {
         let r = b.envrig(&["exec", m, "--", "cat", "/srv.txt"]).ok();
         assert_eq!(r.stdout, format!("{want}-{stamp}\n"));
     }
 
     // A blob of db's layer corrupted in the registry: host C refuses it (the engine checks
-    // every digest), provisions db itself, and still takes web's layer.
+    // every digest), provisions db itself, and still takes the webs' layers.
     // db's fingerprint, from the lock file host A wrote.
     let lock = std::fs::read_to_string(a.dir.path().join("Envfile.lock")).unwrap();
     let db = lock
@@ -155,7 +156,7 @@ provision = [{{ shell = "echo db-{stamp} > /srv.txt" }}]
     );
     assert_eq!(
         up.stderr.matches("pulled layer").count(),
-        1,
+        2,
         "{}",
         up.stderr
     );
