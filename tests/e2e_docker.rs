@@ -507,3 +507,60 @@ fn suspend_pauses_a_container_and_resume_brings_it_back() {
     p.envrig(&["halt"]).ok();
     assert_eq!(container_state(&id), "exited");
 }
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn port_gives_the_host_side_of_each_forwarded_port_even_one_the_engine_chose() {
+    e2e();
+    let (tcp, udp) = (common::free_port(), common::free_port());
+    let extra = format!(
+        "[machines.www]\nports = [\"127.0.0.1:{tcp}:8080\", \"127.0.0.1:{udp}:53/udp\"]\ncommand = [\"sh\", \"-c\", \"echo served > /index.html; exec httpd -f -p 8080 -h /\"]\n"
+    );
+    let p = Project::new(&envfile(&unique("port"), &[], &extra));
+    p.envrig(&["up"]).ok();
+    let all = p.envrig(&["port", "www"]).ok();
+    assert_eq!(
+        all.stdout,
+        format!("53/udp -> 127.0.0.1:{udp}\n8080/tcp -> 127.0.0.1:{tcp}\n")
+    );
+    assert_eq!(
+        p.envrig(&["port", "www", "8080"]).ok().stdout,
+        format!("127.0.0.1:{tcp}\n")
+    );
+    let doc = p.envrig(&["port", "www", "53/udp", "--json"]).ok().json();
+    assert_eq!(doc["schema"], "envrig.port/1");
+    assert_eq!(doc["ports"][0]["host_port"], udp);
+    let r = p.envrig(&["port", "www", "81"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("forwards no port 81/tcp"), "{}", r.stderr);
+    p.envrig(&["halt"]).ok();
+    let r = p.envrig(&["port", "www"]);
+    assert_eq!(
+        r.code, 1,
+        "a stopped machine forwards nothing: {}",
+        r.stderr
+    );
+    p.envrig(&["destroy", "-f"]).ok();
+
+    // A `run` environment's ports are chosen by the engine: `port` says which.
+    let r = p.envrig(&["run", "--keep-on-failure", "--", "false"]);
+    let instance = r
+        .stderr
+        .split("--instance ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no instance in: {}", r.stderr))
+        .to_string();
+    let line = p
+        .envrig(&["--instance", &instance, "port", "www", "8080"])
+        .ok()
+        .stdout;
+    let chosen: u16 = line
+        .trim()
+        .rsplit_once(':')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not ADDRESS:PORT: {line}"));
+    assert!(chosen != 0 && chosen != tcp, "{line}");
+    assert_eq!(common::http_get(chosen), "served");
+    p.envrig(&["--instance", &instance, "destroy", "-f"]).ok();
+}

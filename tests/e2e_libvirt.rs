@@ -72,6 +72,11 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
         let _ = c.read_to_string(&mut body);
         assert!(body.contains("served by the vm"), "{body}");
     }
+    // `port` says where the VM's port is forwarded to (passt).
+    assert_eq!(
+        p.envrig(&["port", "vm"]).ok().stdout,
+        format!("8080/tcp -> 127.0.0.1:{port}\n")
+    );
     assert_eq!(
         row("vm")["ports"],
         serde_json::json!([format!("127.0.0.1:{port}->8080/tcp")])

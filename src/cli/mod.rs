@@ -201,6 +201,13 @@ enum Command {
     /// the file ENVRIG_ENGINES names)
     #[command(subcommand)]
     Engine(EngineCommand),
+    /// The host side of a running machine's forwarded ports (all, or GUEST_PORT's: `80`,
+    /// `53/udp`)
+    Port {
+        machine: String,
+        #[arg(value_name = "GUEST_PORT", value_parser = parse_guest_port)]
+        guest: Option<(u16, envrig_provider_api::Protocol)>,
+    },
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
 }
@@ -341,6 +348,10 @@ fn parse_instance(s: &str) -> Result<String, String> {
             "`{s}` is not a run instance id like `run-1a2b3c4d`"
         ))
     }
+}
+
+fn parse_guest_port(s: &str) -> Result<(u16, envrig_provider_api::Protocol), String> {
+    crate::ops::parse_guest_port(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -159,6 +159,9 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         Command::Rollback { machines } => {
             generations::rollback(&ctx, &printer, &project, &machines).await
         }
+        Command::Port { machine, guest } => {
+            ssh::port(&ctx, &printer, &project, &machine, guest).await
+        }
         Command::Drift { machine, exit_code } => {
             generations::drift(&ctx, &printer, &project, &machine, exit_code).await
         }

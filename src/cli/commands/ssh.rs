@@ -4,7 +4,7 @@
 
 use std::io::IsTerminal;
 
-use super::{exit_status, fail};
+use super::{exit_status, fail, settle};
 use crate::cli::output::Printer;
 use crate::ops::{self, Context, Project};
 
@@ -211,6 +211,50 @@ pub(super) async fn cmd_ssh_config(
         }
     }
     0
+}
+
+/// `port MACHINE [GUEST_PORT]`: `80/tcp -> 127.0.0.1:18081` per port (as `docker port`), or
+/// only the host side of GUEST_PORT (as `docker compose port`).
+pub(super) async fn port(
+    ctx: &Context,
+    printer: &Printer,
+    project: &Project,
+    machine: &str,
+    guest: Option<(u16, envrig_provider_api::Protocol)>,
+) -> i32 {
+    match settle(ctx, ops::port(ctx, project, machine, guest)).await {
+        Ok(ports) => {
+            let rows: Vec<serde_json::Value> = ports
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "guest_port": p.guest_port,
+                        "protocol": p.protocol.as_str(),
+                        "host_ip": p.host_ip,
+                        "host_port": p.host_port,
+                    })
+                })
+                .collect();
+            let doc =
+                serde_json::json!({"schema": "envrig.port/1", "machine": machine, "ports": rows});
+            if !printer.as_json(doc) {
+                for p in &ports {
+                    match guest {
+                        Some(_) => println!("{}:{}", p.host_ip, p.host_port),
+                        None => println!(
+                            "{}/{} -> {}:{}",
+                            p.guest_port,
+                            p.protocol.as_str(),
+                            p.host_ip,
+                            p.host_port
+                        ),
+                    }
+                }
+            }
+            0
+        }
+        Err(e) => fail(printer, e),
+    }
 }
 
 #[cfg(test)]
