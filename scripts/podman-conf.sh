@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # podman-conf.sh FILE SUBNET POOL [SLIRP_CIDR]: writes the containers.conf envrig's tests run
-# Podman with (root's in /etc/containers, the test user's in its home).
+# Podman with (root's in /etc/containers; FILE `-`: to stdout, which rootless-user.sh has the
+# test user write into its own home).
 #
 # Only a file envrig wrote (its first line says so) or none is written: a host's own Podman
 # configuration is left alone. What it sets, and why (measured on Debian 12's Podman 4.3):
@@ -14,12 +15,11 @@
 set -euo pipefail
 file=$1 subnet=$2 pool=$3 slirp=${4:-}
 mark="# written by envrig's scripts/podman-conf.sh"
-if [ -e "$file" ] && [ "$(head -n 1 "$file")" != "$mark" ]; then
+if [ "$file" != - ] && [ -e "$file" ] && [ "$(head -n 1 "$file")" != "$mark" ]; then
   echo "podman-conf: $file is not envrig's; left as it is" >&2
   exit 0
 fi
-mkdir -p "$(dirname "$file")"
-{
+conf() {
   echo "$mark"
   echo '[containers]'
   echo "default_ulimits = [\"nofile=$(ulimit -Hn):$(ulimit -Hn)\", \"nproc=32768:32768\"]"
@@ -34,5 +34,11 @@ mkdir -p "$(dirname "$file")"
   echo 'network_backend = "netavark"'
   echo "default_subnet = \"$subnet\""
   echo "default_subnet_pools = [{\"base\" = \"$pool\", \"size\" = 24}]"
-} >"$file.new"
-mv "$file.new" "$file"
+}
+if [ "$file" = - ]; then
+  conf
+else
+  mkdir -p "$(dirname "$file")"
+  conf >"$file.new"
+  mv "$file.new" "$file"
+fi

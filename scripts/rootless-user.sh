@@ -32,10 +32,17 @@ chmod 700 "$run"
 # Rootless Podman: its own configuration (scripts/podman-conf.sh: this host's limits, cgroupfs,
 # networks inside 198.18.0.0/15, slirp4netns' too) and overlay storage (the kernel's rootless
 # overlay; Podman would pick vfs here, which copies every image per container).
+# Written by the user itself (root writing into a folder the user owns could be led along a
+# link the user planted).
 conf="$home/.config/containers"
-mkdir -p "$conf"
-"$(dirname "$0")/podman-conf.sh" "$conf/containers.conf" 198.19.192.0/24 198.19.224.0/19 198.19.200.0/24
-[ -e "$conf/storage.conf" ] || printf '[storage]\ndriver = "overlay"\n' >"$conf/storage.conf"
-chown -R "$user:$user" "$home/.config"
+as_user() { runuser -u "$user" -- "$@"; }
+as_user mkdir -p "$conf"
+"$(dirname "$0")/podman-conf.sh" - 198.19.192.0/24 198.19.224.0/19 198.19.200.0/24 |
+  as_user sh -c 'f=$1/containers.conf
+    if [ -e "$f" ] && [ "$(head -n 1 "$f")" != "$2" ]; then
+      echo "rootless-user: $f is not envrig'"'"'s; left as it is" >&2; cat >/dev/null; exit 0
+    fi
+    cat >"$f.new" && mv "$f.new" "$f"' sh "$conf" "# written by envrig's scripts/podman-conf.sh"
+as_user sh -c '[ -e "$1/storage.conf" ] || printf "[storage]\ndriver = \"overlay\"\n" >"$1/storage.conf"' sh "$conf"
 
 echo "$user $uid $home"

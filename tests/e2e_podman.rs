@@ -114,7 +114,8 @@ fn lifecycle(side: &Side) {
         .stdout;
 
     // A snapshot brings back what was lost since.
-    // A synced folder is live both ways; what the machine writes is the host user's.
+    // A synced folder is live both ways; what the machine writes is the host user's (as
+    // root that is root; rootless, the user, not one of its subordinate ids).
     let r = envrig(&["exec", "db", "--", "cat", "/shared/from-host"]).ok();
     assert_eq!(r.stdout, "hello from the host\n");
     envrig(&[

@@ -359,16 +359,16 @@ pub(super) fn parse_document(
             );
         }
         if let Some(caps) = caps
-            && names.len() > 1
+            && (names.len() > 1 || network.subnet.is_some())
             && !caps.private_network
         {
             p.error_help(
                 &mp,
                 span.clone(),
-                format!(
-                    "the {provider} provider cannot put machine `{name}` on a private network here, and the {} machines of this Envfile reach each other by name on one",
-                    names.len()
-                ),
+                match names.len() {
+                    1 => format!("the {provider} provider cannot put machine `{name}` on a private network here, and `[network]` asks for one"),
+                    n => format!("the {provider} provider cannot put machine `{name}` on a private network here, and the {n} machines of this Envfile reach each other by name on one"),
+                },
                 format!("its engine here says so (an unprivileged daemon cannot make bridges); keep one machine in this Envfile, or point the {provider} provider at an engine that can"),
             );
         }

@@ -36,12 +36,14 @@ pub fn setting(project: &Project, push: bool) -> Result<Option<Cache>, OpError> 
         Ok(v) => Some(parse_cache(&v).map_err(|e| OpError::Usage(format!("ENVRIG_CACHE: {e}")))?),
         Err(_) => project.envfile.project.cache.clone(),
     };
+    let asked = push;
     let push = push
         || project.envfile.project.cache_push
         || std::env::var("ENVRIG_CACHE_PUSH").is_ok_and(|v| v == "1" || v == "true");
     match repository {
         Some(repository) => Ok(Some(Cache { repository, push })),
-        None if push => Err(OpError::Usage(
+        // `cache_push` or ENVRIG_CACHE_PUSH with the cache turned off: nothing to push to.
+        None if asked => Err(OpError::Usage(
             "pushing layers needs a cache: set `[project] cache = \"REGISTRY/REPOSITORY\"` or ENVRIG_CACHE".into(),
         )),
         None => Ok(None),

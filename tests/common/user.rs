@@ -27,7 +27,17 @@ impl User {
             "the test user {name} is missing; run scripts/host-setup.sh"
         );
         let uid: u32 = String::from_utf8_lossy(&id.stdout).trim().parse().unwrap();
-        let home = PathBuf::from(format!("/home/{name}"));
+        let entry = Command::new("getent")
+            .args(["passwd", &name])
+            .output()
+            .expect("getent");
+        let home = PathBuf::from(
+            String::from_utf8_lossy(&entry.stdout)
+                .trim()
+                .split(':')
+                .nth(5)
+                .unwrap_or_else(|| panic!("no home for {name}")),
+        );
         let dir = PathBuf::from(format!(
             "/tmp/envrig-user-{}-{}",
             std::process::id(),

@@ -68,6 +68,8 @@ impl Artifact {
                 ClientProtocol::Https
             },
             connect_timeout: Some(std::time::Duration::from_secs(10)),
+            // A registry that stops sending fails the transfer rather than holding `up`.
+            read_timeout: Some(std::time::Duration::from_secs(60)),
             ..ClientConfig::default()
         };
         let auth = match credentials(&registry) {

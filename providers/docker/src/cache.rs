@@ -66,9 +66,9 @@ impl DockerProvider {
                 },
             }
         }
-        let checked = self.check_pulled(reference, name).await;
-        if checked.is_ok() {
-            self.docker
+        let checked = match self.check_pulled(reference, name).await {
+            Ok(()) => self
+                .docker
                 .tag_image(
                     reference,
                     Some(TagImageOptions {
@@ -77,8 +77,9 @@ impl DockerProvider {
                     }),
                 )
                 .await
-                .map_err(|e| map_err(format!("tag {reference} as {name}"), e))?;
-        }
+                .map_err(|e| map_err(format!("tag {reference} as {name}"), e)),
+            Err(e) => Err(e),
+        };
         // The registry's name goes whatever happened: the layer is known by its own.
         self.untag(reference).await;
         checked.map(|()| true)

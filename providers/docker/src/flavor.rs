@@ -68,9 +68,15 @@ impl Flavor {
             capabilities: self.capabilities(),
             keys: vec![Key::bool("privileged"), Key::bool("init")],
             box_ref: BoxRef::Image,
-            engine_schemes: ["unix", "tcp", "ssh", "http", "https"]
-                .map(String::from)
-                .to_vec(),
+            engine_schemes: match self {
+                Flavor::Docker => vec!["unix", "tcp", "ssh", "http", "https"],
+                // bollard's ssh transport runs `docker system dial-stdio` on the far host,
+                // which a Podman host need not have.
+                Flavor::Podman => vec!["unix", "tcp", "http", "https"],
+            }
+            .into_iter()
+            .map(String::from)
+            .collect(),
         }
     }
 
@@ -96,9 +102,13 @@ impl Flavor {
         }
     }
 
-    /// The local engine's address when the variable names one that is not a unix socket
-    /// (`tcp://`, `ssh://`): connected to as an engine endpoint.
+    /// Podman's engine when `CONTAINER_HOST` names one that is not a unix socket (`tcp://`):
+    /// connected to as an engine endpoint. Docker's `DOCKER_HOST` is left to bollard, which
+    /// also reads `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`.
     pub(crate) fn remote_address(self) -> Option<String> {
+        if self == Flavor::Docker {
+            return None;
+        }
         let host = std::env::var(self.host_variable()).ok()?;
         (!host.is_empty() && !host.starts_with("unix://")).then_some(host)
     }

@@ -195,18 +195,23 @@ impl DockerProvider {
         while let Some(item) = stream.next().await {
             item.map_err(|e| map_err("import the holder image", e))?;
         }
-        if self.flavor == crate::Flavor::Podman {
-            // Podman's compatible import takes the repository but not the tag (it tags
-            // `latest`): the tag is given here, and `latest` taken off again.
+        // Podman 4.3's compatible import takes the repository but not the tag (it tags
+        // `latest`): where the tag is missing it is given here, and `latest` taken off again.
+        // Two commands importing at once may find either name gone: what counts is that
+        // the tagged image is there.
+        if self.flavor == crate::Flavor::Podman && self.docker.inspect_image(&image).await.is_err()
+        {
             let latest = format!("{HOLDER_REPO}:latest");
             let options = bollard::query_parameters::TagImageOptions {
                 repo: Some(HOLDER_REPO.into()),
                 tag: Some(tag),
             };
-            self.docker
-                .tag_image(&latest, Some(options))
-                .await
-                .map_err(|e| map_err("tag the holder image", e))?;
+            let tagged = self.docker.tag_image(&latest, Some(options)).await;
+            if let Err(e) = tagged
+                && self.docker.inspect_image(&image).await.is_err()
+            {
+                return Err(map_err("tag the holder image", e));
+            }
             let _ = self
                 .docker
                 .remove_image(

@@ -75,12 +75,11 @@ pub(crate) async fn start_service(socket: &Path) -> Result<()> {
     let mut child = std::process::Command::new(&podman)
         .args(["system", "service", "--time", &IDLE_SECONDS.to_string()])
         .arg(format!("unix://{}", socket.display()))
-        // It outlives this command: nothing of this command's is lent to it (a temporary
-        // folder removed after, a working folder kept busy).
-        .env_remove("TMPDIR")
-        // Either would make `podman` a remote client of the very socket it is to serve.
-        .env_remove("CONTAINER_HOST")
-        .env_remove("CONTAINER_CONNECTION")
+        // It outlives this command and serves later ones: it gets what Podman needs of the
+        // user's environment and nothing of this command's (a temporary folder removed
+        // after, secrets, CONTAINER_HOST, which would make it a client of its own socket).
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| kept_for_service(k)))
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log)
@@ -125,6 +124,23 @@ pub(crate) async fn start_service(socket: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the variable `k` of this command's environment is given to the service it starts.
+fn kept_for_service(k: &str) -> bool {
+    matches!(
+        k,
+        "PATH"
+            | "HOME"
+            | "USER"
+            | "LOGNAME"
+            | "LANG"
+            | "XDG_RUNTIME_DIR"
+            | "XDG_CONFIG_HOME"
+            | "XDG_DATA_HOME"
+            | "REGISTRY_AUTH_FILE"
+    ) || k.starts_with("LC_")
+        || (k.starts_with("CONTAINERS_") && k != "CONTAINERS_CONF_OVERRIDE")
 }
 
 /// The first executable called `name` on `PATH`.

@@ -164,6 +164,13 @@ impl LibvirtProvider {
             .map_err(refused)?;
         let config: LayerConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| refused(format!("{reference}: its config cannot be read: {e}")))?;
+        if config.box_sha256.len() != 64
+            || !config.box_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(refused(format!(
+                "{reference}: its config names no box sha256 (64 hex digits)"
+            )));
+        }
         let baked = config
             .labels
             .get(labels::BAKED)
@@ -199,7 +206,14 @@ impl LibvirtProvider {
             .join(envrig_provider_api::work::unique_name(&format!(
                 ".pull-{name}"
             )));
-        std::fs::create_dir_all(&work).map_err(|e| io("make a work folder", e))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&work)
+                .map_err(|e| io("make a work folder", e))?;
+        }
         let result = match self.pull_files(&artifact, &manifest, &work, &staged).await {
             Ok(()) => {
                 let (store, name2, work2, labels2) = (
