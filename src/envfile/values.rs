@@ -201,6 +201,16 @@ impl fmt::Display for Subnet {
     }
 }
 
+/// Whether `s` (the part of a reference before its first `/`) is a registry host: letters,
+/// digits, `.`, `-`, a port, brackets of an IPv6 address; a dot or a port, or `localhost`
+/// (else it is the first part of a repository on Docker Hub).
+pub fn is_registry_host(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '[')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && (s.contains(['.', ':']) || s == "localhost")
+}
+
 /// A layer cache's place: `REGISTRY/REPOSITORY` (a registry host with an optional port,
 /// then one or more lowercase path parts), with no tag or digest: envrig names the tags.
 pub fn parse_cache(s: &str) -> Result<String, String> {
@@ -210,12 +220,7 @@ pub fn parse_cache(s: &str) -> Result<String, String> {
         )
     };
     let (registry, repo) = s.split_once('/').ok_or_else(|| bad("no registry"))?;
-    let host_ok = !registry.is_empty()
-        && registry
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-        && (registry.contains(['.', ':']) || registry == "localhost");
-    if !host_ok {
+    if !is_registry_host(registry) {
         return Err(bad(
             "the part before the first `/` must be a registry host, with a dot or a port",
         ));

@@ -21,7 +21,7 @@ use crate::envfile::{Machine, RunPolicy};
 /// The base name of the layer of fingerprint `fp`, the same on every provider (a valid
 /// docker image name and a valid box name).
 pub fn layer_name(fp: &str) -> String {
-    format!("envrig-baked-{}", short(fp))
+    format!("{}{}", labels::BAKED_NAME_PREFIX, short(fp))
 }
 
 /// The name of the layer `m` (of fingerprint `fp`) starts from and bakes into: a warm

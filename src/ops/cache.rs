@@ -52,7 +52,9 @@ pub fn setting(project: &Project, push: bool) -> Result<Option<Cache>, OpError> 
 
 /// The registry reference of the layer `layer` of `provider` in `cache`.
 pub fn reference(cache: &Cache, provider: &str, layer: &str) -> String {
-    let tag = layer.strip_prefix("envrig-baked-").unwrap_or(layer);
+    let tag = layer
+        .strip_prefix(envrig_provider_api::labels::BAKED_NAME_PREFIX)
+        .unwrap_or(layer);
     format!("{}:{provider}-{tag}", cache.repository)
 }
 

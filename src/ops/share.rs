@@ -31,8 +31,7 @@ pub fn is_reference(arg: &str, cwd: &Path) -> bool {
     let Some((registry, rest)) = arg.split_once('/') else {
         return false;
     };
-    let host_like = registry.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && (registry.contains(['.', ':']) || registry == "localhost");
+    let host_like = crate::envfile::values::is_registry_host(registry);
     let tagged = rest
         .rsplit('/')
         .next()

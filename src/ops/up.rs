@@ -535,7 +535,7 @@ async fn run_one(
                 &format!(
                     "using baked layer {}, {n} step{} skipped",
                     layer
-                        .trim_start_matches("envrig-baked-")
+                        .trim_start_matches(envrig_provider_api::labels::BAKED_NAME_PREFIX)
                         .get(..6)
                         .unwrap_or(layer),
                     if n == 1 { "" } else { "s" }

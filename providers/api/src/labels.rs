@@ -6,6 +6,16 @@
 use std::collections::BTreeMap;
 
 /// Prefix of every envrig label.
+/// The name every baked layer starts with: `envrig-baked-<fingerprint16>[-w|-wn]`.
+pub const BAKED_NAME_PREFIX: &str = "envrig-baked-";
+
+/// The fingerprint (16 hex digits) a baked layer's name carries; empty for another name.
+pub fn baked_fingerprint(name: &str) -> &str {
+    name.strip_prefix(BAKED_NAME_PREFIX)
+        .and_then(|r| r.split('-').next())
+        .unwrap_or("")
+}
+
 pub const PREFIX: &str = "dev.envrig.";
 /// The environment identity: a hash of the project name and its folder.
 pub const ENV: &str = "dev.envrig.env";
@@ -137,6 +147,19 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layers_fingerprint_is_read_from_its_name() {
+        assert_eq!(
+            baked_fingerprint("envrig-baked-0123456789abcdef"),
+            "0123456789abcdef"
+        );
+        assert_eq!(
+            baked_fingerprint("envrig-baked-0123456789abcdef-wn"),
+            "0123456789abcdef"
+        );
+        assert_eq!(baked_fingerprint("debian"), "");
+    }
 
     #[test]
     fn selector_matches_equality_and_presence() {

@@ -95,10 +95,7 @@ impl DockerProvider {
             .map_err(|e| map_err(format!("inspect {reference}"), e))?;
         let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
         let baked = labels.get(labels::BAKED).map(String::as_str).unwrap_or("");
-        let want = name
-            .strip_prefix("envrig-baked-")
-            .and_then(|r| r.split('-').next())
-            .unwrap_or("");
+        let want = labels::baked_fingerprint(name);
         if want.is_empty() || !baked.starts_with(want) {
             return Err(ProviderError::Refused {
                 message: format!(

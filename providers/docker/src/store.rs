@@ -172,7 +172,7 @@ impl DockerProvider {
                 let name = i
                     .repo_tags
                     .iter()
-                    .find(|t| t.starts_with("envrig-baked-"))?
+                    .find(|t| t.starts_with(labels::BAKED_NAME_PREFIX))?
                     .trim_end_matches(":latest")
                     .to_string();
                 let label = |k: &str| i.labels.get(k).cloned().unwrap_or_default();

@@ -62,13 +62,6 @@ fn refused(message: String) -> ProviderError {
     ProviderError::Refused { message }
 }
 
-/// The fingerprint (16 hex digits) a layer's name carries.
-fn fingerprint_of(name: &str) -> &str {
-    name.strip_prefix("envrig-baked-")
-        .and_then(|r| r.split('-').next())
-        .unwrap_or("")
-}
-
 impl LibvirtProvider {
     pub(crate) async fn push_layer(&self, name: &str, reference: &str) -> Result<()> {
         let dir = self.boxes.join(name);
@@ -176,7 +169,7 @@ impl LibvirtProvider {
             .get(labels::BAKED)
             .map(String::as_str)
             .unwrap_or("");
-        let want = fingerprint_of(name);
+        let want = labels::baked_fingerprint(name);
         if want.is_empty() || !baked.starts_with(want) {
             return Err(refused(format!(
                 "{reference} is not the baked layer {name} (it says fingerprint {baked:?})"
@@ -281,23 +274,5 @@ impl LibvirtProvider {
             disk.as_os_str(),
         ];
         qemu_img("set the layer's disk over the box", &args).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_layers_fingerprint_is_read_from_its_name() {
-        assert_eq!(
-            fingerprint_of("envrig-baked-0123456789abcdef"),
-            "0123456789abcdef"
-        );
-        assert_eq!(
-            fingerprint_of("envrig-baked-0123456789abcdef-wn"),
-            "0123456789abcdef"
-        );
-        assert_eq!(fingerprint_of("debian"), "");
     }
 }
