@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean clone builds everything once: incremental caches would only take disk (17 GB of
+# them, measured), and the disk is shared with the engines' images and the fuzz build.
+export CARGO_INCREMENTAL=0
+df -h . | awk 'NR == 2 {print "test.sh: disk free at the start: " $4}'
+
 scripts/host-setup.sh
 
 echo "== cargo fmt --check"
@@ -52,4 +57,5 @@ python3 bench/bench_scale.py --machines 12 --engines 3 --rounds 1 --short \
 # Each fuzz target briefly, so a parser that learnt to panic shows (bench/README.md: the
 # long round, the build time and the sanitizer).
 echo "== fuzz targets, 30 s each"
+df -h . | awk 'NR == 2 {print "test.sh: disk free before the fuzz build: " $4}'
 bench/fuzz.sh 0.5
