@@ -5,6 +5,7 @@
 //! and `ssh` exit with the command's own status.
 
 mod commands;
+mod help;
 mod output;
 
 use std::io::IsTerminal;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::envfile;
 use output::Printer;
@@ -23,7 +24,8 @@ use output::Printer;
     version,
     about = "Identical, disposable dev and test environments from one committed Envfile",
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = "The Envfile's tables and keys: `envrig help envfile` (every key: docs/envfile.md)."
 )]
 struct Cli {
     /// Run as if started in DIR
@@ -358,11 +360,37 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     envfile::values::parse_duration(s)
 }
 
+/// The command line's definition, for generating its reference (`docs/cli.md`, the man
+/// pages in `docs/man/`: `tests/docs.rs`).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// What `envrig help envfile` prints, given the providers whose keys it lists.
+pub fn envfile_help(providers: &dyn envfile::Providers) -> String {
+    help::envfile_summary(providers)
+}
+
 /// Runs the CLI with the process's arguments; returns the exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            // `help envfile` is a topic, not a command: clap's `help` reports it unknown.
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let cmd = Cli::command();
+            let takes_value = |flag: &str| {
+                cmd.get_arguments().any(|a| {
+                    a.get_action().takes_values()
+                        && (a.get_short().is_some_and(|c| flag == format!("-{c}"))
+                            || a.get_long().is_some_and(|l| flag == format!("--{l}")))
+                })
+            };
+            if help::asks_for_envfile(&args, &takes_value) {
+                let registry = crate::providers::Registry::discover("error");
+                print!("{}", help::envfile_summary(&registry));
+                return ExitCode::SUCCESS;
+            }
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);

@@ -16,7 +16,7 @@ use super::{KeySpan, Ready, RunPolicy, Step, StepKind, Synced};
 /// Dependencies as written, each with its span.
 pub(super) type DepList = Vec<(Name, Range<usize>)>;
 
-const MACHINE_KEYS: &[&str] = &[
+pub(super) const MACHINE_KEYS: &[&str] = &[
     "box",
     "provider",
     "cpus",
@@ -35,12 +35,12 @@ const MACHINE_KEYS: &[&str] = &[
     "engine_labels",
     "warm",
 ];
-const READY_KEYS: &[&str] = &["command", "timeout", "interval"];
-const STEP_KEYS: &[&str] = &[
+pub(super) const READY_KEYS: &[&str] = &["command", "timeout", "interval"];
+pub(super) const STEP_KEYS: &[&str] = &[
     "name", "shell", "script", "file", "args", "env", "run", "user",
 ];
-const FILE_KEYS: &[&str] = &["source", "destination"];
-const SYNCED_KEYS: &[&str] = &["host", "guest", "mode"];
+pub(super) const FILE_KEYS: &[&str] = &["source", "destination"];
+pub(super) const SYNCED_KEYS: &[&str] = &["host", "guest", "mode"];
 
 /// A value together with where it was written.
 #[derive(Debug, Clone)]

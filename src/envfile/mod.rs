@@ -272,5 +272,36 @@ pub fn parse(
     }
 }
 
+/// Every key the Envfile accepts, as `(table, key)` pairs in the order the parser checks
+/// them, tables written as `docs/envfile.md` heads them: `""` (the top level), `project`,
+/// `machines.NAME`, `machines.NAME.provision[]` (each step), `machines.NAME.synced[]`...
+/// `[boxes.NAME]` and the `[machines.NAME.<provider>]` tables take what `providers` say of
+/// themselves (a provider whose schema cannot be had adds its name only); `[defaults]`
+/// takes the keys of `machines.NAME`. The reference page and `envrig help envfile` are
+/// kept true by this list (`tests/docs.rs`).
+pub fn known_keys(providers: &dyn Providers) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut add = |table: &str, keys: &[&str]| {
+        out.extend(keys.iter().map(|k| (table.to_string(), k.to_string())));
+    };
+    add("", walk::TOP_KEYS);
+    add("project", walk::PROJECT_KEYS);
+    add("network", walk::NETWORK_KEYS);
+    add("boxes.NAME", &providers.names());
+    add("machines.NAME", machine::MACHINE_KEYS);
+    add("machines.NAME", &providers.names());
+    add("machines.NAME.ready", machine::READY_KEYS);
+    add("machines.NAME.provision[]", machine::STEP_KEYS);
+    add("machines.NAME.provision[].file", machine::FILE_KEYS);
+    add("machines.NAME.synced[]", machine::SYNCED_KEYS);
+    for name in providers.names() {
+        if let Some(schema) = providers.schema(name) {
+            let keys: Vec<&str> = schema.keys.iter().map(|k| k.name.as_str()).collect();
+            add(&format!("machines.NAME.{name}"), &keys);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -16,8 +16,8 @@ use super::read::{Parser, get, join};
 use super::values::{self, Name};
 use super::{BoxDef, DEFAULT_KEEP, Envfile, KeySpan, LoadOptions, Machine, Network, Project};
 
-const TOP_KEYS: &[&str] = &["project", "network", "boxes", "defaults", "machines"];
-const PROJECT_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &["project", "network", "boxes", "defaults", "machines"];
+pub(super) const PROJECT_KEYS: &[&str] = &[
     "name",
     "provider",
     "immutable",
@@ -28,7 +28,7 @@ const PROJECT_KEYS: &[&str] = &[
     "cache",
     "cache_push",
 ];
-const NETWORK_KEYS: &[&str] = &["subnet"];
+pub(super) const NETWORK_KEYS: &[&str] = &["subnet"];
 
 pub(super) fn parse_document(
     source: &str,
