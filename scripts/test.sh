@@ -54,6 +54,12 @@ echo "== scale benchmark, short round"
 python3 bench/bench_scale.py --machines 12 --engines 3 --rounds 1 --short \
   --envrig "$PWD/target/debug/envrig"
 
+# The getting-started page: every command on it runs again, end to end, against the real
+# engines and must exit as the page says, and the page must be what its template makes
+# (output that differs, such as the order of parallel machines' lines, is shown, not fatal).
+echo "== docs/getting-started.md, end to end"
+scripts/getting-started.sh --check
+
 # Each fuzz target briefly, so a parser that learnt to panic shows (bench/README.md: the
 # long round, the build time and the sanitizer).
 echo "== fuzz targets, 30 s each"
