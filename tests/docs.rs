@@ -336,3 +336,49 @@ fn templates_point_at_the_reference_page_and_help_envfile() {
         );
     }
 }
+
+/// The guides name only commands that exist: every `envrig WORD` (and `envrig GROUP
+/// WORD` for a command with subcommands) in backquotes or console blocks is one.
+#[test]
+fn the_guides_name_only_commands_that_exist() {
+    let cmd = envrig::cli::command();
+    let mut unknown = Vec::new();
+    for page in [
+        "README.md",
+        "docs/envfile.md",
+        "docs/getting-started.md",
+        "docs/vagrant.md",
+        "docs/compose.md",
+    ] {
+        let text = std::fs::read_to_string(root().join(page)).unwrap();
+        for (i, _) in text.match_indices("envrig ") {
+            // Only where a command starts: after a backquote or a `$ ` prompt.
+            let before = &text[..i];
+            if !(before.ends_with('`') || before.ends_with("$ ")) {
+                continue;
+            }
+            let words: Vec<&str> = text[i + 7..]
+                .split(|c: char| c.is_whitespace() || c == '`')
+                .filter(|w| !w.is_empty())
+                .take(2)
+                .collect();
+            let Some(first) = words.first() else { continue };
+            if first.starts_with('-') || *first == "help" {
+                continue;
+            }
+            match cmd.find_subcommand(first) {
+                None => unknown.push(format!("{page}: `envrig {first}`")),
+                Some(sub) if sub.has_subcommands() => {
+                    if let Some(second) = words.get(1).filter(|w| {
+                        w.chars().all(|c| c.is_ascii_lowercase() || c == '-') && !w.is_empty()
+                    }) && sub.find_subcommand(second).is_none()
+                    {
+                        unknown.push(format!("{page}: `envrig {first} {second}`"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "no such command: {unknown:#?}");
+}
