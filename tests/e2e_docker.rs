@@ -282,6 +282,94 @@ fn changed_settings_make_a_machine_stale_until_reload() {
 
 #[test]
 #[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
+fn logs_interleave_and_follow_and_cp_moves_200_mb_both_ways() {
+    use common::follow::{Following, sha256_of, write_big};
+    e2e();
+    let p = Project::new(&envfile(&unique("files"), &["db", "web"], ""));
+    p.envrig(&["up"]).ok();
+    // What a container's main process prints is its log (written here through its fds).
+    let say = |m: &str, text: &str, fd: u8| {
+        let line = format!("echo {text} > /proc/1/fd/{fd}");
+        p.envrig(&["exec", m, "--", "sh", "-c", &line]).ok();
+    };
+    say("db", "db-first", 1);
+    say("web", "web-err", 2);
+    let r = p.envrig(&["logs"]).ok();
+    let mut lines: Vec<&str> = r.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["[db] db-first", "[web] web-err"], "{}", r.stdout);
+    // One machine: its lines as they are; --tail; JSON lines say the stream.
+    say("db", "db-second", 1);
+    assert_eq!(
+        p.envrig(&["logs", "db", "--tail", "1"]).ok().stdout,
+        "db-second\n"
+    );
+    let j = p.envrig(&["--json", "logs", "web"]).ok().stdout;
+    let doc: serde_json::Value = serde_json::from_str(j.trim()).unwrap();
+    assert_eq!(
+        (
+            doc["schema"].as_str(),
+            doc["machine"].as_str(),
+            doc["stream"].as_str(),
+            doc["line"].as_str()
+        ),
+        (
+            Some("envrig.log/1"),
+            Some("web"),
+            Some("stderr"),
+            Some("web-err")
+        )
+    );
+    // --since a moment after what is there leaves it out.
+    assert_eq!(
+        p.envrig(&["logs", "db", "--since", "2099-01-01T00:00:00Z"])
+            .ok()
+            .stdout,
+        ""
+    );
+    // -f follows both until Ctrl-C, which ends it cleanly.
+    let mut f = Following::start(p.path(), &["logs", "-f", "--tail", "0"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    say("web", "web-live", 1);
+    say("db", "db-live", 1);
+    let limit = std::time::Duration::from_secs(20);
+    assert!(f.wait_for("[web] web-live", limit), "{:?}", f.seen);
+    assert!(f.wait_for("[db] db-live", limit), "{:?}", f.seen);
+    assert_eq!(f.interrupt(), Some(0));
+
+    // cp: 200 MB in and back out, the same bytes; into a folder under its own name.
+    let big = p.path().join("big.bin");
+    let sum = write_big(&big, 200_000_000);
+    p.envrig(&["cp", "big.bin", "web:/tmp/"]).ok();
+    let inside = p
+        .envrig(&["exec", "web", "--", "sha256sum", "/tmp/big.bin"])
+        .ok()
+        .stdout;
+    assert_eq!(inside.split_whitespace().next(), Some(sum.as_str()));
+    let r = p
+        .envrig(&["--json", "cp", "web:/tmp/big.bin", "back.bin"])
+        .ok()
+        .json();
+    assert_eq!(
+        (r["schema"].as_str(), r["bytes"].as_u64()),
+        (Some("envrig.cp/1"), Some(200_000_000))
+    );
+    assert_eq!(sha256_of(&p.path().join("back.bin")), sum);
+    // A machine that is not running, and a path that is not there, are said as such.
+    p.envrig(&["halt", "db"]).ok();
+    let r = p.envrig(&["cp", "big.bin", "db:/tmp/"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("`db` is stopped"),
+        "{}",
+        r.stderr
+    );
+    let r = p.envrig(&["cp", "web:/no/such", "x"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no such file or folder"), "{}", r.stderr);
+}
+
+#[test]
+#[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
 fn ports_command_and_synced_folders_reach_the_container() {
     e2e();
     let port = common::free_port();

@@ -101,6 +101,70 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
     let r = p.envrig(&["up"]).ok();
     assert!(r.stderr.contains("2 unchanged"), "{}", r.stderr);
 
+    // cp: 200 MB into the VM and back out over SSH, the same bytes; a folder keeps modes.
+    {
+        use common::follow::{sha256_of, write_big};
+        let sum = write_big(&p.path().join("big.bin"), 200_000_000);
+        p.envrig(&["cp", "big.bin", "vm:/root/"]).ok();
+        let inside = p
+            .envrig(&["exec", "vm", "--", "sha256sum", "/root/big.bin"])
+            .ok()
+            .stdout;
+        assert_eq!(inside.split_whitespace().next(), Some(sum.as_str()));
+        p.envrig(&["cp", "vm:/root/big.bin", "back.bin"]).ok();
+        assert_eq!(sha256_of(&p.path().join("back.bin")), sum);
+        p.envrig(&["exec", "vm", "--", "rm", "/root/big.bin"]).ok();
+        std::fs::create_dir_all(p.path().join("tree/sub")).unwrap();
+        std::fs::write(p.path().join("tree/sub/run.sh"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o750);
+        std::fs::set_permissions(p.path().join("tree/sub/run.sh"), mode).unwrap();
+        p.envrig(&["cp", "tree", "vm:/srv/copied"]).ok();
+        let st = p.envrig(&[
+            "exec",
+            "vm",
+            "--",
+            "stat",
+            "-c",
+            "%a %U",
+            "/srv/copied/sub/run.sh",
+        ]);
+        assert_eq!(st.ok().stdout, "750 root\n");
+    }
+    // logs: the VM's console and the container's output interleave, followed until Ctrl-C.
+    {
+        let r = p.envrig(&["logs", "vm", "--tail", "3"]).ok();
+        assert!(
+            !r.stdout.is_empty() && r.stdout.lines().count() <= 3,
+            "{}",
+            r.stdout
+        );
+        let mut f = common::follow::Following::start(p.path(), &["logs", "-f", "--tail", "0"]);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        p.envrig(&["exec", "vm", "--", "sh", "-c", "echo vm-live > /dev/ttyS0"])
+            .ok();
+        p.envrig(&[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo box-live > /proc/1/fd/1",
+        ])
+        .ok();
+        let limit = std::time::Duration::from_secs(30);
+        assert!(f.wait_for("[vm] vm-live", limit), "{:?}", f.seen);
+        assert!(f.wait_for("[box] box-live", limit), "{:?}", f.seen);
+        assert_eq!(f.interrupt(), Some(0));
+        // A guest without a journal says so.
+        let r = p.envrig(&["logs", "--journal", "vm"]);
+        assert!(
+            r.code == 1 && r.stderr.contains("no journal"),
+            "{}",
+            r.stderr
+        );
+    }
+
     // halt keeps the disk; up brings the same domain back.
     p.envrig(&["halt", "vm"]).ok();
     let st = p.envrig(&["status", "--json"]).ok().json();
@@ -901,6 +965,34 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
         "`db` resolved while `vm` provisioned: {}",
         r.stdout
     );
+    // `logs --journal`: the guest's journal, its tail, and followed (a line logged now).
+    let r = run(&["logs", "--journal", "vm", "--tail", "5"]).ok();
+    assert!((1..=5).contains(&r.stdout.lines().count()), "{}", r.stdout);
+    let mut f = common::follow::Following::start_home(
+        p.path(),
+        home.path(),
+        &["logs", "--journal", "-f", "vm", "--tail", "0"],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    run(&[
+        "exec",
+        "vm",
+        "--user",
+        "root",
+        "--",
+        "logger",
+        "-t",
+        "envrigtest",
+        "journal-live",
+    ])
+    .ok();
+    let limit = std::time::Duration::from_secs(30);
+    let seen = f.wait_until(
+        |l| l.contains("envrigtest") && l.ends_with("journal-live"),
+        limit,
+    );
+    assert!(seen, "{:?}", f.seen);
+    assert_eq!(f.interrupt(), Some(0));
     // Bare and fully qualified names resolve through systemd-resolved, and answer.
     let r = run(&[
         "exec",

@@ -210,8 +210,38 @@ enum Command {
         #[arg(value_name = "GUEST_PORT", value_parser = parse_guest_port)]
         guest: Option<(u16, envrig_provider_api::Protocol)>,
     },
+    /// Machines' logs: a container's output, a VM's serial console (or its journal);
+    /// several machines interleave, each line marked with its machine
+    Logs(LogsArgs),
+    /// Copy a file or folder between the host and a running machine (MACHINE:/PATH on one
+    /// side): into a folder that exists, else as that name
+    Cp {
+        #[arg(value_name = "SRC", value_parser = parse_place)]
+        src: crate::ops::Place,
+        #[arg(value_name = "DST", value_parser = parse_place)]
+        dst: crate::ops::Place,
+    },
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
+}
+
+/// The flags of `logs`.
+#[derive(Debug, Args)]
+struct LogsArgs {
+    /// The machines (default: every created one)
+    machines: Vec<String>,
+    /// Go on with what comes until Ctrl-C (or until the machines stop)
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only what came since: a duration ago (`10m`) or a time (`2026-12-06T10:00:00Z`)
+    #[arg(long, value_name = "D|TIME", value_parser = parse_since)]
+    since: Option<i64>,
+    /// Only the last N lines of each machine
+    #[arg(short = 'n', long, value_name = "N")]
+    tail: Option<u64>,
+    /// A VM's journal (`journalctl` in the guest) instead of its serial console
+    #[arg(long)]
+    journal: bool,
 }
 
 /// The flags of `up`.
@@ -354,6 +384,27 @@ fn parse_instance(s: &str) -> Result<String, String> {
 
 fn parse_guest_port(s: &str) -> Result<(u16, envrig_provider_api::Protocol), String> {
     crate::ops::parse_guest_port(s)
+}
+
+fn parse_place(s: &str) -> Result<crate::ops::Place, String> {
+    crate::ops::parse_place(s)
+}
+
+/// `--since`: seconds since the epoch, from a duration ago or an RFC 3339 time.
+fn parse_since(s: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            now - parse_duration(s).map_err(|_| {
+                format!("`{s}` is neither a duration like 10m nor a time like 2026-12-06T10:00:00Z")
+            })?
+        }
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -469,6 +469,24 @@ pub struct ExecRequest {
     pub login: bool,
 }
 
+/// What `envrig logs` asks of a machine's log ([`Provider::logs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// Go on with what comes until the machine stops or the call is dropped.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only what came at or after this moment, in seconds since the Unix epoch (a log
+    /// without times, a VM's serial console, is shown whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// Only the last `tail` lines of what there is when the call starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u64>,
+    /// A VM's journal (`journalctl` in the guest) instead of its serial console.
+    #[serde(default)]
+    pub journal: bool,
+}
+
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BakedLayer, BaseIdentity, BaseInfo, Capabilities, EngineInfo, ExecRequest, MachineInfo,
-    MachineSpec, NetworkSpec, OtherResource, OutputSink, OutputStream, ProviderError, PullProgress,
-    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
+    BakedLayer, BaseIdentity, BaseInfo, Capabilities, EngineInfo, ExecRequest, LogRequest,
+    MachineInfo, MachineSpec, NetworkSpec, OtherResource, OutputSink, OutputStream, ProviderError,
+    PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
 };
 
 /// One engine that runs machines. Held as `Arc<dyn Provider>`; see the crate docs for the
@@ -99,6 +99,36 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Unpacks a tar archive into `dest` (an absolute guest folder that exists). Folders an
     /// entry needs that do not exist are created (mode 0755, root); existing ones are kept.
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()>;
+
+    /// Unpacks the tar archive in the host file `tar` into `dest` (an absolute guest folder
+    /// that exists) of a running machine, streaming it: a large file is never held whole in
+    /// memory (`envrig cp`). Entries keep their modes and the archive's owners.
+    async fn copy_in(&self, _id: &str, _tar: &std::path::Path, _dest: &str) -> Result<()> {
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "copying files into a machine".into(),
+        })
+    }
+
+    /// Writes the guest path `src` of a running machine (a file, or a folder with all it
+    /// holds) to the host file `tar` as a tar archive whose one top entry is `src`'s last
+    /// component, streaming it (`envrig cp`). `NotFound` when there is no such path.
+    async fn copy_out(&self, _id: &str, _src: &str, _tar: &std::path::Path) -> Result<()> {
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "copying files out of a machine".into(),
+        })
+    }
+
+    /// Streams a machine's log to `output` (`envrig logs`): a container's output, a VM's
+    /// serial console or, with `req.journal`, its journal. With `req.follow` it goes on
+    /// until the machine stops or the caller drops the call.
+    async fn logs(&self, _id: &str, _req: &LogRequest, _output: OutputSink<'_>) -> Result<()> {
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "logs".into(),
+        })
+    }
 
     /// The content of the small file `path` inside a running machine; `None` when there is
     /// no such file. The default runs `cat` in the machine.

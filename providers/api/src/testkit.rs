@@ -224,6 +224,82 @@ pub async fn run_all(p: Arc<dyn Provider>, base: &str, unique: &str) {
         None
     );
 
+    // Copies streamed through host files: a folder in (mode kept), out again, a missing
+    // path out.
+    let host = tempfile::tempdir().expect("a temporary folder");
+    // A plugin run as another user than its test (libvirt's session daemon) writes here too.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::Permissions::from_mode(0o777);
+        std::fs::set_permissions(host.path(), open).expect("chmod");
+    }
+    let tar_in = host.path().join("in.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_in).expect("create"));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "cpdir", std::io::empty())
+            .expect("tar");
+        let body = vec![b'z'; 300_000];
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o751);
+        h.set_size(body.len() as u64);
+        b.append_data(&mut h, "cpdir/run.sh", &body[..])
+            .expect("tar");
+        b.finish().expect("tar");
+    }
+    p.copy_in(&created.id, &tar_in, "/root")
+        .await
+        .expect("copy_in");
+    let c = capture(
+        p,
+        &created.id,
+        &["sh", "-c", "stat -c '%a %s' /root/cpdir/run.sh"],
+    )
+    .await;
+    assert_eq!(c.stdout, "751 300000\n", "copy_in keeps modes and sizes");
+    let tar_out = host.path().join("out.tar");
+    p.copy_out(&created.id, "/root/cpdir", &tar_out)
+        .await
+        .expect("copy_out");
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar_out).expect("open"));
+    for e in archive.entries().expect("entries") {
+        let e = e.expect("entry");
+        let path = e.path().expect("path").display().to_string();
+        names.push((
+            path.trim_end_matches('/').to_string(),
+            e.header().mode().unwrap_or(0) & 0o7777,
+            e.size(),
+        ));
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ("cpdir".to_string(), 0o755, 0),
+            ("cpdir/run.sh".to_string(), 0o751, 300_000)
+        ],
+        "copy_out sends one top entry named as the path"
+    );
+    match p.copy_out(&created.id, "/root/no-such", &tar_out).await {
+        Err(ProviderError::NotFound { .. }) => {}
+        other => panic!("copy_out of a missing path: expected NotFound, got {other:?}"),
+    }
+    // Logs: what is there now, without following.
+    let mut log = Vec::new();
+    let req = crate::LogRequest {
+        tail: Some(50),
+        ..crate::LogRequest::default()
+    };
+    p.logs(&created.id, &req, &mut |_, b: &[u8]| {
+        log.extend_from_slice(b)
+    })
+    .await
+    .expect("logs");
+
     // Stop is graceful and quick, and idempotent.
     let t0 = std::time::Instant::now();
     p.stop(&created.id, Duration::from_secs(20))

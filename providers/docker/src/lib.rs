@@ -26,13 +26,14 @@ use bollard::Docker;
 use envrig_provider_api::drift::PathChange;
 use envrig_provider_api::schema::Schema;
 use envrig_provider_api::{
-    BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec,
-    NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result,
-    Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
+    BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, LogRequest, MachineInfo,
+    MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress,
+    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
 };
 use tokio::io::AsyncWriteExt;
 
 mod cache;
+mod copy;
 mod drift;
 mod engine;
 mod error;
@@ -40,6 +41,7 @@ mod exec;
 mod export_check;
 mod flavor;
 mod holder;
+mod logs;
 mod machine;
 mod network;
 mod podman;
@@ -326,6 +328,24 @@ impl Provider for DockerProvider {
 
     async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
         self.archive_file(id, path).await.map_err(|e| self.own(e))
+    }
+
+    async fn copy_in(&self, id: &str, tar: &std::path::Path, dest: &str) -> Result<()> {
+        self.copy_tar_in(id, tar, dest)
+            .await
+            .map_err(|e| self.own(e))
+    }
+
+    async fn copy_out(&self, id: &str, src: &str, tar: &std::path::Path) -> Result<()> {
+        self.copy_tar_out(id, src, tar)
+            .await
+            .map_err(|e| self.own(e))
+    }
+
+    async fn logs(&self, id: &str, req: &LogRequest, output: OutputSink<'_>) -> Result<()> {
+        self.container_logs(id, req, output)
+            .await
+            .map_err(|e| self.own(e))
     }
 
     // Images as bases and baked layers: `store.rs`.

@@ -72,7 +72,23 @@ pub(crate) async fn start_service(socket: &Path) -> Result<()> {
     let err_log = log
         .try_clone()
         .map_err(|e| unavailable(format!("{}: {e}", log_path.display())))?;
-    let mut child = std::process::Command::new(&podman)
+    let mut service = std::process::Command::new(&podman);
+    // Nor any descriptor this command inherited (a caller's lock or pipe would stay open as
+    // long as the service runs, and whoever waits on it would wait minutes): all are marked
+    // close-on-exec in the child (Linux 5.11; where refused, the service keeps them).
+    // SAFETY: `close_range` is a system call, safe between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        service.pre_exec(|| {
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
+            Ok(())
+        });
+    }
+    let mut child = service
         .args(["system", "service", "--time", &IDLE_SECONDS.to_string()])
         .arg(format!("unix://{}", socket.display()))
         // It outlives this command and serves later ones: it gets what Podman needs of the

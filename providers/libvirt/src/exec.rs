@@ -1,4 +1,4 @@
-//! Reaching into a guest: commands and uploads through the QEMU guest agent (no network
+//! Reaching into a guest: commands through the QEMU guest agent (no network
 //! needed), else over SSH as root with the environment's key; the argv a request becomes (a
 //! person's command logs in as the user); the SSH endpoint `envrig ssh` uses.
 
@@ -80,89 +80,6 @@ impl LibvirtProvider {
             .map_err(|e| ssh_err("run the command over SSH", e));
         session.close().await;
         code
-    }
-
-    pub(crate) async fn upload_tar(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
-        self.finish_boot(id).await?;
-        if ssh_preferred() || !self.agent_answers(id).await {
-            let info = self.info(id).await?;
-            if self.ssh_parts(&info).is_some() {
-                let session = self
-                    .ssh_session(&info, "root", Duration::from_secs(30))
-                    .await
-                    .map_err(|e| ssh_err("reach the machine over SSH", e))?;
-                let mut err = Vec::new();
-                let code = session
-                    .exec(
-                        &format!("tar -xf - -C {}", sh_quote(dest)),
-                        Some(tar),
-                        &mut |_, b| err.extend_from_slice(b),
-                    )
-                    .await
-                    .map_err(|e| ssh_err("upload over SSH", e));
-                session.close().await;
-                return match code? {
-                    0 => Ok(()),
-                    code => Err(ProviderError::Conflict {
-                        message: format!(
-                            "unpacking into {dest} failed ({code}): {}",
-                            String::from_utf8_lossy(&err).trim()
-                        ),
-                    }),
-                };
-            }
-        }
-        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let guest = format!("/tmp/.envrig-upload-{}-{n}.tar", std::process::id());
-        let opened = self
-            .agent(id, serde_json::json!({"execute": "guest-file-open", "arguments": {"path": guest, "mode": "w"}}), 10)
-            .await?;
-        let handle = opened.as_i64().ok_or_else(|| ProviderError::Conflict {
-            message: "the guest agent did not open the upload file".into(),
-        })?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        for chunk in tar.chunks(48 * 1024) {
-            self.agent(
-                id,
-                serde_json::json!({"execute": "guest-file-write", "arguments": {"handle": handle, "buf-b64": b64.encode(chunk)}}),
-                30,
-            )
-            .await?;
-        }
-        self.agent(
-            id,
-            serde_json::json!({"execute": "guest-file-close", "arguments": {"handle": handle}}),
-            10,
-        )
-        .await?;
-        let req = ExecRequest {
-            argv: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                format!(
-                    "tar -xf {g} -C {d}; s=$?; rm -f {g}; exit $s",
-                    g = sh_quote(&guest),
-                    d = sh_quote(dest)
-                ),
-            ],
-            ..ExecRequest::default()
-        };
-        let mut err = Vec::new();
-        let mut sink = |s: OutputStream, b: &[u8]| {
-            if s == OutputStream::Stderr {
-                err.extend_from_slice(b)
-            }
-        };
-        match self.exec_command(id, &req, &mut sink).await? {
-            0 => Ok(()),
-            code => Err(ProviderError::Conflict {
-                message: format!(
-                    "unpacking into {dest} failed ({code}): {}",
-                    String::from_utf8_lossy(&err).trim()
-                ),
-            }),
-        }
     }
 
     /// Sends one guest-agent command; returns its `return` value.
@@ -396,7 +313,7 @@ impl LibvirtProvider {
 
 /// `ENVRIG_LIBVIRT_EXEC=ssh`: commands and uploads go over SSH even when the guest has an
 /// agent (their output then streams as it comes).
-fn ssh_preferred() -> bool {
+pub(crate) fn ssh_preferred() -> bool {
     std::env::var("ENVRIG_LIBVIRT_EXEC").as_deref() == Ok("ssh")
 }
 

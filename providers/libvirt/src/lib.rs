@@ -47,11 +47,13 @@ mod boot;
 mod boxes;
 mod cache;
 mod capsule;
+mod copy;
 mod define;
 mod disk;
 mod drift;
 mod error;
 mod exec;
+mod logs;
 mod machine;
 mod network;
 mod pki;
@@ -96,9 +98,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use envrig_provider_api::schema::{BoxRef, Key, Schema};
 use envrig_provider_api::{
-    BaseIdentity, BaseInfo, Capabilities, EngineAddress, EngineInfo, ExecRequest, MachineInfo,
-    MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress,
-    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
+    BaseIdentity, BaseInfo, Capabilities, EngineAddress, EngineInfo, ExecRequest, LogRequest,
+    MachineInfo, MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError,
+    PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
 };
 use virt::connect::Connect;
 
@@ -426,7 +428,21 @@ impl Provider for LibvirtProvider {
     }
 
     async fn upload(&self, id: &str, dest: &str, tar: Vec<u8>) -> Result<()> {
-        self.upload_tar(id, dest, tar).await
+        self.unpack_in_guest(id, dest, copy::TarSource::Bytes(tar), false)
+            .await
+    }
+
+    async fn copy_in(&self, id: &str, tar: &std::path::Path, dest: &str) -> Result<()> {
+        self.unpack_in_guest(id, dest, copy::TarSource::File(tar), true)
+            .await
+    }
+
+    async fn copy_out(&self, id: &str, src: &str, tar: &std::path::Path) -> Result<()> {
+        self.pack_in_guest(id, src, tar).await
+    }
+
+    async fn logs(&self, id: &str, req: &LogRequest, output: OutputSink<'_>) -> Result<()> {
+        self.machine_logs(id, req, output).await
     }
 
     async fn pause(&self, id: &str) -> Result<()> {

@@ -294,13 +294,13 @@ pub async fn connect(
 }
 
 impl Session {
-    /// Runs `command` (a shell line), feeding it `stdin`, streaming its output to
+    /// Runs `command` (a shell line), feeding it `stdin` as it reads, streaming its output to
     /// `output(is_stderr, bytes)` as it arrives; returns its exit status (128 + signal
     /// when killed).
     pub async fn exec(
         &self,
         command: &str,
-        stdin: Option<Vec<u8>>,
+        stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + '_>>,
         output: &mut (dyn FnMut(bool, &[u8]) + Send),
     ) -> Result<i64, SshError> {
         let port = self.port;
@@ -311,7 +311,7 @@ impl Session {
         let mut ch = self.handle.channel_open_session().await.map_err(proto)?;
         ch.exec(true, command).await.map_err(proto)?;
         if let Some(data) = stdin {
-            ch.data_bytes(data).await.map_err(proto)?;
+            ch.data(data).await.map_err(proto)?;
         }
         ch.eof().await.map_err(proto)?;
         let mut code = None;

@@ -210,6 +210,7 @@ impl LibvirtProvider {
                 message: format!("cannot make {} in the guest: {}", f.guest, err.trim()),
             });
         }
-        self.upload_tar(id, &f.guest, tar).await
+        self.unpack_in_guest(id, &f.guest, crate::copy::TarSource::Bytes(tar), false)
+            .await
     }
 }

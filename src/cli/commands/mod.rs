@@ -5,6 +5,7 @@
 
 mod boxes;
 mod engine;
+mod files;
 mod generations;
 mod host;
 mod import;
@@ -159,6 +160,17 @@ pub(super) async fn run(cli: Cli, printer: Printer, log: &str) -> i32 {
         Command::Rollback { machines } => {
             generations::rollback(&ctx, &printer, &project, &machines).await
         }
+        Command::Logs(a) => {
+            let flags = files::LogsFlags {
+                machines: a.machines,
+                follow: a.follow,
+                since: a.since,
+                tail: a.tail,
+                journal: a.journal,
+            };
+            files::logs(&ctx, &printer, &project, flags).await
+        }
+        Command::Cp { src, dst } => files::cp(&ctx, &printer, &project, &src, &dst).await,
         Command::Port { machine, guest } => {
             ssh::port(&ctx, &printer, &project, &machine, guest).await
         }

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use super::client::{PluginProvider, intern};
 use super::wire::{Body, Bytes, Call};
 use crate::{
-    BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, MachineInfo, MachineSpec,
-    NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress, Result,
-    Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
+    BakedLayer, BaseIdentity, BaseInfo, Capabilities, ExecRequest, LogRequest, MachineInfo,
+    MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError, PullProgress,
+    Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
 };
 
 /// [`OtherResource`] as it travels (its kind is a `&'static str` on this side).
@@ -169,6 +169,37 @@ impl Provider for PluginProvider {
             tar: Bytes(tar),
         };
         self.call(call).await
+    }
+
+    async fn copy_in(&self, id: &str, tar: &std::path::Path, dest: &str) -> Result<()> {
+        let call = Call::CopyIn {
+            id: id.into(),
+            tar: tar.into(),
+            dest: dest.into(),
+        };
+        self.call(call).await
+    }
+
+    async fn copy_out(&self, id: &str, src: &str, tar: &std::path::Path) -> Result<()> {
+        let call = Call::CopyOut {
+            id: id.into(),
+            src: src.into(),
+            tar: tar.into(),
+        };
+        self.call(call).await
+    }
+
+    async fn logs(&self, id: &str, req: &LogRequest, output: OutputSink<'_>) -> Result<()> {
+        let call = Call::Logs {
+            id: id.into(),
+            request: req.clone(),
+        };
+        self.call_with(call, |b| {
+            if let Body::Output { stream, data } = b {
+                output(stream, &data.0)
+            }
+        })
+        .await
     }
 
     async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {

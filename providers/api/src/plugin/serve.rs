@@ -216,6 +216,26 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
             ok(p.exec(&machine, &request, &mut sink).await)
         }
         Call::Upload { id, dest, tar } => ok(p.upload(&id, &dest, tar.0).await),
+        Call::CopyIn { id, tar, dest } => ok(p.copy_in(&id, &tar, &dest).await),
+        Call::CopyOut { id, src, tar } => ok(p.copy_out(&id, &src, &tar).await),
+        Call::Logs {
+            id: machine,
+            request,
+        } => {
+            let mut sink = |stream: OutputStream, b: &[u8]| {
+                send_line(
+                    tx,
+                    &FromPlugin {
+                        id,
+                        body: Body::Output {
+                            stream,
+                            data: Bytes(b.to_vec()),
+                        },
+                    },
+                )
+            };
+            ok(p.logs(&machine, &request, &mut sink).await)
+        }
         Call::ReadFile { id, path } => ok(p.read_file(&id, &path).await.map(|o| o.map(Bytes))),
         Call::Pause { id } => ok(p.pause(&id).await),
         Call::Unpause { id } => ok(p.unpause(&id).await),

@@ -7,8 +7,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    ExecRequest, MachineSpec, NetworkSpec, OutputStream, ProviderError, PullProgress, Selector,
-    Snapshot,
+    ExecRequest, LogRequest, MachineSpec, NetworkSpec, OutputStream, ProviderError, PullProgress,
+    Selector, Snapshot,
 };
 
 /// The protocol's version: a plugin and a core agree on it in the hello, or part.
@@ -51,7 +51,7 @@ pub enum Body {
     /// The call's result (its shape is the trait method's return type).
     Ok(serde_json::Value),
     Error(WireError),
-    /// A chunk of an `exec`'s output.
+    /// A chunk of an `exec`'s or a `logs`' output.
     Output {
         stream: OutputStream,
         data: Bytes,
@@ -128,6 +128,20 @@ pub enum Call {
     ReadFile {
         id: String,
         path: String,
+    },
+    CopyIn {
+        id: String,
+        tar: PathBuf,
+        dest: String,
+    },
+    CopyOut {
+        id: String,
+        src: String,
+        tar: PathBuf,
+    },
+    Logs {
+        id: String,
+        request: LogRequest,
     },
     Pause {
         id: String,

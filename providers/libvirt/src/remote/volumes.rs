@@ -49,16 +49,6 @@ fn put_bytes(c: &Connect, pool: &StoragePool, name: &str, body: &[u8]) -> Result
     Ok(vol)
 }
 
-/// The last `max` bytes at most of volume `vol`.
-fn tail(c: &Connect, vol: &StorageVol, max: u64) -> Result<Vec<u8>> {
-    let size = size_of(vol)?;
-    let mut out = Vec::new();
-    if size > 0 {
-        download(c, vol, size.saturating_sub(max), &mut out)?;
-    }
-    Ok(out)
-}
-
 /// Whether `vol` has not changed for [`ABANDONED_AFTER`].
 fn stale(vol: &StorageVol) -> bool {
     let Some(mtime) = vol.xml_desc(0).ok().and_then(|x| storage::volume_mtime(&x)) else {
@@ -152,22 +142,43 @@ impl LibvirtProvider {
         std::fs::write(&file, body).map_err(|e| io(format!("write {}", file.display()), e))
     }
 
-    /// A machine's small file ([`Self::note_put`]): its last `max` bytes at most, `None`
-    /// when there is none.
+    /// The last `max` bytes at most of machine `resource`'s file `what` ([`Self::note_put`]).
     pub(crate) async fn note_read(&self, resource: &str, what: &str, max: u64) -> Option<Vec<u8>> {
+        self.note_read_from(resource, what, 0, max)
+            .await
+            .map(|(b, _)| b)
+    }
+
+    /// Machine `resource`'s file `what` from byte `from` on, its last `max` bytes at most,
+    /// and the file's size then (`envrig logs` follows a console log with it).
+    pub(crate) async fn note_read_from(
+        &self,
+        resource: &str,
+        what: &str,
+        from: u64,
+        max: u64,
+    ) -> Option<(Vec<u8>, u64)> {
+        let start = move |size: u64| from.max(size.saturating_sub(max)).min(size);
         if self.remote.is_none() {
-            let body = std::fs::read(self.machine_dir(resource).join(what)).ok()?;
-            let from = body
-                .len()
-                .saturating_sub(usize::try_from(max).unwrap_or(usize::MAX));
-            return Some(body[from..].to_vec());
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(self.machine_dir(resource).join(what)).ok()?;
+            let size = f.metadata().ok()?.len();
+            f.seek(SeekFrom::Start(start(size))).ok()?;
+            let mut out = Vec::new();
+            f.take(size - start(size)).read_to_end(&mut out).ok()?;
+            return Some((out, size));
         }
         let name = machine_volume(resource, what);
         self.blocking(move |c| {
             let Some(vol) = existing_pool(c).and_then(|p| find(&p, &name)) else {
                 return Ok(None);
             };
-            Ok(Some(tail(c, &vol, max)?))
+            let size = size_of(&vol)?;
+            let mut out = Vec::new();
+            if size > start(size) {
+                download(c, &vol, start(size), &mut out)?;
+            }
+            Ok(Some((out, size)))
         })
         .await
         .ok()
