@@ -1318,14 +1318,42 @@ fn a_vm_generation_takes_the_machine_name_and_gives_it_back_on_rollback() {
 
 #[test]
 #[ignore = "end-to-end: needs real engines; scripts/test.sh runs it"]
-fn vm_disk_size_grows_the_disk_and_graphics_vnc_listens_on_loopback() {
+fn vm_hardware_keys_disk_size_graphics_video_cpu_mode_and_nested() {
     e2e();
     let envfile = |name: &str, size: &str| {
         format!(
-            "[project]\nname = \"{name}\"\nbake = false\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[machines.vm.libvirt]\ndisk_size = \"{size}\"\ngraphics = \"vnc\"\n",
+            "[project]\nname = \"{name}\"\nbake = false\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.vm]\nbox = \"tiny\"\nprovider = \"libvirt\"\n[machines.vm.libvirt]\ndisk_size = \"{size}\"\ngraphics = \"vnc\"\nvideo = \"vga\"\ncpu_mode = \"maximum\"\n",
             guest()
         )
     };
+    // What this host's hypervisor cannot give is refused before anything is made: nested
+    // virtualisation under TCG, host-passthrough under TCG, a video card without a display.
+    for (extra, says) in [
+        ("nested = true\n", "needs KVM"),
+        (
+            "cpu_mode = \"host-passthrough\"\n",
+            "is not offered under TCG",
+        ),
+    ] {
+        let name = unique("hwrefused");
+        let text = envfile(&name, "512MiB").replace("cpu_mode = \"maximum\"\n", extra);
+        let p = Project::new(&text);
+        let r = p.envrig(&["up"]);
+        assert!(r.code == 1 && r.stderr.contains(says), "{}", r.stderr);
+        assert!(!domains().iter().any(|d| d.starts_with(&name)));
+        let r = p.envrig(&["destroy", "-f"]).ok();
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains("nothing to destroy"),
+            "{r:?}"
+        );
+    }
+    let text = envfile(&unique("hwrefused"), "512MiB").replace("graphics = \"vnc\"\n", "");
+    let r = Project::new(&text).envrig(&["up"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("add `graphics"),
+        "{}",
+        r.stderr
+    );
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
         .arg(std::path::Path::new(&guest()).join("disk.qcow2"))
@@ -1379,6 +1407,14 @@ fn vm_disk_size_grows_the_disk_and_graphics_vnc_listens_on_loopback() {
         .unwrap();
     let display = String::from_utf8_lossy(&out.stdout);
     assert!(display.starts_with("vnc://127.0.0.1:"), "{display}");
+    // The video card and the CPU mode asked for, as the running domain has them.
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "dumpxml", name])
+        .output()
+        .unwrap();
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(xml.contains("<model type='vga'"), "{xml}");
+    assert!(xml.contains("<cpu mode='maximum'"), "{xml}");
     p.envrig(&["destroy", "-f"]).ok();
 }
 

@@ -33,10 +33,20 @@ impl LibvirtProvider {
             Disk::Own => None,
             Disk::Remote(b) => overlay_size_of(spec, b.virtual_size)?,
         };
-        let graphics = self.graphics(spec).await?;
+        let kind = match (accel_asked(spec), &disk) {
+            (Some(k), _) => k,
+            (None, Disk::Remote(_)) => remote_accel(),
+            (None, _) => {
+                let kernel = kernel_dir.join("vmlinuz");
+                let k = kernel.is_file().then_some(kernel.as_path());
+                self.accel.get_or_init(|| self.cached_accel(k))
+            }
+        };
+        let hardware = self.hardware(spec, kind).await?;
         let (folders, shares) = synced::plan(spec, self.remote.as_ref().map(|r| r.host.as_str()))?;
         let shape = Shape {
-            graphics,
+            kind,
+            hardware,
             folders,
             shares,
         };
@@ -73,13 +83,6 @@ impl LibvirtProvider {
             Some(line) => write_seed(&mdir, &spec.resource_name, &spec.hostname, line).await,
             None => None,
         };
-        let kind = match accel_asked(spec) {
-            Some(k) => k,
-            None => {
-                let k = kernel.is_file().then_some(kernel.as_path());
-                self.accel.get_or_init(|| self.cached_accel(k))
-            }
-        };
         let placed = Placed {
             disk: disk_file.display().to_string(),
             backing,
@@ -89,7 +92,6 @@ impl LibvirtProvider {
             console: mdir.join("console.log").display().to_string(),
             seed,
             ssh_port: Some(ssh_port),
-            kind,
             kernel_dir: Some(kernel_dir.display().to_string()),
         };
         let defined = self.define_domain(spec, placed, shape, extra).await;
@@ -143,7 +145,6 @@ impl LibvirtProvider {
                 console,
                 seed,
                 ssh_port: None,
-                kind: accel_asked(spec).unwrap_or_else(remote_accel),
                 kernel_dir: None,
             })
         }
@@ -248,7 +249,7 @@ impl LibvirtProvider {
                 serde_json::to_string(&spec.env).unwrap_or_default(),
             );
         }
-        let kind = placed.kind;
+        let kind = shape.kind;
         let cmdline = placed
             .cmdline
             .map(|c| format!("{c} hostname={}", spec.hostname));
@@ -282,7 +283,9 @@ impl LibvirtProvider {
             network: nic.as_ref().map(|(n, m)| (n.as_str(), m.as_str())),
             shares: &shape.shares,
             seed: placed.seed.as_deref(),
-            graphics: shape.graphics,
+            graphics: shape.hardware.graphics,
+            video: &shape.hardware.video,
+            cpu: shape.hardware.cpu.clone(),
         };
         let text = domain.to_xml().map_err(|e| io("write the domain XML", e))?;
         let defined = self
@@ -300,39 +303,6 @@ impl LibvirtProvider {
         }
         defined
     }
-
-    /// `[machines.NAME.libvirt] graphics`: `vnc` or `spice` (a display), or `None` (`none`,
-    /// the default: the serial console only). SPICE is refused, before anything is made,
-    /// when this host's QEMU lacks it.
-    async fn graphics(&self, spec: &MachineSpec) -> Result<Option<&'static str>> {
-        let kind = match spec.options.get("graphics") {
-            Some(OptionValue::Str(s)) if s == "vnc" => "vnc",
-            Some(OptionValue::Str(s)) if s == "spice" => "spice",
-            _ => return Ok(None),
-        };
-        if kind == "spice" {
-            let caps = self
-                .blocking(|c| {
-                    c.domain_capabilities(None, Some("x86_64"), None, None, 0)
-                        .map_err(|e| engine("read the host's domain capabilities", e))
-                })
-                .await?;
-            let offered = xml::graphics_types(&caps);
-            if !offered.iter().any(|t| t == "spice") {
-                return Err(ProviderError::Conflict {
-                    message: format!(
-                        "`graphics = \"spice\"` needs SPICE support, which this host's QEMU \
-                         lacks (it offers: {}); use `graphics = \"vnc\"` in \
-                         [machines.{}.libvirt], or install QEMU's SPICE module (Debian: \
-                         qemu-system-modules-spice)",
-                        offered.join(", "),
-                        spec.machine,
-                    ),
-                });
-            }
-        }
-        Ok(Some(kind))
-    }
 }
 
 /// A new domain's files, where its host reads them.
@@ -348,15 +318,16 @@ struct Placed {
     seed: Option<String>,
     /// The port of this host forwarded to the guest's SSH (none on a remote host).
     ssh_port: Option<u16>,
-    /// `qemu` (TCG) or `kvm`.
-    kind: &'static str,
     /// The folder of the kernel files here (the `KERNEL_DIR` label), when they are here.
     kernel_dir: Option<String>,
 }
 
-/// What a new domain shows and shares: its display and its synced folders.
+/// What a new domain runs on, shows and shares: its hypervisor, hardware and synced
+/// folders.
 struct Shape {
-    graphics: Option<&'static str>,
+    /// `qemu` (TCG) or `kvm`.
+    kind: &'static str,
+    hardware: crate::hardware::Hardware,
     folders: Vec<synced::SyncedFolder>,
     shares: Vec<xml::Share>,
 }

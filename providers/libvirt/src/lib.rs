@@ -53,6 +53,7 @@ mod disk;
 mod drift;
 mod error;
 mod exec;
+mod hardware;
 mod logs;
 mod machine;
 mod network;
@@ -166,7 +167,7 @@ fn capabilities_at(uri: &str) -> Capabilities {
 }
 
 /// What the Envfile may say to this provider: `[machines.NAME.libvirt]`'s keys (read in
-/// `define.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
+/// `define.rs`, `hardware.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
 /// (any non-empty string: `store.rs` looks it up).
 pub fn schema() -> Schema {
     Schema {
@@ -180,6 +181,12 @@ pub fn schema() -> Schema {
             Key::size("disk_size"),
             Key::one_of("synced", &["auto", "virtiofs", "9p", "rsync"]),
             Key::one_of("graphics", &["vnc", "spice", "none"]),
+            Key::one_of(
+                "video",
+                &["cirrus", "vga", "virtio", "qxl", "bochs", "ramfb"],
+            ),
+            Key::one_of("cpu_mode", &["host-passthrough", "host-model", "maximum"]),
+            Key::bool("nested"),
         ],
         box_ref: BoxRef::Any,
         engine_schemes: ["qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix"]

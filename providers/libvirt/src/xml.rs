@@ -15,7 +15,7 @@ mod shape;
 mod snapshot;
 pub mod storage;
 
-pub use domain::{Domain, Share, graphics_types, network_nic, ports};
+pub use domain::{Cpu, Domain, Share, cpu_modes, graphics_types, network_nic, ports, video_models};
 pub use network::{
     Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_bridge, network_domain,
     network_ip, qualified,

@@ -37,6 +37,18 @@ pub struct Domain<'a> {
     /// A display (`vnc` or `spice`) on 127.0.0.1 with a port libvirt picks, and a video
     /// device; `None`: the serial console only.
     pub graphics: Option<&'a str>,
+    /// The display's video card model (`cirrus` unless the Envfile says).
+    pub video: &'a str,
+    /// The guest's CPU (`cpu_mode`, `nested`); `None`: the hypervisor's default.
+    pub cpu: Option<Cpu>,
+}
+
+/// A domain's `<cpu>`: a libvirt CPU mode, and a feature it must have (`vmx` or `svm`, for
+/// a hypervisor inside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cpu {
+    pub mode: String,
+    pub require: Option<String>,
 }
 
 /// A host folder shared with the guest by virtiofs or 9p, mounted by its tag.
@@ -89,6 +101,16 @@ impl Domain<'_> {
             text(&mut w, "cmdline", &[], c)?;
         }
         close(&mut w, "os")?;
+        if let Some(cpu) = &self.cpu {
+            let mode = [("mode", cpu.mode.as_str())];
+            match &cpu.require {
+                Some(f) => {
+                    let feature = [("policy", "require"), ("name", f.as_str())];
+                    holding(&mut w, ("cpu", &mode), ("feature", &feature))?;
+                }
+                None => empty(&mut w, "cpu", &mode)?,
+            }
+        }
         open(&mut w, "features", &[])?;
         empty(&mut w, "acpi", &[])?;
         close(&mut w, "features")?;
@@ -191,13 +213,20 @@ impl Domain<'_> {
             close(&mut w, device)?;
         }
         // A display for a viewer on this host only, as vagrant-libvirt makes one: a port
-        // libvirt picks (`virsh domdisplay` tells it), and a cirrus card with 16 MiB.
+        // libvirt picks (`virsh domdisplay` tells it), and a video card (cirrus with 16 MiB
+        // unless the Envfile names another model; libvirt sizes those).
         if let Some(kind) = self.graphics {
             let graphics = [("type", kind), ("autoport", "yes")];
             let listen = [("type", "address"), ("address", "127.0.0.1")];
             holding(&mut w, ("graphics", &graphics), ("listen", &listen))?;
-            let model = [("type", "cirrus"), ("vram", "16384"), ("heads", "1")];
-            holding(&mut w, ("video", &[]), ("model", &model))?;
+            let cirrus = [("type", "cirrus"), ("vram", "16384"), ("heads", "1")];
+            let other = [("type", self.video)];
+            let model: &[(&str, &str)] = if self.video == "cirrus" {
+                &cirrus
+            } else {
+                &other
+            };
+            holding(&mut w, ("video", &[]), ("model", model))?;
         }
         // The guest agent: exec and uploads without a network.
         let agent = [("type", "virtio"), ("name", "org.qemu.guest_agent.0")];
@@ -250,14 +279,24 @@ pub fn ports(xml: &str) -> Vec<PortSpec> {
 
 /// The display types (`<graphics>`'s) a host's domain capabilities offer.
 pub fn graphics_types(caps: &str) -> Vec<String> {
+    offered(caps, b"graphics")
+}
+
+/// The video card models a host's domain capabilities offer.
+pub fn video_models(caps: &str) -> Vec<String> {
+    offered(caps, b"video")
+}
+
+/// The `<value>`s under `device` in a host's domain capabilities.
+fn offered(caps: &str, device: &[u8]) -> Vec<String> {
     let mut reader = quick_xml::Reader::from_str(caps);
-    let (mut in_graphics, mut in_value) = (false, false);
+    let (mut in_device, mut in_value) = (false, false);
     let mut out = Vec::new();
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) => match e.local_name().as_ref() {
-                b"graphics" => in_graphics = true,
-                b"value" => in_value = in_graphics,
+                d if d == device => in_device = true,
+                b"value" => in_value = in_device,
                 _ => {}
             },
             Ok(Event::Text(t)) if in_value => {
@@ -266,10 +305,35 @@ pub fn graphics_types(caps: &str) -> Vec<String> {
                 }
             }
             Ok(Event::End(e)) => match e.local_name().as_ref() {
-                b"graphics" => in_graphics = false,
+                d if d == device => in_device = false,
                 b"value" => in_value = false,
                 _ => {}
             },
+            Ok(Event::Eof) | Err(_) => return out,
+            _ => {}
+        }
+    }
+}
+
+/// The CPU modes (`host-passthrough`, `host-model`, `maximum`...) a host's domain
+/// capabilities say it supports.
+pub fn cpu_modes(caps: &str) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_str(caps);
+    let mut in_cpu = false;
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == b"cpu" => in_cpu = true,
+            Ok(Event::End(e)) if e.local_name().as_ref() == b"cpu" => in_cpu = false,
+            Ok(Event::Start(e)) | Ok(Event::Empty(e))
+                if in_cpu && e.local_name().as_ref() == b"mode" =>
+            {
+                if attr(&e, b"supported").as_deref() == Some("yes")
+                    && let Some(name) = attr(&e, b"name")
+                {
+                    out.push(name);
+                }
+            }
             Ok(Event::Eof) | Err(_) => return out,
             _ => {}
         }

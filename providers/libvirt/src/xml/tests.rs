@@ -42,6 +42,8 @@ fn labels_and_ports_round_trip_and_values_are_escaped() {
         }],
         seed: Some("/d/seed.iso"),
         graphics: None,
+        video: "cirrus",
+        cpu: None,
     };
     let xml = d.to_xml().unwrap();
     assert_eq!(
@@ -94,6 +96,8 @@ fn a_display_listens_on_loopback_with_a_port_libvirt_picks_and_a_video_card() {
             shares: &[],
             seed: None,
             graphics: Some(kind),
+            video: "cirrus",
+            cpu: None,
         };
         let xml = d.to_xml().unwrap();
         let display = format!(
@@ -123,6 +127,65 @@ fn the_displays_a_host_offers_are_read_from_its_domain_capabilities() {
         <value>vga</value></enum></video></devices></domainCapabilities>";
     assert_eq!(graphics_types(caps), ["sdl", "vnc", "dbus"]);
     assert!(graphics_types("<domainCapabilities/>").is_empty());
+    assert_eq!(video_models(caps), ["vga"]);
+}
+
+#[test]
+fn cpu_modes_are_those_the_host_supports() {
+    let caps = "<domainCapabilities><cpu><mode name='host-passthrough' supported='no'/>\
+        <mode name='maximum' supported='yes'><enum name='maximumMigratable'><value>on</value>\
+        </enum></mode><mode name='host-model' supported='yes'><model>qemu64</model></mode>\
+        </cpu></domainCapabilities>";
+    assert_eq!(cpu_modes(caps), ["maximum", "host-model"]);
+}
+
+#[test]
+fn a_cpu_mode_a_required_feature_and_a_video_model_are_written() {
+    let labels = BTreeMap::new();
+    let d = Domain {
+        name: "p-1-vm-1",
+        kind: "kvm",
+        memory_mib: 256,
+        vcpus: 1,
+        machine_type: "q35",
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        disk: "/d/disk.qcow2",
+        backing: &[],
+        console_log: "/d/console.log",
+        ports: &[],
+        labels: &labels,
+        network: None,
+        shares: &[],
+        seed: None,
+        graphics: Some("vnc"),
+        video: "virtio",
+        cpu: Some(Cpu {
+            mode: "host-model".into(),
+            require: Some("vmx".into()),
+        }),
+    };
+    let xml = d.to_xml().unwrap();
+    assert!(
+        xml.contains(
+            "<cpu mode=\"host-model\">\n    <feature policy=\"require\" name=\"vmx\"/>\n  </cpu>"
+        ),
+        "{xml}"
+    );
+    assert!(xml.contains("<model type=\"virtio\"/>"), "{xml}");
+    assert!(xml.contains("machine=\"q35\""), "{xml}");
+    let plain = Domain {
+        cpu: Some(Cpu {
+            mode: "maximum".into(),
+            require: None,
+        }),
+        graphics: None,
+        ..d
+    };
+    let xml = plain.to_xml().unwrap();
+    assert!(xml.contains("<cpu mode=\"maximum\"/>"), "{xml}");
+    assert!(!xml.contains("<video"), "{xml}");
 }
 
 #[test]
