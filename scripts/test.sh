@@ -60,6 +60,10 @@ python3 bench/bench_scale.py --machines 12 --engines 3 --rounds 1 --short \
 echo "== docs/getting-started.md, end to end"
 scripts/getting-started.sh --check
 
+# The demo the README shows: a container and a VM through a whole life, with this build.
+echo "== scripts/demo.sh"
+ENVRIG=target/debug/envrig scripts/demo.sh
+
 # Each fuzz target briefly, so a parser that learnt to panic shows (bench/README.md: the
 # long round, the build time and the sanitizer).
 echo "== fuzz targets, 30 s each"
