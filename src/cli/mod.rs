@@ -304,8 +304,9 @@ struct RunArgs {
 enum BoxCommand {
     /// The boxes in the store
     List,
-    /// Add a box from a .qcow2, a vagrant-libvirt .box, a box folder, or an http(s) URL of
-    /// one of those files (downloaded with progress, resumed when run again after a break)
+    /// Add a box from a .qcow2, a vagrant-libvirt .box, a box folder, an http(s) URL of one
+    /// of those files (downloaded with progress, resumed when run again after a break), or a
+    /// Vagrant box catalog (metadata JSON: its newest version, kept as NAME@VERSION)
     Add {
         name: String,
         source: String,
@@ -316,8 +317,16 @@ enum BoxCommand {
         #[arg(short = 'f', long)]
         force: bool,
     },
-    /// Remove a box (refused while a machine uses it)
+    /// Remove a box, or one version of it (NAME@VERSION); refused while a machine uses it
     Remove { name: String },
+    /// Boxes from catalogs whose catalog has a newer version
+    Outdated,
+    /// Add the newest version of a box from its catalog, beside the versions here (machines
+    /// keep the one they were made from)
+    Update { name: String },
+    /// Remove every version of a box but the newest, unless a machine or ./Envfile.lock
+    /// uses it
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]

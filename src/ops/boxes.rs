@@ -1,5 +1,6 @@
-//! `box list|add|remove`: the stores of bases kept by providers that have one (libvirt's
-//! boxes); Docker's images are managed by Docker.
+//! `box list|add|remove|outdated|update|prune`: the stores of bases kept by providers that
+//! have one (libvirt's boxes), versions from Vagrant box catalogs (`catalog.rs`); Docker's
+//! images are managed by Docker.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use envrig_provider_api::StoredBox;
 use envrig_provider_api::hash::sha256_file;
 use serde::Serialize;
 
+use super::catalog;
 use super::context::{Context, provider};
 use super::error::OpError;
 
@@ -193,7 +195,167 @@ fn download(
     Ok(done_file)
 }
 
+/// `box add NAME SOURCE`: a box file (a path or an http(s) address), or the newest version
+/// for this build's box store of a Vagrant box catalog (kept as `NAME@VERSION`, the catalog
+/// remembered for `box outdated` and `box update`).
 pub async fn box_add(
+    ctx: &Context,
+    name: &str,
+    source: &BoxSource,
+    checksum: Option<&str>,
+    force: bool,
+) -> Result<BoxRow, OpError> {
+    let text = match source {
+        BoxSource::Url(u) => u.clone(),
+        BoxSource::File(p) => p.display().to_string(),
+    };
+    if !catalog::is_catalog(&text) {
+        return add_file(ctx, name, source, checksum, force).await;
+    }
+    if checksum.is_some() {
+        return Err(OpError::Usage(
+            "--checksum is for a box file: a catalog gives each version's own".into(),
+        ));
+    }
+    if name.contains('@') {
+        return Err(OpError::Usage(format!(
+            "`{name}`: a box from a catalog is named without a version (envrig keeps each as              NAME@VERSION)"
+        )));
+    }
+    let c = catalog::fetch(&text).await?;
+    let newest = c.newest(&store_provider(ctx)?, &text)?;
+    let row = add_version(ctx, name, &newest, force).await?;
+    catalog::Catalogs::remember(name, &text)?;
+    Ok(row)
+}
+
+/// The first provider of this build with a box store.
+fn store_provider(ctx: &Context) -> Result<String, OpError> {
+    store_providers(ctx)
+        .into_iter()
+        .next()
+        .ok_or_else(|| OpError::Usage("no provider of this build keeps boxes".into()))
+}
+
+/// Adds a catalog's version as `NAME@VERSION`.
+async fn add_version(
+    ctx: &Context,
+    name: &str,
+    v: &catalog::Newest,
+    force: bool,
+) -> Result<BoxRow, OpError> {
+    let lower = v.url.to_ascii_lowercase();
+    let source = if lower.starts_with("http://") || lower.starts_with("https://") {
+        BoxSource::Url(v.url.clone())
+    } else {
+        BoxSource::File(v.url.clone().into())
+    };
+    let versioned = format!("{name}@{}", v.version);
+    add_file(ctx, &versioned, &source, v.checksum.as_deref(), force).await
+}
+
+/// A box with versions from a catalog: the newest here and the catalog's newest.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutdatedRow {
+    pub name: String,
+    pub current: String,
+    pub latest: String,
+    pub outdated: bool,
+    pub catalog: String,
+}
+
+/// `box outdated`: every box added from a catalog, its newest version here against the
+/// catalog's newest.
+pub async fn box_outdated(ctx: &Context) -> Result<Vec<OutdatedRow>, OpError> {
+    let stored = box_list(ctx).await?;
+    let provider = store_provider(ctx)?;
+    let mut rows = Vec::new();
+    for (name, url) in catalog::Catalogs::load().0 {
+        let here = stored
+            .iter()
+            .filter(|r| r.stored.name == name)
+            .filter_map(|r| r.stored.version.as_deref());
+        let Some(current) = envrig_provider_api::version::newest(here) else {
+            continue;
+        };
+        let latest = catalog::fetch(&url).await?.newest(&provider, &url)?.version;
+        rows.push(OutdatedRow {
+            outdated: envrig_provider_api::version::compare(&latest, current).is_gt(),
+            name,
+            current: current.to_string(),
+            latest,
+            catalog: url,
+        });
+    }
+    Ok(rows)
+}
+
+/// `box update NAME`: the catalog's newest version added beside those here (machines keep
+/// the version they were made from); `None` when it is here already.
+pub async fn box_update(ctx: &Context, name: &str) -> Result<Option<BoxRow>, OpError> {
+    let Some(url) = catalog::Catalogs::load().0.get(name).cloned() else {
+        return Err(OpError::Usage(format!(
+            "box `{name}` was not added from a catalog; `envrig box add {name} CATALOG-URL`              adds one that was"
+        )));
+    };
+    let newest = catalog::fetch(&url)
+        .await?
+        .newest(&store_provider(ctx)?, &url)?;
+    let here = box_list(ctx).await?.into_iter().any(|r| {
+        r.stored.name == name && r.stored.version.as_deref() == Some(newest.version.as_str())
+    });
+    if here {
+        return Ok(None);
+    }
+    add_version(ctx, name, &newest, false).await.map(Some)
+}
+
+/// What `box prune` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// `NAME@VERSION` removed.
+    pub removed: Vec<String>,
+    /// `NAME@VERSION` kept, and why.
+    pub kept: Vec<(String, String)>,
+}
+
+/// `box prune`: removes every version of a box but its newest, unless a machine (or a kept
+/// generation) uses it or `pinned` (the disks a lock file pins, `sha256:HEX`) holds it.
+pub async fn box_prune(ctx: &Context, pinned: &[String]) -> Result<PruneReport, OpError> {
+    let rows = box_list(ctx).await?;
+    let mut report = PruneReport::default();
+    let mut names: Vec<&str> = rows.iter().map(|r| r.stored.name.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let versions: Vec<&BoxRow> = rows
+            .iter()
+            .filter(|r| r.stored.name == name && r.stored.version.is_some())
+            .collect();
+        let newest = envrig_provider_api::version::newest(
+            versions.iter().filter_map(|r| r.stored.version.as_deref()),
+        );
+        for r in versions {
+            let v = r.stored.version.as_deref().unwrap_or_default();
+            let full = format!("{name}@{v}");
+            if Some(v) == newest {
+                continue;
+            }
+            if pinned.contains(&format!("sha256:{}", r.stored.sha256)) {
+                report.kept.push((full, "pinned by Envfile.lock".into()));
+                continue;
+            }
+            match box_remove(ctx, &full).await {
+                Ok(()) => report.removed.push(full),
+                // In use by a machine: the store refuses, saying by which.
+                Err(OpError::Usage(why)) => report.kept.push((full, why)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn add_file(
     ctx: &Context,
     name: &str,
     source: &BoxSource,
@@ -261,10 +423,7 @@ pub async fn box_add(
             source.display()
         )));
     }
-    let name_p = store_providers(ctx)
-        .into_iter()
-        .next()
-        .ok_or_else(|| OpError::Usage("no provider of this build keeps boxes".into()))?;
+    let name_p = store_provider(ctx)?;
     let p = provider(ctx, &name_p).await?;
     let added = p.box_add(name, source, force).await;
     if downloaded {

@@ -6,6 +6,7 @@ mod archive;
 mod bake;
 mod boxes;
 mod cache;
+mod catalog;
 mod context;
 mod copy;
 mod create;
@@ -50,7 +51,10 @@ mod up;
 /// staging folder and returns its manifest. Blocking.
 pub use archive::verify as verify_archive;
 pub use archive::{Manifest, export};
-pub use boxes::{BoxRow, BoxSource, box_add, box_list, box_remove};
+pub use boxes::{
+    BoxRow, BoxSource, OutdatedRow, PruneReport, box_add, box_list, box_outdated, box_prune,
+    box_remove, box_update,
+};
 pub use context::{Context, Unreachable, provider, running_engines};
 pub use copy::{CopyReport, Place, copy, parse_place};
 pub use destroy::{DestroySummary, destroy};

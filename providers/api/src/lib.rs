@@ -34,6 +34,7 @@ pub mod schema;
 pub mod subnet;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod version;
 pub mod work;
 
 pub use labels::Selector;
@@ -133,6 +134,10 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredBox {
     pub name: String,
+    /// Its version, for a box added from a Vagrant box catalog (kept beside its other
+    /// versions in the store as `NAME@VERSION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// sha256 of its disk image.
     pub sha256: String,
     pub size: u64,

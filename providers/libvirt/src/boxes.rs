@@ -16,8 +16,16 @@ use envrig_provider_api::hash::sha256_file;
 /// The files a box may hold besides its disk.
 pub const KERNEL_FILES: [&str; 3] = ["vmlinuz", "initrd.img", "cmdline"];
 
-/// A valid box name: what Envfiles may name (`[a-z0-9][a-z0-9._-]*`).
+/// A valid box name in the store: what Envfiles may name (`[a-z0-9][a-z0-9._-]*`), or
+/// `NAME@VERSION` for one version of a box from a Vagrant box catalog.
 pub fn valid_name(name: &str) -> bool {
+    match name.split_once('@') {
+        Some((n, v)) => plain_name(n) && envrig_provider_api::version::valid(v),
+        None => plain_name(name),
+    }
+}
+
+fn plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -131,7 +139,7 @@ fn stage(
 fn check_new(store: &Path, name: &str, force: bool) -> std::io::Result<()> {
     if !valid_name(name) {
         return Err(std::io::Error::other(format!(
-            "`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-`"
+            "`{name}` is not a valid box name: use a-z, 0-9, `.`, `_` and `-` (and `@VERSION` for a version)"
         )));
     }
     if store.join(name).exists() && !force {
@@ -175,8 +183,13 @@ pub fn adopt(
 /// Describes the box built in `tmp` and renames it into place as `store/name`.
 fn finish(store: &Path, name: &str, tmp: &Path, source: &str) -> std::io::Result<StoredBox> {
     let (sha256, size) = sha256_file(&tmp.join("disk.qcow2"))?;
+    let (plain, version) = match name.split_once('@') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (name, None),
+    };
     let info = StoredBox {
-        name: name.to_string(),
+        name: plain.to_string(),
+        version,
         sha256,
         size,
         source: source.to_string(),
@@ -256,6 +269,55 @@ pub fn unpack_disk_tar(source: &Path, dest: &Path) -> std::io::Result<()> {
 }
 
 /// Every box in `store` (hidden folders, half-added ones, are not boxes).
+/// The store's folder of the box a reference names: `NAME` itself when there is one, else
+/// its newest version (`NAME@VERSION`); `NAME@VERSION` as it is; `sha256:HEX` the box with
+/// that disk (a lock file's pin).
+pub fn folder_of(store: &Path, reference: &str) -> PathBuf {
+    if let Some(hex) = reference.strip_prefix("sha256:") {
+        let found = list_folders(store)
+            .into_iter()
+            .find(|(_, b)| b.sha256 == hex)
+            .map(|(dir, _)| dir);
+        return found.unwrap_or_else(|| store.join(reference));
+    }
+    let plain = store.join(reference);
+    if reference.contains('@') || plain.join("disk.qcow2").is_file() {
+        return plain;
+    }
+    let prefix = format!("{reference}@");
+    let versions: Vec<String> = list_folders(store)
+        .into_iter()
+        .filter_map(|(dir, _)| {
+            let n = dir.file_name()?.to_string_lossy().into_owned();
+            n.strip_prefix(&prefix).map(str::to_string)
+        })
+        .collect();
+    match envrig_provider_api::version::newest(versions.iter().map(String::as_str)) {
+        Some(v) => store.join(format!("{reference}@{v}")),
+        None => plain,
+    }
+}
+
+/// Every box folder of the store with its description.
+fn list_folders(store: &Path) -> Vec<(PathBuf, StoredBox)> {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|dir| {
+            !dir.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .filter_map(|dir| {
+            let text = std::fs::read(dir.join("box.json")).ok()?;
+            let info = serde_json::from_slice::<StoredBox>(&text).ok()?;
+            Some((dir, info))
+        })
+        .collect()
+}
+
 pub fn list(store: &Path) -> std::io::Result<Vec<StoredBox>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(store) {
@@ -277,13 +339,52 @@ pub fn list(store: &Path) -> std::io::Result<Vec<StoredBox>> {
             out.push(info);
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| {
+        let v = |x: &StoredBox| x.version.clone().unwrap_or_default();
+        a.name
+            .cmp(&b.name)
+            .then_with(|| envrig_provider_api::version::compare(&v(a), &v(b)))
+    });
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_of_a_box_live_beside_and_a_name_means_its_newest() {
+        let store = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        for (v, body) in [("1.9.0", "one"), ("1.10.0", "two")] {
+            std::fs::write(src.path().join("disk.qcow2"), body).unwrap();
+            let b = add(store.path(), &format!("deb@{v}"), src.path(), false).unwrap();
+            assert_eq!((b.name.as_str(), b.version.as_deref()), ("deb", Some(v)));
+        }
+        let listed: Vec<_> = list(store.path())
+            .unwrap()
+            .into_iter()
+            .map(|b| b.version)
+            .collect();
+        assert_eq!(
+            listed,
+            [Some("1.9.0".to_string()), Some("1.10.0".to_string())]
+        );
+        assert_eq!(
+            folder_of(store.path(), "deb"),
+            store.path().join("deb@1.10.0")
+        );
+        assert_eq!(
+            folder_of(store.path(), "deb@1.9.0"),
+            store.path().join("deb@1.9.0")
+        );
+        let (one, _) = sha256_file(&store.path().join("deb@1.9.0/disk.qcow2")).unwrap();
+        assert_eq!(
+            folder_of(store.path(), &format!("sha256:{one}")),
+            store.path().join("deb@1.9.0")
+        );
+        assert!(valid_name("deb@1.0-rc1") && !valid_name("deb@v1") && !valid_name("deb@"));
+    }
 
     #[test]
     fn boxes_are_added_whole_listed_replaced_only_with_force() {

@@ -21,7 +21,7 @@ impl LibvirtProvider {
         let dir = if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.boxes.join(reference)
+            boxes::folder_of(&self.boxes, reference)
         };
         dir.join("disk.qcow2").is_file().then_some(dir)
     }

@@ -148,10 +148,13 @@ impl Printer {
         ) {
             return;
         }
-        let mut t = header(&["NAME", "PROVIDER", "SIZE", "SHA256", "KERNEL", "SOURCE"]);
+        let mut t = header(&[
+            "NAME", "VERSION", "PROVIDER", "SIZE", "SHA256", "KERNEL", "SOURCE",
+        ]);
         for r in rows {
             t.push(vec![
                 r.stored.name.clone(),
+                r.stored.version.clone().unwrap_or_else(|| "-".into()),
                 r.provider.clone(),
                 crate::envfile::values::format_size(r.stored.size),
                 r.stored.sha256.chars().take(12).collect(),
@@ -162,14 +165,63 @@ impl Printer {
         table(&t);
     }
 
+    pub fn boxes_outdated(&self, rows: &[ops::OutdatedRow]) {
+        let doc = serde_json::json!({"schema": "envrig.box-outdated/1", "boxes": rows});
+        if self.listed_already(doc, rows.len(), "no box was added from a catalog") {
+            return;
+        }
+        let mut t = header(&["NAME", "CURRENT", "LATEST", "CATALOG"]);
+        for r in rows {
+            t.push(vec![
+                r.name.clone(),
+                r.current.clone(),
+                if r.outdated {
+                    format!("{} (`envrig box update {}`)", r.latest, r.name)
+                } else {
+                    format!("{} (up to date)", r.latest)
+                },
+                r.catalog.clone(),
+            ]);
+        }
+        table(&t);
+    }
+
+    pub fn boxes_pruned(&self, r: &ops::PruneReport) {
+        let kept: Vec<serde_json::Value> = r
+            .kept
+            .iter()
+            .map(|(b, why)| serde_json::json!({"box": b, "why": why}))
+            .collect();
+        let doc =
+            serde_json::json!({"schema": "envrig.box-prune/1", "removed": r.removed, "kept": kept});
+        if self.as_json(doc) {
+            return;
+        }
+        for b in &r.removed {
+            self.done(&format!("removed box {b}"));
+        }
+        for (b, why) in &r.kept {
+            self.done(&format!("kept box {b}: {why}"));
+        }
+        if r.removed.is_empty() && r.kept.is_empty() {
+            self.done("no older box version to remove");
+        }
+    }
+
     pub fn boxes_added(&self, row: &ops::BoxRow) {
         if self.json {
             out(&json_line(
                 &serde_json::json!({"schema": SCHEMA_BOXES, "boxes": [row]}),
             ));
         } else {
+            let version = row
+                .stored
+                .version
+                .as_deref()
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default();
             self.done(&format!(
-                "added box `{}` ({}, sha256 {})",
+                "added box `{}`{version} ({}, sha256 {})",
                 row.stored.name,
                 crate::envfile::values::format_size(row.stored.size),
                 &row.stored.sha256[..12.min(row.stored.sha256.len())]
