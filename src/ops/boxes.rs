@@ -219,12 +219,12 @@ pub async fn box_add(
     }
     if name.contains('@') {
         return Err(OpError::Usage(format!(
-            "`{name}`: a box from a catalog is named without a version (envrig keeps each as              NAME@VERSION)"
+            "`{name}`: a box from a catalog is named without a version (envrig keeps each as NAME@VERSION)"
         )));
     }
     let c = catalog::fetch(&text).await?;
     let newest = c.newest(&store_provider(ctx)?, &text)?;
-    let row = add_version(ctx, name, &newest, force).await?;
+    let row = add_version(ctx, name, &newest, &text, force).await?;
     catalog::Catalogs::remember(name, &text)?;
     Ok(row)
 }
@@ -242,14 +242,10 @@ async fn add_version(
     ctx: &Context,
     name: &str,
     v: &catalog::Newest,
+    catalog_at: &str,
     force: bool,
 ) -> Result<BoxRow, OpError> {
-    let lower = v.url.to_ascii_lowercase();
-    let source = if lower.starts_with("http://") || lower.starts_with("https://") {
-        BoxSource::Url(v.url.clone())
-    } else {
-        BoxSource::File(v.url.clone().into())
-    };
+    let source = catalog::box_source(&v.url, catalog_at);
     let versioned = format!("{name}@{}", v.version);
     add_file(ctx, &versioned, &source, v.checksum.as_deref(), force).await
 }
@@ -295,7 +291,7 @@ pub async fn box_outdated(ctx: &Context) -> Result<Vec<OutdatedRow>, OpError> {
 pub async fn box_update(ctx: &Context, name: &str) -> Result<Option<BoxRow>, OpError> {
     let Some(url) = catalog::Catalogs::load().0.get(name).cloned() else {
         return Err(OpError::Usage(format!(
-            "box `{name}` was not added from a catalog; `envrig box add {name} CATALOG-URL`              adds one that was"
+            "box `{name}` was not added from a catalog; `envrig box add {name} CATALOG-URL` adds one that was"
         )));
     };
     let newest = catalog::fetch(&url)
@@ -307,7 +303,7 @@ pub async fn box_update(ctx: &Context, name: &str) -> Result<Option<BoxRow>, OpE
     if here {
         return Ok(None);
     }
-    add_version(ctx, name, &newest, false).await.map(Some)
+    add_version(ctx, name, &newest, &url, false).await.map(Some)
 }
 
 /// What `box prune` did.
@@ -451,6 +447,20 @@ pub async fn box_remove(ctx: &Context, name: &str) -> Result<(), OpError> {
             }
             Err(e) => return Err(OpError::provider(format!("cannot remove box `{name}`"), e)),
         }
+    }
+    // A box kept only in versions is removed one version at a time.
+    let versions: Vec<String> = box_list(ctx)
+        .await?
+        .into_iter()
+        .filter(|r| r.stored.name == name)
+        .filter_map(|r| r.stored.version)
+        .collect();
+    if !versions.is_empty() {
+        return Err(OpError::Usage(format!(
+            "box `{name}` has versions {}: remove one as `{name}@VERSION` (`envrig box prune` \
+             removes all but the newest)",
+            versions.join(", ")
+        )));
     }
     Err(OpError::Usage(format!(
         "no box named `{name}`; `envrig box list` lists them"

@@ -60,6 +60,26 @@ pub fn is_catalog(source: &str) -> bool {
     web && ![".box", ".qcow2", ".img"].iter().any(|e| last.ends_with(e))
 }
 
+/// Where a catalog's box `url` is: an http(s) address as it is; a `file://` address or a
+/// path as a file, a relative one beside the catalog (`catalog_at`, an address or a file).
+pub fn box_source(url: &str, catalog_at: &str) -> super::boxes::BoxSource {
+    use super::boxes::BoxSource;
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return BoxSource::Url(url.to_string());
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.starts_with('/') {
+        return BoxSource::File(path.into());
+    }
+    let web = catalog_at.starts_with("http://") || catalog_at.starts_with("https://");
+    match catalog_at.rsplit_once('/') {
+        Some((base, _)) if web => BoxSource::Url(format!("{base}/{path}")),
+        Some((base, _)) => BoxSource::File(std::path::Path::new(base).join(path)),
+        None => BoxSource::File(path.into()),
+    }
+}
+
 /// Reads `text` as a catalog; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Catalog, OpError> {
     let c: Catalog = serde_json::from_str(text).map_err(|e| {
@@ -250,6 +270,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sha256 only"), "{e}");
+    }
+
+    #[test]
+    fn a_catalogs_box_addresses_are_read_beside_it() {
+        use super::super::boxes::BoxSource;
+        let path = |s: BoxSource| match s {
+            BoxSource::File(p) => p.display().to_string(),
+            BoxSource::Url(u) => u,
+        };
+        assert_eq!(
+            path(box_source("http://h/a.box", "/c/x.json")),
+            "http://h/a.box"
+        );
+        assert_eq!(
+            path(box_source("file:///srv/a.box", "http://h/c.json")),
+            "/srv/a.box"
+        );
+        assert_eq!(
+            path(box_source("a.box", "/srv/boxes/c.json")),
+            "/srv/boxes/a.box"
+        );
+        assert_eq!(
+            path(box_source("v/a.box", "http://h/d/c.json")),
+            "http://h/d/v/a.box"
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub fn parse_place(s: &str) -> Result<Place, String> {
                     path.trim_start_matches("./")
                 ));
             }
+            if path.trim_end_matches('/').ends_with("/.") || path.ends_with("/..") {
+                return Err(format!(
+                    "`{s}`: name the folder itself (cp copies it with what it holds)"
+                ));
+            }
             if path.trim_end_matches('/').is_empty() {
                 return Err(format!(
                     "`{s}`: cp copies a file or folder below /, not / itself"

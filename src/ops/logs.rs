@@ -70,9 +70,10 @@ pub async fn logs(
             r.map_err(|e| OpError::provider(format!("cannot read the logs of `{}`", o.machine), e))
         }
     });
-    let all = futures_util::future::join_all(each);
+    // The first machine whose log cannot be read ends the command, saying why.
+    let all = futures_util::future::try_join_all(each);
     tokio::select! {
-        results = all => results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ()),
+        results = all => results.map(|_| ()),
         // Ctrl-C ends a follow: what was shown is the result.
         _ = ctx.interrupted() => Ok(()),
     }

@@ -68,11 +68,21 @@ impl LibvirtProvider {
         let use_ssh = self.ssh_parts(&info).is_some()
             && (ssh_first || ssh_preferred() || !self.agent_answers(id).await);
         let line = format!("tar -xf - -C {}", sh_quote(dest));
-        let (code, err) = if use_ssh {
-            let session = self
+        // SSH streams; where it does not answer, the agent is the way in (when it answers).
+        let session = match use_ssh {
+            true => match self
                 .ssh_session(&info, "root", Duration::from_secs(30))
                 .await
-                .map_err(|e| ssh_err("reach the machine over SSH", e))?;
+            {
+                Ok(s) => Some(s),
+                Err(e) if !ssh_first || !self.agent_answers(id).await => {
+                    return Err(ssh_err("reach the machine over SSH", e));
+                }
+                Err(_) => None,
+            },
+            false => None,
+        };
+        let (code, err) = if let Some(session) = session {
             let mut err = Vec::new();
             let code = session
                 .exec(&line, Some(tar.reader().await?), &mut |_, b| {
@@ -84,8 +94,15 @@ impl LibvirtProvider {
             (code?, String::from_utf8_lossy(&err).into_owned())
         } else {
             let guest = self.agent_temp();
-            self.agent_write(id, &guest, tar.reader().await?).await?;
             let g = sh_quote(&guest);
+            let written = match tar.reader().await {
+                Ok(r) => self.agent_write(id, &guest, r).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                let _ = self.run_sh(id, &format!("rm -f {g}")).await;
+                return Err(e);
+            }
             self.run_sh(id, &format!("{line} < {g}; s=$?; rm -f {g}; exit $s"))
                 .await?
         };
@@ -143,7 +160,11 @@ impl LibvirtProvider {
         } else {
             let guest = self.agent_temp();
             let g = sh_quote(&guest);
-            let (code, err) = self.run_sh(id, &format!("({line}) > {g}")).await?;
+            let packed = self.run_sh(id, &format!("({line}) > {g}")).await;
+            let Ok((code, err)) = packed else {
+                let _ = self.run_sh(id, &format!("rm -f {g}")).await;
+                return packed.map(|_| ());
+            };
             if code == 0 {
                 let read = self.agent_read(id, &guest, &mut file).await;
                 let _ = self.run_sh(id, &format!("rm -f {g}")).await;

@@ -37,8 +37,9 @@ pub(super) async fn logs(ctx: &Context, printer: &Printer, project: &Project, f:
     let emit = |machine: &str, stream: OutputStream, line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let mut out = std::io::stdout().lock();
-        // A closed pipe (`| head`) ends nothing in the machines: the lines are dropped.
-        let _ = if json {
+        // A reader that went away (`logs -f | head`) ends the command, as it ends `docker
+        // compose logs`; nothing in the machines is touched.
+        let written = if json {
             let doc = serde_json::json!({
                 "schema": "envrig.log/1",
                 "machine": machine,
@@ -57,7 +58,11 @@ pub(super) async fn logs(ctx: &Context, printer: &Printer, project: &Project, f:
         } else {
             writeln!(out, "{text}")
         };
-        let _ = out.flush();
+        if let Err(e) = written.and_then(|_| out.flush())
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            std::process::exit(0);
+        }
     };
     match settle(ctx, ops::logs(ctx, project, &f.machines, &req, &emit)).await {
         Ok(()) => 0,
