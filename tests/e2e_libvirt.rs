@@ -100,6 +100,25 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
     // A second up is a no-op.
     let r = p.envrig(&["up"]).ok();
     assert!(r.stderr.contains("2 unchanged"), "{}", r.stderr);
+    // The container and the VM reach each other by name: the container is on the VM
+    // network's bridge, its DNS forwards to the network's, where its name is registered.
+    let get = |from: &str, to: &str, port: u16| {
+        let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {to} {port}");
+        p.envrig(&["exec", from, "--", "sh", "-c", &script])
+            .ok()
+            .stdout
+    };
+    assert!(get("box", "vm", 8080).ends_with("served by the vm\n"));
+    p.envrig(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /w && echo served by the box > /w/index.html && httpd -p 8081 -h /w",
+    ])
+    .ok();
+    assert!(get("vm", "box", 8081).ends_with("served by the box\n"));
 
     // cp: 200 MB into the VM and back out over SSH, the same bytes; a folder keeps modes.
     {
@@ -183,6 +202,12 @@ fn a_vm_and_a_container_live_and_die_as_one_environment() {
             .stdout,
         "provisioned\n"
     );
+    // A restarted container is named again (its address may change).
+    p.envrig(&["halt", "box"]).ok();
+    p.envrig(&["up"]).ok();
+    p.envrig(&["exec", "box", "--", "httpd", "-p", "8081", "-h", "/w"])
+        .ok();
+    assert!(get("vm", "box", 8081).ends_with("served by the box\n"));
 
     // destroy leaves no domain and no overlay.
     p.envrig(&["destroy", "-f"]).ok();
@@ -930,7 +955,7 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     // `vm` (systemd-resolved) does not depend on `db` (the small guest), yet finds it by
     // its bare name while it provisions: the network hands out a DNS search domain.
     let mut p = Project::new(&format!(
-        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{}\"\n[machines.db]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"160MiB\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n[[machines.vm.provision]]\nshell = \"for i in $(seq 1 40); do getent hosts db && break; sleep 0.5; done; getent hosts db > /root/db-at-provisioning\"\n",
+        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n[machines.db]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"160MiB\"\n[machines.web]\nbox = \"tiny\"\n[[machines.web.provision]]\nshell = \"mkdir -p /w && echo served by the container > /w/index.html && httpd -p 8081 -h /w\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n[[machines.vm.provision]]\nshell = \"for i in $(seq 1 40); do getent hosts db && break; sleep 0.5; done; getent hosts db > /root/db-at-provisioning\"\n",
         guest()
     ));
     p.destroy_on_drop = false;
@@ -1006,6 +1031,33 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     ])
     .ok();
     assert!(r.stdout.contains("pinged"), "{}{}", r.stdout, r.stderr);
+    // The container `web` by its bare name through systemd-resolved, and the VM from the
+    // container by its name.
+    let r = run(&[
+        "exec",
+        "vm",
+        "--",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/web/8081 && printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+    ])
+    .ok();
+    assert!(
+        r.stdout.ends_with("served by the container\n"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = run(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "nc -w 5 vm 22 </dev/null | head -c 8",
+    ])
+    .ok();
+    assert!(r.stdout.starts_with("SSH-2.0-"), "{}{}", r.stdout, r.stderr);
     // `exec` runs as the login user `ssh` uses, with a login environment, in their home.
     let r = run(&[
         "exec",

@@ -391,7 +391,7 @@ pub async fn import_apply(
     let session = Session::open(ctx, &project).await?;
     let all: Vec<&envfile::Machine> = project.envfile.machines.iter().collect();
     let placed = super::placement::Placed::on_first(ctx, &all);
-    super::up::ensure_networks(ctx, &project, &all, &placed).await?;
+    super::network::ensure_networks(ctx, &project, &all, &placed).await?;
     let observed = observe(ctx, &project).await?;
     let mut made = Vec::new();
     let (mut resumed, mut restarted) = (Vec::new(), Vec::new());
@@ -446,6 +446,12 @@ pub async fn import_apply(
             .await
             .map_err(|e| OpError::provider(format!("cannot recreate `{}`", inc.machine), e))?;
         let name = inc.machine.to_string();
+        if info.state == envrig_provider_api::MachineState::Running
+            && let Err(w) =
+                super::network::name_on_shared(ctx, &project, m, p.as_ref(), &info.id).await
+        {
+            ctx.reporter.event(Some(&name), Phase::Warning, &w);
+        }
         if info.labels.contains_key(labels::RESUMED) {
             ctx.reporter.event(
                 Some(&name),

@@ -24,6 +24,7 @@ mod init;
 mod lockfile;
 mod logs;
 mod ls;
+mod network;
 mod observe;
 mod parallel;
 mod placement;

@@ -314,9 +314,17 @@ pub async fn snapshot_restore(
                 Phase::Create,
                 &format!("restoring snapshot `{name}`"),
             );
-            p.snapshot_restore(snap, cur.as_deref(), &snap.spec)
+            let info = p
+                .snapshot_restore(snap, cur.as_deref(), &snap.spec)
                 .await
                 .map_err(|e| OpError::provider(format!("cannot restore `{}`", m.name), e))?;
+            if info.state == envrig_provider_api::MachineState::Running
+                && let Err(w) =
+                    super::network::name_on_shared(ctx, project, m, p.as_ref(), &info.id).await
+            {
+                ctx.reporter
+                    .event(Some(m.name.as_str()), Phase::Warning, &w);
+            }
             Ok::<_, OpError>(m.name.to_string())
         }
     });

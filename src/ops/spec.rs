@@ -40,12 +40,9 @@ pub fn machine_spec(
             .collect(),
         labels: project.identity.labels(&machine.name, generation, created),
         options: machine.options(),
-        network: project.network_name().map(|network| {
-            let mut aliases = vec![machine.name.to_string()];
-            if machine.hostname != machine.name.as_str() {
-                aliases.push(machine.hostname.clone());
-            }
-            NetworkAttachment { network, aliases }
+        network: project.network_name().map(|network| NetworkAttachment {
+            network,
+            aliases: aliases(machine),
         }),
         handover: project.hands_over(),
         warm: false,
@@ -136,6 +133,15 @@ pub fn desired(project: &Project, resolved: &Resolved, machines: &[&Machine]) ->
                 .unwrap_or_default(),
         })
         .collect()
+}
+
+/// The names other machines reach `machine` by: its name, and its hostname when it differs.
+pub(super) fn aliases(machine: &Machine) -> Vec<String> {
+    let mut aliases = vec![machine.name.to_string()];
+    if machine.hostname != machine.name.as_str() {
+        aliases.push(machine.hostname.clone());
+    }
+    aliases
 }
 
 #[cfg(test)]

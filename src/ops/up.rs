@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
 
-use envrig_provider_api::{NetworkSpec, Protocol};
+use envrig_provider_api::Protocol;
 use tokio::sync::{Semaphore, watch};
 
 use super::bake::{baked_steps, choose_layers};
@@ -15,8 +15,9 @@ use super::create::{Job, create_and_start};
 use super::error::OpError;
 use super::generations::{prune_generations, switch};
 use super::lockfile::{after_up, before_up};
+use super::network::{ensure_networks, name_on_shared};
 use super::observe::observe;
-use super::placement::{Placed, planned};
+use super::placement::planned;
 use super::project::Project;
 use super::provision::{Target, provision_machine, wait_ready};
 use super::report::Phase;
@@ -373,52 +374,6 @@ fn check_ports(
     }
 }
 
-/// Creates the environment's private network on every provider that needs it.
-pub(super) async fn ensure_networks(
-    ctx: &Context,
-    project: &Project,
-    selected: &[&Machine],
-    placed: &Placed,
-) -> Result<(), OpError> {
-    let Some(name) = project.network_name() else {
-        return Ok(());
-    };
-    // Each engine the machines are on, once; a network spanning a cluster once, through
-    // its manager.
-    let mut done: Vec<(String, String)> = Vec::new();
-    for m in selected {
-        if !ctx
-            .registry
-            .capabilities(&m.provider)
-            .is_some_and(|c| c.private_network)
-        {
-            continue;
-        }
-        let through = placed.span_through(&m.provider);
-        let engine = through.clone().unwrap_or_else(|| placed.engine(m));
-        let key = (m.provider.clone(), engine.clone());
-        if done.contains(&key) {
-            continue;
-        }
-        done.push(key);
-        let p = provider_at(ctx, &m.provider, &engine).await?;
-        let spec = NetworkSpec {
-            name: name.clone(),
-            labels: project.network_labels(),
-            subnet: project.envfile.network.subnet.map(|s| s.to_string()),
-            subnet_pool: std::env::var("ENVRIG_SUBNET_POOL")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            domain: Some(format!("{}.envrig.internal", project.envfile.project.name)),
-            span: through.is_some(),
-        };
-        p.ensure_network(&spec)
-            .await
-            .map_err(|e| OpError::provider(format!("cannot create the network `{name}`"), e))?;
-    }
-    Ok(())
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
     ctx: &Context,
@@ -521,6 +476,10 @@ async fn run_one(
             .map_err(|e| format!("cannot copy its synced folders: {e}"))?;
         for l in lines {
             ctx.reporter.event(Some(&name), Phase::Warning, &l);
+        }
+        // Before it provisions: machines of the provider sharing the network find it.
+        if let Err(w) = name_on_shared(ctx, project, m, p.as_ref(), &id).await {
+            ctx.reporter.event(Some(&name), Phase::Warning, &w);
         }
     }
     let mut steps_run = 0;

@@ -26,6 +26,7 @@ pub mod export;
 pub mod hash;
 pub mod home;
 pub mod labels;
+mod network;
 pub mod oci;
 pub mod plugin;
 mod provider;
@@ -38,6 +39,7 @@ pub mod version;
 pub mod work;
 
 pub use labels::Selector;
+pub use network::{NetworkAttachment, NetworkSpec, SharedNetwork};
 pub use provider::Provider;
 pub use schema::Schema;
 
@@ -124,6 +126,11 @@ pub struct Capabilities {
     /// The private network can span the engines of one cluster ([`NetworkSpec::span`]):
     /// an environment's machines may be on several of them and still reach each other by name.
     pub spanning_network: bool,
+    /// The private network is on a bridge of the engine's host that another provider's
+    /// machines on that host can join ([`crate::Provider::shared_network`]): in an
+    /// environment of both, its machines and theirs reach each other by name.
+    #[serde(default)]
+    pub shares_network: bool,
     /// A baked layer can keep the machine's running memory, and machines made from it start
     /// from that memory instead of booting ([`MachineSpec::warm`]).
     #[serde(default)]
@@ -296,38 +303,6 @@ pub struct MachineSpec {
     /// it, and boots cold (saying why) when it cannot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warm: bool,
-}
-
-/// A machine's place on its environment's private network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkAttachment {
-    /// The network's engine-side name (see [`NetworkSpec::name`]).
-    pub network: String,
-    /// Names other machines reach it by (its machine name and hostname).
-    pub aliases: Vec<String>,
-}
-
-/// An environment's private network, in which machines reach each other by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkSpec {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// The subnet to use (`198.19.10.0/24`); else a free /24 of `subnet_pool`; else the
-    /// engine's choice.
-    pub subnet: Option<String>,
-    /// A pool (`198.18.0.0/15`) to take a free /24 from.
-    pub subnet_pool: Option<String>,
-    /// The network's DNS domain (`shop.envrig.internal`), for engines whose guests need one
-    /// to look up single-label names (systemd-resolved sends `db` to unicast DNS only as
-    /// `db.DOMAIN`, the domain coming by DHCP as a search domain). Engines that resolve bare
-    /// names themselves (Docker's embedded DNS) may ignore it.
-    pub domain: Option<String>,
-    /// The environment's machines are on several engines of one cluster (a Docker Swarm)
-    /// and reach each other through this network across them: made once through a
-    /// manager engine (Docker: an attachable overlay network), joined by each machine
-    /// through its own engine. False: the network lives on one engine.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub span: bool,
 }
 
 /// Where an engine is: an endpoint of `envrig engine add` (none: the provider's local

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use crate::{
     BakedLayer, BaseIdentity, BaseInfo, Capabilities, EngineInfo, ExecRequest, LogRequest,
     MachineInfo, MachineSpec, NetworkSpec, OtherResource, OutputSink, OutputStream, ProviderError,
-    PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal, drift,
+    PullProgress, Result, Selector, SharedNetwork, Snapshot, SshEndpoint, StoredBox, Terminal,
+    drift,
 };
 
 /// One engine that runs machines. Held as `Arc<dyn Provider>`; see the crate docs for the
@@ -74,6 +75,34 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Creates the environment's private network unless it exists (idempotent, safe to race);
     /// a network of that name that is not the environment's is a [`ProviderError::Conflict`].
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()>;
+
+    /// The environment's private network, made by [`Self::ensure_network`], as a bridge of
+    /// this engine's host that another provider's machines there may join
+    /// ([`NetworkSpec::join`]); `None` when it cannot be shared (no such capability, an
+    /// engine on another host, a network made before it could be shared).
+    async fn shared_network(&self, _spec: &NetworkSpec) -> Result<Option<SharedNetwork>> {
+        Ok(None)
+    }
+
+    /// Makes `names` answer `address` in the DNS of the shared network `network` (a machine
+    /// of the provider that joined it), taking them from whichever address had them.
+    async fn name_on_network(
+        &self,
+        _network: &str,
+        _address: &str,
+        _names: &[String],
+    ) -> Result<()> {
+        Err(ProviderError::NotSupported {
+            provider: self.name(),
+            what: "naming another provider's machines on its network".into(),
+        })
+    }
+
+    /// The machine's address on a shared network its provider joined ([`NetworkSpec::join`]),
+    /// once it runs; `None` when it is on no shared network.
+    async fn shared_address(&self, _id: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 
     /// Every non-machine resource (networks, volumes) whose labels match `selector`.
     async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>>;

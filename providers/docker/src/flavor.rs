@@ -37,6 +37,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     box_store: false,
     drift_from_base: true,
     spanning_network: true,
+    shares_network: false,
     warm_start: false,
 };
 

@@ -283,6 +283,7 @@ impl DockerProvider {
         }
         labels.insert(labels::HOLDER.to_string(), hash.to_string());
         let (exposed, port_bindings) = Self::published(spec);
+        let resolver = self.resolver(spec).await?;
         Ok(ContainerCreateBody {
             image: Some(image),
             hostname: Some(spec.hostname.clone()),
@@ -295,6 +296,8 @@ impl DockerProvider {
                 network_mode: spec.network.as_ref().map(|n| n.network.clone()),
                 init: Some(true),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                dns: resolver.as_ref().map(|r| vec![r.server.clone()]),
+                dns_search: resolver.and_then(|r| r.domain).map(|d| vec![d]),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

@@ -289,6 +289,10 @@ impl Provider for DockerProvider {
             .map_err(|e| self.own(e))
     }
 
+    async fn shared_address(&self, id: &str) -> Result<Option<String>> {
+        self.joined_address(id).await.map_err(|e| self.own(e))
+    }
+
     async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
         self.list_other_resources(selector)
             .await

@@ -60,7 +60,14 @@ impl DockerProvider {
 
     /// The container for `spec`; joined to `holder`'s network namespace when it has one
     /// (which then owns the ports, hostname and names: see `holder`).
-    fn container_body(spec: &MachineSpec, holder: Option<&str>) -> ContainerCreateBody {
+    /// `resolver`: the joined network's DNS (set here only on a container with no holder:
+    /// one in a holder's network namespace shares its resolver).
+    fn container_body(
+        spec: &MachineSpec,
+        holder: Option<&str>,
+        resolver: Option<&crate::network::Resolver>,
+    ) -> ContainerCreateBody {
+        let resolver = resolver.filter(|_| holder.is_none());
         let (exposed, port_bindings) = match holder {
             Some(_) => Default::default(),
             None => Self::published(spec),
@@ -107,6 +114,8 @@ impl DockerProvider {
                 memory: spec.memory_bytes.map(|m| m as i64),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 binds: (!binds.is_empty()).then_some(binds),
+                dns: resolver.map(|r| vec![r.server.clone()]),
+                dns_search: resolver.and_then(|r| r.domain.clone()).map(|d| vec![d]),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -196,13 +205,18 @@ impl DockerProvider {
         } else {
             None
         };
+        let resolver = match holder {
+            Some(_) => None,
+            None => self.resolver(spec).await?,
+        };
         let options = CreateContainerOptions {
             name: Some(spec.resource_name.clone()),
             ..CreateContainerOptions::default()
         };
+        let body = Self::container_body(spec, holder.as_deref(), resolver.as_ref());
         let created = self
             .docker
-            .create_container(Some(options), Self::container_body(spec, holder.as_deref()))
+            .create_container(Some(options), body)
             .await
             .map_err(
                 |e| match map_err(format!("create container {}", spec.resource_name), e) {

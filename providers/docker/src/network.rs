@@ -13,6 +13,10 @@
 //! moves a stopped container from the lost network to the one of the same name, with its
 //! names (aliases), and starts it.
 
+mod shared;
+
+pub(crate) use shared::Resolver;
+
 use bollard::models::{
     ContainerInspectResponse, EndpointSettings, Ipam, IpamConfig, Network, NetworkConnectRequest,
     NetworkCreateRequest, NetworkDisconnectRequest, Volume,
@@ -276,19 +280,22 @@ impl DockerProvider {
             };
             // Spanning a Swarm's engines: an attachable overlay, which each machine joins as
             // a plain container through its own engine (no service: no VIP, no IPVS).
-            let request = NetworkCreateRequest {
-                name: spec.name.clone(),
-                driver: Some(if spec.span { "overlay" } else { "bridge" }.to_string()),
-                attachable: spec.span.then_some(true),
-                labels: Some(spec.labels.clone().into_iter().collect()),
-                ipam: subnet.map(|s| Ipam {
-                    config: Some(vec![IpamConfig {
-                        subnet: Some(s),
-                        ..IpamConfig::default()
-                    }]),
-                    ..Ipam::default()
-                }),
-                ..NetworkCreateRequest::default()
+            let request = match self.join_request(spec).await? {
+                Some(joined) => joined,
+                None => NetworkCreateRequest {
+                    name: spec.name.clone(),
+                    driver: Some(if spec.span { "overlay" } else { "bridge" }.to_string()),
+                    attachable: spec.span.then_some(true),
+                    labels: Some(spec.labels.clone().into_iter().collect()),
+                    ipam: subnet.map(|s| Ipam {
+                        config: Some(vec![IpamConfig {
+                            subnet: Some(s),
+                            ..IpamConfig::default()
+                        }]),
+                        ..Ipam::default()
+                    }),
+                    ..NetworkCreateRequest::default()
+                },
             };
             match self.docker.create_network(request).await {
                 Ok(_) => return Ok(()),

@@ -101,7 +101,7 @@ use envrig_provider_api::schema::{BoxRef, Key, Schema};
 use envrig_provider_api::{
     BaseIdentity, BaseInfo, Capabilities, EngineAddress, EngineInfo, ExecRequest, LogRequest,
     MachineInfo, MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError,
-    PullProgress, Result, Selector, Snapshot, SshEndpoint, StoredBox, Terminal,
+    PullProgress, Result, Selector, SharedNetwork, Snapshot, SshEndpoint, StoredBox, Terminal,
 };
 use virt::connect::Connect;
 
@@ -137,6 +137,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     box_store: true,
     drift_from_base: false,
     spanning_network: false,
+    shares_network: true,
     warm_start: true,
 };
 
@@ -162,6 +163,8 @@ fn is_session(uri: &str) -> bool {
 fn capabilities_at(uri: &str) -> Capabilities {
     Capabilities {
         private_network: !is_session(uri),
+        // Another provider's machines join the bridge only on this host.
+        shares_network: !is_session(uri) && remote::remote_host(uri).is_none(),
         ..CAPABILITIES
     }
 }
@@ -419,6 +422,14 @@ impl Provider for LibvirtProvider {
 
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
         self.ensure_private_network(spec).await
+    }
+
+    async fn shared_network(&self, spec: &NetworkSpec) -> Result<Option<SharedNetwork>> {
+        self.share_private_network(spec).await
+    }
+
+    async fn name_on_network(&self, network: &str, address: &str, names: &[String]) -> Result<()> {
+        self.name_foreign(network, address, names).await
     }
 
     async fn exec(&self, id: &str, req: &ExecRequest, output: OutputSink<'_>) -> Result<i64> {

@@ -4,6 +4,7 @@
 //! `network/address.rs`.
 
 pub(crate) mod address;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::path::Path;

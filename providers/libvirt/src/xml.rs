@@ -17,8 +17,8 @@ pub mod storage;
 
 pub use domain::{Cpu, Domain, Share, cpu_modes, graphics_types, network_nic, ports, video_models};
 pub use network::{
-    Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_bridge, network_domain,
-    network_ip, qualified,
+    Network, dhcp_host, dhcp_hosts, dns_host, dns_host_named, network_bridge, network_dhcp_range,
+    network_domain, network_ip, qualified,
 };
 pub use shape::{network_nic_link, nic_macs, shape};
 pub use snapshot::{snapshot, snapshot_description};

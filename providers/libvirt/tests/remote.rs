@@ -362,6 +362,7 @@ async fn machines_on_a_remote_host_share_a_network_and_keep_snapshots_and_drift(
         subnet_pool: None,
         domain: Some("rnet.envrig.internal".into()),
         span: false,
+        join: None,
     })
     .await
     .expect("a private network on the remote host");

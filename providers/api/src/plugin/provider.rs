@@ -108,6 +108,23 @@ impl Provider for PluginProvider {
         self.call(Call::EnsureNetwork { spec: spec.clone() }).await
     }
 
+    async fn shared_network(&self, spec: &NetworkSpec) -> Result<Option<crate::SharedNetwork>> {
+        self.call(Call::SharedNetwork { spec: spec.clone() }).await
+    }
+
+    async fn name_on_network(&self, network: &str, address: &str, names: &[String]) -> Result<()> {
+        let call = Call::NameOnNetwork {
+            network: network.into(),
+            address: address.into(),
+            names: names.to_vec(),
+        };
+        self.call(call).await
+    }
+
+    async fn shared_address(&self, id: &str) -> Result<Option<String>> {
+        self.call(Call::SharedAddress { id: id.into() }).await
+    }
+
     async fn list_other(&self, selector: &Selector) -> Result<Vec<OtherResource>> {
         let call = Call::ListOther {
             selector: selector.clone(),

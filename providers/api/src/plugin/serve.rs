@@ -194,6 +194,13 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
         Call::Remove { id } => ok(p.remove(&id).await),
         Call::Inspect { id } => ok(p.inspect(&id).await),
         Call::EnsureNetwork { spec } => ok(p.ensure_network(&spec).await),
+        Call::SharedNetwork { spec } => ok(p.shared_network(&spec).await),
+        Call::NameOnNetwork {
+            network,
+            address,
+            names,
+        } => ok(p.name_on_network(&network, &address, &names).await),
+        Call::SharedAddress { id } => ok(p.shared_address(&id).await),
         Call::ListOther { selector } => ok(p.list_other(&selector).await),
         Call::List { selector } => ok(p.list(&selector).await),
         Call::Purge { selector } => ok(p.purge(&selector).await),

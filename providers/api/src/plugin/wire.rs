@@ -107,6 +107,17 @@ pub enum Call {
     EnsureNetwork {
         spec: NetworkSpec,
     },
+    SharedNetwork {
+        spec: NetworkSpec,
+    },
+    NameOnNetwork {
+        network: String,
+        address: String,
+        names: Vec<String>,
+    },
+    SharedAddress {
+        id: String,
+    },
     ListOther {
         selector: Selector,
     },

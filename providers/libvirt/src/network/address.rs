@@ -17,15 +17,27 @@ pub fn parse(s: &str) -> Option<Ipv4Net> {
 }
 
 /// The host's address (`.1`), the DHCP range for machines without a fixed address (the
-/// upper half), and the fixed addresses machines get (`.10` up to the range).
+/// third quarter), and the fixed addresses machines get (`.10` up to the range). The last
+/// quarter is left to another provider's machines joining the network ([`shared_range`]).
 pub fn layout(net: Ipv4Net) -> (Ipv4Addr, (Ipv4Addr, Ipv4Addr), std::ops::Range<u32>) {
     let size = 1u32 << (32 - net.prefix_len());
     let half = size / 2;
     (
         host(net, 1),
-        (host(net, half), host(net, size - 2)),
+        (host(net, half), host(net, size - size / 4 - 1)),
         10.min(half)..half,
     )
+}
+
+/// The addresses of `net` left to another provider's machines (its last quarter, as a
+/// subnet), when `net` has room for it (a /28 or larger).
+pub fn shared_range(net: Ipv4Net) -> Option<Ipv4Net> {
+    let prefix = net.prefix_len();
+    if prefix > 28 {
+        return None;
+    }
+    let size = 1u32 << (32 - prefix);
+    Ipv4Net::new(host(net, size - size / 4), prefix + 2).ok()
 }
 
 /// The subnets this host routes (`/proc/net/route`): Docker's bridges, other networks.
@@ -74,8 +86,13 @@ mod tests {
         let (gw, dhcp, fixed) = layout(s);
         assert_eq!(gw.to_string(), "198.19.10.1");
         assert_eq!(dhcp.0.to_string(), "198.19.10.128");
-        assert_eq!(dhcp.1.to_string(), "198.19.10.254");
+        assert_eq!(dhcp.1.to_string(), "198.19.10.191");
         assert_eq!(fixed, 10..128);
+        assert_eq!(shared_range(s).unwrap().to_string(), "198.19.10.192/26");
+        let small = parse("198.19.10.16/28").unwrap();
+        assert_eq!(shared_range(small).unwrap().to_string(), "198.19.10.28/30");
+        assert_eq!(layout(small).1.1.to_string(), "198.19.10.27");
+        assert!(shared_range(parse("198.19.10.8/29").unwrap()).is_none());
         assert!(parse("nonsense").is_none());
         assert!(parse("10.0.0.0/31").is_none());
     }

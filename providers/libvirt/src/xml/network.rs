@@ -22,10 +22,13 @@ pub struct Network<'a> {
     pub domain: Option<&'a str>,
 }
 
+/// libvirt's namespace for options passed to a network's dnsmasq.
+const DNSMASQ_NS: &str = "http://libvirt.org/schemas/network/dnsmasq/1.0";
+
 impl Network<'_> {
     pub fn to_xml(&self) -> std::io::Result<String> {
         let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
-        open(&mut w, "network", &[])?;
+        open(&mut w, "network", &[("xmlns:dnsmasq", DNSMASQ_NS)])?;
         text(&mut w, "name", &[], self.name)?;
         metadata(&mut w, self.labels)?;
         empty(
@@ -49,6 +52,12 @@ impl Network<'_> {
         )?;
         close(&mut w, "dhcp")?;
         close(&mut w, "ip")?;
+        // The network's DNS answers its machines' names, never the host's /etc/hosts
+        // (which names this host, `127.0.0.1 NAME`: a machine of that name would be
+        // answered with the guest's own loopback too).
+        open(&mut w, "dnsmasq:options", &[])?;
+        empty(&mut w, "dnsmasq:option", &[("value", "no-hosts")])?;
+        close(&mut w, "dnsmasq:options")?;
         close(&mut w, "network")?;
         String::from_utf8(w.into_inner()).map_err(std::io::Error::other)
     }
@@ -104,6 +113,16 @@ pub fn network_ip(xml: &str) -> Option<(std::net::Ipv4Addr, u8)> {
 pub fn network_domain(xml: &str) -> Option<String> {
     first(xml, b"domain", |e| {
         attr(e, b"name").filter(|n| !n.is_empty())
+    })
+}
+
+/// A network's DHCP range (`<range start=… end=…>`), if it has one.
+pub fn network_dhcp_range(xml: &str) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    first(xml, b"range", |e| {
+        Some((
+            attr(e, b"start")?.parse().ok()?,
+            attr(e, b"end")?.parse().ok()?,
+        ))
     })
 }
 

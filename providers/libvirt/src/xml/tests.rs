@@ -223,6 +223,18 @@ fn networks_are_written_and_read_back() {
         Some("shop.envrig.internal")
     );
     assert!(xml.contains("localOnly=\"yes\""), "{xml}");
+    // The host's /etc/hosts is not the environment's DNS.
+    assert!(
+        xml.contains("<dnsmasq:option value=\"no-hosts\"/>"),
+        "{xml}"
+    );
+    assert_eq!(
+        network_dhcp_range(&xml),
+        Some((
+            "198.19.7.100".parse().unwrap(),
+            "198.19.7.200".parse().unwrap()
+        ))
+    );
     assert_eq!(
         network_domain("<network><ip address='10.0.0.1'/></network>"),
         None
