@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh: sets up the host, builds envrig, and walks through an environment's life with
-# Envfile.example, a container and a VM: up (both provisioned), commands in each, their
-# logs, a file carried from one to the other, a snapshot of the whole environment, a break
+# Envfile.example, a container and a VM: up (both provisioned), commands in each, the two
+# talking to each other by name, their logs, a file carried from one to the other, a snapshot of the whole environment, a break
 # and the restore, an export to one file, destroy. Each command is printed as it runs;
 # the whole takes a minute or two under TCG (README: the time measured).
 #
@@ -37,6 +37,9 @@ run exec db -- sh -c 'echo "I am $(hostname), role $ROLE, a VM with kernel $(una
 step "envrig exec web -- sh -c 'exit 7'   (the exit code is the command's)"
 set +e; "$envrig" -C "$demo" exec web -- sh -c 'exit 7'; echo "exit code: $?"; set -e
 run up
+step "the container and the VM reach each other by name"
+run exec web -- sh -c 'printf "GET /orders HTTP/1.0\r\n\r\n" | nc -w 5 db 8080 | grep "orders:"'
+run exec db -- sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | nc -w 5 web 80 | grep "<h1>"'
 run logs db --tail 3
 # A file from the VM to the container, through the host.
 run cp db:/srv/data/orders "$demo/orders"

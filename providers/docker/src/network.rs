@@ -252,6 +252,11 @@ impl DockerProvider {
             match self.docker.inspect_network(&spec.name, None).await {
                 Ok(n) => {
                     let env = n.labels.as_ref().and_then(|l| l.get(labels::ENV));
+                    if env == spec.labels.get(labels::ENV) && self.moved_away(&n, spec).await {
+                        // Made again on the shared bridge; its stopped containers are
+                        // attached to the new one when they start.
+                        continue;
+                    }
                     return if env == spec.labels.get(labels::ENV) {
                         Ok(())
                     } else {

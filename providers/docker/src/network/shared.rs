@@ -78,6 +78,37 @@ impl DockerProvider {
         }))
     }
 
+    /// Whether network `n`, made on a shared bridge, no longer matches the network it is to
+    /// join (the other provider made its network again, on another subnet, while the
+    /// environment was halted) and was removed for it to be made again.
+    pub(crate) async fn moved_away(
+        &self,
+        n: &bollard::models::NetworkInspect,
+        spec: &NetworkSpec,
+    ) -> bool {
+        let (Some(join), Some(labels)) = (&spec.join, &n.labels) else {
+            return false;
+        };
+        if !labels.contains_key(DNS) {
+            return false;
+        }
+        let subnet = n
+            .ipam
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.subnet.clone());
+        let bridge = n
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name"));
+        if subnet.as_deref() == Some(join.subnet.as_str()) && bridge == Some(&join.bridge) {
+            return false;
+        }
+        let id = n.id.clone().unwrap_or_else(|| spec.name.clone());
+        self.docker.remove_network(&id).await.is_ok()
+    }
+
     /// The resolver a container of `spec` uses: the joined network's DNS server, when its
     /// network is one (else Docker's own).
     pub(crate) async fn resolver(&self, spec: &MachineSpec) -> Result<Option<Resolver>> {
