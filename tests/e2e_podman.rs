@@ -65,7 +65,18 @@ fn podman_has(podman: &dyn Fn(&[&str]) -> Run, label: &str) -> Vec<String> {
             &filter,
         ],
     ] {
-        let r = podman(&args).ok();
+        // Podman 4.3's listing opens every container's network namespace, its own or not:
+        // one that another test's container is tearing down fails the whole listing
+        // ("unknown FS magic on /run/netns/…", containers/podman#16140). Asked again.
+        let mut r = podman(&args);
+        for _ in 0..10 {
+            if !(r.code == 125 && r.stderr.contains("unknown FS magic")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            r = podman(&args);
+        }
+        let r = r.ok();
         all.extend(r.stdout.lines().map(str::to_string));
     }
     all
