@@ -61,6 +61,7 @@ mod pki;
 mod qcow2;
 mod remote;
 mod saveimage;
+mod schema;
 mod snapshot;
 mod ssh;
 mod store;
@@ -68,27 +69,7 @@ mod synced;
 mod warm;
 mod xml;
 
-/// Vagrant's published insecure key pairs (`keys/`, from hashicorp/vagrant): a vagrant box
-/// is entered with them once, and its key is replaced by the environment's at once.
-mod vagrant {
-    use russh::keys::PrivateKey;
-
-    const ED25519: &str = include_str!("../keys/vagrant.key.ed25519");
-    const RSA: &str = include_str!("../keys/vagrant.key.rsa");
-
-    pub fn keys() -> Vec<PrivateKey> {
-        [ED25519, RSA]
-            .iter()
-            .filter_map(|k| russh::keys::decode_secret_key(k, None).ok())
-            .collect()
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn both_published_keys_load() {
-        assert_eq!(keys().len(), 2);
-    }
-}
+mod vagrant;
 
 use std::collections::BTreeMap;
 use std::mem::ManuallyDrop;
@@ -97,7 +78,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use envrig_provider_api::schema::{BoxRef, Key, Schema};
 use envrig_provider_api::{
     BaseIdentity, BaseInfo, Capabilities, EngineAddress, EngineInfo, ExecRequest, LogRequest,
     MachineInfo, MachineSpec, NetworkSpec, OtherResource, OutputSink, Provider, ProviderError,
@@ -106,6 +86,9 @@ use envrig_provider_api::{
 use virt::connect::Connect;
 
 const NAME: &str = "libvirt";
+
+pub use schema::{CAPABILITIES, PROVIDER_NAME, schema};
+use schema::{capabilities_at, default_uri};
 
 /// A metadata label naming the box folder a machine was made from (`box remove` checks it).
 const BOX_LABEL: &str = "dev.envrig.libvirt.box";
@@ -126,77 +109,6 @@ const SYNCED: &str = "dev.envrig.libvirt.synced";
 /// The machine's names on the private network (comma-separated), registered again at
 /// every start.
 const NAMES: &str = "dev.envrig.libvirt.names";
-
-/// What the libvirt provider can do (known without connecting).
-pub const CAPABILITIES: Capabilities = Capabilities {
-    custom_command: false,
-    live_synced_folders: false,
-    ssh: true,
-    interactive: false,
-    private_network: true,
-    box_store: true,
-    drift_from_base: false,
-    spanning_network: false,
-    shares_network: true,
-    warm_start: true,
-};
-
-/// The provider's name in Envfiles.
-pub const PROVIDER_NAME: &str = NAME;
-
-/// The URI a connection with no endpoint opens: `LIBVIRT_DEFAULT_URI`, else the system
-/// daemon.
-fn default_uri() -> String {
-    std::env::var("LIBVIRT_DEFAULT_URI")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "qemu:///system".to_string())
-}
-
-/// Whether `uri` is this host's unprivileged daemon (`qemu:///session`): VMs run as the
-/// user, with user-mode networking; it cannot make bridges, so no private network.
-fn is_session(uri: &str) -> bool {
-    remote::remote_host(uri).is_none() && !uri.split('?').next().unwrap_or(uri).ends_with("/system")
-}
-
-/// What the provider can do on a daemon at `uri`.
-fn capabilities_at(uri: &str) -> Capabilities {
-    Capabilities {
-        private_network: !is_session(uri),
-        // Another provider's machines join the bridge only on this host.
-        shares_network: !is_session(uri) && remote::remote_host(uri).is_none(),
-        ..CAPABILITIES
-    }
-}
-
-/// What the Envfile may say to this provider: `[machines.NAME.libvirt]`'s keys (read in
-/// `define.rs`, `hardware.rs`, `disk.rs` and `synced.rs`) and boxes as a folder or a name in the store
-/// (any non-empty string: `store.rs` looks it up).
-pub fn schema() -> Schema {
-    Schema {
-        name: NAME.to_string(),
-        // Said at the plugin's hello, before any connection: for the daemon a command with
-        // no endpoint connects to.
-        capabilities: capabilities_at(&default_uri()),
-        keys: vec![
-            Key::word("machine_type", "a machine type like \"q35\" or \"pc\""),
-            Key::one_of("accel", &["auto", "kvm", "tcg"]),
-            Key::size("disk_size"),
-            Key::one_of("synced", &["auto", "virtiofs", "9p", "rsync"]),
-            Key::one_of("graphics", &["vnc", "spice", "none"]),
-            Key::one_of(
-                "video",
-                &["cirrus", "vga", "virtio", "qxl", "bochs", "ramfb"],
-            ),
-            Key::one_of("cpu_mode", &["host-passthrough", "host-model", "maximum"]),
-            Key::bool("nested"),
-        ],
-        box_ref: BoxRef::Any,
-        engine_schemes: ["qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix"]
-            .map(String::from)
-            .to_vec(),
-    }
-}
 
 /// The libvirt provider: one connection, shared by every call.
 #[derive(Clone)]
@@ -607,31 +519,5 @@ impl Provider for LibvirtProvider {
 
     async fn ssh_endpoint(&self, id: &str) -> Result<SshEndpoint> {
         self.endpoint(id).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_this_hosts_unprivileged_daemon_lacks_a_private_network() {
-        for uri in [
-            "qemu:///session",
-            "qemu+unix:///session",
-            "qemu:///session?x=1",
-        ] {
-            assert!(is_session(uri), "{uri}");
-            assert!(!capabilities_at(uri).private_network, "{uri}");
-        }
-        for uri in [
-            "qemu:///system",
-            "qemu+unix:///system",
-            "qemu+ssh://h/system",
-            "qemu+tcp://h/system",
-        ] {
-            assert!(!is_session(uri), "{uri}");
-            assert!(capabilities_at(uri).private_network, "{uri}");
-        }
     }
 }

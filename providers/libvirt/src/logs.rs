@@ -40,13 +40,14 @@ impl LibvirtProvider {
         }
         for n in 0..FOLLOW_POLLS {
             tokio::time::sleep(POLL).await;
+            let mut read = self
+                .note_read_from(&res, "console.log", offset, WINDOW)
+                .await;
             // A log shorter than what was read is a new one (the machine was made again).
-            let from = match self.note_read_from(&res, "console.log", 0, 0).await {
-                Some((_, size)) if size < offset => 0,
-                _ => offset,
-            };
-            if let Some((more, size)) = self.note_read_from(&res, "console.log", from, WINDOW).await
-            {
+            if matches!(read, Some((_, size)) if size < offset) {
+                read = self.note_read_from(&res, "console.log", 0, WINDOW).await;
+            }
+            if let Some((more, size)) = read {
                 output(OutputStream::Stdout, &more);
                 offset = size;
             }

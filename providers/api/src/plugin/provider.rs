@@ -159,12 +159,7 @@ impl Provider for PluginProvider {
             id: id.into(),
             request: req.clone(),
         };
-        self.call_with(call, |b| {
-            if let Body::Output { stream, data } = b {
-                output(stream, &data.0)
-            }
-        })
-        .await
+        self.call_with(call, output_events(output)).await
     }
 
     async fn exec_interactive(
@@ -211,12 +206,7 @@ impl Provider for PluginProvider {
             id: id.into(),
             request: req.clone(),
         };
-        self.call_with(call, |b| {
-            if let Body::Output { stream, data } = b {
-                output(stream, &data.0)
-            }
-        })
-        .await
+        self.call_with(call, output_events(output)).await
     }
 
     async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>> {
@@ -400,5 +390,14 @@ impl Provider for PluginProvider {
 
     async fn drift(&self, id: &str) -> Result<Vec<drift::PathChange>> {
         self.call(Call::Drift { id: id.into() }).await
+    }
+}
+
+/// Passes a call's `output` events (`exec`, `logs`) on to `output`.
+fn output_events(output: OutputSink<'_>) -> impl FnMut(Body) + '_ {
+    move |b| {
+        if let Body::Output { stream, data } = b {
+            output(stream, &data.0)
+        }
     }
 }

@@ -144,6 +144,20 @@ fn send_line<T: Serialize>(tx: &mpsc::UnboundedSender<String>, msg: &T) {
     }
 }
 
+/// A sink that sends each chunk of a call's output (`exec`, `logs`) as an `output` event.
+fn output_events(
+    tx: &mpsc::UnboundedSender<String>,
+    id: u64,
+) -> impl FnMut(OutputStream, &[u8]) + Send + '_ {
+    move |stream, b| {
+        let body = Body::Output {
+            stream,
+            data: Bytes(b.to_vec()),
+        };
+        send_line(tx, &FromPlugin { id, body })
+    }
+}
+
 fn reply(tx: &mpsc::UnboundedSender<String>, id: u64, r: Result<serde_json::Value>) {
     let body = match r {
         Ok(v) => Body::Ok(v),
@@ -207,42 +221,14 @@ async fn answer(p: &dyn Provider, call: Call, id: u64, tx: &mpsc::UnboundedSende
         Call::Exec {
             id: machine,
             request,
-        } => {
-            let mut sink = |stream: OutputStream, b: &[u8]| {
-                send_line(
-                    tx,
-                    &FromPlugin {
-                        id,
-                        body: Body::Output {
-                            stream,
-                            data: Bytes(b.to_vec()),
-                        },
-                    },
-                )
-            };
-            ok(p.exec(&machine, &request, &mut sink).await)
-        }
+        } => ok(p.exec(&machine, &request, &mut output_events(tx, id)).await),
         Call::Upload { id, dest, tar } => ok(p.upload(&id, &dest, tar.0).await),
         Call::CopyIn { id, tar, dest } => ok(p.copy_in(&id, &tar, &dest).await),
         Call::CopyOut { id, src, tar } => ok(p.copy_out(&id, &src, &tar).await),
         Call::Logs {
             id: machine,
             request,
-        } => {
-            let mut sink = |stream: OutputStream, b: &[u8]| {
-                send_line(
-                    tx,
-                    &FromPlugin {
-                        id,
-                        body: Body::Output {
-                            stream,
-                            data: Bytes(b.to_vec()),
-                        },
-                    },
-                )
-            };
-            ok(p.logs(&machine, &request, &mut sink).await)
-        }
+        } => ok(p.logs(&machine, &request, &mut output_events(tx, id)).await),
         Call::ReadFile { id, path } => ok(p.read_file(&id, &path).await.map(|o| o.map(Bytes))),
         Call::Pause { id } => ok(p.pause(&id).await),
         Call::Unpause { id } => ok(p.unpause(&id).await),
