@@ -144,12 +144,7 @@ impl LibvirtProvider {
         let here = self.remote.is_none();
         self.blocking(move |c| {
             use virt::sys::*;
-            let n = c
-                .lookup_network_by_name(&network)
-                .map_err(|e| engine(format!("find network `{network}`"), e))?;
-            let text = n
-                .xml_desc(0)
-                .map_err(|e| engine("read the network's XML", e))?;
+            let (n, text) = network_and_xml(c, &network)?;
             let (addr, prefix) = xml::network_ip(&text).ok_or_else(|| ProviderError::Conflict {
                 message: format!("network `{network}` has no IPv4 address"),
             })?;
@@ -158,12 +153,7 @@ impl LibvirtProvider {
                     message: format!("network `{network}` has an unusable subnet {addr}/{prefix}"),
                 }
             })?;
-            let flags = VIR_NETWORK_UPDATE_AFFECT_CONFIG
-                | if n.is_active().unwrap_or(false) {
-                    VIR_NETWORK_UPDATE_AFFECT_LIVE
-                } else {
-                    0
-                };
+            let flags = update_flags(&n);
             let hosts = xml::dhcp_hosts(&text);
             for (m, ip) in hosts.iter().filter(|(m, _)| *m == mac) {
                 forget(&n, m, *ip, flags);
@@ -221,7 +211,6 @@ impl LibvirtProvider {
         let _guard = self.net_lock.lock().await;
         let (network, mac, names) = (network.to_string(), mac.to_string(), names.to_vec());
         self.blocking(move |c| {
-            use virt::sys::*;
             let Ok(n) = c.lookup_network_by_name(&network) else {
                 return Ok(true);
             };
@@ -239,12 +228,7 @@ impl LibvirtProvider {
                 return Ok(true);
             }
             let names = xml::qualified(&names, xml::network_domain(&text).as_deref());
-            let flags = VIR_NETWORK_UPDATE_AFFECT_CONFIG
-                | if n.is_active().unwrap_or(false) {
-                    VIR_NETWORK_UPDATE_AFFECT_LIVE
-                } else {
-                    0
-                };
+            let flags = update_flags(&n);
             name_address(&n, ip, &names, flags)
                 .map_err(|e| engine(format!("name {ip} on `{network}`"), e))?;
             Ok(true)
@@ -263,12 +247,7 @@ impl LibvirtProvider {
                     return Ok(());
                 };
                 let text = n.xml_desc(0).unwrap_or_default();
-                let flags = virt::sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG
-                    | if n.is_active().unwrap_or(false) {
-                        virt::sys::VIR_NETWORK_UPDATE_AFFECT_LIVE
-                    } else {
-                        0
-                    };
+                let flags = update_flags(&n);
                 for (m, ip) in xml::dhcp_hosts(&text).iter().filter(|(m, _)| *m == mac) {
                     forget(&n, m, *ip, flags);
                 }
@@ -400,6 +379,31 @@ impl LibvirtProvider {
         })
         .await
     }
+}
+
+/// Network `name` and its XML.
+fn network_and_xml(
+    c: &virt::connect::Connect,
+    name: &str,
+) -> Result<(virt::network::Network, String)> {
+    let n = c
+        .lookup_network_by_name(name)
+        .map_err(|e| engine(format!("find network `{name}`"), e))?;
+    let text = n
+        .xml_desc(0)
+        .map_err(|e| engine("read the network's XML", e))?;
+    Ok((n, text))
+}
+
+/// How an entry is added to or deleted from network `n`: in its definition, and in the
+/// running network when it runs.
+fn update_flags(n: &virt::network::Network) -> u32 {
+    virt::sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG
+        | if n.is_active().unwrap_or(false) {
+            virt::sys::VIR_NETWORK_UPDATE_AFFECT_LIVE
+        } else {
+            0
+        }
 }
 
 /// Deletes a machine's DHCP and DNS entries from network `n` (best effort).

@@ -4,7 +4,7 @@
 
 use envrig_provider_api::{NetworkSpec, ProviderError, Result, SharedNetwork};
 
-use super::{address, name_address};
+use super::{address, name_address, network_and_xml, update_flags};
 use crate::error::engine;
 use crate::{LibvirtProvider, xml};
 
@@ -22,12 +22,7 @@ impl LibvirtProvider {
         }
         let name = spec.name.clone();
         self.blocking(move |c| {
-            let n = c
-                .lookup_network_by_name(&name)
-                .map_err(|e| engine(format!("find network `{name}`"), e))?;
-            let text = n
-                .xml_desc(0)
-                .map_err(|e| engine("read the network's XML", e))?;
+            let (_, text) = network_and_xml(c, &name)?;
             let host = c
                 .hostname()
                 .map_err(|e| engine("ask libvirt for its host's name", e))?;
@@ -50,12 +45,7 @@ impl LibvirtProvider {
         let _guard = self.net_lock.lock().await;
         let (network, names) = (network.to_string(), names.to_vec());
         self.blocking(move |c| {
-            let n = c
-                .lookup_network_by_name(&network)
-                .map_err(|e| engine(format!("find network `{network}`"), e))?;
-            let text = n
-                .xml_desc(0)
-                .map_err(|e| engine("read the network's XML", e))?;
+            let (n, text) = network_and_xml(c, &network)?;
             let range = shareable(&text, String::new()).and_then(|s| address::parse(&s.range));
             if !range.is_some_and(|r| r.contains(&ip)) {
                 return Err(ProviderError::Conflict {
@@ -63,12 +53,7 @@ impl LibvirtProvider {
                 });
             }
             let names = xml::qualified(&names, xml::network_domain(&text).as_deref());
-            let flags = virt::sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG
-                | if n.is_active().unwrap_or(false) {
-                    virt::sys::VIR_NETWORK_UPDATE_AFFECT_LIVE
-                } else {
-                    0
-                };
+            let flags = update_flags(&n);
             name_address(&n, ip, &names, flags)
                 .map_err(|e| engine(format!("name {ip} on `{network}`"), e))
         })
