@@ -283,7 +283,7 @@ impl DockerProvider {
         }
         labels.insert(labels::HOLDER.to_string(), hash.to_string());
         let (exposed, port_bindings) = Self::published(spec);
-        let resolver = self.resolver(spec).await?;
+        let resolver = self.resolver(spec).await;
         Ok(ContainerCreateBody {
             image: Some(image),
             hostname: Some(spec.hostname.clone()),

@@ -207,7 +207,7 @@ impl DockerProvider {
         };
         let resolver = match holder {
             Some(_) => None,
-            None => self.resolver(spec).await?,
+            None => self.resolver(spec).await,
         };
         let options = CreateContainerOptions {
             name: Some(spec.resource_name.clone()),

@@ -174,7 +174,18 @@ impl LibvirtProvider {
                 Some(certs) => pki::with_pki(&uri, certs)?,
                 None => uri.clone(),
             };
-            let conn = Connect::open(Some(&opened)).map_err(|e| ProviderError::Unavailable {
+            let mut opening = Connect::open(Some(&opened));
+            // This user's session daemon is started by the first attempt (libvirt's
+            // autostart) and given about 5 s to answer; on a loaded host it may need more
+            // (it probes QEMU when its cache is stale). Bounded: 30 s in all.
+            if schema::is_session(&uri) {
+                let t0 = std::time::Instant::now();
+                while opening.is_err() && t0.elapsed() < std::time::Duration::from_secs(30) {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    opening = Connect::open(Some(&opened));
+                }
+            }
+            let conn = opening.map_err(|e| ProviderError::Unavailable {
                 provider: NAME,
                 message: format!("{uri}: {e}"),
                 hint: Some(match remote::remote_host(&uri) {

@@ -111,20 +111,20 @@ impl DockerProvider {
 
     /// The resolver a container of `spec` uses: the joined network's DNS server, when its
     /// network is one (else Docker's own).
-    pub(crate) async fn resolver(&self, spec: &MachineSpec) -> Result<Option<Resolver>> {
-        let Some(attachment) = &spec.network else {
-            return Ok(None);
-        };
+    pub(crate) async fn resolver(&self, spec: &MachineSpec) -> Option<Resolver> {
+        let attachment = spec.network.as_ref()?;
+        // A network this engine does not show is none joined here: a Swarm's overlay is
+        // seen by a worker only once a container of its own is attached to it.
         let n = self
             .docker
             .inspect_network(&attachment.network, None)
             .await
-            .map_err(|e| map_err(format!("inspect network {}", attachment.network), e))?;
+            .ok()?;
         let labels = n.labels.unwrap_or_default();
-        Ok(labels.get(DNS).map(|server| Resolver {
+        labels.get(DNS).map(|server| Resolver {
             server: server.clone(),
             domain: labels.get(DOMAIN).cloned(),
-        }))
+        })
     }
 
     /// Container `id`'s address on a joined network (through its network holder when it
