@@ -298,7 +298,11 @@ pub async fn box_update(ctx: &Context, name: &str) -> Result<Option<BoxRow>, OpE
         .await?
         .newest(&store_provider(ctx)?, &url)?;
     let here = box_list(ctx).await?.into_iter().any(|r| {
-        r.stored.name == name && r.stored.version.as_deref() == Some(newest.version.as_str())
+        r.stored.name == name
+            && r.stored
+                .version
+                .as_deref()
+                .is_some_and(|v| envrig_provider_api::version::compare(v, &newest.version).is_eq())
     });
     if here {
         return Ok(None);

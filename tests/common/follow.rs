@@ -133,11 +133,9 @@ pub fn write_big(path: &Path, len: usize) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// The SHA-256 of the file at `path`, in hex, read a MiB at a time.
+/// The SHA-256 of the file at `path`, in hex.
 pub fn sha256_of(path: &Path) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    let mut f = std::fs::File::open(path).expect("open");
-    std::io::copy(&mut f, &mut h).expect("read");
-    format!("{:x}", h.finalize())
+    envrig_provider_api::hash::sha256_file(path)
+        .expect("read")
+        .0
 }

@@ -14,21 +14,21 @@ pub fn valid(v: &str) -> bool {
 }
 
 /// Vagrant's order: dot-separated parts compared in turn, each by its leading number, then
-/// by what follows it (`1.10` after `1.9`; `2.0-rc1` before `2.0`; more parts after fewer).
+/// by what follows it (`1.10` after `1.9`; `2.0-rc1` before `2.0`); a version with more
+/// parts is newer unless they are all zeros (`1.0` and `1.0.0` are one version, as RubyGems,
+/// whose order Vagrant uses, has them; `2.0.1` is newer than `2.0`).
 pub fn compare(a: &str, b: &str) -> Ordering {
     let mut pa = a.split('.');
     let mut pb = b.split('.');
     loop {
-        match (pa.next(), pb.next()) {
+        let (x, y) = match (pa.next(), pb.next()) {
             (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(x), Some(y)) => {
-                let o = part(x).cmp(&part(y));
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
+            // A missing part is a zero.
+            (x, y) => (x.unwrap_or("0"), y.unwrap_or("0")),
+        };
+        let o = part(x).cmp(&part(y));
+        if o != Ordering::Equal {
+            return o;
         }
     }
 }
@@ -56,6 +56,11 @@ mod tests {
         assert_eq!(compare("2.0-rc1", "2.0"), Ordering::Less);
         assert_eq!(compare("2.0.1", "2.0"), Ordering::Greater);
         assert_eq!(compare("1.0", "1.0"), Ordering::Equal);
+        // Trailing zeros make no other version (RubyGems' order).
+        assert_eq!(compare("1.0", "1.0.0"), Ordering::Equal);
+        assert_eq!(compare("1.0.0.0", "1"), Ordering::Equal);
+        assert_eq!(compare("1.0", "1.0.0-rc1"), Ordering::Greater);
+        assert_eq!(compare("1.0.1", "1.0"), Ordering::Greater);
         assert_eq!(newest(["1.0.0", "20250101", "3.1"]), Some("20250101"));
         assert!(valid("1.2.3") && valid("2.0-rc1+b2"));
         assert!(!valid("") && !valid("v1") && !valid("1/2") && !valid(&"1".repeat(33)));
