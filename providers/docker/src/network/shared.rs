@@ -131,13 +131,8 @@ impl DockerProvider {
     /// has one), once it runs.
     pub(crate) async fn joined_address(&self, id: &str) -> Result<Option<String>> {
         let mut c = self.inspect_raw(id).await?;
-        let mode = c
-            .host_config
-            .as_ref()
-            .and_then(|h| h.network_mode.clone())
-            .unwrap_or_default();
-        if let Some(holder) = mode.strip_prefix("container:") {
-            c = self.inspect_raw(holder).await?;
+        if let Some(holder) = crate::holder::joined_holder(&c) {
+            c = self.inspect_raw(&holder).await?;
         }
         for (name, endpoint) in networks(&c) {
             let Ok(n) = self.docker.inspect_network(&name, None).await else {

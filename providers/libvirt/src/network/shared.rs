@@ -46,8 +46,7 @@ impl LibvirtProvider {
         let (network, names) = (network.to_string(), names.to_vec());
         self.blocking(move |c| {
             let (n, text) = network_and_xml(c, &network)?;
-            let range = shareable(&text, String::new()).and_then(|s| address::parse(&s.range));
-            if !range.is_some_and(|r| r.contains(&ip)) {
+            if !offered(&text).is_some_and(|(_, _, range)| range.contains(&ip)) {
                 return Err(ProviderError::Conflict {
                     message: format!("{ip} is not among the addresses network `{network}` shares"),
                 });
@@ -61,14 +60,21 @@ impl LibvirtProvider {
     }
 }
 
-/// What another provider may use of the network whose XML is `text`, on host `host`.
-fn shareable(text: &str, host: String) -> Option<SharedNetwork> {
+/// The gateway, subnet and range another provider may use of the network whose XML is
+/// `text`: none when its DHCP hands out addresses of that range.
+fn offered(text: &str) -> Option<(std::net::Ipv4Addr, address::Ipv4Net, address::Ipv4Net)> {
     let (gateway, prefix) = xml::network_ip(text)?;
     let subnet = address::parse(&format!("{gateway}/{prefix}"))?;
     let range = address::shared_range(subnet)?;
     if xml::network_dhcp_range(text).is_some_and(|(_, end)| range.contains(&end)) {
         return None;
     }
+    Some((gateway, subnet, range))
+}
+
+/// What another provider may use of the network whose XML is `text`, on host `host`.
+fn shareable(text: &str, host: String) -> Option<SharedNetwork> {
+    let (gateway, subnet, range) = offered(text)?;
     Some(SharedNetwork {
         host,
         bridge: xml::network_bridge(text)?,
