@@ -955,7 +955,7 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     // `vm` (systemd-resolved) does not depend on `db` (the small guest), yet finds it by
     // its bare name while it provisions: the network hands out a DNS search domain.
     let mut p = Project::new(&format!(
-        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n[machines.db]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"160MiB\"\n[machines.web]\nbox = \"tiny\"\n[[machines.web.provision]]\nshell = \"mkdir -p /w && echo served by the container > /w/index.html && httpd -p 8081 -h /w\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n[[machines.vm.provision]]\nshell = \"for i in $(seq 1 40); do getent hosts db && break; sleep 0.5; done; getent hosts db > /root/db-at-provisioning\"\n",
+        "[project]\nname = \"{name}\"\n[boxes.debian]\nlibvirt = \"{name}\"\n[boxes.tiny]\nlibvirt = \"{}\"\ndocker = \"{TEST_IMAGE}\"\n[machines.db]\nbox = \"tiny\"\nprovider = \"libvirt\"\nmemory = \"160MiB\"\n[machines.web]\nbox = \"tiny\"\n[[machines.web.provision]]\nrun = \"always\"\nshell = \"mkdir -p /w && echo served by the container > /w/index.html && httpd -p 8081 -h /w\"\n[machines.vm]\nbox = \"debian\"\nprovider = \"libvirt\"\nmemory = \"512MiB\"\n[[machines.vm.provision]]\nshell = \"systemctl is-system-running --wait > /root/state || true\"\n[[machines.vm.provision]]\nshell = \"for i in $(seq 1 40); do getent hosts db && break; sleep 0.5; done; getent hosts db > /root/db-at-provisioning\"\n",
         guest()
     ));
     p.destroy_on_drop = false;
@@ -1032,7 +1032,8 @@ fn a_real_debian_vagrant_box_comes_up_with_ssh_and_systemd() {
     .ok();
     assert!(r.stdout.contains("pinged"), "{}{}", r.stdout, r.stderr);
     // The container `web` by its bare name through systemd-resolved, and the VM from the
-    // container by its name.
+    // container by its name. (Its server is started by an `always` step: a machine made
+    // from a baked layer of another run skips its `once` steps, and a layer keeps no process.)
     let r = run(&[
         "exec",
         "vm",
